@@ -1,0 +1,39 @@
+# proxflow task runner. `just --list` shows the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+tools := justfile_directory() / ".tools"
+export NATS_SERVER_BIN := env("NATS_SERVER_BIN", tools / "bin" / "nats-server")
+export PATH := tools / "bin" + ":" + env("PATH")
+
+# Run the whole pipeline locally: embedded nats-server and every service.
+up *args: (_tools "nats")
+    cargo run --release -p proxflow -- dev {{args}}
+
+# Run every test (format, lints, unit, service and end-to-end tests).
+test: (_tools "test")
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo test --workspace --all-targets
+
+# Print the benchmark figures (runtime vs raw JetStream, ...).
+bench: (_tools "nats")
+    cargo bench -p proxflow-e2e --bench bus
+
+# Regenerate schemas/json from the wire types.
+schemas:
+    cargo run -q -p proxflow -- schemas --out schemas/json
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Lints only.
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Install the tools a recipe needs into .tools/ (nats | test | just).
+tools what="test": (_tools what)
+
+_tools what:
+    deploy/dev/install-tools.sh {{what}}

@@ -1,0 +1,29 @@
+//! # proxflow-schemas
+//!
+//! The wire contract of proxflow: every type that crosses NATS or is stored in a KV bucket, and every
+//! subject, stream, bucket and header name. It holds no I/O so that any service (and any tool in another
+//! language, through the generated JSON Schema in `schemas/json/`) can depend on it without pulling in a
+//! runtime.
+//!
+//! ## Layout
+//! - [`names`]: stream, subject, KV bucket and header names. Code elsewhere uses these constants, never
+//!   string literals, so a rename is one edit and a review diff.
+//! - [`message`]: [`Versioned`] and [`Message`], the traits that give a type its schema id, its subject
+//!   and the domain key its `Nats-Msg-Id` is derived from.
+//! - [`events`]: events published on `pf.evt.*` (the audit log).
+//! - [`workflow`]: workflow records kept in the workflow KV bucket and served by the gateway.
+//! - [`registry`]: the list of all wire types with their JSON Schema; `just schemas` writes it out and a
+//!   test fails when the checked-in files drift from the types.
+//!
+//! ## Versioning
+//! Each type has a [`SchemaId`] `<name>/v<N>` sent in the `Proxflow-Schema` header. Additive changes
+//! (new optional fields) keep `N`; anything a consumer of version `N` would misread bumps it. Consumers
+//! accept versions up to their own and dead-letter newer ones rather than guess.
+
+pub mod events;
+pub mod message;
+pub mod names;
+pub mod registry;
+pub mod workflow;
+
+pub use message::{Message, SchemaId, SchemaMismatch, Versioned};

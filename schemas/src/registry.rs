@@ -1,0 +1,41 @@
+//! Every wire type with its JSON Schema, for `just schemas` and the drift test.
+
+use schemars::schema_for;
+
+use crate::events::DeadLetter;
+use crate::message::{SchemaId, Versioned};
+use crate::workflow::WorkflowRecord;
+
+/// One generated JSON Schema document.
+#[derive(Debug, Clone)]
+pub struct SchemaDoc {
+    /// The schema id it documents.
+    pub id: SchemaId,
+    /// The JSON Schema itself.
+    pub schema: serde_json::Value,
+}
+
+impl SchemaDoc {
+    fn of<T: Versioned>() -> Self {
+        Self {
+            id: T::SCHEMA,
+            schema: schema_for!(T).to_value(),
+        }
+    }
+
+    /// The document as written to disk: pretty JSON with a trailing newline.
+    pub fn to_file_contents(&self) -> String {
+        // A `serde_json::Value` always serialises; the fallback only keeps this total.
+        let mut text = serde_json::to_string_pretty(&self.schema).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+}
+
+/// All wire types. A type missing here has no checked-in schema, so add every new one.
+pub fn all() -> Vec<SchemaDoc> {
+    vec![
+        SchemaDoc::of::<DeadLetter>(),
+        SchemaDoc::of::<WorkflowRecord>(),
+    ]
+}

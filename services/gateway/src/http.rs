@@ -1,0 +1,30 @@
+//! The gateway's router.
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use proxflow_runtime::{ServiceContext, telemetry};
+use tracing::Instrument;
+
+/// The gateway's routes: ops endpoints for now, each request in a span that continues the caller's
+/// trace, with the trace id echoed back in `traceparent` so a caller can look the trace up.
+pub fn router(ctx: &ServiceContext) -> Router {
+    proxflow_runtime::ops::router(ctx.ops_state()).layer(middleware::from_fn(trace_request))
+}
+
+async fn trace_request(request: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    telemetry::set_parent_from_http(&span, request.headers());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    telemetry::inject_http(&span, response.headers_mut());
+    response
+}

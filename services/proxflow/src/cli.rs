@@ -1,0 +1,92 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::settings::Settings;
+use crate::{compose, dev};
+
+/// proxflow: event-driven automation for a Proxmox VE + k3s platform.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// TOML config file (else PROXFLOW_CONFIG; PROXFLOW_* variables override it).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole pipeline locally: a nats-server child (unless PROXFLOW_NATS_URL is set) and every service.
+    Dev,
+    /// Run the named services in this process, against the configured NATS.
+    Serve {
+        /// Services to run.
+        #[arg(required = true, value_enum)]
+        services: Vec<Service>,
+    },
+    /// Print the effective configuration (defaults < file < environment), secrets redacted.
+    Config,
+    /// Write the JSON Schema of every wire type into a directory.
+    Schemas {
+        /// Output directory.
+        #[arg(long, default_value = "schemas/json")]
+        out: PathBuf,
+    },
+}
+
+/// The services this binary can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Service {
+    /// HTTP ingress and APIs.
+    Gateway,
+}
+
+impl Service {
+    /// Every service, for `dev`.
+    pub const ALL: &'static [Service] = &[Service::Gateway];
+
+    /// Its name on the command line and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Gateway => "gateway",
+        }
+    }
+}
+
+/// Runs a subcommand.
+pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Dev => dev::run(settings).await,
+        Command::Serve { services } => {
+            let telemetry = proxflow_runtime::telemetry::init(&settings.telemetry, "proxflow")?;
+            let result = compose::run(&settings, &services, None).await;
+            telemetry.shutdown().await;
+            result
+        }
+        Command::Config => {
+            print!(
+                "{}",
+                toml::to_string_pretty(&settings).context("rendering config")?
+            );
+            Ok(())
+        }
+        Command::Schemas { out } => write_schemas(&out),
+    }
+}
+
+fn write_schemas(out: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for doc in proxflow_schemas::registry::all() {
+        let path = out.join(doc.id.file_name());
+        std::fs::write(&path, doc.to_file_contents())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Runs services in this process: connect, declare the topology, serve ops, start each service, and
+//! on SIGINT/SIGTERM stop them all within the grace period.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use proxflow_runtime::bus::{self, topology};
+use proxflow_runtime::ops::{self, Health, Metrics};
+use proxflow_runtime::{ServiceContext, shutdown};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::Service;
+use crate::settings::Settings;
+
+/// Where things listen, reported once everything is up.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    /// The ops endpoint.
+    pub ops: SocketAddr,
+    /// The gateway, when it runs.
+    pub gateway: Option<SocketAddr>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr}"))
+}
+
+/// Runs `services` until a signal; `on_ready` hears where they listen once all are started.
+pub async fn run(
+    settings: &Settings,
+    services: &[Service],
+    on_ready: Option<&(dyn Fn(&Listening) + Sync)>,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    shutdown::cancel_on_signal(stop.clone()).context("installing signal handlers")?;
+
+    let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
+    let metrics = Metrics::new();
+    let bus = bus::connect(
+        &settings.nats,
+        &format!("proxflow {}", names.join(",")),
+        metrics.clone(),
+    )
+    .await?;
+    let report = topology::declare(&bus.client, &bus.js, bus.replicas).await?;
+    tracing::info!(objects = ?report.objects, "topology declared");
+    let health = Health::default();
+    health.watch_nats(bus.client.clone());
+    let ctx = ServiceContext {
+        bus,
+        health,
+        metrics,
+        shutdown_grace: settings.ops.shutdown_grace,
+    };
+
+    let mut tasks = JoinSet::new();
+    let ops_listener = bind(settings.ops.listen, "ops").await?;
+    let mut listening = Listening {
+        ops: ops_listener.local_addr()?,
+        gateway: None,
+    };
+    tasks.spawn({
+        let (router, stop) = (ops::router(ctx.ops_state()), stop.clone());
+        async move {
+            ops::serve(ops_listener, router, stop)
+                .await
+                .context("ops endpoint")
+        }
+    });
+    for service in services {
+        match service {
+            Service::Gateway => {
+                let listener = bind(settings.gateway.listen, "gateway").await?;
+                listening.gateway = Some(listener.local_addr()?);
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                tasks.spawn(async move {
+                    proxflow_gateway::run(ctx, listener, stop)
+                        .await
+                        .context("gateway")
+                });
+            }
+        }
+    }
+    tracing::info!(services = ?names, ops = %listening.ops, "started");
+    if let Some(report) = on_ready {
+        report(&listening);
+    }
+
+    // The first service to fail stops the others: a half-running process hides outages.
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.context("service task panicked").and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!(error = %format!("{e:#}"), "service failed, stopping the rest");
+            first_error.get_or_insert(e);
+        }
+        stop.cancel();
+    }
+    ctx.bus.client.flush().await.ok();
+    first_error.map_or(Ok(()), Err)
+}

@@ -1,0 +1,43 @@
+//! # proxflow
+//!
+//! The one binary. `proxflow dev` runs the whole pipeline on embedded defaults (a nats-server child,
+//! every service); `proxflow serve <service>...` runs chosen services as one process, the production
+//! shape; the other subcommands are operator tools.
+//!
+//! ## Layout
+//! - `cli`: arguments.
+//! - `settings`: the composed configuration file (`[nats]`, `[gateway]`, ...).
+//! - `compose`: connecting, declaring the topology and running services until shutdown.
+//! - `dev`: the embedded nats-server and the summary of what listens where.
+
+mod cli;
+mod compose;
+mod dev;
+mod settings;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// sysexits' EX_CONFIG: configuration error.
+const EXIT_CONFIG: u8 = 78;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    proxflow_runtime::install_crypto_provider();
+    let cli = cli::Cli::parse();
+    let config = match settings::Settings::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("proxflow: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli::execute(cli.command, config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proxflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The composed configuration: one TOML file, one section per concern or service.
+
+use std::path::{Path, PathBuf};
+
+use proxflow_gateway::GatewayConfig;
+use proxflow_runtime::config::{
+    self, ConfigError, NatsConfig, OpsConfig, TelemetryConfig, Validate,
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything `proxflow` reads. Every key has a default that runs the seed's single-host platform.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `[nats]`: how to reach the bus.
+    pub nats: NatsConfig,
+    /// `[telemetry]`: logs and traces.
+    pub telemetry: TelemetryConfig,
+    /// `[ops]`: health and metrics endpoint, shutdown grace.
+    pub ops: OpsConfig,
+    /// `[dev]`: `proxflow dev` only.
+    pub dev: DevConfig,
+    /// `[gateway]`.
+    pub gateway: GatewayConfig,
+}
+
+/// `[dev]`: the embedded nats-server of `proxflow dev`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevConfig {
+    /// Where `proxflow dev` keeps its state (JetStream data); relative paths are from the working directory.
+    pub state_dir: PathBuf,
+    /// Client port of the embedded nats-server; 0 picks a free one.
+    pub nats_port: u16,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from(".proxflow"),
+            nats_port: 4222,
+        }
+    }
+}
+
+impl Validate for Settings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.nats.validate()?;
+        self.telemetry.validate()?;
+        self.ops.validate()?;
+        self.gateway.validate()
+    }
+}
+
+impl Settings {
+    /// Loads and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        config::load(file)
+    }
+}

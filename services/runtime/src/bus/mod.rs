@@ -1,0 +1,106 @@
+//! NATS and JetStream: connection, topology, publishing and the consumer loop.
+
+pub mod consume;
+pub mod publish;
+pub mod topology;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+
+use crate::config::NatsConfig;
+use crate::ops::Metrics;
+pub use consume::{ConsumerLoop, Delivery, Handler, Outcome};
+pub use publish::{PublishError, Publisher, Receipt};
+
+/// Why the bus could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The credentials file could not be read.
+    #[error("nats.credentials_file {path}: {source}")]
+    Credentials {
+        /// The file.
+        path: String,
+        /// The read error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No connection within `nats.connect_timeout`.
+    #[error("cannot reach NATS at {url} within {timeout:?}: {last}")]
+    Unreachable {
+        /// The configured URL.
+        url: String,
+        /// The configured timeout.
+        timeout: Duration,
+        /// The last error.
+        last: String,
+    },
+}
+
+/// A connected bus: the core client, its JetStream context and a publisher.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    /// Core NATS client.
+    pub client: async_nats::Client,
+    /// JetStream context whose timeout is `nats.request_timeout`.
+    pub js: jetstream::Context,
+    /// Publisher with ids, schema and trace headers.
+    pub publisher: Publisher,
+    /// Replicas for what this process declares.
+    pub replicas: usize,
+}
+
+/// Connects, retrying with backoff until `nats.connect_timeout`; afterwards the client reconnects on
+/// its own for as long as the process lives.
+pub async fn connect(cfg: &NatsConfig, name: &str, metrics: Metrics) -> Result<Bus, ConnectError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let client = loop {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    other => tracing::warn!(event = %other, "NATS event"),
+                }
+            });
+        if let Some(user) = &cfg.user {
+            options = options.user_and_password(user.clone(), cfg.password.expose().to_owned());
+        }
+        if let Some(path) = &cfg.credentials_file {
+            options = options.credentials_file(path).await.map_err(|source| {
+                ConnectError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        }
+        match options.connect(cfg.url.as_str()).await {
+            Ok(client) => break client,
+            Err(e) if started.elapsed() + delay < cfg.connect_timeout => {
+                tracing::warn!(url = %cfg.url, error = %e, "NATS not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                return Err(ConnectError::Unreachable {
+                    url: cfg.url.clone(),
+                    timeout: cfg.connect_timeout,
+                    last: e.to_string(),
+                });
+            }
+        }
+    };
+    let js = jetstream::ContextBuilder::new()
+        .timeout(cfg.request_timeout)
+        .build(client.clone());
+    let publisher = Publisher::new(js.clone(), cfg.publish_attempts, metrics);
+    Ok(Bus {
+        client,
+        js,
+        publisher,
+        replicas: cfg.replicas,
+    })
+}

@@ -1,0 +1,156 @@
+//! Publishing: every message leaves with `Nats-Msg-Id` (from its domain key), `Proxflow-Schema` and
+//! the W3C trace context of the publishing span, and waits for the stream's acknowledgement.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use proxflow_schemas::Message;
+use proxflow_schemas::names::header;
+use tracing::Instrument;
+
+use crate::ops::Metrics;
+use crate::telemetry;
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The message did not serialise.
+    #[error("cannot encode {schema}: {source}")]
+    Encode {
+        /// Its schema id.
+        schema: String,
+        /// serde's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Its dedupe id cannot travel in a header.
+    #[error("dedupe id {0:?} is empty or contains a line break")]
+    InvalidDedupeId(String),
+    /// The stream did not acknowledge it after every attempt.
+    #[error("publish to {subject} failed after {attempts} attempt(s): {source}")]
+    Failed {
+        /// Target subject.
+        subject: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: async_nats::jetstream::context::PublishError,
+    },
+}
+
+/// What the stream said about a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// Stream sequence of the message (of the original, for a duplicate).
+    pub sequence: u64,
+    /// The stream had already seen this `Nats-Msg-Id` within its dedupe window and dropped it.
+    pub duplicate: bool,
+}
+
+/// Publishes wire messages. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    js: jetstream::Context,
+    attempts: u32,
+    metrics: Metrics,
+}
+
+/// First delay between publish attempts; doubles each time.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+impl Publisher {
+    /// A publisher over a JetStream context (whose timeout bounds each attempt).
+    pub fn new(js: jetstream::Context, attempts: u32, metrics: Metrics) -> Self {
+        Self {
+            js,
+            attempts: attempts.max(1),
+            metrics,
+        }
+    }
+
+    /// Publishes `message` on its subject and waits for the stream's acknowledgement. Timeouts and
+    /// "no responders" (a server restarting) are retried with backoff: the `Nats-Msg-Id` makes a retry
+    /// of a publish that did land a no-op.
+    pub async fn publish<M: Message>(&self, message: &M) -> Result<Receipt, PublishError> {
+        let subject = message.subject();
+        let id = message.dedupe_id();
+        if id.is_empty() || id.contains(['\r', '\n']) {
+            return Err(PublishError::InvalidDedupeId(id));
+        }
+        let payload = serde_json::to_vec(message).map_err(|source| PublishError::Encode {
+            schema: M::SCHEMA.to_string(),
+            source,
+        })?;
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("{subject} publish"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %subject,
+            messaging.message.id = %id,
+            proxflow.schema = %M::SCHEMA,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::MSG_ID, id.as_str());
+        headers.insert(header::SCHEMA, M::SCHEMA.to_string());
+        telemetry::inject_nats(&span, &mut headers);
+        self.send(subject, headers, payload.into())
+            .instrument(span)
+            .await
+    }
+
+    async fn send(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Result<Receipt, PublishError> {
+        let mut delay = FIRST_RETRY;
+        let mut attempt = 1;
+        loop {
+            let result = match self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(ack) => {
+                    self.metrics.published(ack.duplicate);
+                    return Ok(Receipt {
+                        sequence: ack.sequence,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(e) if attempt < self.attempts && is_transient(e.kind()) => {
+                    tracing::warn!(%subject, attempt, error = %e, "publish not acknowledged, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                    attempt += 1;
+                }
+                Err(source) => {
+                    self.metrics.publish_failed();
+                    return Err(PublishError::Failed {
+                        subject,
+                        attempts: attempt,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Failures where the message may simply not have reached a (restarting) server.
+fn is_transient(kind: PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        PublishErrorKind::TimedOut
+            | PublishErrorKind::StreamNotFound
+            | PublishErrorKind::BrokenPipe
+    )
+}

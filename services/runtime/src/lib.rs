@@ -1,0 +1,31 @@
+//! # proxflow-runtime
+//!
+//! What every proxflow service shares, so that services hold only their domain logic.
+//!
+//! ## Layout
+//! - [`config`]: figment loading (defaults < TOML < `PROXFLOW_*` env), the shared config sections,
+//!   [`config::Secret`].
+//! - [`bus`]: connecting to NATS, the JetStream topology ([`bus::topology`]), the publisher that sets
+//!   `Nats-Msg-Id`, schema and trace headers ([`bus::publish`]), and the consumer loop that maps handler
+//!   outcomes to ack / nak / term + dead letter ([`bus::consume`]).
+//! - [`telemetry`]: subscriber, OTLP export, trace context over NATS and HTTP headers.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, the [`ops::Health`] and [`ops::Metrics`] handles.
+//! - [`service`]: [`ServiceContext`], what each service's `run` receives.
+//! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
+//! - [`nats_server`]: a nats-server child process, for `proxflow dev` and the test harness.
+
+pub mod bus;
+pub mod config;
+pub mod nats_server;
+pub mod ops;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use service::ServiceContext;
+
+/// Installs the process-wide rustls crypto provider (aws-lc-rs). Call first thing in `main`: with no
+/// default installed, the first TLS connection picks one at random or panics.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

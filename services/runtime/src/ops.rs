@@ -1,0 +1,260 @@
+//! The operations surface of a process: `/healthz` (alive), `/readyz` (NATS connected and every
+//! component ready) and `/metrics` (Prometheus text). One per process; the gateway also mounts it on its
+//! public listener.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use proxflow_schemas::events::DeadLetterReason;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Readiness of the process: NATS plus named components (consumers, listeners).
+#[derive(Clone, Default, Debug)]
+pub struct Health {
+    components: Arc<Mutex<BTreeMap<String, bool>>>,
+    nats: Arc<OnceLock<async_nats::Client>>,
+}
+
+impl Health {
+    /// Marks a component ready or not; a component never set does not count.
+    pub fn set(&self, component: &str, ready: bool) {
+        self.lock().insert(component.to_owned(), ready);
+    }
+
+    /// Makes readiness depend on this client being connected.
+    pub fn watch_nats(&self, client: async_nats::Client) {
+        let _ = self.nats.set(client);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, bool>> {
+        self.components.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (ready, per-check report).
+    pub fn report(&self) -> (bool, BTreeMap<String, bool>) {
+        let mut checks = self.lock().clone();
+        if let Some(client) = self.nats.get() {
+            let connected = client.connection_state() == async_nats::connection::State::Connected;
+            checks.insert("nats".into(), connected);
+        } else {
+            checks.insert("nats".into(), false);
+        }
+        (checks.values().all(|ok| *ok), checks)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabels {
+    consumer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeadLetterLabels {
+    consumer: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublishLabels {
+    outcome: &'static str,
+}
+
+fn handler_histogram() -> Histogram {
+    // 1 ms .. ~65 s: bus hops are sub-millisecond, Proxmox tasks take seconds to minutes.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Prometheus metrics of the process. Cheap to clone; services register their own next to these.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    handled: Family<ConsumerLabels, Counter>,
+    retried: Family<ConsumerLabels, Counter>,
+    dead_lettered: Family<DeadLetterLabels, Counter>,
+    handler_seconds: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
+    published: Family<PublishLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry holding the runtime's bus metrics under the `proxflow` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("proxflow");
+        let handled = Family::<ConsumerLabels, Counter>::default();
+        let retried = Family::<ConsumerLabels, Counter>::default();
+        let dead_lettered = Family::<DeadLetterLabels, Counter>::default();
+        let handler_seconds =
+            Family::<ConsumerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                handler_histogram,
+            );
+        let published = Family::<PublishLabels, Counter>::default();
+        registry.register(
+            "messages_handled",
+            "Messages a consumer handled and acknowledged",
+            handled.clone(),
+        );
+        registry.register(
+            "messages_retried",
+            "Deliveries handed back for a later retry",
+            retried.clone(),
+        );
+        registry.register(
+            "messages_dead_lettered",
+            "Messages dead-lettered, by reason",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "handler_duration_seconds",
+            "Time a handler took per delivery",
+            handler_seconds.clone(),
+        );
+        registry.register(
+            "messages_published",
+            "Publishes acknowledged by a stream (duplicate = dropped by dedupe) or failed",
+            published.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            handled,
+            retried,
+            dead_lettered,
+            handler_seconds,
+            published,
+        }
+    }
+
+    /// Registers a service's own metric.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register(name, help, metric);
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+
+    fn labels(consumer: &str) -> ConsumerLabels {
+        ConsumerLabels {
+            consumer: consumer.to_owned(),
+        }
+    }
+
+    pub(crate) fn handled(&self, consumer: &str) {
+        self.handled.get_or_create(&Self::labels(consumer)).inc();
+    }
+
+    pub(crate) fn retried(&self, consumer: &str) {
+        self.retried.get_or_create(&Self::labels(consumer)).inc();
+    }
+
+    pub(crate) fn dead_lettered(&self, consumer: &str, reason: DeadLetterReason) {
+        let reason = match reason {
+            DeadLetterReason::Poison => "poison",
+            DeadLetterReason::RetriesExhausted => "retries_exhausted",
+        };
+        self.dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                consumer: consumer.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn observe_handler(&self, consumer: &str, took: Duration) {
+        self.handler_seconds
+            .get_or_create(&Self::labels(consumer))
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn published(&self, duplicate: bool) {
+        let outcome = if duplicate { "duplicate" } else { "stored" };
+        self.published
+            .get_or_create(&PublishLabels { outcome })
+            .inc();
+    }
+
+    pub(crate) fn publish_failed(&self) {
+        self.published
+            .get_or_create(&PublishLabels { outcome: "failed" })
+            .inc();
+    }
+}
+
+/// What the ops endpoints read.
+#[derive(Clone, Debug, Default)]
+pub struct OpsState {
+    /// Readiness.
+    pub health: Health,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// `/healthz`, `/readyz`, `/metrics`.
+pub fn router(state: OpsState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
+    let (ready, checks) = state.health.report();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(checks))
+}
+
+async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+/// Serves `router` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,210 @@
+//! Telemetry: the tracing subscriber (human or JSON logs), OpenTelemetry spans exported over OTLP/HTTP
+//! when an endpoint is configured, and W3C trace context carried in NATS and HTTP headers so that a
+//! chain of services forms one trace.
+//!
+//! The OpenTelemetry layer is installed even without an exporter: trace ids are still minted and
+//! propagated, so workflow records and logs carry them and a collector can be added later.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, fmt};
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP exporter could not be built.
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+    /// A global subscriber was already set.
+    #[error("tracing subscriber: {0}")]
+    Subscriber(String),
+}
+
+/// Flushes and stops span export when the process ends.
+#[must_use = "call shutdown() at exit or the last spans are lost"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// Flushes pending spans and stops the exporter. The SDK blocks, so it runs off the async threads.
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        let result = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if let Ok(Err(e)) = result {
+            eprintln!("telemetry shutdown: {e}");
+        }
+    }
+}
+
+/// The tracer provider for `service`: exports over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+/// `telemetry.otlp_endpoint` is set, otherwise only mints and propagates ids.
+pub fn provider(cfg: &TelemetryConfig, service: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    let mut builder = SdkTracerProvider::builder().with_resource(
+        Resource::builder()
+            .with_service_name(service.to_owned())
+            .build(),
+    );
+    let from_env = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+    if from_env || cfg.otlp_endpoint.is_some() {
+        // The blocking client: the batch processor exports from its own thread, where the async
+        // reqwest client has no runtime and silently drops spans.
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary);
+        if let (false, Some(base)) = (from_env, &cfg.otlp_endpoint) {
+            // An explicit endpoint is used as is, so it needs the signal path the env form gets added.
+            exporter = exporter.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
+        }
+        let exporter = exporter
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// Installs the global subscriber: env filter (`RUST_LOG` over `telemetry.log_level`), log lines on
+/// stderr (stdout stays for command output) and the
+/// OpenTelemetry layer.
+pub fn init(cfg: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, TelemetryError> {
+    use opentelemetry::trace::TracerProvider as _;
+
+    let provider = provider(cfg, service)?;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (human, json) = match cfg.log_format {
+        LogFormat::Human => (
+            Some(fmt::layer().with_target(false).with_writer(std::io::stderr)),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            ),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(human)
+        .with(json)
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned())))
+        .try_init()
+        .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// Writes trace context into NATS headers. Header names are checked, never asserted, so a propagator
+/// field that is not a valid NATS header name is dropped instead of panicking.
+struct NatsInjector<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for NatsInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let Ok(name) = async_nats::header::HeaderName::try_from(key) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// Reads trace context from NATS headers. Names are case-sensitive on NATS; foreign producers may send
+/// `Traceparent`, so a case-insensitive match is the fallback.
+struct NatsExtractor<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for NatsExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str()).or_else(|| {
+            self.0
+                .iter()
+                .find(|(k, _)| AsRef::<str>::as_ref(k).eq_ignore_ascii_case(key))
+                .and_then(|(_, v)| v.first())
+                .map(|v| v.as_str())
+        })
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .map(|(k, _)| AsRef::<str>::as_ref(k))
+            .collect()
+    }
+}
+
+struct HttpInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HttpInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::try_from(key),
+            http::HeaderValue::try_from(value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+struct HttpExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HttpExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// Injects `span`'s context into NATS headers.
+pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut NatsInjector(headers));
+}
+
+/// Injects `span`'s context into HTTP headers (outgoing requests, responses).
+pub fn inject_http(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HttpInjector(headers));
+}
+
+/// Parents a not-yet-entered `span` on the trace context in NATS headers, if they carry a valid one.
+pub fn set_parent_from_nats(span: &tracing::Span, headers: &async_nats::HeaderMap) {
+    set_parent(
+        span,
+        TraceContextPropagator::new().extract(&NatsExtractor(headers)),
+    );
+}
+
+/// Parents a not-yet-entered `span` on the trace context of incoming HTTP headers, if valid.
+pub fn set_parent_from_http(span: &tracing::Span, headers: &http::HeaderMap) {
+    set_parent(
+        span,
+        TraceContextPropagator::new().extract(&HttpExtractor(headers)),
+    );
+}
+
+fn set_parent(span: &tracing::Span, cx: opentelemetry::Context) {
+    if cx.span().span_context().is_valid()
+        && let Err(e) = span.set_parent(cx)
+    {
+        tracing::debug!(error = %e, "span already started; trace context not applied");
+    }
+}
+
+/// The trace id of `span` as 32 hex digits, when telemetry is recording it.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}

@@ -1,0 +1,119 @@
+//! # proxflow-e2e
+//!
+//! Cross-service end-to-end tests (`tests/tests/*.rs`) and benchmarks (`tests/benches/*.rs`) against a
+//! real nats-server. This library holds what they share:
+//! - [`Probe`]: a test-only wire type on `pf.evt.test.*`, so tests exercise the real publish and consume
+//!   paths without borrowing a production message;
+//! - [`Recorder`]: a handler that reports each delivery to the test and answers with scripted outcomes;
+//! - [`next_event`]: waits (with a deadline) for the next message on a subject.
+//!
+//! The binary `pf-test-worker` runs one consumer loop in its own process, for tests that send real
+//! signals or crash a worker.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use proxflow_runtime::bus::{Delivery, Handler, Outcome};
+use proxflow_schemas::{Message, SchemaId, Versioned};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// A test message: `id` is its dedupe key, `topic` picks its subject `pf.evt.test.<topic>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Probe {
+    /// Dedupe key.
+    pub id: String,
+    /// Subject suffix.
+    pub topic: String,
+}
+
+impl Probe {
+    /// A probe on `pf.evt.test.<topic>`.
+    pub fn new(topic: &str, id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            topic: topic.to_owned(),
+        }
+    }
+}
+
+impl Versioned for Probe {
+    const SCHEMA: SchemaId = SchemaId {
+        name: "pf.evt.test.probe",
+        version: 1,
+    };
+}
+
+impl Message for Probe {
+    fn subject(&self) -> String {
+        proxflow_schemas::names::subject::evt("test", &self.topic)
+    }
+
+    fn dedupe_id(&self) -> String {
+        format!("probe/{}", self.id)
+    }
+}
+
+/// What a [`Recorder`] saw of one delivery.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The probe's id.
+    pub id: String,
+    /// Delivery attempt.
+    pub attempt: u32,
+    /// When the handler was called.
+    pub at: tokio::time::Instant,
+}
+
+/// A handler that reports every delivery on a channel and answers with `script(probe, attempt)`.
+pub struct Recorder<F> {
+    seen: mpsc::UnboundedSender<Seen>,
+    script: F,
+}
+
+impl<F> Recorder<F>
+where
+    F: Fn(&Probe, u32) -> Outcome + Send + Sync + 'static,
+{
+    /// The handler and the receiving end of its reports.
+    pub fn new(script: F) -> (Self, mpsc::UnboundedReceiver<Seen>) {
+        let (seen, rx) = mpsc::unbounded_channel();
+        (Self { seen, script }, rx)
+    }
+}
+
+impl<F> Handler<Probe> for Recorder<F>
+where
+    F: Fn(&Probe, u32) -> Outcome + Send + Sync + 'static,
+{
+    async fn handle(&self, delivery: Delivery<Probe>) -> Outcome {
+        let _ = self.seen.send(Seen {
+            id: delivery.message.id.clone(),
+            attempt: delivery.attempt,
+            at: tokio::time::Instant::now(),
+        });
+        (self.script)(&delivery.message, delivery.attempt)
+    }
+}
+
+/// Receives the next report, failing the test after `within`.
+pub async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>, within: Duration) -> Seen {
+    match tokio::time::timeout(within, rx.recv()).await {
+        Ok(Some(seen)) => seen,
+        Ok(None) => panic!("handler channel closed"),
+        Err(_) => panic!("no delivery within {within:?}"),
+    }
+}
+
+/// Waits for the next message on a core subscription and decodes it, failing the test after `within`.
+pub async fn next_event<T: serde::de::DeserializeOwned>(
+    sub: &mut async_nats::Subscriber,
+    within: Duration,
+) -> T {
+    let msg = tokio::time::timeout(within, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("no event within {within:?}"))
+        .expect("subscription open");
+    serde_json::from_slice(&msg.payload).expect("event decodes")
+}
