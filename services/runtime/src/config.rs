@@ -100,14 +100,25 @@ fn describe(error: figment::Error) -> ConfigError {
                 } else {
                     e.path.join(".")
                 };
-                let source = e
-                    .metadata
-                    .as_ref()
-                    .map(|m| match &m.source {
-                        Some(src) => format!(" (from {src})"),
-                        None => format!(" (from {})", m.name),
-                    })
-                    .unwrap_or_default();
+                let source = match e.metadata.as_ref() {
+                    Some(m) if m.source.is_some() => {
+                        format!(
+                            " (from {})",
+                            m.source
+                                .as_ref()
+                                .map(ToString::to_string)
+                                .unwrap_or_default()
+                        )
+                    }
+                    // Name the exact variable: "PROXFLOW_ environment variable(s)" sends the
+                    // operator hunting through the whole environment.
+                    Some(m) if m.name.contains("environment") && !e.path.is_empty() => format!(
+                        " (from environment variable {ENV_PREFIX}{})",
+                        e.path.join("__").to_uppercase()
+                    ),
+                    Some(m) => format!(" (from {})", m.name),
+                    None => String::new(),
+                };
                 format!("{key}: {}{source}", e.kind)
             })
             .collect(),

@@ -225,6 +225,8 @@ fn stream_config(spec: &StreamSpec, replicas: usize) -> stream::Config {
         max_bytes: spec.max_bytes,
         duplicate_window: spec.duplicate_window,
         discard: DiscardPolicy::Old,
+        // Spelled out as the server reports "unlimited" (-1), so a re-declaration compares equal.
+        max_messages_per_subject: -1,
         storage: StorageType::File,
         num_replicas: replicas,
         ..Default::default()

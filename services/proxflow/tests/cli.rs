@@ -1,0 +1,194 @@
+//! The `proxflow` binary as an operator runs it: configuration precedence and errors, and `proxflow dev`
+//! bringing the pipeline up and down.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn proxflow() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxflow"));
+    // Only what a test sets may reach the binary's configuration.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PROXFLOW_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn file_overrides_defaults_and_env_overrides_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("proxflow.toml");
+    std::fs::write(
+        &file,
+        "[nats]\nurl = \"nats://from-file:4222\"\nreplicas = 3\n[gateway]\nlisten = \"0.0.0.0:8443\"\n",
+    )
+    .expect("write");
+    let out = proxflow()
+        .args(["--config"])
+        .arg(&file)
+        .arg("config")
+        .env("PROXFLOW_NATS__URL", "nats://from-env:4222")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("toml");
+    assert_eq!(
+        printed["nats"]["url"].as_str(),
+        Some("nats://from-env:4222")
+    );
+    assert_eq!(printed["nats"]["replicas"].as_integer(), Some(3));
+    assert_eq!(printed["gateway"]["listen"].as_str(), Some("0.0.0.0:8443"));
+    assert_eq!(
+        printed["ops"]["listen"].as_str(),
+        Some("127.0.0.1:9464"),
+        "default kept"
+    );
+}
+
+#[test]
+fn secrets_are_redacted_when_printed() {
+    let out = proxflow()
+        .arg("config")
+        .env("PROXFLOW_NATS__USER", "gateway")
+        .env("PROXFLOW_NATS__PASSWORD", "s3cr3t-value")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("s3cr3t-value"), "{stdout}");
+    assert!(stdout.contains("<redacted>"), "{stdout}");
+}
+
+#[test]
+fn a_bad_value_names_its_key_and_exits_78() {
+    let out = proxflow()
+        .arg("config")
+        .env("PROXFLOW_GATEWAY__LISTEN", "not-an-address")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gateway.listen"), "{stderr}");
+    assert!(stderr.contains("PROXFLOW_GATEWAY__LISTEN"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_key_or_missing_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("proxflow.toml");
+    std::fs::write(&file, "[gateway]\nlisten_addr = \"127.0.0.1:1\"\n").expect("write");
+    let out = proxflow()
+        .arg("--config")
+        .arg(&file)
+        .arg("config")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listen_addr"), "{stderr}");
+
+    let out = proxflow()
+        .arg("config")
+        .env("PROXFLOW_CONFIG", dir.path().join("absent.toml"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absent.toml"));
+}
+
+#[tokio::test]
+async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut child = proxflow()
+        .arg("dev")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("PROXFLOW_DEV__STATE_DIR", state.path())
+        .env("PROXFLOW_DEV__NATS_PORT", "0")
+        .env("PROXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
+        .env("PROXFLOW_OPS__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("dev starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut gateway = None;
+    let mut nats = None;
+    while gateway.is_none() || nats.is_none() {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("dev printed its summary");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["gateway", url, ..] => gateway = Some((*url).to_owned()),
+            ["nats", url, ..] => nats = Some((*url).to_owned()),
+            _ => {}
+        }
+    }
+    let gateway = gateway.expect("gateway url");
+    let nats = nats.expect("nats url");
+    assert!(
+        state.path().join("nats").is_dir(),
+        "JetStream data not under the state dir"
+    );
+
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("{gateway}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let ready = http
+        .get(format!("{gateway}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    // The embedded server really carries the topology.
+    let client = async_nats::connect(nats.as_str())
+        .await
+        .expect("embedded nats");
+    async_nats::jetstream::new(client.clone())
+        .get_stream("PF_EVT")
+        .await
+        .expect("topology declared");
+    drop(client);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "dev exited with {exit}");
+    // The nats-server child went with it.
+    let port: u16 = nats
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "embedded nats-server still listening after dev stopped"
+    );
+}
