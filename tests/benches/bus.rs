@@ -1,1 +1,216 @@
-fn main() {}
+//! `just bench`: JetStream through the runtime vs raw async-nats, on one nats-server, in one process.
+//!
+//! Raw: publish N messages with up to IN_FLIGHT acks outstanding, then pull-consume and ack them all.
+//! Runtime: the same N messages through `Publisher::publish` (ids, schema and trace headers, publish
+//! span) and a `ConsumerLoop` (decode, process span, handler, settlement), with the real telemetry
+//! layer installed. Raw and runtime alternate over `BENCH_ROUNDS` rounds (default 5) on fresh subjects,
+//! so a noisy neighbour hits both alike; it prints every round, the medians and the ratio of the
+//! medians. The target is runtime >= 0.5x raw. `BENCH_N` sets N per round (default 20000).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use futures::{StreamExt, TryStreamExt};
+use proxflow_e2e::Probe;
+use proxflow_runtime::bus::topology::ConsumerSpec;
+use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome};
+use proxflow_runtime::config::{ConsumerConfig, TelemetryConfig};
+use proxflow_schemas::names::{stream, subject};
+use proxflow_testkit::TestNats;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const IN_FLIGHT: usize = 256;
+const BATCH: usize = 256;
+
+struct Count {
+    done: Arc<AtomicUsize>,
+    target: usize,
+    finished: Arc<Notify>,
+}
+
+impl Handler<Probe> for Count {
+    async fn handle(&self, _: Delivery<Probe>) -> Outcome {
+        if self.done.fetch_add(1, Ordering::Relaxed) + 1 == self.target {
+            self.finished.notify_one();
+        }
+        Outcome::Ack
+    }
+}
+
+struct Phase {
+    publish: Duration,
+    consume: Duration,
+}
+
+impl Phase {
+    fn rate(&self, n: usize) -> f64 {
+        n as f64 / (self.publish + self.consume).as_secs_f64()
+    }
+
+    fn print(&self, label: &str, n: usize) {
+        println!(
+            "{label:<8} publish {:>9.0} msg/s   consume {:>9.0} msg/s   end-to-end {:>9.0} msg/s",
+            n as f64 / self.publish.as_secs_f64(),
+            n as f64 / self.consume.as_secs_f64(),
+            self.rate(n)
+        );
+    }
+}
+
+async fn raw(
+    ctx: &proxflow_runtime::ServiceContext,
+    n: usize,
+    round: usize,
+) -> anyhow::Result<Phase> {
+    let js = &ctx.bus.js;
+    let topic = format!("bench-raw-{round}");
+    let payload = serde_json::to_vec(&Probe::new(&topic, "x"))?;
+    let subject = subject::evt("test", &topic);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|_| {
+            let (js, subject, payload) = (js.clone(), subject.clone(), payload.clone());
+            async move {
+                js.publish(subject, payload.into())
+                    .await?
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let publish = started.elapsed();
+
+    let consumer = js
+        .get_stream(stream::EVT)
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some(topic.clone()),
+            filter_subject: subject,
+            ack_policy: AckPolicy::Explicit,
+            max_ack_pending: 4 * BATCH as i64,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .messages()
+        .await?;
+    for _ in 0..n {
+        let msg = messages
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+        msg.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+    }
+    Ok(Phase {
+        publish,
+        consume: started.elapsed(),
+    })
+}
+
+async fn runtime(
+    ctx: &proxflow_runtime::ServiceContext,
+    n: usize,
+    round: usize,
+) -> anyhow::Result<Phase> {
+    let topic = format!("bench-rt-{round}");
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let publisher = ctx.bus.publisher.clone();
+            let probe = Probe::new(&topic, &format!("{round}-{i}"));
+            async move { publisher.publish(&probe).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let publish = started.elapsed();
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(Notify::new());
+    let handler = Count {
+        done: Arc::clone(&done),
+        target: n,
+        finished: Arc::clone(&finished),
+    };
+    let spec = ConsumerSpec {
+        stream: stream::EVT,
+        durable: topic.clone(),
+        filter_subject: subject::evt("test", &topic),
+    };
+    let tuning = ConsumerConfig {
+        max_in_flight: BATCH,
+        ..ConsumerConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let task =
+        tokio::spawn(ConsumerLoop::new(ctx.clone(), spec, tuning, handler).run(stop.clone()));
+    if tokio::time::timeout(Duration::from_secs(60), finished.notified())
+        .await
+        .is_err()
+    {
+        anyhow::bail!(
+            "runtime consumer handled {} of {n} messages within 60 s",
+            done.load(Ordering::Relaxed)
+        );
+    }
+    let consume = started.elapsed();
+    stop.cancel();
+    task.await??;
+    Ok(Phase { publish, consume })
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let telemetry = proxflow_runtime::telemetry::init(
+        &TelemetryConfig {
+            log_level: "warn".into(),
+            ..TelemetryConfig::default()
+        },
+        "bench",
+    )?;
+    let nats = TestNats::start()?;
+    let ctx = nats.context("bench").await?;
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    println!(
+        "bus: {rounds} rounds of {n} messages, {IN_FLIGHT} publishes in flight, pull batch {BATCH}, \
+         file storage, one nats-server"
+    );
+    let (mut raw_rates, mut rt_rates) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let r = raw(&ctx, n, round).await?;
+        r.print("raw", n);
+        raw_rates.push(r.rate(n));
+        let t = runtime(&ctx, n, round).await?;
+        t.print("runtime", n);
+        rt_rates.push(t.rate(n));
+    }
+    let (raw_median, rt_median) = (median(&mut raw_rates), median(&mut rt_rates));
+    println!("median end-to-end: raw {raw_median:.0} msg/s, runtime {rt_median:.0} msg/s");
+    println!(
+        "runtime / raw end-to-end: {:.2}x (target >= 0.50x)",
+        rt_median / raw_median
+    );
+    telemetry.shutdown().await;
+    Ok(())
+}

@@ -75,8 +75,9 @@ async fn a_chain_of_services_forms_one_trace() {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let subscriber = tracing_subscriber::registry().with(proxflow_runtime::telemetry::otel_layer(
+        provider.tracer("test"),
+    ));
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let nats = TestNats::start().expect("nats-server");

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -163,18 +162,16 @@ impl Metrics {
         out
     }
 
-    fn labels(consumer: &str) -> ConsumerLabels {
-        ConsumerLabels {
+    /// The metric handles of one consumer, resolved once so the hot path only touches atomics.
+    pub(crate) fn consumer(&self, consumer: &str) -> ConsumerMetrics {
+        let labels = ConsumerLabels {
             consumer: consumer.to_owned(),
+        };
+        ConsumerMetrics {
+            handled: self.handled.get_or_create_owned(&labels),
+            retried: self.retried.get_or_create_owned(&labels),
+            handler_seconds: self.handler_seconds.get_or_create_owned(&labels),
         }
-    }
-
-    pub(crate) fn handled(&self, consumer: &str) {
-        self.handled.get_or_create(&Self::labels(consumer)).inc();
-    }
-
-    pub(crate) fn retried(&self, consumer: &str) {
-        self.retried.get_or_create(&Self::labels(consumer)).inc();
     }
 
     pub(crate) fn dead_lettered(&self, consumer: &str, reason: DeadLetterReason) {
@@ -190,23 +187,43 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn observe_handler(&self, consumer: &str, took: Duration) {
-        self.handler_seconds
-            .get_or_create(&Self::labels(consumer))
-            .observe(took.as_secs_f64());
+    /// The publisher's counters, resolved once.
+    pub(crate) fn publish_counters(&self) -> PublishCounters {
+        let get = |outcome| {
+            self.published
+                .get_or_create_owned(&PublishLabels { outcome })
+        };
+        PublishCounters {
+            stored: get("stored"),
+            duplicate: get("duplicate"),
+            failed: get("failed"),
+        }
     }
+}
 
-    pub(crate) fn published(&self, duplicate: bool) {
-        let outcome = if duplicate { "duplicate" } else { "stored" };
-        self.published
-            .get_or_create(&PublishLabels { outcome })
-            .inc();
-    }
+/// Per-consumer metric handles.
+#[derive(Clone, Debug)]
+pub(crate) struct ConsumerMetrics {
+    pub(crate) handled: Counter,
+    pub(crate) retried: Counter,
+    pub(crate) handler_seconds: Histogram,
+}
 
-    pub(crate) fn publish_failed(&self) {
-        self.published
-            .get_or_create(&PublishLabels { outcome: "failed" })
-            .inc();
+/// Publish outcome counters.
+#[derive(Clone, Debug)]
+pub(crate) struct PublishCounters {
+    stored: Counter,
+    duplicate: Counter,
+    pub(crate) failed: Counter,
+}
+
+impl PublishCounters {
+    pub(crate) fn acknowledged(&self, duplicate: bool) {
+        if duplicate {
+            self.duplicate.inc();
+        } else {
+            self.stored.inc();
+        }
     }
 }
 

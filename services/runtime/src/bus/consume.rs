@@ -38,6 +38,7 @@ use tracing::Instrument;
 
 use super::topology::{self, ConsumerSpec, TopologyError};
 use crate::config::ConsumerConfig;
+use crate::ops::ConsumerMetrics;
 use crate::service::ServiceContext;
 use crate::telemetry;
 
@@ -160,6 +161,7 @@ impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
             ctx: self.ctx.clone(),
             spec: self.spec.clone(),
             tuning: self.tuning.clone(),
+            metrics: self.ctx.metrics.consumer(&self.spec.durable),
         });
 
         while !shutdown.is_cancelled() {
@@ -183,10 +185,15 @@ impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
                         let shared = Arc::clone(&shared);
                         let handler = Arc::clone(&self.handler);
                         let abort = abort.clone();
-                        tracker.spawn(async move {
+                        let mut work = Box::pin(tracker.track_future(async move {
                             process::<M, H>(&shared, handler.as_ref(), msg, abort).await;
                             drop(permit);
-                        });
+                        }));
+                        // A quick handler is done at its first poll; only work that waits gets a task
+                        // of its own (a spawn per message costs a cross-thread hand-off each).
+                        if futures::poll!(work.as_mut()).is_pending() {
+                            tokio::spawn(work);
+                        }
                     }
                     Some(Err(e)) if matches!(e.kind(), MessagesErrorKind::MissingHeartbeat) => {
                         // Non-terminal: the server or the link hiccupped; the stream keeps polling.
@@ -248,6 +255,7 @@ struct Shared {
     ctx: ServiceContext,
     spec: ConsumerSpec,
     tuning: ConsumerConfig,
+    metrics: ConsumerMetrics,
 }
 
 /// The parts of a delivery that outlive the split into payload and acker.
@@ -281,19 +289,14 @@ async fn process<M: Message, H: Handler<M>>(
         stream_sequence,
     };
     let durable = shared.spec.durable.as_str();
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "process",
         otel.name = %format_args!("{} process", received.subject),
         otel.kind = "consumer",
-        messaging.system = "nats",
-        messaging.destination.name = %received.subject,
         messaging.consumer.group.name = %durable,
-        messaging.message.id = tracing::field::Empty,
+        messaging.message.id = received.headers.get(super::MSG_ID).map_or("", |v| v.as_str()),
         proxflow.attempt = attempt,
     );
-    if let Some(id) = received.headers.get(header::MSG_ID) {
-        span.record("messaging.message.id", id.as_str());
-    }
     // Parent before entering, or the span starts a trace of its own.
     telemetry::set_parent_from_nats(&span, &received.headers);
     async {
@@ -321,9 +324,9 @@ async fn process<M: Message, H: Handler<M>>(
             return;
         };
         shared
-            .ctx
             .metrics
-            .observe_handler(durable, started.elapsed());
+            .handler_seconds
+            .observe(started.elapsed().as_secs_f64());
         settle(shared, &received, &acker, outcome).await;
     }
     .instrument(span)
@@ -333,7 +336,7 @@ async fn process<M: Message, H: Handler<M>>(
 fn decode<M: Message>(received: &Received) -> Result<Delivery<M>, String> {
     let schema = received
         .headers
-        .get(header::SCHEMA)
+        .get(super::SCHEMA)
         .ok_or_else(|| format!("no {} header", header::SCHEMA))?;
     M::SCHEMA
         .accepts(schema.as_str())
@@ -347,7 +350,7 @@ fn decode<M: Message>(received: &Received) -> Result<Delivery<M>, String> {
         stream_sequence: received.stream_sequence,
         msg_id: received
             .headers
-            .get(header::MSG_ID)
+            .get(super::MSG_ID)
             .map(|v| v.as_str().to_owned()),
     })
 }
@@ -362,20 +365,15 @@ async fn run_handler<M: Message, H: Handler<M>>(
 ) -> Option<Outcome> {
     let work = AssertUnwindSafe(handler.handle(delivery)).catch_unwind();
     tokio::pin!(work);
+    // Most handlers finish without waiting on anything; they need no progress timer.
+    if let std::task::Poll::Ready(result) = futures::poll!(&mut work) {
+        return Some(result.unwrap_or_else(panic_outcome));
+    }
     let every = shared.tuning.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
-            result = &mut work => {
-                return Some(result.unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    Outcome::retry(format!("handler panicked: {what}"))
-                }));
-            }
+            result = &mut work => return Some(result.unwrap_or_else(panic_outcome)),
             _ = progress.tick() => {
                 if let Err(e) = acker.ack_with(AckKind::Progress).await {
                     tracing::warn!(error = %e, "progress ack failed");
@@ -386,18 +384,36 @@ async fn run_handler<M: Message, H: Handler<M>>(
     }
 }
 
+/// A panicking handler is a bug, possibly transient (a poisoned cache): retry, and dead-letter with
+/// the panic message once retries run out.
+fn panic_outcome(panic: Box<dyn std::any::Any + Send>) -> Outcome {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    Outcome::retry(format!("handler panicked: {what}"))
+}
+
 async fn settle(shared: &Shared, received: &Received, acker: &Acker, outcome: Outcome) {
     let durable = shared.spec.durable.as_str();
-    let metrics = &shared.ctx.metrics;
     let result = match outcome {
         Outcome::Ack => {
-            metrics.handled(durable);
+            shared.metrics.handled.inc();
             acker.ack().await
         }
         Outcome::Retry { reason, delay } if received.attempt < shared.tuning.max_deliver => {
             let delay = delay.unwrap_or_else(|| shared.tuning.retry_delay(received.attempt));
-            tracing::info!(attempt = received.attempt, ?delay, %reason, "retrying later");
-            metrics.retried(durable);
+            tracing::info!(
+                consumer = durable,
+                subject = %received.subject,
+                stream_sequence = received.stream_sequence,
+                attempt = received.attempt,
+                ?delay,
+                %reason,
+                "retrying later"
+            );
+            shared.metrics.retried.inc();
             acker.ack_with(AckKind::Nak(Some(delay))).await
         }
         Outcome::Retry { reason, .. } => {
@@ -428,7 +444,15 @@ async fn dead_letter(
     detail: String,
 ) -> Result<(), async_nats::Error> {
     let letter = dead_letter_event(&shared.spec, received, reason, detail);
-    tracing::warn!(?reason, detail = %letter.detail, "dead-lettering message");
+    tracing::warn!(
+        consumer = %letter.consumer,
+        subject = %letter.subject,
+        stream_sequence = letter.stream_sequence,
+        deliveries = letter.deliveries,
+        ?reason,
+        detail = %letter.detail,
+        "dead-lettering message"
+    );
     match shared.ctx.bus.publisher.publish(&letter).await {
         Ok(_) => {
             shared

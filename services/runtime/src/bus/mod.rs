@@ -6,12 +6,19 @@ pub mod topology;
 
 use std::time::{Duration, Instant};
 
+use async_nats::header::HeaderName;
 use async_nats::jetstream;
+use proxflow_schemas::names::header;
 
 use crate::config::NatsConfig;
 use crate::ops::Metrics;
 pub use consume::{ConsumerLoop, Delivery, Handler, Outcome};
 pub use publish::{PublishError, Publisher, Receipt};
+
+/// `Nats-Msg-Id`, parsed once: a `&str` header key is validated and parsed on every insert and lookup.
+pub(crate) const MSG_ID: HeaderName = HeaderName::from_static(header::MSG_ID);
+/// `Proxflow-Schema`, parsed once.
+pub(crate) const SCHEMA: HeaderName = HeaderName::from_static(header::SCHEMA);
 
 /// Why the bus could not be reached.
 #[derive(Debug, thiserror::Error)]

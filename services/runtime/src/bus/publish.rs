@@ -6,10 +6,9 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use proxflow_schemas::Message;
-use proxflow_schemas::names::header;
 use tracing::Instrument;
 
-use crate::ops::Metrics;
+use crate::ops::{Metrics, PublishCounters};
 use crate::telemetry;
 
 /// Why a publish failed.
@@ -54,7 +53,7 @@ pub struct Receipt {
 pub struct Publisher {
     js: jetstream::Context,
     attempts: u32,
-    metrics: Metrics,
+    counters: PublishCounters,
 }
 
 /// First delay between publish attempts; doubles each time.
@@ -66,7 +65,7 @@ impl Publisher {
         Self {
             js,
             attempts: attempts.max(1),
-            metrics,
+            counters: metrics.publish_counters(),
         }
     }
 
@@ -83,28 +82,30 @@ impl Publisher {
             schema: M::SCHEMA.to_string(),
             source,
         })?;
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "publish",
             otel.name = %format_args!("{subject} publish"),
             otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.destination.name = %subject,
             messaging.message.id = %id,
-            proxflow.schema = %M::SCHEMA,
         );
-        let mut headers = HeaderMap::new();
-        headers.insert(header::MSG_ID, id.as_str());
-        headers.insert(header::SCHEMA, M::SCHEMA.to_string());
-        telemetry::inject_nats(&span, &mut headers);
+        let schema = M::SCHEMA.to_string();
+        // Built per attempt rather than cloned for each: a retry is rare, a clone of the map is not free.
+        let headers = || {
+            let mut headers = HeaderMap::new();
+            headers.insert(super::MSG_ID, id.as_str());
+            headers.insert(super::SCHEMA, schema.as_str());
+            telemetry::inject_nats(&span, &mut headers);
+            headers
+        };
         self.send(subject, headers, payload.into())
-            .instrument(span)
+            .instrument(span.clone())
             .await
     }
 
     async fn send(
         &self,
         subject: String,
-        headers: HeaderMap,
+        headers: impl Fn() -> HeaderMap,
         payload: bytes::Bytes,
     ) -> Result<Receipt, PublishError> {
         let mut delay = FIRST_RETRY;
@@ -112,7 +113,7 @@ impl Publisher {
         loop {
             let result = match self
                 .js
-                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .publish_with_headers(subject.clone(), headers(), payload.clone())
                 .await
             {
                 Ok(ack) => ack.await,
@@ -120,7 +121,7 @@ impl Publisher {
             };
             match result {
                 Ok(ack) => {
-                    self.metrics.published(ack.duplicate);
+                    self.counters.acknowledged(ack.duplicate);
                     return Ok(Receipt {
                         sequence: ack.sequence,
                         duplicate: ack.duplicate,
@@ -133,7 +134,7 @@ impl Publisher {
                     attempt += 1;
                 }
                 Err(source) => {
-                    self.metrics.publish_failed();
+                    self.counters.failed.inc();
                     return Err(PublishError::Failed {
                         subject,
                         attempts: attempt,
