@@ -6,13 +6,13 @@
 //! runtime.
 //!
 //! ## Layout
-//! - [`names`]: stream, subject, KV bucket and header names. Code elsewhere uses these constants, never
+//! - [`names`] — stream, subject, KV bucket and header names. Code elsewhere uses these constants, never
 //!   string literals, so a rename is one edit and a review diff.
-//! - [`message`]: [`Versioned`] and [`Message`], the traits that give a type its schema id, its subject
+//! - [`message`] — [`Versioned`] and [`Message`], the traits that give a type its schema id, its subject
 //!   and the domain key its `Nats-Msg-Id` is derived from.
-//! - [`events`]: events published on `pf.evt.*` (the audit log).
-//! - [`workflow`]: workflow records kept in the workflow KV bucket and served by the gateway.
-//! - [`registry`]: the list of all wire types with their JSON Schema; `just schemas` writes it out and a
+//! - [`events`] — events published on `pf.evt.*` (the audit log).
+//! - [`workflow`] — workflow records kept in the workflow KV bucket and served by the gateway.
+//! - [`registry`] — the list of all wire types with their JSON Schema; `just schemas` writes it out and a
 //!   test fails when the checked-in files drift from the types.
 //!
 //! ## Versioning

@@ -5,7 +5,7 @@
 //! - [`Probe`]: a test-only wire type on `pf.evt.test.*`, so tests exercise the real publish and consume
 //!   paths without borrowing a production message;
 //! - [`Recorder`]: a handler that reports each delivery to the test and answers with scripted outcomes;
-//! - [`next_event`]: waits (with a deadline) for the next message on a subject.
+//! - [`next_event`] — waits (with a deadline) for the next message on a subject.
 //!
 //! The binary `pf-test-worker` runs one consumer loop in its own process, for tests that send real
 //! signals or crash a worker.

@@ -5,8 +5,8 @@
 //! status API mount on the same router.
 //!
 //! ## Layout
-//! - [`config`]: [`GatewayConfig`].
-//! - [`http`]: the router and the per-request trace span.
+//! - [`config`] — [`GatewayConfig`].
+//! - [`http`] — the router and the per-request trace span.
 
 pub mod config;
 pub mod http;

@@ -33,6 +33,8 @@ async fn run_inner(settings: &mut Settings) -> anyhow::Result<()> {
             store_dir: store_dir.clone(),
             port: settings.dev.nats_port,
             ready_timeout: Duration::from_secs(20),
+            config_file: None,
+            env: Vec::new(),
         })
         .with_context(|| {
             format!(

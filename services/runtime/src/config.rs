@@ -180,6 +180,9 @@ pub struct NatsConfig {
     pub password: Secret,
     /// NATS `.creds` file (JWT + nkey seed), an alternative to user/password.
     pub credentials_file: Option<PathBuf>,
+    /// Subject prefix of this process's reply inboxes. The deploy configs give each service its own
+    /// (`_INBOX_gateway`, ...) so that no user may read another service's replies.
+    pub inbox_prefix: String,
     /// Replicas for streams and KV buckets: 1 on a single node, 3 on the production cluster.
     pub replicas: usize,
     /// How long start-up keeps trying to reach the server before giving up with an error.
@@ -200,6 +203,7 @@ impl Default for NatsConfig {
             user: None,
             password: Secret::default(),
             credentials_file: None,
+            inbox_prefix: "_INBOX".into(),
             replicas: 1,
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
@@ -226,6 +230,12 @@ impl Validate for NatsConfig {
             return Err(ConfigError::value(
                 "nats.password",
                 "nats.user and nats.password go together: set both or neither",
+            ));
+        }
+        if self.inbox_prefix.is_empty() || self.inbox_prefix.contains(['.', '*', '>', ' ']) {
+            return Err(ConfigError::value(
+                "nats.inbox_prefix",
+                "must be one subject token: no '.', '*', '>' or spaces",
             ));
         }
         if self.publish_attempts == 0 {
@@ -405,6 +415,8 @@ mod duration_list {
 }
 
 #[cfg(test)]
+// figment::Jail's closures must return figment's own error type, which is large; not ours to shrink.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

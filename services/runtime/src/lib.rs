@@ -3,16 +3,16 @@
 //! What every proxflow service shares, so that services hold only their domain logic.
 //!
 //! ## Layout
-//! - [`config`]: figment loading (defaults < TOML < `PROXFLOW_*` env), the shared config sections,
+//! - [`config`] — figment loading (defaults < TOML < `PROXFLOW_*` env), the shared config sections,
 //!   [`config::Secret`].
-//! - [`bus`]: connecting to NATS, the JetStream topology ([`bus::topology`]), the publisher that sets
+//! - [`bus`] — connecting to NATS, the JetStream topology ([`bus::topology`]), the publisher that sets
 //!   `Nats-Msg-Id`, schema and trace headers ([`bus::publish`]), and the consumer loop that maps handler
 //!   outcomes to ack / nak / term + dead letter ([`bus::consume`]).
-//! - [`telemetry`]: subscriber, OTLP export, trace context over NATS and HTTP headers.
-//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, the [`ops::Health`] and [`ops::Metrics`] handles.
-//! - [`service`]: [`ServiceContext`], what each service's `run` receives.
-//! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
-//! - [`nats_server`]: a nats-server child process, for `proxflow dev` and the test harness.
+//! - [`telemetry`] — subscriber, OTLP export, trace context over NATS and HTTP headers.
+//! - [`ops`] — `/healthz`, `/readyz`, `/metrics`, the [`ops::Health`] and [`ops::Metrics`] handles.
+//! - [`service`] — [`ServiceContext`], what each service's `run` receives.
+//! - [`shutdown`] — SIGINT/SIGTERM to a cancellation token.
+//! - [`nats_server`] — a nats-server child process, for `proxflow dev` and the test harness.
 
 pub mod bus;
 pub mod config;

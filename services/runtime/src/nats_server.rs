@@ -132,6 +132,10 @@ pub struct ServerOptions {
     pub port: u16,
     /// How long to wait for "Server is ready".
     pub ready_timeout: Duration,
+    /// A config file (`-c`); the address, port and store given here still win over it.
+    pub config_file: Option<PathBuf>,
+    /// Extra environment (config files take secrets as `$VARIABLE` references).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running nats-server. Killed when dropped.
@@ -160,7 +164,12 @@ impl NatsServerProcess {
         } else {
             options.port.to_string()
         };
-        let mut child = Command::new(&options.bin)
+        let mut command = Command::new(&options.bin);
+        if let Some(config) = &options.config_file {
+            command.arg("-c").arg(config);
+        }
+        command.envs(options.env.iter().map(|(k, v)| (k, v)));
+        let mut child = command
             .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
             .arg(&options.store_dir)
             // Its own process group: a terminal's Ctrl-C reaches proxflow, which stops the services
@@ -179,7 +188,8 @@ impl NatsServerProcess {
         // The server logs to stderr; a thread keeps draining it (a full pipe would block the server)
         // and reports the client port once "Server is ready" follows it.
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel::<u16>();
+        // `Some(port)` once ready; `None` when the output ends first (the server exited).
+        let (ready_tx, ready_rx) = mpsc::channel::<Option<u16>>();
         let thread_log = Arc::clone(&log);
         std::thread::spawn(move || {
             let mut port = None;
@@ -190,7 +200,7 @@ impl NatsServerProcess {
                 if line.contains("Server is ready")
                     && let Some(p) = port
                 {
-                    let _ = ready_tx.send(p);
+                    let _ = ready_tx.send(Some(p));
                 }
                 let mut tail = thread_log.lock().unwrap_or_else(|p| p.into_inner());
                 if tail.len() == LOG_TAIL {
@@ -198,6 +208,7 @@ impl NatsServerProcess {
                 }
                 tail.push(line);
             }
+            let _ = ready_tx.send(None);
         });
 
         let mut server = Self {
@@ -207,16 +218,16 @@ impl NatsServerProcess {
             log,
         };
         match ready_rx.recv_timeout(server.options.ready_timeout) {
-            Ok(port) => {
+            Ok(Some(port)) => {
                 server.port = port;
                 Ok(server)
             }
-            Err(_) => {
+            Ok(None) | Err(_) => {
                 let status = server.child.try_wait().ok().flatten();
                 let _ = server.child.kill();
                 let _ = server.child.wait();
                 Err(NatsServerError::Start(format!(
-                    "not ready after {:?} (exit: {status:?}); last output:\n{}",
+                    "exited or not ready within {:?} (exit: {status:?}); last output:\n{}",
                     server.options.ready_timeout,
                     server.log_tail()
                 )))

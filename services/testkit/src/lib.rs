@@ -59,12 +59,32 @@ impl TestNats {
 
     /// Starts this binary without the version check (for testing what happens on old servers).
     pub fn start_binary(bin: &Path) -> Result<Self, TestkitError> {
+        Self::start_with(bin, None, &[])
+    }
+
+    /// Starts a supported server with a config file (accounts, permissions) on a free port; `env`
+    /// supplies the `$VARIABLE`s the file references.
+    pub fn start_with_config(config: &Path, env: &[(&str, &str)]) -> Result<Self, TestkitError> {
+        let bin = nats_server::locate_supported(&project_dir())?;
+        Self::start_with(&bin, Some(config), env)
+    }
+
+    fn start_with(
+        bin: &Path,
+        config: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<Self, TestkitError> {
         let store = tempfile::tempdir()?;
         let process = NatsServerProcess::start(ServerOptions {
             bin: bin.to_owned(),
             store_dir: store.path().join("jetstream"),
             port: 0,
             ready_timeout: Duration::from_secs(15),
+            config_file: config.map(Path::to_path_buf),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         })?;
         Ok(Self {
             process,

@@ -65,6 +65,7 @@ pub async fn connect(cfg: &NatsConfig, name: &str, metrics: Metrics) -> Result<B
     let client = loop {
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
+            .custom_inbox_prefix(cfg.inbox_prefix.as_str())
             .connection_timeout(Duration::from_secs(5))
             .event_callback(|event| async move {
                 match event {
