@@ -14,7 +14,7 @@ up *args: (_tools "nats")
 test: (_tools "test")
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo test --workspace --all-targets
+    cargo test --workspace
 
 # Print the benchmark figures (runtime vs raw JetStream, ...).
 bench: (_tools "nats")

@@ -106,6 +106,18 @@ pub async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>, within: Duration)
     }
 }
 
+/// Subscribes to the dead letters of consumer `durable` (subscribe before triggering them).
+pub async fn dead_letters(
+    ctx: &proxflow_runtime::ServiceContext,
+    durable: &str,
+) -> async_nats::Subscriber {
+    ctx.bus
+        .client
+        .subscribe(proxflow_schemas::names::subject::dead_letter(durable))
+        .await
+        .expect("subscribe to dead letters")
+}
+
 /// Waits for the next message on a core subscription and decodes it, failing the test after `within`.
 pub async fn next_event<T: serde::de::DeserializeOwned>(
     sub: &mut async_nats::Subscriber,

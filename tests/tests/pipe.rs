@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use proxflow_e2e::{Probe, Recorder, next_event, next_seen};
+use proxflow_e2e::{Probe, Recorder, dead_letters, next_event, next_seen};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Handler, Outcome};
@@ -131,12 +131,7 @@ async fn a_retry_is_redelivered_after_its_delay() {
 async fn exhausting_max_deliver_dead_letters_with_the_reason() {
     let nats = TestNats::start().expect("nats-server");
     let ctx = nats.context("exhaust").await.expect("ctx");
-    let mut letters = ctx
-        .bus
-        .client
-        .subscribe(subject::dead_letter("exhaust-worker"))
-        .await
-        .expect("subscribe");
+    let mut letters = dead_letters(&ctx, "exhaust-worker").await;
     let (handler, mut seen) = Recorder::new(|_, _| Outcome::retry("proxmox unreachable"));
     let (stop, task) = consume(&ctx, spec("exhaust-worker", "exhaust"), fast(3), handler);
     let probe = Probe::new("exhaust", "e-1");
@@ -174,12 +169,7 @@ async fn exhausting_max_deliver_dead_letters_with_the_reason() {
 async fn poison_is_terminated_and_dead_lettered_without_retries() {
     let nats = TestNats::start().expect("nats-server");
     let ctx = nats.context("poison").await.expect("ctx");
-    let mut letters = ctx
-        .bus
-        .client
-        .subscribe(subject::dead_letter("poison-worker"))
-        .await
-        .expect("subscribe");
+    let mut letters = dead_letters(&ctx, "poison-worker").await;
     let (handler, mut seen) = Recorder::new(|probe, _| {
         if probe.id == "bad-vmid" {
             Outcome::poison("vmid 99999999 is out of range")

@@ -9,18 +9,19 @@ use proxflow_runtime::config::ConsumerConfig;
 use proxflow_schemas::names::{bucket, stream as stream_name, subject};
 use proxflow_testkit::TestNats;
 
+async fn event_stream(js: &async_nats::jetstream::Context) -> async_nats::jetstream::stream::Info {
+    js.get_stream(stream_name::EVT)
+        .await
+        .expect("stream")
+        .cached_info()
+        .clone()
+}
+
 #[tokio::test]
 async fn declaring_twice_changes_nothing() {
     let nats = TestNats::start().expect("nats-server");
     let ctx = nats.context("first").await.expect("first declaration");
-    let before = ctx
-        .bus
-        .js
-        .get_stream(stream_name::EVT)
-        .await
-        .expect("stream")
-        .cached_info()
-        .clone();
+    let before = event_stream(&ctx.bus.js).await;
 
     let again = topology::declare(&ctx.bus.client, &ctx.bus.js, 1)
         .await
@@ -30,14 +31,7 @@ async fn declaring_twice_changes_nothing() {
         again.objects.len(),
         topology::streams().len() + topology::buckets().len()
     );
-    let after = ctx
-        .bus
-        .js
-        .get_stream(stream_name::EVT)
-        .await
-        .expect("stream")
-        .cached_info()
-        .clone();
+    let after = event_stream(&ctx.bus.js).await;
     assert_eq!(before.created, after.created);
     assert_eq!(before.config, after.config);
     for name in [

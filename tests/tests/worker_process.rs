@@ -6,9 +6,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use proxflow_e2e::{Probe, next_event};
+use proxflow_e2e::{Probe, dead_letters, next_event};
 use proxflow_schemas::events::{DeadLetter, DeadLetterReason};
-use proxflow_schemas::names::subject;
 use proxflow_testkit::TestNats;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -110,12 +109,7 @@ async fn sigterm_during_a_handler_does_not_lose_the_message() {
 async fn a_message_that_crashes_its_worker_is_dead_lettered_when_it_returns() {
     let nats = TestNats::start().expect("nats-server");
     let ctx = nats.context("publisher").await.expect("ctx");
-    let mut letters = ctx
-        .bus
-        .client
-        .subscribe(subject::dead_letter("crash-worker"))
-        .await
-        .expect("subscribe");
+    let mut letters = dead_letters(&ctx, "crash-worker").await;
 
     let crashing = Worker::start(&nats, "crash-worker", "crash", "abort", 1);
     ctx.bus
