@@ -280,3 +280,73 @@ async fn a_duplicate_msg_id_is_handled_once() {
     stop.cancel();
     task.await.expect("loop ends");
 }
+
+#[tokio::test]
+async fn a_deleted_consumer_is_declared_again_and_nothing_is_lost() {
+    let nats = TestNats::start().expect("nats-server");
+    let ctx = nats.context("redeclare").await.expect("ctx");
+    let (handler, mut seen) = Recorder::new(|_, _| Outcome::Ack);
+    let (stop, task) = consume(
+        &ctx,
+        spec("redeclare-worker", "redeclare"),
+        fast(3),
+        handler,
+    );
+    ctx.bus
+        .publisher
+        .publish(&Probe::new("redeclare", "before"))
+        .await
+        .expect("published");
+    assert_eq!(next_seen(&mut seen, WAIT).await.id, "before");
+
+    // An operator (or a lost server) removes the durable under the running loop.
+    let stream = ctx.bus.js.get_stream(stream::EVT).await.expect("stream");
+    stream
+        .delete_consumer("redeclare-worker")
+        .await
+        .expect("deleted");
+    ctx.bus
+        .publisher
+        .publish(&Probe::new("redeclare", "after"))
+        .await
+        .expect("published");
+    // The loop declares the durable again; delivering from the start, it sees both messages again
+    // (handlers are idempotent) and, crucially, the one published while it had no consumer.
+    let ids: Vec<String> = [
+        next_seen(&mut seen, WAIT).await,
+        next_seen(&mut seen, WAIT).await,
+    ]
+    .into_iter()
+    .map(|s| s.id)
+    .collect();
+    assert!(ids.contains(&"after".to_owned()), "{ids:?}");
+    stop.cancel();
+    task.await.expect("loop ends");
+}
+
+#[tokio::test]
+async fn the_loop_survives_a_nats_server_restart() {
+    let mut nats = TestNats::start().expect("nats-server");
+    let ctx = nats.context("restart").await.expect("ctx");
+    let (handler, mut seen) = Recorder::new(|_, _| Outcome::Ack);
+    let (stop, task) = consume(&ctx, spec("restart-worker", "restart"), fast(3), handler);
+    ctx.bus
+        .publisher
+        .publish(&Probe::new("restart", "before"))
+        .await
+        .expect("published");
+    assert_eq!(next_seen(&mut seen, WAIT).await.id, "before");
+
+    nats.restart().unwrap_or_else(|e| panic!("restart: {e}\n{}", nats.log_tail()));
+    // The client reconnects by itself; the publisher retries until the stream answers again.
+    ctx.bus
+        .publisher
+        .publish(&Probe::new("restart", "after"))
+        .await
+        .expect("published after the restart");
+    let got = next_seen(&mut seen, Duration::from_secs(30)).await;
+    assert_eq!(got.id, "after");
+    settle_all(&ctx, "restart-worker").await;
+    stop.cancel();
+    task.await.expect("loop ends");
+}

@@ -124,7 +124,7 @@ pub struct ConsumerLoop<M, H> {
     _message: PhantomData<fn() -> M>,
 }
 
-/// How long to wait before re-opening a failed pull stream.
+/// Pause before declaring a consumer again after its pull stream failed.
 const REOPEN_DELAY: Duration = Duration::from_millis(500);
 
 impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
@@ -148,6 +148,7 @@ impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
     /// the context's grace period and NAKs the rest so another instance picks them up at once.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ConsumeError> {
         let bus = &self.ctx.bus;
+        // The first declaration's error is fatal (bad spec, no stream); later ones are retried.
         let (consumer, declared) =
             topology::declare_consumer(&bus.js, &self.spec, &self.tuning, bus.replicas).await?;
         tracing::info!(consumer = %self.spec.durable, filter = %self.spec.filter_subject, ?declared, "consuming");
@@ -164,9 +165,31 @@ impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
             metrics: self.ctx.metrics.consumer(&self.spec.durable),
         });
 
+        let mut consumer = Some(consumer);
         while !shutdown.is_cancelled() {
-            let Some(mut messages) = self.open(&consumer, &shutdown).await else {
-                break;
+            // After any failure the durable is declared again before pulling: it may have been
+            // deleted (by an operator, or lost with a server's state), and pulling from a consumer
+            // that no longer exists would wait forever.
+            let current = match consumer.take() {
+                Some(c) => c,
+                None => match self.redeclare(&shutdown).await {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            let mut messages = match current
+                .stream()
+                .max_messages_per_batch(self.tuning.max_in_flight)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+            {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::warn!(consumer = %self.spec.durable, error = %e, "cannot pull, declaring again");
+                    continue;
+                }
             };
             loop {
                 let permit = tokio::select! {
@@ -222,28 +245,22 @@ impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
         Ok(())
     }
 
-    /// Opens the pull stream, retrying until it works or shutdown.
-    async fn open(
-        &self,
-        consumer: &PullConsumer,
-        shutdown: &CancellationToken,
-    ) -> Option<async_nats::jetstream::consumer::pull::Stream> {
+    /// Declares the consumer again, retrying until it works or shutdown.
+    async fn redeclare(&self, shutdown: &CancellationToken) -> Option<PullConsumer> {
+        let bus = &self.ctx.bus;
         loop {
-            match consumer
-                .stream()
-                .max_messages_per_batch(self.tuning.max_in_flight)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(REOPEN_DELAY) => {}
+            }
+            match topology::declare_consumer(&bus.js, &self.spec, &self.tuning, bus.replicas).await
             {
-                Ok(stream) => return Some(stream),
+                Ok((consumer, declared)) => {
+                    tracing::info!(consumer = %self.spec.durable, ?declared, "consumer declared again");
+                    return Some(consumer);
+                }
                 Err(e) => {
-                    tracing::warn!(consumer = %self.spec.durable, error = %e, "cannot pull yet");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        () = tokio::time::sleep(REOPEN_DELAY) => {}
-                    }
+                    tracing::warn!(consumer = %self.spec.durable, error = %e, "cannot declare yet")
                 }
             }
         }
