@@ -337,7 +337,8 @@ async fn the_loop_survives_a_nats_server_restart() {
         .expect("published");
     assert_eq!(next_seen(&mut seen, WAIT).await.id, "before");
 
-    nats.restart().unwrap_or_else(|e| panic!("restart: {e}\n{}", nats.log_tail()));
+    nats.restart()
+        .unwrap_or_else(|e| panic!("restart: {e}\n{}", nats.log_tail()));
     // The client reconnects by itself; the publisher retries until the stream answers again.
     ctx.bus
         .publisher

@@ -62,15 +62,26 @@ impl Worker {
         assert!(status.success());
     }
 
-    fn wait(mut self) -> std::process::ExitStatus {
+    fn wait(self) -> std::process::ExitStatus {
+        self.finish().0
+    }
+
+    /// Waits for the exit, then returns the status and every line printed that was not read yet.
+    fn finish(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let deadline = std::time::Instant::now() + WAIT;
-        loop {
+        let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
+                break status;
             }
             assert!(std::time::Instant::now() < deadline, "worker did not exit");
             std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at EOF, which follows the exit: the channel then disconnects.
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(WAIT) {
+            rest.push(line);
         }
+        (status, rest)
     }
 }
 
@@ -127,6 +138,10 @@ async fn a_message_that_crashes_its_worker_is_dead_lettered_when_it_returns() {
     assert_eq!(letter.deliveries, 2);
     assert!(letter.detail.contains("crashed"), "{}", letter.detail);
     healthy.sigterm();
-    assert!(healthy.wait().success());
-    // `wait` consumed the worker; nothing it printed said it handled the message.
+    let (status, printed) = healthy.finish();
+    assert!(status.success());
+    assert!(
+        printed.iter().all(|line| !line.starts_with("handling c-1")),
+        "the handler ran again for a message past max_deliver: {printed:?}"
+    );
 }

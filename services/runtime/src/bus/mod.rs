@@ -71,6 +71,8 @@ pub async fn connect(cfg: &NatsConfig, name: &str, metrics: Metrics) -> Result<B
                 match event {
                     async_nats::Event::Connected => tracing::info!("NATS connected"),
                     async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    // The client closing is the normal end of a shutdown, not a problem.
+                    async_nats::Event::Closed => tracing::info!("NATS connection closed"),
                     other => tracing::warn!(event = %other, "NATS event"),
                 }
             });
