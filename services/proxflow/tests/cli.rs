@@ -112,16 +112,20 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
     let state = tempfile::tempdir().expect("tempdir");
     let mut child = proxflow()
         .arg("dev")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        // The repository root, where `just up` runs it and where `.tools/bin/nats-server` lives.
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .env("PROXFLOW_DEV__STATE_DIR", state.path())
         .env("PROXFLOW_DEV__NATS_PORT", "0")
         .env("PROXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
         .env("PROXFLOW_OPS__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("dev starts");
     let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -131,9 +135,14 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
     let mut gateway = None;
     let mut nats = None;
     while gateway.is_none() || nats.is_none() {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("dev printed its summary");
+        let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "dev printed no summary; stderr:\n{}",
+                errors.join().unwrap_or_default()
+            );
+        };
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["gateway", url, ..] => gateway = Some((*url).to_owned()),

