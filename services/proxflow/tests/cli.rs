@@ -201,3 +201,41 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
         "embedded nats-server still listening after dev stopped"
     );
 }
+
+#[test]
+fn the_shipped_example_config_is_complete_and_matches_the_defaults() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/proxflow.example.toml"
+    );
+    let from_file = proxflow()
+        .args(["--config", example, "config"])
+        .output()
+        .expect("runs");
+    assert!(
+        from_file.status.success(),
+        "the example config does not load: {}",
+        String::from_utf8_lossy(&from_file.stderr)
+    );
+    let defaults = proxflow().arg("config").output().expect("runs");
+    let parse = |out: &std::process::Output| -> toml::Value {
+        toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("toml")
+    };
+    // The example documents the defaults: loading it must change nothing.
+    assert_eq!(parse(&from_file), parse(&defaults));
+    // And it names every key that has a default, so none is undocumented.
+    let text = std::fs::read_to_string(example).expect("read example");
+    let table = parse(&defaults);
+    for (section, keys) in table.as_table().expect("table") {
+        assert!(
+            text.contains(&format!("[{section}]")),
+            "[{section}] missing from the example"
+        );
+        for key in keys.as_table().expect("section table").keys() {
+            assert!(
+                text.contains(&format!("{key} =")) || text.contains(&format!("# {key} =")),
+                "{section}.{key} missing from the example"
+            );
+        }
+    }
+}
