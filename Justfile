@@ -16,9 +16,10 @@ test: (_tools "test")
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
 
-# Print the benchmark figures (runtime vs raw JetStream, ...).
+# Print the benchmark figures (runtime vs raw JetStream, Proxmox simulator and client, ...).
 bench: (_tools "nats")
     cargo bench -p proxflow-e2e --bench bus
+    cargo bench -p proxflow-pve --bench pve
 
 # Regenerate schemas/json from the wire types.
 schemas:

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::settings::Settings;
-use crate::{compose, dev};
+use crate::{compose, dev, pve, sim};
 
 /// proxflow: event-driven automation for a Proxmox VE + k3s platform.
 #[derive(Debug, Parser)]
@@ -32,12 +32,26 @@ pub enum Command {
     },
     /// Print the effective configuration (defaults < file < environment), secrets redacted.
     Config,
+    /// Run the Proxmox VE API simulator (`[sim]`) until Ctrl-C.
+    Sim,
+    /// Proxmox operator tools.
+    Pve {
+        #[command(subcommand)]
+        command: PveCommand,
+    },
     /// Write the JSON Schema of every wire type into a directory.
     Schemas {
         /// Output directory.
         #[arg(long, default_value = "schemas/json")]
         out: PathBuf,
     },
+}
+
+/// `proxflow pve ...`.
+#[derive(Debug, Subcommand)]
+pub enum PveCommand {
+    /// Check `[pve]`: reach the API, verify TLS and the token, list the node's VMs and storages.
+    Check,
 }
 
 /// The services this binary can run.
@@ -77,6 +91,15 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
             Ok(())
         }
         Command::Schemas { out } => write_schemas(&out),
+        Command::Sim => {
+            let telemetry = proxflow_runtime::telemetry::init(&settings.telemetry, "pve-sim")?;
+            let result = sim::run(&settings.sim).await;
+            telemetry.shutdown().await;
+            result
+        }
+        Command::Pve {
+            command: PveCommand::Check,
+        } => pve::check(&settings.pve).await,
     }
 }
 

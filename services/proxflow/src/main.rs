@@ -8,12 +8,16 @@
 //! - `cli`: arguments.
 //! - `settings`: the composed configuration file (`[nats]`, `[gateway]`, ...).
 //! - `compose`: connecting, declaring the topology and running services until shutdown.
-//! - `dev`: the embedded nats-server and the summary of what listens where.
+//! - `dev`: the embedded nats-server and simulator, and the summary of what listens where.
+//! - `sim`: `proxflow sim`, the Proxmox VE simulator on its own.
+//! - `pve`: `proxflow pve check`.
 
 mod cli;
 mod compose;
 mod dev;
+mod pve;
 mod settings;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -37,7 +41,14 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("proxflow: {e:#}");
-            ExitCode::FAILURE
+            // A section validated only when a command needs it is still a configuration error.
+            if e.downcast_ref::<proxflow_runtime::config::ConfigError>()
+                .is_some()
+            {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use proxflow_gateway::GatewayConfig;
+use proxflow_pve::PveConfig;
+use proxflow_pve_sim::SimConfig;
 use proxflow_runtime::config::{
     self, ConfigError, NatsConfig, OpsConfig, TelemetryConfig, Validate,
 };
@@ -22,6 +24,11 @@ pub struct Settings {
     pub dev: DevConfig,
     /// `[gateway]`.
     pub gateway: GatewayConfig,
+    /// `[pve]`: the Proxmox VE API every Proxmox-facing service uses. Validated when a command needs it
+    /// (the token secret has no default); `proxflow dev` points it at the simulator.
+    pub pve: PveConfig,
+    /// `[sim]`: the Proxmox simulator of `proxflow sim` and `proxflow dev`.
+    pub sim: SimConfig,
 }
 
 /// `[dev]`: the embedded nats-server of `proxflow dev`.
@@ -32,6 +39,8 @@ pub struct DevConfig {
     pub state_dir: PathBuf,
     /// Client port of the embedded nats-server; 0 picks a free one.
     pub nats_port: u16,
+    /// Run the Proxmox simulator (`[sim]`) and point `[pve]` at it; false uses `[pve]` as configured.
+    pub simulator: bool,
 }
 
 impl Default for DevConfig {
@@ -39,6 +48,7 @@ impl Default for DevConfig {
         Self {
             state_dir: PathBuf::from(".proxflow"),
             nats_port: 4222,
+            simulator: true,
         }
     }
 }
@@ -48,6 +58,7 @@ impl Validate for Settings {
         self.nats.validate()?;
         self.telemetry.validate()?;
         self.ops.validate()?;
+        self.sim.validate()?;
         self.gateway.validate()
     }
 }

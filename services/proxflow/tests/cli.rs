@@ -118,6 +118,7 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
         .env("PROXFLOW_DEV__NATS_PORT", "0")
         .env("PROXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
         .env("PROXFLOW_OPS__LISTEN", "127.0.0.1:0")
+        .env("PROXFLOW_SIM__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -134,7 +135,8 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
     });
     let mut gateway = None;
     let mut nats = None;
-    while gateway.is_none() || nats.is_none() {
+    let mut sim = None;
+    while gateway.is_none() || nats.is_none() || sim.is_none() {
         let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -147,9 +149,29 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
         match words.as_slice() {
             ["gateway", url, ..] => gateway = Some((*url).to_owned()),
             ["nats", url, ..] => nats = Some((*url).to_owned()),
+            ["pve-sim", url, "(fingerprint", fp] => {
+                sim = Some((
+                    url.trim_end_matches("/api2/json").to_owned(),
+                    fp.trim_end_matches(')').to_owned(),
+                ))
+            }
             _ => {}
         }
     }
+    // The simulator answers over HTTPS with the certificate whose fingerprint dev printed.
+    let (sim_url, fingerprint) = sim.expect("pve-sim line");
+    let pve = proxflow_pve::PveClient::new(&proxflow_pve::PveConfig {
+        url: sim_url,
+        fingerprint: Some(fingerprint),
+        token_secret: proxflow_runtime::config::Secret::new(proxflow_pve_sim::DEV_TOKEN_SECRET),
+        ..proxflow_pve::PveConfig::default()
+    })
+    .expect("client");
+    let vms = pve.list_vms().await.expect("the simulator answers");
+    assert!(
+        vms.iter().any(|v| v.vmid == 9000 && v.template),
+        "seed template"
+    );
     let gateway = gateway.expect("gateway url");
     let nats = nats.expect("nats url");
     assert!(
@@ -226,16 +248,111 @@ fn the_shipped_example_config_is_complete_and_matches_the_defaults() {
     // And it names every key that has a default, so none is undocumented.
     let text = std::fs::read_to_string(example).expect("read example");
     let table = parse(&defaults);
-    for (section, keys) in table.as_table().expect("table") {
-        assert!(
-            text.contains(&format!("[{section}]")),
-            "[{section}] missing from the example"
-        );
-        for key in keys.as_table().expect("section table").keys() {
-            assert!(
-                text.contains(&format!("{key} =")) || text.contains(&format!("# {key} =")),
-                "{section}.{key} missing from the example"
-            );
+    assert_documented(&text, "", table.as_table().expect("table"));
+}
+
+/// Every sub-table has its `[header]` in `text`, every other key a `key =` line (possibly commented).
+fn assert_documented(text: &str, prefix: &str, table: &toml::Table) {
+    for (key, value) in table {
+        let path = format!("{prefix}{key}");
+        match value.as_table() {
+            Some(sub) => {
+                assert!(
+                    text.contains(&format!("[{path}]")),
+                    "[{path}] missing from the example"
+                );
+                assert_documented(text, &format!("{path}."), sub);
+            }
+            None => assert!(
+                text.contains(&format!("{key} =")),
+                "{path} missing from the example"
+            ),
         }
     }
+}
+
+/// Reads stdout lines of a child on a thread, so a test can wait for one with a deadline.
+fn line_reader(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    lines
+}
+
+#[test]
+fn sim_serves_and_pve_check_uses_it() {
+    let mut sim = proxflow()
+        .arg("sim")
+        .env("PROXFLOW_SIM__LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sim starts");
+    let lines = line_reader(&mut sim);
+    let (mut url, mut fingerprint) = (None, None);
+    while url.is_none() || fingerprint.is_none() {
+        let Ok(line) = lines.recv_timeout(Duration::from_secs(30)) else {
+            let _ = sim.kill();
+            panic!("proxflow sim printed no endpoint");
+        };
+        if let Some(v) = line.trim().strip_prefix("export PROXFLOW_PVE__URL=") {
+            url = Some(v.to_owned());
+        }
+        if let Some(v) = line
+            .trim()
+            .strip_prefix("export PROXFLOW_PVE__FINGERPRINT=")
+        {
+            fingerprint = Some(v.to_owned());
+        }
+    }
+    let (url, fingerprint) = (url.expect("url"), fingerprint.expect("fingerprint"));
+    let check = |fp: &str, secret: Option<&str>| {
+        let mut cmd = proxflow();
+        cmd.args(["pve", "check"])
+            .env("PROXFLOW_PVE__URL", &url)
+            .env("PROXFLOW_PVE__FINGERPRINT", fp)
+            .env("PROXFLOW_PVE__RETRY_ATTEMPTS", "1");
+        if let Some(secret) = secret {
+            cmd.env("PROXFLOW_PVE__TOKEN_SECRET", secret);
+        }
+        cmd.output().expect("runs")
+    };
+    let ok = check(&fingerprint, Some(proxflow_pve_sim::DEV_TOKEN_SECRET));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        stdout.contains("k3s-1") && stdout.contains("local-zfs"),
+        "{stdout}"
+    );
+
+    let wrong_pin = check(
+        &fingerprint.replace(|c: char| c.is_ascii_hexdigit(), "0"),
+        Some(proxflow_pve_sim::DEV_TOKEN_SECRET),
+    );
+    assert_eq!(wrong_pin.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong_pin.stderr).contains("fingerprint"));
+
+    let no_secret = check(&fingerprint, None);
+    assert_eq!(
+        no_secret.status.code(),
+        Some(78),
+        "a missing secret is a config error"
+    );
+    assert!(String::from_utf8_lossy(&no_secret.stderr).contains("PROXFLOW_PVE__TOKEN_SECRET"));
+
+    let wrong_secret = check(&fingerprint, Some("not-the-secret"));
+    assert_eq!(wrong_secret.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong_secret.stderr).contains("401"));
+
+    let _ = sim.kill();
+    let _ = sim.wait();
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -61,12 +61,14 @@ pub trait Validate {
 /// that does not exist is an error (a typo in a path must not run the defaults against production).
 pub fn load<T>(file: Option<&Path>) -> Result<T, ConfigError>
 where
-    T: Serialize + DeserializeOwned + Default + Validate,
+    T: DeserializeOwned + Default + Validate,
 {
     let file = file
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from));
-    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    // Defaults come from `#[serde(default)]` on every section, not from serialising `T::default()`:
+    // a `Secret` serialises as `<redacted>`, which would replace a non-empty default secret.
+    let mut figment = Figment::new();
     if let Some(path) = &file {
         figment = figment.merge(Toml::file_exact(path));
     }
@@ -431,6 +433,35 @@ mod tests {
         fn validate(&self) -> Result<(), ConfigError> {
             self.nats.validate()
         }
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct WithSecret {
+        secret: Secret,
+    }
+
+    impl Default for WithSecret {
+        fn default() -> Self {
+            Self {
+                secret: Secret::new("built-in"),
+            }
+        }
+    }
+
+    impl Validate for WithSecret {
+        fn validate(&self) -> Result<(), ConfigError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_default_secret_survives_loading() {
+        figment::Jail::expect_with(|_| {
+            let cfg: WithSecret = load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.secret.expose(), "built-in");
+            Ok(())
+        });
     }
 
     #[test]

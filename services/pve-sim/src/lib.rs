@@ -1,0 +1,358 @@
+//! A schema-validated, stateful Proxmox VE 8 API simulator for development and tests.
+//!
+//! [`start`] serves `/api2/json` over HTTPS (or plain HTTP) on the configured address, answering
+//! like a PVE 8 host: requests are routed and validated against the official API schema
+//! ([`schema`]), errors carry Proxmox's status codes, reason phrases and messages, long operations
+//! return real UPIDs whose tasks run asynchronously, and state (VM configs, locks, snapshots,
+//! storage usage, guest agent) changes as on a real host. The starting platform is a scenario
+//! ([`scenario`]; the seed by default). Tests steer it in-process through [`SimHandle`] or over
+//! HTTP through the `/_sim/*` control API (same token): faults, load, guest-agent `exec`
+//! results, and a journal of every API request received.
+//!
+//! Control API (JSON in and out; invalid input answers 400 `{"errors": {field: message}}`):
+//! `GET|PUT /_sim/faults` ([`Faults`]), `PUT /_sim/load/vm/{vmid}` and `PUT /_sim/load/host`
+//! ([`Load`]), `PUT /_sim/agent/exec` ([`AgentExecScript`]), `GET /_sim/journal`
+//! ([`JournalEntry`] list) and `GET /_sim/state` (a summary of VMs, storages and tasks).
+
+mod agent;
+mod api;
+pub mod config;
+mod http;
+pub mod load;
+pub mod scenario;
+pub mod schema;
+mod state;
+mod tasks;
+mod tls;
+mod volumes;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use proxflow_runtime::config::{ConfigError, Validate};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use agent::{AgentExecScript, ExecRule};
+pub use config::{DEV_TOKEN_SECRET, EndpointFault, Faults, SimConfig, TaskDurations};
+pub use load::{Level, Load};
+pub use scenario::ScenarioError;
+
+use schema::{ApiSchema, SchemaError};
+use state::State;
+
+/// Journal entries kept (oldest dropped first), so a long-running `proxflow sim` stays bounded.
+const JOURNAL_CAP: usize = 10_000;
+
+/// One `/api2/json` request and its answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// HTTP method.
+    pub method: String,
+    /// Path as requested, after `/api2/json`.
+    pub path: String,
+    /// Schema template, e.g. `/nodes/{node}/qemu/{vmid}/clone`; `None` when unauthenticated or
+    /// unrouted.
+    pub template: Option<String>,
+    /// Query, body and path parameters merged, as received (strings for form data).
+    pub params: Map<String, Value>,
+    /// HTTP status answered.
+    pub status: u16,
+    /// Body answered, parsed; `Null` when empty.
+    pub response: Value,
+}
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The API schema could not be found or read.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The scenario is invalid.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// The listen address is unavailable.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The certificate or TLS configuration could not be built.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+    /// A built-in pattern failed to compile (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// State shared by the server, the task workers and the handles.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    pub(crate) schema: ApiSchema,
+    journal: Mutex<VecDeque<JournalEntry>>,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) token_id: String,
+    pub(crate) token_secret: String,
+    /// Proxmox's `PVEAPIToken` header regex.
+    pub(crate) auth_re: Regex,
+}
+
+impl Shared {
+    /// The state; a panic elsewhere while holding the lock does not make it unusable.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn record(&self, entry: JournalEntry) {
+        let mut journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
+        if journal.len() >= JOURNAL_CAP {
+            journal.pop_front();
+        }
+        journal.push_back(entry);
+    }
+}
+
+/// Checks faults, including that every endpoint key names a method of the schema.
+pub(crate) fn check_faults(faults: &Faults, schema: &ApiSchema) -> Result<(), ConfigError> {
+    faults.validate_at("faults")?;
+    for key in faults.endpoints.keys() {
+        if let Some((method, template)) = key.split_once(' ')
+            && !schema.has_method(method, template)
+        {
+            return Err(ConfigError::value(
+                format!("faults.endpoints.\"{key}\""),
+                "no such method in the Proxmox API schema (use the template, e.g. /nodes/{node}/qemu/{vmid}/clone)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Starts the simulator: loads the schema and scenario, binds `config.listen` and serves in a
+/// spawned task until [`RunningSim::shutdown`].
+pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
+    config.validate()?;
+    let schema = match &config.schema {
+        Some(path) => ApiSchema::load(path)?,
+        None => ApiSchema::locate()?.0,
+    };
+    check_faults(&config.faults, &schema)?;
+    let scenario = scenario::load(config.scenario.as_deref(), &schema)?;
+    let identity = if config.tls {
+        Some(tls::generate(&scenario.raw.node.name).map_err(SimError::Tls)?)
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| SimError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| SimError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let auth_re = Regex::new(r"(?:^|\s)PVEAPIToken(?:=| )([^;]*)")
+        .map_err(|e| SimError::Internal(e.to_string()))?;
+    let fingerprint = identity.as_ref().map(|i| i.fingerprint.clone());
+    let state = State::new(&config, scenario, fingerprint.clone());
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        schema,
+        journal: Mutex::new(VecDeque::new()),
+        tracker: TaskTracker::new(),
+        cancel: CancellationToken::new(),
+        token_id: config.token_id.clone(),
+        token_secret: config.token_secret.expose().to_owned(),
+        auth_re,
+    });
+    let scheme = if identity.is_some() { "https" } else { "http" };
+    let host = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let base_url = format!("{scheme}://{}", SocketAddr::new(host, local.port()));
+    let acceptor = identity.as_ref().map(|i| i.acceptor.clone());
+    shared
+        .tracker
+        .spawn(http::serve(listener, acceptor, Arc::clone(&shared)));
+    Ok(RunningSim {
+        base_url,
+        fingerprint,
+        ca_pem: identity.map(|i| i.pem),
+        token_id: config.token_id,
+        token_secret: config.token_secret.expose().to_owned(),
+        schema_path: config.schema,
+        handle: SimHandle { shared },
+    })
+}
+
+/// A running simulator.
+pub struct RunningSim {
+    base_url: String,
+    fingerprint: Option<String>,
+    ca_pem: Option<String>,
+    token_id: String,
+    token_secret: String,
+    schema_path: Option<PathBuf>,
+    handle: SimHandle,
+}
+
+impl std::fmt::Debug for RunningSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningSim")
+            .field("base_url", &self.base_url)
+            .field("fingerprint", &self.fingerprint)
+            .field("token_id", &self.token_id)
+            .field("schema", &self.schema_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningSim {
+    /// `https://127.0.0.1:PORT` (or `http://`), without `/api2/json`.
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// SHA-256 of the certificate (DER), uppercase hex, colon separated; `None` on plain HTTP.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.fingerprint.clone()
+    }
+
+    /// The self-signed certificate as PEM, to trust as a CA file; `None` on plain HTTP.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca_pem.clone()
+    }
+
+    /// The accepted token id (`user@realm!tokenid`).
+    pub fn token_id(&self) -> &str {
+        &self.token_id
+    }
+
+    /// The accepted token secret.
+    pub fn token_secret(&self) -> &str {
+        &self.token_secret
+    }
+
+    /// In-process control.
+    pub fn handle(&self) -> SimHandle {
+        self.handle.clone()
+    }
+
+    /// Stops accepting, closes connections and cancels running tasks, then waits for all of it.
+    pub async fn shutdown(self) {
+        let shared = &self.handle.shared;
+        shared.cancel.cancel();
+        shared.tracker.close();
+        shared.tracker.wait().await;
+    }
+}
+
+impl Drop for RunningSim {
+    /// Dropping without [`RunningSim::shutdown`] (a failed test, say) still stops serving and the
+    /// tasks, without waiting for them.
+    fn drop(&mut self) {
+        self.handle.shared.cancel.cancel();
+    }
+}
+
+/// In-process control of a running simulator, with the powers of the `/_sim` API.
+#[derive(Clone)]
+pub struct SimHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle").finish_non_exhaustive()
+    }
+}
+
+impl SimHandle {
+    /// Every `/api2/json` request received, oldest first (the last 10 000).
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        self.shared
+            .journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Empties the journal.
+    pub fn clear_journal(&self) {
+        self.shared
+            .journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Replaces the injected faults (the deterministic `fail_next` counters restart).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.lock().faults = faults;
+    }
+
+    /// The injected faults, with `fail_next` counters as they stand.
+    pub fn faults(&self) -> Faults {
+        self.shared.lock().faults.clone()
+    }
+
+    /// Sets a VM's load; kept by vmid, so it may be set before a clone creates the VM.
+    pub fn set_vm_load(&self, vmid: u32, load: Load) {
+        self.shared
+            .lock()
+            .vm_loads
+            .insert(vmid, load::LoadState::new(load));
+    }
+
+    /// Sets the host's own base load.
+    pub fn set_host_load(&self, load: Load) {
+        self.shared.lock().host_load = load::LoadState::new(load);
+    }
+
+    /// All VM ids, templates included.
+    pub fn vm_ids(&self) -> Vec<u32> {
+        self.shared.lock().vms.keys().copied().collect()
+    }
+
+    /// A VM's raw config (as in its `.conf`: strings, `lock`, `parent`, unmasked `cipassword`).
+    pub fn vm_config(&self, vmid: u32) -> Option<BTreeMap<String, String>> {
+        self.shared
+            .lock()
+            .vms
+            .get(&vmid)
+            .map(|vm| vm.config.clone())
+    }
+
+    /// Scripts the guest agent's `exec` results.
+    pub fn set_agent_exec_script(&self, script: AgentExecScript) {
+        self.shared.lock().exec_script = script;
+    }
+
+    /// (total, used, avail) bytes of a storage.
+    pub fn storage_usage(&self, storage: &str) -> Option<(u64, u64, u64)> {
+        let state = self.shared.lock();
+        state.storage(storage).map(|s| state.storage_usage(s))
+    }
+
+    /// The summary `GET /_sim/state` answers.
+    pub fn state(&self) -> Value {
+        self.shared.lock().summary()
+    }
+}

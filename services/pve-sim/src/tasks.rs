@@ -1,0 +1,286 @@
+//! Task records and UPIDs (`UPID:<node>:<pid>:<pstart>:<starttime>:<type>:<id>:<user>:`, as
+//! pve-common's `upid_encode`), and the asynchronous worker that runs each task: it yields once
+//! (so even at `time_scale = 0` the caller gets its UPID back before the task finishes), runs the
+//! operation's start checks, waits the task's scaled duration, then applies the result. The state
+//! lock is never held across an await.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::Shared;
+use crate::api::TaskOp;
+
+/// Stopped tasks kept for `GET .../tasks` (oldest dropped first), bounding a long-running sim.
+const KEEP_STOPPED: usize = 2000;
+
+/// A decoded UPID.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Upid {
+    pub(crate) node: String,
+    pub(crate) pid: u32,
+    pub(crate) pstart: u64,
+    pub(crate) starttime: i64,
+    pub(crate) kind: String,
+    pub(crate) id: String,
+    pub(crate) user: String,
+}
+
+impl Upid {
+    pub(crate) fn encode(&self) -> String {
+        format!(
+            "UPID:{}:{:08X}:{:08X}:{:08X}:{}:{}:{}:",
+            self.node, self.pid, self.pstart, self.starttime, self.kind, self.id, self.user
+        )
+    }
+
+    /// pve-common's decode regex, by hand.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        let body = text.strip_prefix("UPID:")?.strip_suffix(':')?;
+        let parts: Vec<&str> = body.split(':').collect();
+        let [node, pid, pstart, start, kind, id, user] = parts.as_slice() else {
+            return None;
+        };
+        let hex = |s: &str, lens: &[usize]| {
+            (lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(s, 16).ok())
+                .flatten()
+        };
+        let node_ok = !node.is_empty()
+            && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !node.starts_with('-')
+            && !node.ends_with('-');
+        let word_ok = |s: &str| !s.contains(|c: char| c.is_whitespace() || c == '/');
+        if !node_ok
+            || kind.is_empty()
+            || user.is_empty()
+            || !word_ok(kind)
+            || !word_ok(id)
+            || !word_ok(user)
+        {
+            return None;
+        }
+        Some(Self {
+            node: (*node).to_owned(),
+            pid: u32::try_from(hex(pid, &[8])?).ok()?,
+            pstart: hex(pstart, &[8, 9])?,
+            starttime: i64::try_from(hex(start, &[8])?).ok()?,
+            kind: (*kind).to_owned(),
+            id: (*id).to_owned(),
+            user: (*user).to_owned(),
+        })
+    }
+}
+
+/// One task.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskRecord {
+    pub(crate) upid: String,
+    pub(crate) info: Upid,
+    pub(crate) endtime: Option<i64>,
+    pub(crate) exitstatus: Option<String>,
+    pub(crate) log: Vec<String>,
+    /// Status/log reads still to answer `no such task` (the `fresh_upid_unknown` fault).
+    pub(crate) hidden_reads: u32,
+}
+
+impl TaskRecord {
+    pub(crate) fn running(&self) -> bool {
+        self.exitstatus.is_none()
+    }
+
+    /// `GET .../tasks/{upid}/status`.
+    pub(crate) fn status_json(&self) -> Value {
+        let mut v = json!({
+            "upid": self.upid,
+            "node": self.info.node,
+            "pid": self.info.pid,
+            "pstart": self.info.pstart,
+            "starttime": self.info.starttime,
+            "type": self.info.kind,
+            "id": self.info.id,
+            "user": self.info.user,
+            "status": if self.running() { "running" } else { "stopped" },
+        });
+        if let Some((_, token)) = self.info.user.split_once('!') {
+            v["tokenid"] = json!(token);
+        }
+        if let Some(exit) = &self.exitstatus {
+            v["exitstatus"] = json!(exit);
+        }
+        v
+    }
+
+    /// An entry of `GET /nodes/{node}/tasks`.
+    pub(crate) fn list_json(&self) -> Value {
+        let mut v = json!({
+            "upid": self.upid,
+            "node": self.info.node,
+            "pid": self.info.pid,
+            "pstart": self.info.pstart,
+            "starttime": self.info.starttime,
+            "type": self.info.kind,
+            "id": self.info.id,
+            "user": self.info.user,
+        });
+        if let (Some(end), Some(exit)) = (self.endtime, &self.exitstatus) {
+            v["endtime"] = json!(end);
+            v["status"] = json!(exit);
+        }
+        v
+    }
+}
+
+/// All tasks, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Tasks {
+    pub(crate) list: Vec<TaskRecord>,
+}
+
+impl Tasks {
+    pub(crate) fn get_mut(&mut self, upid: &str) -> Option<&mut TaskRecord> {
+        self.list.iter_mut().rev().find(|t| t.upid == upid)
+    }
+
+    pub(crate) fn push(&mut self, task: TaskRecord) {
+        self.list.push(task);
+        let stopped = self.list.iter().filter(|t| !t.running()).count();
+        if stopped > KEEP_STOPPED {
+            let mut excess = stopped - KEEP_STOPPED;
+            self.list.retain(|t| {
+                if excess > 0 && !t.running() {
+                    excess -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+
+    /// Ends a task: final log line and exit status.
+    pub(crate) fn finish(&mut self, upid: &str, result: Result<u32, String>, now: i64) {
+        let Some(task) = self.get_mut(upid) else {
+            return;
+        };
+        let exit = match result {
+            Ok(0) => {
+                task.log.push("TASK OK".into());
+                "OK".to_owned()
+            }
+            Ok(warnings) => {
+                task.log.push(format!("TASK WARNINGS: {warnings}"));
+                format!("WARNINGS: {warnings}")
+            }
+            Err(msg) => {
+                let msg = msg.trim_end().to_owned();
+                task.log.push(format!("TASK ERROR: {msg}"));
+                msg
+            }
+        };
+        task.exitstatus = Some(exit);
+        task.endtime = Some(now.max(task.info.starttime));
+    }
+}
+
+/// A task created by a handler, to be run once the state lock is released.
+#[derive(Debug)]
+pub(crate) struct PendingTask {
+    pub(crate) upid: String,
+    pub(crate) op: TaskOp,
+    pub(crate) delay: Duration,
+}
+
+/// Runs a task to completion unless the simulator shuts down first.
+pub(crate) fn spawn(shared: &Arc<Shared>, pending: PendingTask) {
+    let worker = Arc::clone(shared);
+    let cancel = shared.cancel.clone();
+    shared.tracker.spawn(async move {
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = run(worker, pending) => {}
+        }
+    });
+}
+
+async fn run(shared: Arc<Shared>, pending: PendingTask) {
+    // The handler's response (carrying the UPID) goes out before the task can finish.
+    tokio::task::yield_now().await;
+    let started = shared.lock().task_begin(&pending.upid, &pending.op);
+    if let Err(msg) = started {
+        shared.lock().task_end(&pending.upid, Err(msg));
+        return;
+    }
+    tokio::time::sleep(pending.delay).await;
+    let mut state = shared.lock();
+    let result = state.task_finish(&pending.upid, &pending.op);
+    state.task_end(&pending.upid, result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upids_round_trip_and_bad_ones_are_refused() {
+        let upid = Upid {
+            node: "pve1".into(),
+            pid: 0x3A2F1,
+            pstart: 0xC4B2D0,
+            starttime: 0x6564_A1B2,
+            kind: "qmclone".into(),
+            id: "9000".into(),
+            user: "root@pam!ci".into(),
+        };
+        let text = upid.encode();
+        assert_eq!(
+            text,
+            "UPID:pve1:0003A2F1:00C4B2D0:6564A1B2:qmclone:9000:root@pam!ci:"
+        );
+        assert_eq!(Upid::parse(&text), Some(upid));
+        assert!(Upid::parse("UPID:pve1:0003A2F1:00C4B2D0:6564A1B2:aptupdate::root@pam:").is_some());
+        for bad in [
+            "",
+            "UPID:",
+            "UPID:pve1:XYZ:00C4B2D0:6564A1B2:qmclone:9000:root@pam:",
+            "nope",
+        ] {
+            assert_eq!(Upid::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn finishing_writes_the_last_log_line() {
+        let mut tasks = Tasks::default();
+        for (i, result) in [Ok(0), Ok(2), Err("VM 101 already running\n".to_owned())]
+            .into_iter()
+            .enumerate()
+        {
+            let upid = format!("u{i}");
+            tasks.push(TaskRecord {
+                upid: upid.clone(),
+                info: Upid::parse("UPID:pve1:00000001:00000001:00000001:qmstart:101:root@pam:")
+                    .expect("valid"),
+                endtime: None,
+                exitstatus: None,
+                log: vec![],
+                hidden_reads: 0,
+            });
+            tasks.finish(&upid, result, 5);
+        }
+        let exits: Vec<_> = tasks.list.iter().map(|t| t.exitstatus.clone()).collect();
+        assert_eq!(
+            exits,
+            vec![
+                Some("OK".into()),
+                Some("WARNINGS: 2".into()),
+                Some("VM 101 already running".into())
+            ]
+        );
+        assert_eq!(
+            tasks.list[2].log,
+            vec!["TASK ERROR: VM 101 already running"]
+        );
+    }
+}
