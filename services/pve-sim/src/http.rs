@@ -36,16 +36,23 @@ use crate::{JournalEntry, Shared};
 const JSON_TYPE: &str = "application/json;charset=UTF-8";
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/api2/json", any(api))
-        .route("/api2/json/", any(api))
-        .route("/api2/json/{*rest}", any(api))
+    // The control API takes the same token as /api2, checked once for all of its routes.
+    let control = Router::new()
         .route("/_sim/faults", get(get_faults).put(put_faults))
         .route("/_sim/load/vm/{vmid}", put(put_vm_load))
         .route("/_sim/load/host", put(put_host_load))
         .route("/_sim/journal", get(get_journal))
         .route("/_sim/agent/exec", put(put_agent_exec))
         .route("/_sim/state", get(get_state))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            control_auth,
+        ));
+    Router::new()
+        .route("/api2/json", any(api))
+        .route("/api2/json/", any(api))
+        .route("/api2/json/{*rest}", any(api))
+        .merge(control)
         .fallback(not_found)
         .layer(axum::middleware::map_response(proxmox_headers))
         .with_state(shared)
@@ -401,10 +408,15 @@ fn control_errors(errors: impl IntoIterator<Item = (String, String)>) -> Respons
 }
 
 /// The 401 answer when the token is missing or wrong.
-fn control_auth(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    authenticate(shared, headers)
-        .err()
-        .map(|reason| build(StatusCode::UNAUTHORIZED, Some(reason), None))
+async fn control_auth(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match authenticate(&shared, request.headers()) {
+        Ok(_) => next.run(request).await,
+        Err(reason) => build(StatusCode::UNAUTHORIZED, Some(reason), None),
+    }
 }
 
 /// The JSON body, or the 400 answer naming the problem.
@@ -426,22 +438,12 @@ fn config_error_fields(e: ConfigError) -> Vec<(String, String)> {
     }
 }
 
-async fn get_faults(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = control_auth(&shared, &headers) {
-        return r;
-    }
+async fn get_faults(State(shared): State<Arc<Shared>>) -> Response {
     let faults = shared.lock().faults.clone();
     control_json(StatusCode::OK, &json!(faults))
 }
 
-async fn put_faults(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = control_auth(&shared, &headers) {
-        return r;
-    }
+async fn put_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let faults: Faults = match parse_body(&body) {
         Ok(f) => f,
         Err(r) => return *r,
@@ -473,13 +475,9 @@ fn apply_load(shared: &Arc<Shared>, body: &Bytes, vmid: Option<u32>) -> Response
 
 async fn put_vm_load(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(vmid): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = control_auth(&shared, &headers) {
-        return r;
-    }
     match vmid.parse::<u32>() {
         Ok(id) if id >= 100 => apply_load(&shared, &body, Some(id)),
         _ => control_errors([(
@@ -489,33 +487,16 @@ async fn put_vm_load(
     }
 }
 
-async fn put_host_load(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = control_auth(&shared, &headers) {
-        return r;
-    }
+async fn put_host_load(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     apply_load(&shared, &body, None)
 }
 
-async fn get_journal(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = control_auth(&shared, &headers) {
-        return r;
-    }
+async fn get_journal(State(shared): State<Arc<Shared>>) -> Response {
     let journal = crate::SimHandle { shared }.journal();
     control_json(StatusCode::OK, &json!(journal))
 }
 
-async fn put_agent_exec(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = control_auth(&shared, &headers) {
-        return r;
-    }
+async fn put_agent_exec(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let script: AgentExecScript = match parse_body(&body) {
         Ok(s) => s,
         Err(r) => return *r,
@@ -535,10 +516,7 @@ async fn put_agent_exec(
     control_json(StatusCode::OK, &json!(script))
 }
 
-async fn get_state(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(r) = control_auth(&shared, &headers) {
-        return r;
-    }
+async fn get_state(State(shared): State<Arc<Shared>>) -> Response {
     let summary = shared.lock().summary();
     control_json(StatusCode::OK, &summary)
 }

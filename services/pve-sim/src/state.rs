@@ -20,7 +20,9 @@ use crate::agent::{AgentExecScript, ExecJob};
 use crate::config::{Faults, SimConfig, TaskDurations};
 use crate::load::{Load, LoadState};
 use crate::scenario::{AptPackage, BridgeSpec, Checked, ZpoolSpec};
-use crate::tasks::{PendingTask, TaskRecord, Tasks, Upid};
+use proxflow_schemas::pve::Upid;
+
+use crate::tasks::{PendingTask, TaskRecord, Tasks};
 use crate::volumes::{DiskRef, is_cloudinit, parse_disk};
 
 /// Size of a cloud-init drive.
@@ -502,16 +504,17 @@ impl State {
         delay: Duration,
         op: crate::api::TaskOp,
     ) -> (String, PendingTask) {
-        let info = Upid {
-            node: self.node.name.clone(),
-            pid: self.next_pid(),
-            pstart: self.node_uptime().saturating_mul(100) % 0xFFFF_FFFF,
-            starttime: now_epoch(),
-            kind: kind.to_owned(),
-            id: id.to_owned(),
-            user: self.user.clone(),
-        };
-        let upid = info.encode();
+        let pid = self.next_pid();
+        let info = Upid::new(
+            &self.node.name,
+            pid,
+            self.node_uptime().saturating_mul(100) % 0xFFFF_FFFF,
+            u64::try_from(now_epoch()).unwrap_or_default(),
+            kind,
+            id,
+            &self.user,
+        );
+        let upid = info.to_string();
         self.tasks.push(TaskRecord {
             upid: upid.clone(),
             info,

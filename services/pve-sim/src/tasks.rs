@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use proxflow_schemas::pve::Upid;
 use serde_json::{Value, json};
 
 use crate::Shared;
@@ -14,64 +15,6 @@ use crate::api::TaskOp;
 
 /// Stopped tasks kept for `GET .../tasks` (oldest dropped first), bounding a long-running sim.
 const KEEP_STOPPED: usize = 2000;
-
-/// A decoded UPID.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Upid {
-    pub(crate) node: String,
-    pub(crate) pid: u32,
-    pub(crate) pstart: u64,
-    pub(crate) starttime: i64,
-    pub(crate) kind: String,
-    pub(crate) id: String,
-    pub(crate) user: String,
-}
-
-impl Upid {
-    pub(crate) fn encode(&self) -> String {
-        format!(
-            "UPID:{}:{:08X}:{:08X}:{:08X}:{}:{}:{}:",
-            self.node, self.pid, self.pstart, self.starttime, self.kind, self.id, self.user
-        )
-    }
-
-    /// pve-common's decode regex, by hand.
-    pub(crate) fn parse(text: &str) -> Option<Self> {
-        let body = text.strip_prefix("UPID:")?.strip_suffix(':')?;
-        let parts: Vec<&str> = body.split(':').collect();
-        let [node, pid, pstart, start, kind, id, user] = parts.as_slice() else {
-            return None;
-        };
-        let hex = |s: &str, lens: &[usize]| {
-            (lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()))
-                .then(|| u64::from_str_radix(s, 16).ok())
-                .flatten()
-        };
-        let node_ok = !node.is_empty()
-            && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !node.starts_with('-')
-            && !node.ends_with('-');
-        let word_ok = |s: &str| !s.contains(|c: char| c.is_whitespace() || c == '/');
-        if !node_ok
-            || kind.is_empty()
-            || user.is_empty()
-            || !word_ok(kind)
-            || !word_ok(id)
-            || !word_ok(user)
-        {
-            return None;
-        }
-        Some(Self {
-            node: (*node).to_owned(),
-            pid: u32::try_from(hex(pid, &[8])?).ok()?,
-            pstart: hex(pstart, &[8, 9])?,
-            starttime: i64::try_from(hex(start, &[8])?).ok()?,
-            kind: (*kind).to_owned(),
-            id: (*id).to_owned(),
-            user: (*user).to_owned(),
-        })
-    }
-}
 
 /// One task.
 #[derive(Debug, Clone)]
@@ -98,7 +41,7 @@ impl TaskRecord {
             "pid": self.info.pid,
             "pstart": self.info.pstart,
             "starttime": self.info.starttime,
-            "type": self.info.kind,
+            "type": self.info.task_type,
             "id": self.info.id,
             "user": self.info.user,
             "status": if self.running() { "running" } else { "stopped" },
@@ -120,7 +63,7 @@ impl TaskRecord {
             "pid": self.info.pid,
             "pstart": self.info.pstart,
             "starttime": self.info.starttime,
-            "type": self.info.kind,
+            "type": self.info.task_type,
             "id": self.info.id,
             "user": self.info.user,
         });
@@ -180,7 +123,7 @@ impl Tasks {
             }
         };
         task.exitstatus = Some(exit);
-        task.endtime = Some(now.max(task.info.starttime));
+        task.endtime = Some(now.max(i64::try_from(task.info.starttime).unwrap_or(i64::MAX)));
     }
 }
 
@@ -223,34 +166,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upids_round_trip_and_bad_ones_are_refused() {
-        let upid = Upid {
-            node: "pve1".into(),
-            pid: 0x3A2F1,
-            pstart: 0xC4B2D0,
-            starttime: 0x6564_A1B2,
-            kind: "qmclone".into(),
-            id: "9000".into(),
-            user: "root@pam!ci".into(),
-        };
-        let text = upid.encode();
-        assert_eq!(
-            text,
-            "UPID:pve1:0003A2F1:00C4B2D0:6564A1B2:qmclone:9000:root@pam!ci:"
-        );
-        assert_eq!(Upid::parse(&text), Some(upid));
-        assert!(Upid::parse("UPID:pve1:0003A2F1:00C4B2D0:6564A1B2:aptupdate::root@pam:").is_some());
-        for bad in [
-            "",
-            "UPID:",
-            "UPID:pve1:XYZ:00C4B2D0:6564A1B2:qmclone:9000:root@pam:",
-            "nope",
-        ] {
-            assert_eq!(Upid::parse(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn finishing_writes_the_last_log_line() {
         let mut tasks = Tasks::default();
         for (i, result) in [Ok(0), Ok(2), Err("VM 101 already running\n".to_owned())]
@@ -260,7 +175,8 @@ mod tests {
             let upid = format!("u{i}");
             tasks.push(TaskRecord {
                 upid: upid.clone(),
-                info: Upid::parse("UPID:pve1:00000001:00000001:00000001:qmstart:101:root@pam:")
+                info: "UPID:pve1:00000001:00000001:00000001:qmstart:101:root@pam:"
+                    .parse()
                     .expect("valid"),
                 endtime: None,
                 exitstatus: None,

@@ -98,21 +98,25 @@ impl PveClient {
             .timeout(config.request_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .user_agent(concat!("proxflow/", env!("CARGO_PKG_VERSION")));
-        if let Some(fp) = &config.fingerprint {
-            let pin = tls::parse_fingerprint(fp).ok_or_else(|| {
-                PveError::setup(format!(
-                    "pve.fingerprint '{fp}' is not a SHA-256 fingerprint"
-                ))
-            })?;
-            let tls = tls::client_config(Arc::new(tls::PinnedCertVerifier::new(pin)))
-                .map_err(|e| PveError::setup(format!("TLS setup: {e}")))?;
-            builder = builder.tls_backend_preconfigured(tls);
-        } else if config.insecure {
-            tracing::warn!(
-                url = %config.url,
-                "pve.insecure is set: the Proxmox certificate is NOT verified; pin pve.fingerprint instead"
-            );
-            let tls = tls::client_config(Arc::new(tls::NoVerification::new()))
+        let verifier = match (&config.fingerprint, config.insecure) {
+            (Some(fp), _) => Some(tls::CertVerifier::pinned(
+                tls::parse_fingerprint(fp).ok_or_else(|| {
+                    PveError::setup(format!(
+                        "pve.fingerprint '{fp}' is not a SHA-256 fingerprint"
+                    ))
+                })?,
+            )),
+            (None, true) => {
+                tracing::warn!(
+                    url = %config.url,
+                    "pve.insecure is set: the Proxmox certificate is NOT verified; pin pve.fingerprint instead"
+                );
+                Some(tls::CertVerifier::insecure())
+            }
+            (None, false) => None,
+        };
+        if let Some(verifier) = verifier {
+            let tls = tls::client_config(Arc::new(verifier))
                 .map_err(|e| PveError::setup(format!("TLS setup: {e}")))?;
             builder = builder.tls_backend_preconfigured(tls);
         } else if let Some(path) = &config.ca_file {

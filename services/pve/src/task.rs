@@ -4,12 +4,9 @@
 //! task status (`exitstatus`: `OK`, `WARNINGS: n` — a success — or the error text) and its log, so an
 //! operation is done when its task says so, not when the HTTP call returns.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::client::{Params, PveClient};
@@ -19,104 +16,7 @@ use crate::types::{TaskLogLine, TaskStatus};
 /// How many log lines a failed task's error carries.
 pub const LOG_TAIL_LINES: usize = 10;
 
-/// A parsed task id: `UPID:<node>:<pid>:<pstart>:<starttime>:<type>:<id>:<user>:`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Upid {
-    raw: String,
-    /// Node that runs the worker.
-    pub node: String,
-    /// Worker PID.
-    pub pid: u32,
-    /// Start time, epoch seconds.
-    pub starttime: u64,
-    /// Task type (`qmclone`, `qmstart`, …).
-    pub task_type: String,
-    /// Object id (the VMID for VM tasks; the *source* VMID for `qmclone`).
-    pub id: String,
-    /// `user@realm` or `user@realm!token`.
-    pub user: String,
-}
-
-/// A string that is not a UPID.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not a Proxmox UPID")]
-pub struct UpidError(pub String);
-
-impl FromStr for Upid {
-    type Err = UpidError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || UpidError(s.chars().take(120).collect());
-        let body = s
-            .strip_prefix("UPID:")
-            .and_then(|r| r.strip_suffix(':'))
-            .ok_or_else(bad)?;
-        let parts: Vec<&str> = body.split(':').collect();
-        let [node, pid, pstart, starttime, task_type, id, user] = parts.as_slice() else {
-            return Err(bad());
-        };
-        let hex = |v: &str, lens: &[usize]| {
-            (lens.contains(&v.len()) && v.chars().all(|c| c.is_ascii_hexdigit()))
-                .then(|| u64::from_str_radix(v, 16).ok())
-                .flatten()
-        };
-        let node_ok = !node.is_empty()
-            && node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && !node.starts_with('-')
-            && !node.ends_with('-');
-        let word = |v: &str| !v.chars().any(|c| c.is_whitespace() || c == '/');
-        if !node_ok
-            || task_type.is_empty()
-            || user.is_empty()
-            || !word(task_type)
-            || !word(id)
-            || !word(user)
-        {
-            return Err(bad());
-        }
-        let pid = hex(pid, &[8])
-            .and_then(|p| u32::try_from(p).ok())
-            .ok_or_else(bad)?;
-        hex(pstart, &[8, 9]).ok_or_else(bad)?;
-        let starttime = hex(starttime, &[8]).ok_or_else(bad)?;
-        Ok(Self {
-            raw: s.to_string(),
-            node: node.to_string(),
-            pid,
-            starttime,
-            task_type: task_type.to_string(),
-            id: id.to_string(),
-            user: user.to_string(),
-        })
-    }
-}
-
-impl TryFrom<String> for Upid {
-    type Error = UpidError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<Upid> for String {
-    fn from(u: Upid) -> Self {
-        u.raw
-    }
-}
-
-impl fmt::Display for Upid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.raw)
-    }
-}
-
-impl Upid {
-    /// The UPID as Proxmox wrote it.
-    pub fn as_str(&self) -> &str {
-        &self.raw
-    }
-}
+pub use proxflow_schemas::pve::{Upid, UpidError};
 
 /// A task that ended successfully.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,42 +192,6 @@ fn task_path(upid: &Upid, what: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn parses_real_upids() {
-        let u: Upid = "UPID:pve1:0003A2F1:00C4B2D0:6564A1B2:qmclone:9000:root@pam!ci:"
-            .parse()
-            .unwrap();
-        assert_eq!(u.node, "pve1");
-        assert_eq!(u.pid, 0x3A2F1);
-        assert_eq!(u.starttime, 0x6564A1B2);
-        assert_eq!(u.task_type, "qmclone");
-        assert_eq!(u.id, "9000");
-        assert_eq!(u.user, "root@pam!ci");
-        // 9-digit pstart and an empty id (aptupdate) are valid.
-        let apt: Upid = "UPID:pve-1:00001234:1C4B2D0AA:6564A1B2:aptupdate::root@pam:"
-            .parse()
-            .unwrap();
-        assert_eq!(apt.id, "");
-        assert_eq!(
-            apt.to_string(),
-            "UPID:pve-1:00001234:1C4B2D0AA:6564A1B2:aptupdate::root@pam:"
-        );
-    }
-
-    #[test]
-    fn rejects_what_proxmox_rejects() {
-        for bad in [
-            "",
-            "UPID:pve1:0003A2F1:00C4B2D0:6564A1B2:qmclone:9000:root@pam",
-            "UPID:pve1:3A2F1:00C4B2D0:6564A1B2:qmclone:9000:root@pam:",
-            "UPID:-pve:0003A2F1:00C4B2D0:6564A1B2:qmclone:9000:root@pam:",
-            "UPID:pve1:0003A2F1:00C4B2D0:6564A1B2::9000:root@pam:",
-            "UPID:pve1:0003A2F1:00C4B2D0:6564A1B2:qm clone:9000:root@pam:",
-        ] {
-            assert!(bad.parse::<Upid>().is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn warnings_are_success() {

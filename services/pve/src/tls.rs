@@ -35,32 +35,39 @@ pub fn fingerprint_of(der: &[u8]) -> String {
     format_fingerprint(&Sha256::digest(der))
 }
 
-/// Accepts exactly one leaf certificate, by SHA-256 of its DER encoding; signatures are still checked,
-/// so a peer must hold that certificate's private key.
-pub struct PinnedCertVerifier {
-    pin: [u8; 32],
+/// Checks the server certificate against a pinned SHA-256 fingerprint, or (`insecure`) not at all.
+/// Handshake signatures are verified either way, so the peer holds the key of the certificate it sent.
+pub struct CertVerifier {
+    pin: Option<[u8; 32]>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl fmt::Debug for PinnedCertVerifier {
+impl fmt::Debug for CertVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedCertVerifier")
-            .field("pin", &format_fingerprint(&self.pin))
-            .finish()
+        let pin = self.pin.map(|p| format_fingerprint(&p));
+        f.debug_struct("CertVerifier").field("pin", &pin).finish()
     }
 }
 
-impl PinnedCertVerifier {
-    /// A verifier for this pin, using the aws-lc-rs provider's signature algorithms.
-    pub fn new(pin: [u8; 32]) -> Self {
+impl CertVerifier {
+    /// Accepts exactly the leaf certificate whose DER has this SHA-256.
+    pub fn pinned(pin: [u8; 32]) -> Self {
         Self {
-            pin,
+            pin: Some(pin),
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+
+    /// Accepts any certificate: the `insecure` option, for labs.
+    pub fn insecure() -> Self {
+        Self {
+            pin: None,
             algorithms: provider().signature_verification_algorithms,
         }
     }
 }
 
-impl ServerCertVerifier for PinnedCertVerifier {
+impl ServerCertVerifier for CertVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -69,73 +76,19 @@ impl ServerCertVerifier for PinnedCertVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pin) = self.pin else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if seen == self.pin {
+        if seen == pin {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
                 "certificate fingerprint {} does not match the pinned {}",
                 format_fingerprint(&seen),
-                format_fingerprint(&self.pin)
+                format_fingerprint(&pin)
             )))
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// Accepts any certificate: the `insecure` option, for labs. Signatures are still checked so the
-/// handshake is at least with the key the certificate names.
-#[derive(Debug)]
-pub struct NoVerification {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl NoVerification {
-    /// With the aws-lc-rs provider's algorithms.
-    pub fn new() -> Self {
-        Self {
-            algorithms: provider().signature_verification_algorithms,
-        }
-    }
-}
-
-impl Default for NoVerification {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

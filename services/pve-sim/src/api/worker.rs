@@ -8,14 +8,16 @@ use serde_json::{Map, Value, json};
 
 use super::{ApiError, P, Reply, TaskOp, locked, param_error};
 use crate::state::{Power, Snapshot, State, StorageKind, Vm, now_epoch};
-use crate::tasks::{TaskRecord, Upid};
+use proxflow_schemas::pve::Upid;
+
+use crate::tasks::TaskRecord;
 use crate::volumes::{DiskRef, format_size, is_cloudinit, parse_disk, with_size};
 
 impl State {
     /// A task by UPID, answering like `Tasks.pm` for bad and unknown ones.
     pub(super) fn visible_task(&mut self, p: &P<'_>) -> Result<&TaskRecord, ApiError> {
         let upid = p.str("upid").unwrap_or_default();
-        if Upid::parse(&upid).is_none() {
+        if upid.parse::<Upid>().is_err() {
             return Err(param_error("upid", "unable to parse worker upid"));
         }
         let Some(task) = self.tasks.get_mut(&upid) else {
@@ -58,8 +60,8 @@ impl State {
         let userfilter = p.str("userfilter");
         let errors = p.flag("errors").unwrap_or(false);
         let source = p.str("source").unwrap_or_else(|| "archive".into());
-        let since: Option<i64> = p.opt_num("since");
-        let until: Option<i64> = p.opt_num("until");
+        let since: Option<u64> = p.opt_num("since");
+        let until: Option<u64> = p.opt_num("until");
         let matching: Vec<Value> = self
             .tasks
             .list
@@ -71,7 +73,7 @@ impl State {
                 _ => !t.running(),
             })
             .filter(|t| vmid.as_ref().is_none_or(|v| *v == t.info.id))
-            .filter(|t| typefilter.as_ref().is_none_or(|f| *f == t.info.kind))
+            .filter(|t| typefilter.as_ref().is_none_or(|f| *f == t.info.task_type))
             .filter(|t| {
                 userfilter
                     .as_ref()
