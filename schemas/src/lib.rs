@@ -12,6 +12,7 @@
 //!   and the domain key its `Nats-Msg-Id` is derived from.
 //! - [`events`] — events published on `pf.evt.*` (the audit log).
 //! - [`workflow`] — workflow records kept in the workflow KV bucket and served by the gateway.
+//! - [`provision`] — the provisioning request the gateway publishes.
 //! - [`pve`] — Proxmox task ids ([`pve::Upid`]), shared by the Proxmox client and simulator.
 //! - [`registry`] — the list of all wire types with their JSON Schema; `just schemas` writes it out and a
 //!   test fails when the checked-in files drift from the types.
@@ -24,6 +25,7 @@
 pub mod events;
 pub mod message;
 pub mod names;
+pub mod provision;
 pub mod pve;
 pub mod registry;
 pub mod workflow;

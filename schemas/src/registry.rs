@@ -4,6 +4,7 @@ use schemars::schema_for;
 
 use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
+use crate::provision::ProvisionRequested;
 use crate::workflow::WorkflowRecord;
 
 /// One generated JSON Schema document.
@@ -36,6 +37,7 @@ impl SchemaDoc {
 pub fn all() -> Vec<SchemaDoc> {
     vec![
         SchemaDoc::of::<DeadLetter>(),
+        SchemaDoc::of::<ProvisionRequested>(),
         SchemaDoc::of::<WorkflowRecord>(),
     ]
 }
