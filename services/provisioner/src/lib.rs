@@ -1,8 +1,12 @@
 //! # proxflow-provisioner
 //!
 //! Turns a provisioning request into a k3s node VM: the profiles that say what a VM looks like
-//! ([`profile`]), and the steps that build it against Proxmox, join it to k3s and onboard its metrics.
+//! ([`profile`]), and the steps that build it against Proxmox, join it to k3s ([`join`]) and onboard its
+//! metrics ([`file_sd`]).
 
+pub mod file_sd;
+pub mod join;
 pub mod profile;
+pub mod steps;
 
 pub use profile::{OverrideLimits, Profile, Profiles, VmShape};

@@ -53,6 +53,7 @@ async fn the_token_secret_never_reaches_debug_errors_or_logs() {
     let secret = sim.token_secret().to_string();
     let config = PveConfig {
         insecure: true, // logs a warning on purpose: that path must not leak either
+        fingerprint: None,
         retry_attempts: 2,
         ..client_config(sim)
     };

@@ -45,12 +45,17 @@ async fn https_trust_by_pin_or_ca_file_and_nothing_else() {
     ca.write_all(sim.ca_pem().expect("PEM").as_bytes()).unwrap();
     let by_ca = PveClient::new(&PveConfig {
         ca_file: Some(ca.path().to_path_buf()),
+        fingerprint: None,
         ..client_config(sim)
     })
     .unwrap();
     by_ca.next_id().await.expect("the CA file is trusted");
 
-    let system_roots = PveClient::new(&client_config(sim)).unwrap();
+    let system_roots = PveClient::new(&PveConfig {
+        fingerprint: None,
+        ..client_config(sim)
+    })
+    .unwrap();
     let err = system_roots
         .next_id()
         .await
@@ -59,6 +64,7 @@ async fn https_trust_by_pin_or_ca_file_and_nothing_else() {
 
     let insecure = PveClient::new(&PveConfig {
         insecure: true,
+        fingerprint: None,
         ..client_config(sim)
     })
     .unwrap();

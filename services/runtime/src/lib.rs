@@ -3,6 +3,7 @@
 //! What every proxflow service shares, so that services hold only their domain logic.
 //!
 //! ## Layout
+//! - [`command`] — external commands with a deadline (the whole process group killed) and bounded output.
 //! - [`config`] — figment loading (defaults < TOML < `PROXFLOW_*` env), the shared config sections,
 //!   [`config::Secret`].
 //! - [`bus`] — connecting to NATS, the JetStream topology ([`bus::topology`]), the publisher that sets
@@ -15,6 +16,7 @@
 //! - [`nats_server`] — a nats-server child process, for `proxflow dev` and the test harness.
 
 pub mod bus;
+pub mod command;
 pub mod config;
 pub mod nats_server;
 pub mod ops;

@@ -7,6 +7,9 @@
 //! ## Layout
 //! - [`TestNats`]: the server.
 //! - [`TestNats::context`]: a connected [`ServiceContext`] with the topology declared, as a service has.
+//! - [`pve`]: a Proxmox simulator on a free port and a client for it.
+
+pub mod pve;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

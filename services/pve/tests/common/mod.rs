@@ -8,14 +8,11 @@
 //! tried: this test suite never passes without the contract.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use proxflow_pve::{PveClient, PveConfig};
+use proxflow_pve::PveClient;
 use proxflow_pve_sim::schema::ApiSchema;
 use proxflow_pve_sim::{JournalEntry, RunningSim, SimConfig, SimHandle};
-use proxflow_runtime::config::Secret;
 
 /// The official schema, loaded once per test binary.
 pub fn schema() -> Arc<ApiSchema> {
@@ -28,30 +25,7 @@ pub fn schema() -> Arc<ApiSchema> {
         .clone()
 }
 
-/// A simulator config for tests: plain HTTP on a free port, tasks 100× faster than real.
-pub fn sim_config() -> SimConfig {
-    SimConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: false,
-        time_scale: 0.01,
-        ..SimConfig::default()
-    }
-}
-
-/// A client config for a running simulator, with fast retries.
-pub fn client_config(sim: &RunningSim) -> PveConfig {
-    PveConfig {
-        url: sim.base_url(),
-        token_id: sim.token_id().to_string(),
-        token_secret: Secret::new(sim.token_secret()),
-        retry_base: Duration::from_millis(5),
-        retry_max: Duration::from_millis(50),
-        retry_attempts: 8,
-        task_poll_max: Duration::from_millis(50),
-        task_timeout: Duration::from_secs(20),
-        ..PveConfig::default()
-    }
-}
+pub use proxflow_testkit::pve::{client_config, sim_config};
 
 pub struct Fixture {
     pub sim: Option<RunningSim>,
