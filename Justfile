@@ -20,6 +20,7 @@ test: (_tools "test")
 bench: (_tools "nats")
     cargo bench -p proxflow-e2e --bench bus
     cargo bench -p proxflow-pve --bench pve
+    cargo bench -p proxflow-e2e --bench provision
 
 # Regenerate schemas/json from the wire types.
 schemas:

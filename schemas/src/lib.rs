@@ -13,6 +13,7 @@
 //! - [`events`] — events published on `pf.evt.*` (the audit log).
 //! - [`workflow`] — workflow records kept in the workflow KV bucket and served by the gateway.
 //! - [`provision`] — the provisioning request the gateway publishes.
+//! - [`trace`] — span records on `pf.trace.<trace_id>`, what `proxflow trace` reads back.
 //! - [`pve`] — Proxmox task ids ([`pve::Upid`]), shared by the Proxmox client and simulator.
 //! - [`registry`] — the list of all wire types with their JSON Schema; `just schemas` writes it out and a
 //!   test fails when the checked-in files drift from the types.
@@ -28,6 +29,7 @@ pub mod names;
 pub mod provision;
 pub mod pve;
 pub mod registry;
+pub mod trace;
 pub mod workflow;
 
 pub use message::{Message, SchemaId, SchemaMismatch, Versioned};

@@ -4,6 +4,7 @@
 //! - `pf.ingest.<source>.<kind>`: what the gateway accepted from outside, deduplicated by the stream;
 //! - `pf.cmd.<service>.<action>`: work for one service (work-queue retention);
 //! - `pf.evt.<domain>.<event>`: facts that happened; long retention, it doubles as the audit log.
+//! - `pf.trace.<trace_id>`: every finished span, so a trace can be read back from the bus.
 
 /// JetStream stream names.
 pub mod stream {
@@ -13,6 +14,8 @@ pub mod stream {
     pub const CMD: &str = "PF_CMD";
     /// Events (`pf.evt.>`), kept as the audit log.
     pub const EVT: &str = "PF_EVT";
+    /// Finished spans of every service (`pf.trace.<trace_id>`), kept 7 days for `proxflow trace`.
+    pub const TRACE: &str = "PF_TRACE";
 }
 
 /// Dedupe window of the ingest stream. Alertmanager re-sends a firing group every `group_interval`
@@ -27,6 +30,8 @@ pub mod subject {
     pub const CMD_ALL: &str = "pf.cmd.>";
     /// Everything the event stream captures.
     pub const EVT_ALL: &str = "pf.evt.>";
+    /// Everything the trace stream captures.
+    pub const TRACE_ALL: &str = "pf.trace.>";
     /// Prefix of dead-letter events; the consumer's durable name follows.
     pub const DEAD_LETTER_PREFIX: &str = "pf.evt.deadletter";
 
@@ -49,6 +54,11 @@ pub mod subject {
     pub fn dead_letter(consumer: &str) -> String {
         format!("{DEAD_LETTER_PREFIX}.{consumer}")
     }
+
+    /// `pf.trace.<trace_id>`: the finished spans of one trace ([`crate::trace::SpanRecord`]).
+    pub fn trace(trace_id: &str) -> String {
+        format!("pf.trace.{trace_id}")
+    }
 }
 
 /// KV buckets. Each is a JetStream stream `KV_<bucket>` underneath.
@@ -61,7 +71,19 @@ pub mod bucket {
     pub const COOLDOWNS: &str = "pf_cooldowns";
     /// VMID reservations, taken with `create` so two workflows never get the same id.
     pub const VMIDS: &str = "pf_vmids";
+    /// Webhook ids the gateway accepted, taken with `create` so a replayed delivery is refused. Entries
+    /// expire after [`super::WEBHOOK_ID_TTL_SECS`].
+    pub const WEBHOOK_IDS: &str = "pf_webhook_ids";
+    /// Admission ledgers (one key per guarded kind of work, e.g. `provision.k8s-node`): what is
+    /// running and what started within the last hour, changed by compare-and-set.
+    pub const ADMISSIONS: &str = "pf_admissions";
 }
+
+/// Lifetime of an accepted webhook id in [`bucket::WEBHOOK_IDS`]. A replay is refused by this record
+/// only while it lives; after that, by the signature timestamp, so the gateway's signature tolerance
+/// must stay below it (it caps `gateway.signature_tolerance` at 10 minutes and the accepted clock skew
+/// into the future so that a signature always expires before its id record does).
+pub const WEBHOOK_ID_TTL_SECS: u64 = 15 * 60;
 
 /// Message headers. NATS header names are case-sensitive; these are the exact spellings sent.
 pub mod header {

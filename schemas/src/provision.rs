@@ -87,3 +87,104 @@ impl Message for ProvisionRequested {
         format!("provision/{}", self.workflow_id)
     }
 }
+
+/// The provisioner's work order for one provision workflow (`pf.cmd.provisioner.provision`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionCommand {
+    /// The workflow; its record holds the progress, so a redelivered command resumes.
+    pub workflow_id: String,
+    /// What to build.
+    pub request: ProvisionRequested,
+}
+
+impl Versioned for ProvisionCommand {
+    const SCHEMA: SchemaId = SchemaId {
+        name: "pf.cmd.provision",
+        version: 1,
+    };
+}
+
+impl Message for ProvisionCommand {
+    fn subject(&self) -> String {
+        subject::cmd("provisioner", "provision")
+    }
+
+    fn dedupe_id(&self) -> String {
+        format!("{}/provision", self.workflow_id)
+    }
+}
+
+/// How a provision ended (`pf.evt.vm.provisioned` / `pf.evt.vm.provision_failed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionOutcome {
+    /// The workflow.
+    pub workflow_id: String,
+    /// VM name.
+    pub name: String,
+    /// Profile.
+    pub profile: String,
+    /// VMID, once one was reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmid: Option<u32>,
+    /// Address, when the VM came up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Why it failed (absent on success). Compensation has run when this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it ended.
+    pub at: DateTime<Utc>,
+}
+
+impl Versioned for ProvisionOutcome {
+    const SCHEMA: SchemaId = SchemaId {
+        name: "pf.evt.vm.provision_outcome",
+        version: 1,
+    };
+}
+
+impl Message for ProvisionOutcome {
+    fn subject(&self) -> String {
+        let event = if self.error.is_none() {
+            "provisioned"
+        } else {
+            "provision_failed"
+        };
+        subject::evt("vm", event)
+    }
+
+    fn dedupe_id(&self) -> String {
+        format!("{}/outcome", self.workflow_id)
+    }
+}
+
+impl ProvisionRequested {
+    /// The `pending` workflow record this request starts, created by whichever service sees the request
+    /// first (normally the gateway; the orchestrator and provisioner when its record is missing).
+    /// `reference` names the caller for the audit trail (webhook key, token name).
+    pub fn pending_workflow(
+        &self,
+        reference: &str,
+        trace_id: Option<String>,
+    ) -> crate::workflow::WorkflowRecord {
+        use crate::workflow::{Origin, WorkflowRecord, WorkflowState};
+        WorkflowRecord {
+            id: self.workflow_id.clone(),
+            kind: "provision".into(),
+            state: WorkflowState::Pending,
+            origin: Origin {
+                source: "webhook".into(),
+                reference: reference.to_owned(),
+                reason: format!("provision {} ({})", self.name, self.profile),
+            },
+            steps: Vec::new(),
+            data: serde_json::to_value(self).unwrap_or_default(),
+            error: None,
+            trace_id,
+            created_at: self.requested_at,
+            updated_at: self.requested_at,
+        }
+    }
+}

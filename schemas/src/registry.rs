@@ -4,7 +4,8 @@ use schemars::schema_for;
 
 use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
-use crate::provision::ProvisionRequested;
+use crate::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
+use crate::trace::SpanRecord;
 use crate::workflow::WorkflowRecord;
 
 /// One generated JSON Schema document.
@@ -38,6 +39,9 @@ pub fn all() -> Vec<SchemaDoc> {
     vec![
         SchemaDoc::of::<DeadLetter>(),
         SchemaDoc::of::<ProvisionRequested>(),
+        SchemaDoc::of::<ProvisionCommand>(),
+        SchemaDoc::of::<ProvisionOutcome>(),
         SchemaDoc::of::<WorkflowRecord>(),
+        SchemaDoc::of::<SpanRecord>(),
     ]
 }

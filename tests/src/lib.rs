@@ -129,3 +129,34 @@ pub async fn next_event<T: serde::de::DeserializeOwned>(
         .expect("subscription open");
     serde_json::from_slice(&msg.payload).expect("event decodes")
 }
+
+/// A join command that honours the contract without an SSH target: reads the request, prints a line.
+pub const JOIN_OK: &str = "cat > /dev/null; echo joined {name} at {ip}";
+
+/// The consumer settings of provisioning tests: 3 deliveries, 50 ms between them.
+pub fn test_consumer(ack_wait: Duration) -> proxflow_runtime::config::ConsumerConfig {
+    proxflow_runtime::config::ConsumerConfig {
+        max_deliver: 3,
+        retry_backoff: vec![Duration::from_millis(50)],
+        ack_wait,
+        max_in_flight: 25,
+    }
+}
+
+/// The provisioner configuration of end-to-end tests (in-process and `pf-test-provisioner`): the
+/// seed's profiles, [`JOIN_OK`], a 1 s address timeout, [`test_consumer`].
+pub fn provisioner_config(
+    file_sd: std::path::PathBuf,
+    ack_wait: Duration,
+) -> proxflow_provisioner::ProvisionConfig {
+    proxflow_provisioner::ProvisionConfig {
+        join: proxflow_provisioner::join::JoinConfig {
+            command: ["sh", "-c", JOIN_OK].map(String::from).to_vec(),
+            timeout: Duration::from_secs(10),
+        },
+        file_sd,
+        ip_timeout: Duration::from_secs(1),
+        consumer: test_consumer(ack_wait),
+        ..proxflow_provisioner::ProvisionConfig::default()
+    }
+}

@@ -1,4 +1,6 @@
-//! The gateway's router.
+//! The gateway's router: the API, the ops endpoints, and a span per request.
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Request;
@@ -7,10 +9,15 @@ use axum::response::Response;
 use proxflow_runtime::{ServiceContext, telemetry};
 use tracing::Instrument;
 
-/// The gateway's routes: ops endpoints for now, each request in a span that continues the caller's
-/// trace, with the trace id echoed back in `traceparent` so a caller can look the trace up.
-pub fn router(ctx: &ServiceContext) -> Router {
-    proxflow_runtime::ops::router(ctx.ops_state()).layer(middleware::from_fn(trace_request))
+use crate::api::{self, Api};
+
+/// The gateway's routes: the provisioning and workflow API next to the ops endpoints, each request in
+/// a span that continues the caller's trace, with the trace id echoed back in `traceparent` so a
+/// caller can look the trace up.
+pub(crate) fn router(ctx: &ServiceContext, api: Arc<Api>) -> Router {
+    proxflow_runtime::ops::router(ctx.ops_state())
+        .merge(api::routes(api))
+        .layer(middleware::from_fn(trace_request))
 }
 
 async fn trace_request(request: Request, next: Next) -> Response {

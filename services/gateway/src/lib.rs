@@ -1,39 +1,91 @@
 //! # proxflow-gateway
 //!
-//! The HTTP edge of proxflow. Today it serves the ops endpoints and parents every request's span on the
-//! caller's W3C trace context; the provisioning webhook, the Alertmanager receiver and the workflow
-//! status API mount on the same router.
+//! The HTTP edge of proxflow: signed provisioning webhooks become `ProvisionRequested` messages on
+//! `pf.ingest.webhook.provision` with a pending workflow record, and workflow records are readable
+//! over `GET /v1/workflows/{id}`. Every request's span continues the caller's W3C trace.
 //!
 //! ## Layout
-//! - [`config`] — [`GatewayConfig`].
+//! - [`config`] — [`GatewayConfig`] (`[gateway]`).
+//! - [`webhook`] — Standard Webhooks signing and verification, shared with `proxflow provision`.
+//! - [`auth`] — who is calling: webhook signature, bearer token, or anonymous in demo mode.
+//! - [`request`] — the provisioning request body and its field-by-field validation.
+//! - [`store`] — the workflow and webhook-id KV buckets.
+//! - [`api`] — the handlers: status codes, idempotency, publishing, metrics.
 //! - [`http`] — the router and the per-request trace span.
 
+pub mod api;
+pub mod auth;
 pub mod config;
-pub mod http;
+mod http;
+pub mod request;
+pub mod store;
+pub mod webhook;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use proxflow_provisioner::Profiles;
 use proxflow_runtime::ServiceContext;
+use proxflow_runtime::config::{ConfigError, Validate};
+use proxflow_schemas::names::WEBHOOK_ID_TTL_SECS;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use api::WorkflowAccepted;
 pub use config::GatewayConfig;
+pub use request::ProvisionRequest;
 
 /// Why the gateway stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// `[gateway]` cannot be served as configured.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A KV bucket could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// The HTTP server failed.
     #[error("gateway HTTP server: {0}")]
     Serve(#[from] std::io::Error),
 }
 
 /// Serves the gateway on `listener` (bound by the caller from [`GatewayConfig::listen`], so it can
-/// print the real address when port 0 was asked for) until `shutdown`.
+/// print the real address when port 0 was asked for) until `shutdown`. `profiles` are the VM profiles
+/// requests may name (`[provision.profiles]`, owned by the provisioning side).
 pub async fn run(
     ctx: ServiceContext,
+    config: GatewayConfig,
+    profiles: Profiles,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    config.validate()?;
+    config.check_credentials()?;
+    if !config.require_auth {
+        tracing::warn!(
+            "gateway.require_auth is off: unauthenticated requests can provision VMs and read \
+             workflows (local demos only)"
+        );
+    }
+    let auth = auth::Authenticator::new(
+        &config.webhook_secrets,
+        &config.bearer_tokens,
+        config.signature_tolerance,
+        Duration::from_secs(WEBHOOK_ID_TTL_SECS),
+        config.require_auth,
+    )
+    .map_err(|e| ConfigError::value("gateway.webhook_secrets", e.to_string()))?;
+    let store = store::Store::open(&ctx.bus.js).await?;
+    let api = api::Api::new(
+        &ctx,
+        auth,
+        profiles,
+        store,
+        config.max_body,
+        config.public_base().map(str::to_owned),
+    );
     ctx.health.set("gateway http", true);
-    let router = http::router(&ctx);
+    let router = http::router(&ctx, Arc::new(api));
     let result = proxflow_runtime::ops::serve(listener, router, shutdown).await;
     ctx.health.set("gateway http", false);
     Ok(result?)

@@ -17,7 +17,17 @@ async fn health_readiness_metrics_and_trace_echo() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
-    let server = tokio::spawn(proxflow_gateway::run(ctx.clone(), listener, stop.clone()));
+    let config = proxflow_gateway::GatewayConfig {
+        webhook_secrets: vec![proxflow_gateway::webhook::generate_secret()],
+        ..Default::default()
+    };
+    let server = tokio::spawn(proxflow_gateway::run(
+        ctx.clone(),
+        config,
+        proxflow_provisioner::Profiles::default(),
+        listener,
+        stop.clone(),
+    ));
     let http = reqwest::Client::new();
 
     let health = http

@@ -4,9 +4,14 @@
 //! ([`profile`]), and the steps that build it against Proxmox, join it to k3s ([`join`]) and onboard its
 //! metrics ([`file_sd`]).
 
+pub mod config;
 pub mod file_sd;
 pub mod join;
 pub mod profile;
+pub mod service;
 pub mod steps;
+pub mod vmid;
 
+pub use config::ProvisionConfig;
 pub use profile::{OverrideLimits, Profile, Profiles, VmShape};
+pub use service::run;

@@ -312,7 +312,9 @@ pub async fn wait_for_ipv4(
             });
         }
         tokio::time::sleep(pause.min(timeout.saturating_sub(started.elapsed()))).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        // Gentle backoff: a guest typically answers a few seconds after boot, and overshooting that
+        // moment delays the whole provision.
+        pause = (pause * 3 / 2).min(Duration::from_secs(1));
     }
 }
 

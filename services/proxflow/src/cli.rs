@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::provision::ProvisionArgs;
 use crate::settings::Settings;
-use crate::{compose, dev, pve, sim};
+use crate::{compose, dev, provision, pve, sim, trace};
 
 /// proxflow: event-driven automation for a Proxmox VE + k3s platform.
 #[derive(Debug, Parser)]
@@ -39,6 +40,17 @@ pub enum Command {
         #[command(subcommand)]
         command: PveCommand,
     },
+    /// Print a workflow's trace as a tree (durations, errors, Proxmox task ids), as the services
+    /// recorded it on the bus (`PF_TRACE`, kept 7 days).
+    Trace {
+        /// Workflow id (looked up in pf_workflows), or a trace id (32 hex digits).
+        id: String,
+        /// Print the span records as JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the gateway for a new k3s node VM (a signed webhook request) and print its workflow.
+    Provision(Box<ProvisionArgs>),
     /// Write the JSON Schema of every wire type into a directory.
     Schemas {
         /// Output directory.
@@ -59,16 +71,26 @@ pub enum PveCommand {
 pub enum Service {
     /// HTTP ingress and APIs.
     Gateway,
+    /// Workflow admission (caps) and dispatch.
+    Orchestrator,
+    /// Builds VMs against Proxmox, joins them to k3s, onboards their metrics.
+    Provisioner,
 }
 
 impl Service {
     /// Every service, for `dev`.
-    pub const ALL: &'static [Service] = &[Service::Gateway];
+    pub const ALL: &'static [Service] = &[
+        Service::Gateway,
+        Service::Orchestrator,
+        Service::Provisioner,
+    ];
 
     /// Its name on the command line and in logs.
     pub fn name(self) -> &'static str {
         match self {
             Service::Gateway => "gateway",
+            Service::Orchestrator => "orchestrator",
+            Service::Provisioner => "provisioner",
         }
     }
 }
@@ -78,8 +100,14 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
     match command {
         Command::Dev => dev::run(settings).await,
         Command::Serve { services } => {
-            let telemetry = proxflow_runtime::telemetry::init(&settings.telemetry, "proxflow")?;
-            let result = compose::run(&settings, &services, None).await;
+            // One service per process in production, so its spans carry that service's name.
+            let name = services
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join("+");
+            let telemetry = proxflow_runtime::telemetry::init(&settings.telemetry, &name)?;
+            let result = compose::run(&settings, &services, telemetry.spans(), None).await;
             telemetry.shutdown().await;
             result
         }
@@ -91,6 +119,8 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
             Ok(())
         }
         Command::Schemas { out } => write_schemas(&out),
+        Command::Provision(args) => provision::run(&settings, *args).await,
+        Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,
         Command::Sim => {
             let telemetry = proxflow_runtime::telemetry::init(&settings.telemetry, "pve-sim")?;
             let result = sim::run(&settings.sim).await;

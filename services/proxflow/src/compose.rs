@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use proxflow_runtime::bus::{self, topology};
+use proxflow_runtime::config::Validate;
 use proxflow_runtime::ops::{self, Health, Metrics};
+use proxflow_runtime::telemetry::SpanSink;
 use proxflow_runtime::{ServiceContext, shutdown};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -29,16 +31,29 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("{what}: cannot listen on {addr}"))
 }
 
-/// Runs `services` until a signal; `on_ready` hears where they listen once all are started.
+/// Runs `services` until a signal, recording this process's spans through `spans` once connected;
+/// `on_ready` hears where they listen once all are started.
 pub async fn run(
     settings: &Settings,
     services: &[Service],
+    spans: &SpanSink,
     on_ready: Option<&(dyn Fn(&Listening) + Sync)>,
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     shutdown::cancel_on_signal(stop.clone()).context("installing signal handlers")?;
 
     let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
+    // Refused before connecting: a gateway without credentials is a configuration error (exit 78).
+    if services.contains(&Service::Gateway) {
+        settings.gateway.check_credentials()?;
+    }
+    // Checked before connecting: a provisioner without Proxmox credentials must not start half-way.
+    let pve = if services.contains(&Service::Provisioner) {
+        settings.pve.validate()?;
+        Some(proxflow_pve::PveClient::new(&settings.pve)?)
+    } else {
+        None
+    };
     let metrics = Metrics::new();
     let bus = bus::connect(
         &settings.nats,
@@ -48,6 +63,8 @@ pub async fn run(
     .await?;
     let report = topology::declare(&bus.client, &bus.js, bus.replicas).await?;
     tracing::info!(objects = ?report.objects, "topology declared");
+    // Spans finished so far wait in the sink's queue; from here on they go to PF_TRACE.
+    spans.attach(&bus.js, &metrics)?;
     let health = Health::default();
     health.watch_nats(bus.client.clone());
     let ctx = ServiceContext {
@@ -77,10 +94,36 @@ pub async fn run(
                 let listener = bind(settings.gateway.listen, "gateway").await?;
                 listening.gateway = Some(listener.local_addr()?);
                 let (ctx, stop) = (ctx.clone(), stop.clone());
+                let (config, profiles) = (
+                    settings.gateway.clone(),
+                    settings.provision.profiles.clone(),
+                );
                 tasks.spawn(async move {
-                    proxflow_gateway::run(ctx, listener, stop)
+                    proxflow_gateway::run(ctx, config, profiles, listener, stop)
                         .await
                         .context("gateway")
+                });
+            }
+            Service::Orchestrator => {
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                let (consumer, profiles) = (
+                    settings.orchestrator.consumer.clone(),
+                    settings.provision.profiles.clone(),
+                );
+                tasks.spawn(async move {
+                    proxflow_orchestrator::run(ctx, consumer, profiles, stop)
+                        .await
+                        .context("orchestrator")
+                });
+            }
+            Service::Provisioner => {
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                let config = settings.provision.clone();
+                let pve = pve.clone().context("Proxmox client")?;
+                tasks.spawn(async move {
+                    proxflow_provisioner::run(ctx, config, pve, stop)
+                        .await
+                        .context("provisioner")
                 });
             }
         }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use proxflow_pve_sim::RunningSim;
 use proxflow_runtime::config::{NATS_URL_ENV, Secret};
 use proxflow_runtime::nats_server::{self, NatsServerProcess, ServerOptions};
+use proxflow_runtime::telemetry::SpanSink;
 
 use crate::cli::Service;
 use crate::compose::{self, Listening};
@@ -17,21 +18,28 @@ use crate::sim;
 /// Starts the embedded nats-server (unless `PROXFLOW_NATS_URL` points elsewhere), then every service.
 pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let telemetry = proxflow_runtime::telemetry::init(&settings.telemetry, "proxflow-dev")?;
-    let result = run_inner(&mut settings).await;
+    // Kept alive for the whole run and stopped cleanly after the services are down and the last
+    // spans, which go out through it, are recorded.
+    let mut server = None;
+    let result = run_inner(&mut settings, &mut server, telemetry.spans()).await;
     telemetry.shutdown().await;
+    if let Some(server) = server.as_mut() {
+        tokio::task::block_in_place(|| server.stop());
+    }
     result
 }
 
-async fn run_inner(settings: &mut Settings) -> anyhow::Result<()> {
+async fn run_inner(
+    settings: &mut Settings,
+    server: &mut Option<NatsServerProcess>,
+    spans: &SpanSink,
+) -> anyhow::Result<()> {
     let external = std::env::var_os(NATS_URL_ENV).is_some();
-    // Kept alive for the whole run and stopped cleanly after the services are down.
-    let mut server = if external {
-        None
-    } else {
+    if !external {
         let store_dir = settings.dev.state_dir.join("nats");
         let project = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let bin = nats_server::locate_supported(&project)?;
-        let server = NatsServerProcess::start(ServerOptions {
+        let process = NatsServerProcess::start(ServerOptions {
             bin,
             store_dir: store_dir.clone(),
             port: settings.dev.nats_port,
@@ -45,9 +53,9 @@ async fn run_inner(settings: &mut Settings) -> anyhow::Result<()> {
                 store_dir.display()
             )
         })?;
-        settings.nats.url = server.url();
-        Some(server)
-    };
+        settings.nats.url = process.url();
+        *server = Some(process);
+    }
     let nats = if external {
         format!("{} (external, from {NATS_URL_ENV})", settings.nats.url)
     } else {
@@ -63,29 +71,64 @@ async fn run_inner(settings: &mut Settings) -> anyhow::Result<()> {
         settings.pve.fingerprint = sim.fingerprint();
         settings.pve.token_id = sim.token_id().to_string();
         settings.pve.token_secret = Secret::new(sim.token_secret());
+        settings.provision.join.command = settings.dev.simulated_join.clone();
         Some(sim)
     } else {
         None
     };
-    let report = |listening: &Listening| print_summary(&nats, simulator.as_ref(), listening);
-    let result = compose::run(settings, Service::ALL, Some(&report)).await;
+    // The gateway refuses to run without a credential; dev makes up a webhook secret and a bearer
+    // token (printed in the summary, for `proxflow provision --wait` and other callers) so that it
+    // runs on the defaults.
+    let mut credentials = Vec::new();
+    if settings.gateway.require_auth && settings.gateway.webhook_secrets.is_empty() {
+        let secret = proxflow_gateway::webhook::generate_secret();
+        settings.gateway.webhook_secrets.push(secret.clone());
+        credentials.push(format!(
+            "PROXFLOW_GATEWAY__WEBHOOK_SECRETS={}",
+            secret.expose()
+        ));
+    }
+    if settings.gateway.require_auth && settings.gateway.bearer_tokens.is_empty() {
+        let token = proxflow_gateway::webhook::generate_secret();
+        settings
+            .gateway
+            .bearer_tokens
+            .insert("dev".into(), token.clone());
+        credentials.push(format!(
+            "PROXFLOW_GATEWAY__BEARER_TOKENS__DEV={}",
+            token.expose()
+        ));
+    }
+    let report =
+        |listening: &Listening| print_summary(&nats, simulator.as_ref(), &credentials, listening);
+    let result = compose::run(settings, Service::ALL, spans, Some(&report)).await;
     if let Some(sim) = simulator {
         sim.shutdown().await;
-    }
-    if let Some(server) = server.as_mut() {
-        tokio::task::block_in_place(|| server.stop());
     }
     result
 }
 
-fn print_summary(nats: &str, simulator: Option<&RunningSim>, listening: &Listening) {
+fn print_summary(
+    nats: &str,
+    simulator: Option<&RunningSim>,
+    credentials: &[String],
+    listening: &Listening,
+) {
     println!("proxflow dev is up");
     println!("  nats     {nats}");
     if let Some(sim) = simulator {
         sim::print_endpoint(sim, "  ");
     }
     if let Some(gateway) = listening.gateway {
-        println!("  gateway  http://{gateway}  (/healthz, /readyz, /metrics)");
+        println!(
+            "  gateway  http://{gateway}  (/v1/provision, /v1/workflows/{{id}}, /healthz, /readyz, /metrics)"
+        );
+    }
+    if !credentials.is_empty() {
+        println!(
+            "  auth     export {}  (for proxflow provision)",
+            credentials.join(" ")
+        );
     }
     println!("  ops      http://{}/metrics", listening.ops);
     println!("Ctrl-C stops everything.");

@@ -11,13 +11,17 @@
 //! - `dev`: the embedded nats-server and simulator, and the summary of what listens where.
 //! - `sim`: `proxflow sim`, the Proxmox VE simulator on its own.
 //! - `pve`: `proxflow pve check`.
+//! - `provision`: `proxflow provision`, a signed provisioning request to the gateway.
+//! - `trace`: `proxflow trace`, a workflow's trace read back from the bus.
 
 mod cli;
 mod compose;
 mod dev;
+mod provision;
 mod pve;
 mod settings;
 mod sim;
+mod trace;
 
 use std::process::ExitCode;
 

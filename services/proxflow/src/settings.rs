@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use proxflow_gateway::GatewayConfig;
+use proxflow_orchestrator::OrchestratorConfig;
+use proxflow_provisioner::ProvisionConfig;
 use proxflow_pve::PveConfig;
 use proxflow_pve_sim::SimConfig;
 use proxflow_runtime::config::{
@@ -29,6 +31,11 @@ pub struct Settings {
     pub pve: PveConfig,
     /// `[sim]`: the Proxmox simulator of `proxflow sim` and `proxflow dev`.
     pub sim: SimConfig,
+    /// `[provision]`: VM profiles (the gateway validates requests against them, the orchestrator
+    /// enforces their caps, the provisioner builds from them), the join command, metrics onboarding.
+    pub provision: ProvisionConfig,
+    /// `[orchestrator]`: its request consumers.
+    pub orchestrator: OrchestratorConfig,
 }
 
 /// `[dev]`: the embedded nats-server of `proxflow dev`.
@@ -41,6 +48,9 @@ pub struct DevConfig {
     pub nats_port: u16,
     /// Run the Proxmox simulator (`[sim]`) and point `[pve]` at it; false uses `[pve]` as configured.
     pub simulator: bool,
+    /// With the simulator, the join step runs this instead of `provision.join.command`: simulated VMs
+    /// cannot be reached over SSH. Same placeholders and JSON contract.
+    pub simulated_join: Vec<String>,
 }
 
 impl Default for DevConfig {
@@ -49,6 +59,13 @@ impl Default for DevConfig {
             state_dir: PathBuf::from(".proxflow"),
             nats_port: 4222,
             simulator: true,
+            simulated_join: [
+                "sh",
+                "-c",
+                "cat > /dev/null; echo 'simulated k3s join of {name} ({ip}); the simulator has no SSH'",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -59,6 +76,10 @@ impl Validate for Settings {
         self.telemetry.validate()?;
         self.ops.validate()?;
         self.sim.validate()?;
+        self.provision.validate()?;
+        self.orchestrator
+            .consumer
+            .validate_at("orchestrator.consumer")?;
         self.gateway.validate()
     }
 }

@@ -119,6 +119,8 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
         .env("PROXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
         .env("PROXFLOW_OPS__LISTEN", "127.0.0.1:0")
         .env("PROXFLOW_SIM__LISTEN", "127.0.0.1:0")
+        .env("PROXFLOW_SIM__TIME_SCALE", "0.02")
+        .env("PROXFLOW_PROVISION__FILE_SD", state.path().join("sd.json"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -136,7 +138,9 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
     let mut gateway = None;
     let mut nats = None;
     let mut sim = None;
-    while gateway.is_none() || nats.is_none() || sim.is_none() {
+    let mut secret = None;
+    let mut token = None;
+    while gateway.is_none() || nats.is_none() || sim.is_none() || secret.is_none() {
         let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -148,6 +152,16 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["gateway", url, ..] => gateway = Some((*url).to_owned()),
+            ["auth", "export", vars @ ..] => {
+                for var in vars {
+                    if let Some(v) = var.strip_prefix("PROXFLOW_GATEWAY__WEBHOOK_SECRETS=") {
+                        secret = Some(v.to_owned());
+                    }
+                    if let Some(v) = var.strip_prefix("PROXFLOW_GATEWAY__BEARER_TOKENS__DEV=") {
+                        token = Some(v.to_owned());
+                    }
+                }
+            }
             ["nats", url, ..] => nats = Some((*url).to_owned()),
             ["pve-sim", url, "(fingerprint", fp] => {
                 sim = Some((
@@ -192,6 +206,81 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 200);
+    // The gateway runs with the webhook secret dev made up and printed.
+    let secret = proxflow_runtime::config::Secret::new(secret.expect("webhook secret line"));
+    let body = br#"{"name": "k3s-dev"}"#;
+    let mut post = http
+        .post(format!("{gateway}/v1/provision"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in proxflow_gateway::webhook::SignedHeaders::new(&secret, body)
+        .expect("a whsec_ secret")
+        .pairs()
+    {
+        post = post.header(name, value);
+    }
+    let accepted = post.send().await.expect("provision");
+    assert_eq!(accepted.status(), 202);
+    let accepted: serde_json::Value = accepted.json().await.expect("json");
+    let workflow_id = accepted["workflow_id"]
+        .as_str()
+        .expect("workflow id")
+        .to_owned();
+
+    // The whole pipeline runs: the workflow succeeds against the simulator.
+    let token = token.expect("bearer token in the auth line");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let record = loop {
+        let r: serde_json::Value = http
+            .get(format!("{gateway}/v1/workflows/{workflow_id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        if matches!(
+            r["state"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workflow never ended: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record["state"], "succeeded", "{record}");
+
+    // And its trace can be read back with `proxflow trace`: one tree, gateway to Proxmox calls.
+    // Spans reach the bus about a second after they end (batched), so ask until the last ones are in.
+    let expected = [
+        "POST /v1/provision",
+        "provision k3s-dev",
+        "pve POST",
+        "qmclone",
+        "run sh",
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let trace = proxflow()
+            .args(["trace", &workflow_id])
+            .env("PROXFLOW_NATS_URL", &nats)
+            .output()
+            .expect("trace runs");
+        let tree = String::from_utf8_lossy(&trace.stdout).into_owned();
+        if trace.status.success() && expected.iter().all(|e| tree.contains(e)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trace never held {expected:?}:\n{tree}\n{}",
+            String::from_utf8_lossy(&trace.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // The embedded server really carries the topology.
     let client = async_nats::connect(nats.as_str())
         .await
@@ -221,6 +310,27 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "embedded nats-server still listening after dev stopped"
+    );
+}
+
+#[test]
+fn a_gateway_without_credentials_does_not_start() {
+    let out = proxflow()
+        .args(["serve", "gateway"])
+        // Unreachable on purpose: the refusal must come before any connection attempt.
+        .env("PROXFLOW_NATS__URL", "nats://127.0.0.1:9")
+        .env("PROXFLOW_NATS__CONNECT_TIMEOUT", "1s")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("PROXFLOW_GATEWAY__WEBHOOK_SECRETS"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("PROXFLOW_GATEWAY__BEARER_TOKENS__"),
+        "{stderr}"
     );
 }
 

@@ -3,18 +3,22 @@
 //! What every proxflow service shares, so that services hold only their domain logic.
 //!
 //! ## Layout
+//! - [`admission`] — caps (max running, max per window) kept in KV by compare-and-set.
 //! - [`command`] — external commands with a deadline (the whole process group killed) and bounded output.
 //! - [`config`] — figment loading (defaults < TOML < `PROXFLOW_*` env), the shared config sections,
 //!   [`config::Secret`].
 //! - [`bus`] — connecting to NATS, the JetStream topology ([`bus::topology`]), the publisher that sets
 //!   `Nats-Msg-Id`, schema and trace headers ([`bus::publish`]), and the consumer loop that maps handler
 //!   outcomes to ack / nak / term + dead letter ([`bus::consume`]).
-//! - [`telemetry`] — subscriber, OTLP export, trace context over NATS and HTTP headers.
+//! - [`telemetry`] — subscriber, spans recorded on the bus (`pf.trace.*`) and read back, OTLP export,
+//!   trace context over NATS and HTTP headers.
 //! - [`ops`] — `/healthz`, `/readyz`, `/metrics`, the [`ops::Health`] and [`ops::Metrics`] handles.
 //! - [`service`] — [`ServiceContext`], what each service's `run` receives.
 //! - [`shutdown`] — SIGINT/SIGTERM to a cancellation token.
+//! - [`workflow`] — workflow records in KV, changed only by compare-and-set.
 //! - [`nats_server`] — a nats-server child process, for `proxflow dev` and the test harness.
 
+pub mod admission;
 pub mod bus;
 pub mod command;
 pub mod config;
@@ -23,6 +27,7 @@ pub mod ops;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod workflow;
 
 pub use service::ServiceContext;
 

@@ -152,6 +152,19 @@ impl Metrics {
             .register(name, help, metric);
     }
 
+    /// Registers a counter family with fixed label names for a service's own counts, exposed as
+    /// `proxflow_<name>_total{<labels>}`.
+    pub fn counter_family<const N: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        labels: [&'static str; N],
+    ) -> CounterFamily<N> {
+        let family = Family::default();
+        self.register(name, help, family.clone());
+        CounterFamily { labels, family }
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -198,6 +211,22 @@ impl Metrics {
             duplicate: get("duplicate"),
             failed: get("failed"),
         }
+    }
+}
+
+/// A counter family registered by [`Metrics::counter_family`]: one counter per combination of label
+/// values. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CounterFamily<const N: usize> {
+    labels: [&'static str; N],
+    family: Family<[(&'static str, String); N], Counter>,
+}
+
+impl<const N: usize> CounterFamily<N> {
+    /// Adds one to the counter of these label values, given in the order of the label names.
+    pub fn inc(&self, values: [&str; N]) {
+        let key = std::array::from_fn(|i| (self.labels[i], values[i].to_owned()));
+        self.family.get_or_create(&key).inc();
     }
 }
 
@@ -274,4 +303,27 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_family_counts_per_label_values() {
+        let metrics = Metrics::new();
+        let hits = metrics.counter_family("hits", "Test hits", ["endpoint", "outcome"]);
+        hits.inc(["a", "ok"]);
+        hits.inc(["a", "ok"]);
+        hits.clone().inc(["b", "failed"]);
+        let text = metrics.encode();
+        assert!(
+            text.contains("proxflow_hits_total{endpoint=\"a\",outcome=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("proxflow_hits_total{endpoint=\"b\",outcome=\"failed\"} 1"),
+            "{text}"
+        );
+    }
 }

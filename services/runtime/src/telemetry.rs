@@ -1,22 +1,38 @@
-//! Telemetry: the tracing subscriber (human or JSON logs), OpenTelemetry spans exported over OTLP/HTTP
-//! when an endpoint is configured, and W3C trace context carried in NATS and HTTP headers so that a
-//! chain of services forms one trace.
+//! Telemetry: the tracing subscriber (human or JSON logs), OpenTelemetry spans recorded on the bus
+//! (always) and exported over OTLP/HTTP (when an endpoint is configured), and W3C trace context carried
+//! in NATS and HTTP headers so that a chain of services forms one trace.
 //!
-//! The OpenTelemetry layer is installed even without an exporter: trace ids are still minted and
-//! propagated, so workflow records and logs carry them and a collector can be added later.
+//! ## Layout
+//! - this module: [`init`] and its [`TelemetryGuard`], the trace filter and layer, header propagation.
+//! - [`sink`]: every finished span as a `SpanRecord` on `pf.trace.<trace_id>` ([`SpanSink`]).
+//! - [`recorded`]: reading a trace's records back and building its tree (`proxflow trace`).
+
+use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{LogFormat, TelemetryConfig};
+
+pub mod recorded;
+pub mod sink;
+
+pub use sink::{AttachError, BusSpanExporter, SpanSink};
+
+/// How often the batch processor hands finished spans to the bus sink: spans are on the bus about a
+/// second after they end, so `proxflow trace` right after a workflow sees all of it.
+const BUS_EXPORT_DELAY: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for the last spans to be acknowledged by the stream.
+const SPAN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,27 +49,53 @@ pub enum TelemetryError {
 #[must_use = "call shutdown() at exit or the last spans are lost"]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    spans: SpanSink,
 }
 
 impl TelemetryGuard {
-    /// Flushes pending spans and stops the exporter. The SDK blocks, so it runs off the async threads.
+    /// The bus sink of this process's spans: [`SpanSink::attach`] it once connected.
+    pub fn spans(&self) -> &SpanSink {
+        &self.spans
+    }
+
+    /// Flushes pending spans and stops the exporters, then waits for the bus sink to publish what they
+    /// handed it (so call this while NATS is still reachable). The SDK blocks, so it runs off the
+    /// async threads.
     pub async fn shutdown(self) {
         let provider = self.provider;
         let result = tokio::task::spawn_blocking(move || provider.shutdown()).await;
         if let Ok(Err(e)) = result {
             eprintln!("telemetry shutdown: {e}");
         }
+        if !self.spans.finish(SPAN_FLUSH_TIMEOUT).await {
+            eprintln!("telemetry shutdown: the last spans were not recorded on the bus in time");
+        }
     }
 }
 
-/// The tracer provider for `service`: exports over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` or
-/// `telemetry.otlp_endpoint` is set, otherwise only mints and propagates ids.
-pub fn provider(cfg: &TelemetryConfig, service: &str) -> Result<SdkTracerProvider, TelemetryError> {
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        Resource::builder()
-            .with_service_name(service.to_owned())
-            .build(),
-    );
+/// The tracer provider for `service`: records every span through `bus` (a [`SpanSink`]'s exporter)
+/// and also exports over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` or `telemetry.otlp_endpoint`
+/// is set.
+pub fn provider(
+    cfg: &TelemetryConfig,
+    service: &str,
+    bus: BusSpanExporter,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    // Batched on the processor's own thread: encoding a record stays off the application's threads.
+    let bus = BatchSpanProcessor::builder(bus)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_scheduled_delay(BUS_EXPORT_DELAY)
+                .build(),
+        )
+        .build();
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .with_span_processor(bus);
     let from_env = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
     if from_env || cfg.otlp_endpoint.is_some() {
         // The blocking client: the batch processor exports from its own thread, where the async
@@ -80,7 +122,8 @@ pub fn init(cfg: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, Tele
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::Layer as _;
 
-    let provider = provider(cfg, service)?;
+    let (spans, bus) = SpanSink::new(sink::QUEUE_CAPACITY);
+    let provider = provider(cfg, service, bus)?;
     let log_filter = || {
         EnvFilter::try_from_default_env()
             .or_else(|_| EnvFilter::try_new(&cfg.log_level))
@@ -113,10 +156,13 @@ pub fn init(cfg: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, Tele
         .with(otel_layer(provider.tracer(service.to_owned())).with_filter(trace_filter()))
         .try_init()
         .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, spans })
 }
 
-/// What the trace layer records: INFO everywhere, DEBUG from proxflow's crates (message spans).
+/// What the trace layer records (and so what reaches the bus and OTLP): INFO everywhere, DEBUG from
+/// proxflow's crates (message spans). A target matches by prefix, so `proxflow` covers every
+/// `proxflow_*` crate: the runtime's `command` and message spans, `pve.request` and `pve.task.wait`
+/// (proxflow_pve), and each service's own spans.
 pub fn trace_filter() -> tracing_subscriber::filter::Targets {
     tracing_subscriber::filter::Targets::new()
         .with_default(tracing::Level::INFO)
@@ -242,4 +288,30 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::*;
+
+    #[test]
+    fn the_trace_filter_keeps_debug_spans_of_every_proxflow_crate_and_info_of_others() {
+        let filter = trace_filter();
+        for target in [
+            "proxflow_runtime::bus::consume",
+            "proxflow_runtime::command",
+            "proxflow_pve::client",
+            "proxflow_pve::task",
+            "proxflow_gateway::http",
+            "proxflow_orchestrator::workflow",
+            "proxflow_provisioner::service",
+        ] {
+            assert!(filter.would_enable(target, &Level::DEBUG), "{target}");
+        }
+        assert!(filter.would_enable("hyper::client", &Level::INFO));
+        assert!(!filter.would_enable("hyper::client", &Level::DEBUG));
+        assert!(!filter.would_enable("proxflow_pve::client", &Level::TRACE));
+    }
 }

@@ -10,7 +10,7 @@ use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, ErrorCode, kv};
 use proxflow_schemas::names::{
-    INGEST_DUPLICATE_WINDOW_SECS, bucket, stream as stream_name, subject,
+    INGEST_DUPLICATE_WINDOW_SECS, WEBHOOK_ID_TTL_SECS, bucket, stream as stream_name, subject,
 };
 
 use crate::config::ConsumerConfig;
@@ -147,6 +147,16 @@ pub fn streams() -> Vec<StreamSpec> {
             max_bytes: 5 << 30,
             duplicate_window: Duration::from_secs(120),
         },
+        StreamSpec {
+            name: stream_name::TRACE,
+            subjects: vec![subject::TRACE_ALL.into()],
+            // Spans are for looking back at recent workflows; age and size bound them, the oldest
+            // going first when the size cap is hit.
+            retention: RetentionPolicy::Limits,
+            max_age: 7 * DAY,
+            max_bytes: 1 << 30,
+            duplicate_window: Duration::from_secs(120),
+        },
     ]
 }
 
@@ -176,6 +186,20 @@ pub fn buckets() -> Vec<BucketSpec> {
             description: "VMID reservations taken with create",
             history: 1,
             max_age: Duration::ZERO,
+        },
+        BucketSpec {
+            name: bucket::ADMISSIONS,
+            description: "admission ledgers for caps (running, started in the last hour)",
+            history: 1,
+            max_age: Duration::ZERO,
+        },
+        BucketSpec {
+            name: bucket::WEBHOOK_IDS,
+            description: "accepted webhook ids (replay guard), taken with create",
+            history: 1,
+            // Fixed, not derived from the gateway's tolerance: every gateway instance declares the
+            // same bucket, and the gateway caps its tolerance below this instead.
+            max_age: Duration::from_secs(WEBHOOK_ID_TTL_SECS),
         },
     ]
 }

@@ -1,0 +1,495 @@
+//! The provisioning webhook (`POST /v1/provision`) and the workflow status API
+//! (`GET /v1/workflows/{id}`).
+//!
+//! A provisioning request passes, in order: content type (415) → body size (413) → credentials (401)
+//! → decoding and validation (422) → idempotency (the workflow record is created with KV `create`; a
+//! repeat answers 200 with the existing workflow) → publish (503 when the bus is down) → 202. Nothing is
+//! published for a request refused at any step.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use proxflow_provisioner::Profiles;
+use proxflow_runtime::ServiceContext;
+use proxflow_runtime::ops::CounterFamily;
+use proxflow_runtime::telemetry;
+use proxflow_runtime::workflow::WorkflowStoreError;
+use proxflow_schemas::provision::ProvisionRequested;
+use proxflow_schemas::workflow::{WorkflowRecord, WorkflowState};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::auth::{Authenticator, Caller};
+use crate::request::{self, FieldErrors, ProvisionRequest};
+use crate::store::{self, Created, Store, StoreError};
+
+/// `POST` path of provisioning requests.
+pub const PROVISION_PATH: &str = "/v1/provision";
+/// Prefix of workflow status URLs; the workflow id follows.
+pub const WORKFLOWS_PATH: &str = "/v1/workflows";
+/// Header that may carry the idempotency key instead of the body.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The answer to an accepted (202) or repeated (200) provisioning request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowAccepted {
+    /// The workflow the request started (or had started).
+    pub workflow_id: String,
+    /// Its state now.
+    pub state: WorkflowState,
+    /// The trace every step of it runs under.
+    pub trace_id: Option<String>,
+    /// Where to read its progress (`GET`, bearer token).
+    pub status_url: String,
+}
+
+/// The workflow id of an idempotency key: `prov-` and the first 20 hex digits of its SHA-256.
+pub fn workflow_id(idempotency_key: &str) -> String {
+    let digest = hex::encode(Sha256::digest(idempotency_key.as_bytes()));
+    format!("prov-{}", &digest[..20])
+}
+
+/// Everything the handlers share.
+pub(crate) struct Api {
+    ctx: ServiceContext,
+    auth: Authenticator,
+    profiles: Profiles,
+    store: Store,
+    max_body: usize,
+    public_base: Option<String>,
+    outcomes: CounterFamily<2>,
+}
+
+impl Api {
+    pub(crate) fn new(
+        ctx: &ServiceContext,
+        auth: Authenticator,
+        profiles: Profiles,
+        store: Store,
+        max_body: usize,
+        public_base: Option<String>,
+    ) -> Self {
+        let outcomes = ctx.metrics.counter_family(
+            "webhooks",
+            "Requests to the gateway's webhook endpoints, by outcome",
+            ["endpoint", "outcome"],
+        );
+        Self {
+            ctx: ctx.clone(),
+            auth,
+            profiles,
+            store,
+            max_body,
+            public_base,
+            outcomes,
+        }
+    }
+}
+
+/// The API routes.
+pub(crate) fn routes(api: Arc<Api>) -> Router {
+    Router::new()
+        .route(PROVISION_PATH, post(provision))
+        .route(&format!("{WORKFLOWS_PATH}/{{id}}"), get(workflow))
+        .with_state(api)
+}
+
+/// Why a request was refused; each maps to one status and one `outcome` label.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    #[error("content type must be application/json")]
+    UnsupportedType,
+    #[error("the body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("webhook-id {0} was already accepted")]
+    Replayed(String),
+    #[error("invalid request")]
+    Invalid(FieldErrors),
+    #[error("workflow {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Rejection {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::UnsupportedType => "unsupported_type",
+            Self::TooLarge(_) => "too_large",
+            Self::Unauthorized => "unauthorized",
+            Self::Replayed(_) => "duplicate",
+            Self::Invalid(_) => "invalid",
+            Self::NotFound(_) => "not_found",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "error",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::UnsupportedType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Replayed(_) => StatusCode::CONFLICT,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            Self::Invalid(errors) => json!({ "errors": errors }),
+            other => json!({ "error": other.to_string() }),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<StoreError> for Rejection {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Open { .. }
+            | StoreError::Unavailable { .. }
+            | StoreError::Workflow(WorkflowStoreError::Kv(_)) => Self::Unavailable(e.to_string()),
+            StoreError::Workflow(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+/// An accepted request: the workflow, whether this request created it, and the base URL its status
+/// is read at.
+struct Accepted {
+    record: WorkflowRecord,
+    created: bool,
+    base: String,
+}
+
+async fn provision(State(api): State<Arc<Api>>, request: Request) -> Response {
+    let result = api.accept(request).await;
+    let outcome = match &result {
+        Ok(a) if a.created => "accepted",
+        Ok(_) => "duplicate",
+        Err(r) => r.outcome(),
+    };
+    api.outcomes.inc(["provision", outcome]);
+    match result {
+        Ok(accepted) => {
+            tracing::info!(workflow = %accepted.record.id, created = accepted.created, "provisioning request accepted");
+            Api::accepted_response(accepted)
+        }
+        Err(rejection) => {
+            tracing::info!(status = %rejection.status(), reason = %rejection, "provisioning request refused");
+            rejection.into_response()
+        }
+    }
+}
+
+async fn workflow(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match api.read_workflow(&id, &headers).await {
+        Ok(record) => axum::Json(record).into_response(),
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+impl Api {
+    async fn accept(&self, request: Request) -> Result<Accepted, Rejection> {
+        let (parts, body) = request.into_parts();
+        if !is_json(&parts.headers) {
+            return Err(Rejection::UnsupportedType);
+        }
+        let body = self.read_body(&parts.headers, body).await?;
+        let now = Utc::now();
+        let caller = self
+            .auth
+            .signed(&parts.headers, &body, now.timestamp())
+            .map_err(|e| {
+                tracing::info!(reason = %e, "credentials refused");
+                Rejection::Unauthorized
+            })?;
+        let header_key = match parts.headers.get(IDEMPOTENCY_KEY_HEADER) {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                Rejection::Invalid(FieldErrors::from([(
+                    "idempotency_key".into(),
+                    "the Idempotency-Key header must be printable ASCII".into(),
+                )]))
+            })?),
+        };
+        let request =
+            request::parse(&body, header_key, &self.profiles).map_err(Rejection::Invalid)?;
+
+        self.ensure_connected()?;
+        if let Caller::Webhook { id, .. } = &caller
+            && self.store.webhook_seen(id).await?
+        {
+            return Err(Rejection::Replayed(id.clone()));
+        }
+        let base = self.base_url(&parts.headers);
+        let message = requested(&request, &caller, now);
+        let record = first_record(&message, &caller);
+        let accepted = match self.store.create_workflow(&record).await? {
+            Created::New => {
+                self.publish(&message).await?;
+                Accepted {
+                    record,
+                    created: true,
+                    base,
+                }
+            }
+            Created::Existing(existing) => {
+                // Still pending: the earlier request's publish may have failed after its record was
+                // created. Publishing the stored request again heals that, and is dropped by the
+                // stream's dedupe window when the first one did land.
+                if existing.state == WorkflowState::Pending {
+                    match serde_json::from_value::<ProvisionRequested>(existing.data.clone()) {
+                        Ok(original) => self.publish(&original).await?,
+                        Err(e) => {
+                            tracing::warn!(workflow = %existing.id, error = %e, "pending workflow's request is unreadable; not re-published")
+                        }
+                    }
+                }
+                Accepted {
+                    record: *existing,
+                    created: false,
+                    base,
+                }
+            }
+        };
+        if let Caller::Webhook { id, .. } = &caller {
+            match self.store.record_webhook(id, &accepted.record.id).await {
+                Ok(true) => {}
+                // Another delivery of the same id got there first (a concurrent retry).
+                Ok(false) => return Err(Rejection::Replayed(id.clone())),
+                // The request is in; without the record a replay still maps to the same workflow.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepted, but the webhook id could not be recorded")
+                }
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Reads the body up to `max_body`: a declared length over the limit is refused before reading.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Rejection> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body as u64) {
+            return Err(Rejection::TooLarge(self.max_body));
+        }
+        // Past the limit the read stops with an error; the other way it fails, a broken connection,
+        // leaves nobody to answer.
+        axum::body::to_bytes(body, self.max_body)
+            .await
+            .map_err(|_| Rejection::TooLarge(self.max_body))
+    }
+
+    /// Fails fast with 503 while NATS is disconnected instead of waiting out request timeouts.
+    fn ensure_connected(&self) -> Result<(), Rejection> {
+        if self.ctx.bus.client.connection_state() == async_nats::connection::State::Connected {
+            Ok(())
+        } else {
+            Err(Rejection::Unavailable(
+                "the message bus (NATS) is not connected; retry later".into(),
+            ))
+        }
+    }
+
+    async fn publish(&self, message: &ProvisionRequested) -> Result<(), Rejection> {
+        self.ctx
+            .bus
+            .publisher
+            .publish(message)
+            .await
+            .map(drop)
+            .map_err(|e| Rejection::Unavailable(format!("the request could not be queued: {e}")))
+    }
+
+    async fn read_workflow(
+        &self,
+        id: &str,
+        headers: &HeaderMap,
+    ) -> Result<WorkflowRecord, Rejection> {
+        self.auth.read(headers).map_err(|e| {
+            tracing::info!(reason = %e, "credentials refused");
+            Rejection::Unauthorized
+        })?;
+        if !store::is_workflow_id(id) {
+            return Err(Rejection::NotFound(id.to_owned()));
+        }
+        self.ensure_connected()?;
+        self.store
+            .workflow(id)
+            .await?
+            .ok_or_else(|| Rejection::NotFound(id.to_owned()))
+    }
+
+    /// `public_url`, else `http://<Host>` when the `Host` header is a plain authority, else nothing
+    /// (a relative URL).
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        if let Some(base) = &self.public_base {
+            return base.clone();
+        }
+        headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|host| {
+                !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+            })
+            .map(|host| format!("http://{host}"))
+            .unwrap_or_default()
+    }
+
+    fn accepted_response(accepted: Accepted) -> Response {
+        let record = accepted.record;
+        let status_url = format!("{}{WORKFLOWS_PATH}/{}", accepted.base, record.id);
+        let body = WorkflowAccepted {
+            workflow_id: record.id,
+            state: record.state,
+            trace_id: record.trace_id,
+            status_url,
+        };
+        let status = if accepted.created {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        let mut response = (status, axum::Json(&body)).into_response();
+        if let Ok(location) = HeaderValue::from_str(&body.status_url) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+    }
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The bus message of a validated request.
+fn requested(
+    request: &ProvisionRequest,
+    caller: &Caller,
+    now: chrono::DateTime<Utc>,
+) -> ProvisionRequested {
+    // A webhook delivery's id is its idempotency key by default (the sender retries with the same id);
+    // a bearer call without a key gets a random one, so each call is a new workflow.
+    let idempotency_key = request
+        .idempotency_key
+        .clone()
+        .or_else(|| match caller {
+            Caller::Webhook { id, .. } => Some(id.clone()),
+            Caller::Token { .. } | Caller::Anonymous => None,
+        })
+        .unwrap_or_else(random_key);
+    ProvisionRequested {
+        workflow_id: workflow_id(&idempotency_key),
+        idempotency_key,
+        name: request.name.clone(),
+        profile: request.profile_name().to_owned(),
+        overrides: request.overrides.clone(),
+        ssh_keys: request.ssh_keys.clone(),
+        ip: request.ip.clone(),
+        tags: request.tags.clone(),
+        requested_by: caller.requested_by(),
+        requested_at: now,
+    }
+}
+
+/// The workflow's first record: pending, who asked and why, the request as its data, and the trace of
+/// the request that started it.
+fn first_record(message: &ProvisionRequested, caller: &Caller) -> WorkflowRecord {
+    message.pending_workflow(
+        caller.reference(),
+        telemetry::trace_id(&tracing::Span::current()),
+    )
+}
+
+/// A random, UUID-shaped key.
+fn random_key() -> String {
+    let b = rand::random::<[u8; 16]>();
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workflow_ids_derive_from_the_idempotency_key() {
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad.
+        assert_eq!(workflow_id("abc"), "prov-ba7816bf8f01cfea4141");
+        assert_ne!(workflow_id("ticket-42"), workflow_id("ticket-43"));
+        assert!(store::is_workflow_id(&workflow_id("ticket-42")));
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/jsonp"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn random_keys_look_like_uuids_and_differ() {
+        let (a, b) = (random_key(), random_key());
+        assert_ne!(a, b);
+        let groups: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+    }
+}

@@ -1,0 +1,161 @@
+//! What the gateway keeps in KV: the first record of each workflow it starts (`pf_workflows`, created
+//! atomically, so two requests with one idempotency key start one workflow) and the webhook ids it
+//! accepted (`pf_webhook_ids`, so a replayed delivery is refused).
+
+use async_nats::jetstream::{self, kv};
+use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
+use proxflow_schemas::names::bucket;
+use proxflow_schemas::workflow::WorkflowRecord;
+use sha2::{Digest, Sha256};
+
+/// Why a KV operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A bucket could not be opened at start.
+    #[error("KV bucket {bucket}: {message}")]
+    Open {
+        /// The bucket.
+        bucket: &'static str,
+        /// The client's error.
+        message: String,
+    },
+    /// The webhook-id bucket did not answer; the request may be retried.
+    #[error("KV {bucket} unavailable: {message}")]
+    Unavailable {
+        /// The bucket.
+        bucket: &'static str,
+        /// The client's error.
+        message: String,
+    },
+    /// Reading or creating a workflow record failed.
+    #[error(transparent)]
+    Workflow(#[from] WorkflowStoreError),
+}
+
+/// What creating a workflow record found.
+#[derive(Debug)]
+pub enum Created {
+    /// This request created it.
+    New,
+    /// It existed already (an earlier request with the same idempotency key).
+    Existing(Box<WorkflowRecord>),
+}
+
+/// The workflow records (through the runtime's [`WorkflowStore`]) and the accepted webhook ids.
+#[derive(Clone)]
+pub struct Store {
+    workflows: WorkflowStore,
+    webhook_ids: kv::Store,
+}
+
+fn unavailable(message: impl ToString) -> StoreError {
+    StoreError::Unavailable {
+        bucket: bucket::WEBHOOK_IDS,
+        message: message.to_string(),
+    }
+}
+
+/// Whether `id` can be a workflow KV key (and so be looked up at all).
+pub fn is_workflow_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='))
+}
+
+impl Store {
+    /// Opens the buckets (declared by the topology at start).
+    pub async fn open(js: &jetstream::Context) -> Result<Self, StoreError> {
+        let workflows = WorkflowStore::open(js)
+            .await
+            .map_err(|e| StoreError::Open {
+                bucket: bucket::WORKFLOWS,
+                message: e.to_string(),
+            })?;
+        let webhook_ids =
+            js.get_key_value(bucket::WEBHOOK_IDS)
+                .await
+                .map_err(|e| StoreError::Open {
+                    bucket: bucket::WEBHOOK_IDS,
+                    message: e.to_string(),
+                })?;
+        Ok(Self {
+            workflows,
+            webhook_ids,
+        })
+    }
+
+    /// Creates `record` unless a record with its id exists, which is then returned.
+    pub async fn create_workflow(&self, record: &WorkflowRecord) -> Result<Created, StoreError> {
+        if self.workflows.create(record).await? {
+            return Ok(Created::New);
+        }
+        match self.workflow(&record.id).await? {
+            Some(existing) => Ok(Created::Existing(Box::new(existing))),
+            // Deleted between the two calls: the record cannot be trusted either way.
+            None => Err(WorkflowStoreError::Kv(format!(
+                "record {} vanished while being read",
+                record.id
+            ))
+            .into()),
+        }
+    }
+
+    /// Reads a workflow record.
+    pub async fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+        Ok(self.workflows.get(id).await?.map(|(record, _)| record))
+    }
+
+    /// Whether a delivery with this webhook id was accepted within the bucket's lifetime.
+    pub async fn webhook_seen(&self, webhook_id: &str) -> Result<bool, StoreError> {
+        self.webhook_ids
+            .get(webhook_id_key(webhook_id))
+            .await
+            .map(|v| v.is_some())
+            .map_err(unavailable)
+    }
+
+    /// Records an accepted webhook id; `false` when another delivery of it was recorded first.
+    pub async fn record_webhook(
+        &self,
+        webhook_id: &str,
+        workflow_id: &str,
+    ) -> Result<bool, StoreError> {
+        let value = bytes::Bytes::copy_from_slice(workflow_id.as_bytes());
+        match self
+            .webhook_ids
+            .create(webhook_id_key(webhook_id), value)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+}
+
+/// The KV key of a webhook id: its SHA-256, because senders choose ids freely and KV keys allow only
+/// `[-/_=.a-zA-Z0-9]`.
+fn webhook_id_key(webhook_id: &str) -> String {
+    hex::encode(Sha256::digest(webhook_id.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workflow_ids_are_checked_before_they_reach_kv() {
+        assert!(is_workflow_id("prov-0123456789abcdef0123"));
+        for bad in ["", "a.b", "a/b", "a b", "*", ">", &"a".repeat(129)] {
+            assert!(!is_workflow_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn any_webhook_id_maps_to_a_valid_key() {
+        let key = webhook_id_key("msg_2KWPBgLlAfxdpx2AI54pPJ85f4W with spaces.and*stars>");
+        assert_eq!(key.len(), 64);
+        assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,218 @@
+//! # proxflow-orchestrator
+//!
+//! Owns the life of workflows. For provisioning it admits each `ProvisionRequested` from the gateway:
+//! the workflow record exists (created here when the gateway's is missing) and is not finished; the
+//! profile's caps allow one more (`max_concurrent` running, `max_per_hour` started — a refusal ends
+//! the workflow `cancelled` with the numbers); then the provisioner gets its work order
+//! (`pf.cmd.provisioner.provision`, deduplicated by workflow id, so a redelivered request never starts a
+//! second provision). Outcome events (`pf.evt.vm.*`) free the workflow's slot again.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use proxflow_provisioner::Profiles;
+use proxflow_runtime::ServiceContext;
+use proxflow_runtime::admission::{AdmissionError, Admissions, Caps, Decision};
+use proxflow_runtime::bus::consume::ConsumeError;
+use proxflow_runtime::bus::topology::ConsumerSpec;
+use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
+use proxflow_runtime::config::ConsumerConfig;
+use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
+use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
+use proxflow_schemas::workflow::WorkflowState;
+use tokio_util::sync::CancellationToken;
+
+/// `[orchestrator]`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorConfig {
+    /// Delivery settings of its consumers (requests and outcomes).
+    pub consumer: ConsumerConfig,
+}
+
+/// Durable consumer name for provisioning requests.
+pub const DURABLE: &str = "orchestrator-provision";
+/// Durable consumer name for provisioning outcomes.
+pub const OUTCOMES_DURABLE: &str = "orchestrator-outcomes";
+
+/// Why the orchestrator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// The workflow bucket is missing.
+    #[error(transparent)]
+    Store(#[from] WorkflowStoreError),
+    /// The admissions bucket is missing.
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+    /// A consumer failed.
+    #[error(transparent)]
+    Consume(#[from] ConsumeError),
+}
+
+/// Runs the orchestrator until `shutdown`.
+pub async fn run(
+    ctx: ServiceContext,
+    consumer: ConsumerConfig,
+    profiles: Profiles,
+    shutdown: CancellationToken,
+) -> Result<(), OrchestratorError> {
+    let store = WorkflowStore::open(&ctx.bus.js).await?;
+    let admissions = Admissions::open(&ctx.bus.js).await?;
+    let admit = ConsumerLoop::new(
+        ctx.clone(),
+        ConsumerSpec {
+            stream: stream::INGEST,
+            durable: DURABLE.into(),
+            filter_subject: subject::ingest("webhook", "provision"),
+        },
+        consumer.clone(),
+        Admit {
+            store,
+            admissions: admissions.clone(),
+            profiles,
+            publisher: ctx.bus.publisher.clone(),
+        },
+    );
+    let release = ConsumerLoop::new(
+        ctx.clone(),
+        ConsumerSpec {
+            stream: stream::EVT,
+            durable: OUTCOMES_DURABLE.into(),
+            filter_subject: subject::evt("vm", "*"),
+        },
+        consumer,
+        Release { admissions },
+    );
+    tokio::try_join!(admit.run(shutdown.clone()), release.run(shutdown))?;
+    Ok(())
+}
+
+/// The admission ledger key of a profile.
+fn ledger_key(profile: &str) -> String {
+    format!("provision.{profile}")
+}
+
+struct Admit {
+    store: WorkflowStore,
+    admissions: Admissions,
+    profiles: Profiles,
+    publisher: Publisher,
+}
+
+impl Handler<ProvisionRequested> for Admit {
+    async fn handle(&self, delivery: Delivery<ProvisionRequested>) -> Outcome {
+        let req = delivery.message;
+        let record = match self.store.get(&req.workflow_id).await {
+            Ok(Some((record, _))) => record,
+            Ok(None) => {
+                let record = req.pending_workflow(&req.requested_by, None);
+                if let Err(e) = self.store.create(&record).await {
+                    return Outcome::retry(e.to_string());
+                }
+                record
+            }
+            Err(WorkflowStoreError::Corrupt { id, reason }) => {
+                return Outcome::poison(format!("workflow {id} is unreadable: {reason}"));
+            }
+            Err(e) => return Outcome::retry(e.to_string()),
+        };
+        if record.state.is_terminal() {
+            tracing::info!(workflow = %req.workflow_id, state = ?record.state, "already finished");
+            return Outcome::Ack;
+        }
+        let Some(profile) = self.profiles.get(&req.profile) else {
+            let reason = format!(
+                "unknown profile '{}' (known: {})",
+                req.profile,
+                self.profiles.names().join(", ")
+            );
+            return self
+                .end(&req.workflow_id, WorkflowState::Failed, reason)
+                .await;
+        };
+        let caps = Caps {
+            max_running: profile.max_concurrent,
+            max_per_window: profile.max_per_hour,
+            window: Duration::from_secs(3600),
+        };
+        let decision = self
+            .admissions
+            .admit(
+                &ledger_key(&req.profile),
+                &req.workflow_id,
+                caps,
+                Utc::now(),
+            )
+            .await;
+        match decision {
+            Ok(Decision::Admitted) => {}
+            Ok(Decision::Refused(why)) => {
+                let reason = format!("refused by the {} profile's caps: {why}", req.profile);
+                tracing::warn!(workflow = %req.workflow_id, %reason, "provision refused");
+                return self
+                    .end(&req.workflow_id, WorkflowState::Cancelled, reason)
+                    .await;
+            }
+            Err(e) => return Outcome::retry(e.to_string()),
+        }
+        if let Err(e) = self
+            .store
+            .update(&req.workflow_id, |r| {
+                if r.state == WorkflowState::Pending {
+                    r.state = WorkflowState::Running;
+                }
+            })
+            .await
+        {
+            return Outcome::retry(e.to_string());
+        }
+        let command = ProvisionCommand {
+            workflow_id: req.workflow_id.clone(),
+            request: req,
+        };
+        // Re-sent for a running workflow too: the command's dedupe id drops it within the window,
+        // and after it a provisioner resumes from the record instead of starting over.
+        match self.publisher.publish(&command).await {
+            Ok(receipt) => {
+                tracing::info!(workflow = %command.workflow_id, duplicate = receipt.duplicate, "provision dispatched");
+                Outcome::Ack
+            }
+            Err(e) => Outcome::retry(format!("dispatching the provision: {e}")),
+        }
+    }
+}
+
+impl Admit {
+    async fn end(&self, id: &str, state: WorkflowState, reason: String) -> Outcome {
+        match self
+            .store
+            .update(id, |r| {
+                r.state = state;
+                r.error = Some(reason.clone());
+            })
+            .await
+        {
+            Ok(_) => Outcome::Ack,
+            Err(e) => Outcome::retry(e.to_string()),
+        }
+    }
+}
+
+struct Release {
+    admissions: Admissions,
+}
+
+impl Handler<ProvisionOutcome> for Release {
+    async fn handle(&self, delivery: Delivery<ProvisionOutcome>) -> Outcome {
+        let outcome = delivery.message;
+        match self
+            .admissions
+            .finish(&ledger_key(&outcome.profile), &outcome.workflow_id)
+            .await
+        {
+            Ok(()) => Outcome::Ack,
+            Err(e) => Outcome::retry(e.to_string()),
+        }
+    }
+}

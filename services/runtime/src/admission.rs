@@ -1,0 +1,183 @@
+//! Caps on expensive work: at most N running at once and at most M started per window.
+//!
+//! One ledger per guarded kind of work (`provision.k8s-node`) in the `pf_admissions` bucket: the ids
+//! running now and the start times within the window. Admitting and finishing are compare-and-set
+//! updates of that one key, so two orchestrator replicas can never both take the last slot, and a
+//! re-delivered request that was already admitted is admitted again without counting twice.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use proxflow_schemas::names::bucket;
+use serde::{Deserialize, Serialize};
+
+/// Conflicting writers tolerated before giving up on one change.
+const CAS_ATTEMPTS: usize = 50;
+
+/// The caps of one kind of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Most running at once.
+    pub max_running: u32,
+    /// Most started within `window`.
+    pub max_per_window: u32,
+    /// The window of `max_per_window`.
+    pub window: Duration,
+}
+
+/// What admission decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Go ahead (also for an id admitted before and still running).
+    Admitted,
+    /// Refused; the reason names the cap and the numbers.
+    Refused(String),
+}
+
+/// Why the ledger could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    /// KV failed.
+    #[error("admission ledger {key}: {reason}")]
+    Kv {
+        /// Ledger key.
+        key: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Ledger {
+    /// Running ids and when they were admitted.
+    running: BTreeMap<String, DateTime<Utc>>,
+    /// Start times within the window (pruned on every write).
+    started: Vec<DateTime<Utc>>,
+}
+
+/// Handle on the admissions bucket.
+#[derive(Clone)]
+pub struct Admissions {
+    kv: kv::Store,
+}
+
+impl Admissions {
+    /// Opens the bucket (declared by the topology).
+    pub async fn open(js: &jetstream::Context) -> Result<Self, AdmissionError> {
+        js.get_key_value(bucket::ADMISSIONS)
+            .await
+            .map(|kv| Self { kv })
+            .map_err(|e| AdmissionError::Kv {
+                key: bucket::ADMISSIONS.into(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Admits `id` under `key` if both caps allow it at `now`.
+    pub async fn admit(
+        &self,
+        key: &str,
+        id: &str,
+        caps: Caps,
+        now: DateTime<Utc>,
+    ) -> Result<Decision, AdmissionError> {
+        let window = chrono::Duration::from_std(caps.window).unwrap_or(chrono::Duration::hours(1));
+        self.change(key, |ledger| {
+            ledger.started.retain(|t| now - *t < window);
+            if ledger.running.contains_key(id) {
+                return (Decision::Admitted, false);
+            }
+            if ledger.running.len() >= caps.max_running as usize {
+                return (
+                    Decision::Refused(format!(
+                        "{} already running (max_concurrent {})",
+                        ledger.running.len(),
+                        caps.max_running
+                    )),
+                    false,
+                );
+            }
+            if ledger.started.len() >= caps.max_per_window as usize {
+                return (
+                    Decision::Refused(format!(
+                        "{} started in the last {} (max_per_hour {})",
+                        ledger.started.len(),
+                        humantime_serde::re::humantime::format_duration(caps.window),
+                        caps.max_per_window
+                    )),
+                    false,
+                );
+            }
+            ledger.running.insert(id.to_string(), now);
+            ledger.started.push(now);
+            (Decision::Admitted, true)
+        })
+        .await
+    }
+
+    /// Marks `id` finished under `key`; finishing an id that is not running is fine.
+    pub async fn finish(&self, key: &str, id: &str) -> Result<(), AdmissionError> {
+        self.change(key, |ledger| {
+            let changed = ledger.running.remove(id).is_some();
+            ((), changed)
+        })
+        .await
+    }
+
+    /// Reads the ledger, applies `f` (which says whether it changed it) and writes it back by CAS.
+    async fn change<T>(
+        &self,
+        key: &str,
+        mut f: impl FnMut(&mut Ledger) -> (T, bool),
+    ) -> Result<T, AdmissionError> {
+        let err = |reason: String| AdmissionError::Kv {
+            key: key.to_string(),
+            reason,
+        };
+        for _ in 0..CAS_ATTEMPTS {
+            let entry = self.kv.entry(key).await.map_err(|e| err(e.to_string()))?;
+            let (mut ledger, revision) = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => (
+                    serde_json::from_slice(&e.value).map_err(|e| err(e.to_string()))?,
+                    Some(e.revision),
+                ),
+                _ => (Ledger::default(), None),
+            };
+            let (result, changed) = f(&mut ledger);
+            if !changed {
+                return Ok(result);
+            }
+            let value = Bytes::from(serde_json::to_vec(&ledger).map_err(|e| err(e.to_string()))?);
+            let written = match revision {
+                Some(rev) => self
+                    .kv
+                    .update(key, value, rev)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| {
+                        (
+                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                            e.to_string(),
+                        )
+                    }),
+                None => self.kv.create(key, value).await.map(|_| ()).map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                }),
+            };
+            match written {
+                Ok(()) => return Ok(result),
+                Err((true, _)) => continue,
+                Err((false, reason)) => return Err(err(reason)),
+            }
+        }
+        Err(err(format!(
+            "gave up after {CAS_ATTEMPTS} conflicting writes"
+        )))
+    }
+}

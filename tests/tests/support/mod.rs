@@ -1,0 +1,185 @@
+//! The provisioning platform of end-to-end tests and the provisioning benchmark: a real nats-server,
+//! the Proxmox simulator, and orchestrator + provisioner running in this process.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::StreamExt;
+use proxflow_e2e::{provisioner_config, test_consumer};
+use proxflow_provisioner::ProvisionConfig;
+use proxflow_provisioner::file_sd::FileSd;
+use proxflow_pve_sim::{RunningSim, SimConfig};
+use proxflow_runtime::ServiceContext;
+use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::names::bucket;
+use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
+use proxflow_schemas::workflow::WorkflowRecord;
+use proxflow_testkit::TestNats;
+use proxflow_testkit::pve::start_sim;
+use tokio_util::sync::CancellationToken;
+
+pub struct Platform {
+    pub nats: TestNats,
+    pub sim: RunningSim,
+    pub ctx: ServiceContext,
+    pub store: WorkflowStore,
+    pub file_sd: tempfile::TempDir,
+    pub stop: CancellationToken,
+}
+
+impl Platform {
+    pub async fn start(join_script: &str, tweak_sim: impl FnOnce(&mut SimConfig)) -> Self {
+        Self::start_with(join_script, tweak_sim, |_| {}).await
+    }
+
+    /// As [`Platform::start`], with the provisioner's configuration adjusted by `tweak_provisioner`.
+    pub async fn start_with(
+        join_script: &str,
+        tweak_sim: impl FnOnce(&mut SimConfig),
+        tweak_provisioner: impl FnOnce(&mut ProvisionConfig),
+    ) -> Self {
+        let nats = TestNats::start().expect("nats-server");
+        let (sim, client) = start_sim(|c| {
+            c.durations.agent_boot = Duration::from_millis(500);
+            tweak_sim(c);
+        })
+        .await
+        .expect("simulator");
+        let ctx = nats.context("provision-e2e").await.expect("context");
+        let file_sd = tempfile::tempdir().unwrap();
+        let mut config = provisioner_config(
+            file_sd.path().join("k3s-nodes.json"),
+            Duration::from_secs(30),
+        );
+        config.join.command = ["sh", "-c", join_script].map(String::from).to_vec();
+        tweak_provisioner(&mut config);
+        let stop = CancellationToken::new();
+        tokio::spawn(proxflow_orchestrator::run(
+            ctx.clone(),
+            test_consumer(Duration::from_secs(30)),
+            config.profiles.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(proxflow_provisioner::run(
+            ctx.clone(),
+            config,
+            client,
+            stop.clone(),
+        ));
+        let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();
+        Self {
+            nats,
+            sim,
+            ctx,
+            store,
+            file_sd,
+            stop,
+        }
+    }
+
+    pub async fn request(&self, name: &str, key: &str) -> String {
+        let workflow_id = format!("prov-{key}");
+        let req = ProvisionRequested {
+            workflow_id: workflow_id.clone(),
+            idempotency_key: key.into(),
+            name: name.into(),
+            profile: "k8s-node".into(),
+            overrides: VmOverrides::default(),
+            ssh_keys: vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm9 ops@bastion".into()],
+            ip: IpConfig::Dhcp,
+            tags: vec![],
+            requested_by: "test".into(),
+            requested_at: Utc::now(),
+        };
+        self.ctx
+            .bus
+            .publisher
+            .publish(&req)
+            .await
+            .expect("published");
+        workflow_id
+    }
+
+    /// Waits until the workflow is `running` (admitted, its provision under way).
+    pub async fn until_running(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((r, _)) = self.store.get(id).await.unwrap()
+                && r.state == proxflow_schemas::workflow::WorkflowState::Running
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "workflow {id} never ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// [`Platform::request`] with the name as idempotency key, for concurrent use.
+    pub async fn request_owned(&self, name: String) -> String {
+        self.request(&name, &name).await
+    }
+
+    pub async fn until_ended(&self, id: &str) -> WorkflowRecord {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((r, _)) = self.store.get(id).await.unwrap()
+                && r.state.is_terminal()
+            {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "workflow {id} did not end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until both consumers have nothing pending or unacknowledged: whatever the last request
+    /// caused has happened.
+    pub async fn until_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (stream, durable) in [
+            ("PF_INGEST", proxflow_orchestrator::DURABLE),
+            ("PF_CMD", proxflow_provisioner::service::DURABLE),
+            ("PF_EVT", proxflow_orchestrator::OUTCOMES_DURABLE),
+        ] {
+            loop {
+                // A consumer not declared yet (services still starting) is not idle.
+                let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> = self
+                    .ctx
+                    .bus
+                    .js
+                    .get_consumer_from_stream(durable, stream)
+                    .await;
+                if let Ok(mut consumer) = consumer {
+                    let info = consumer.info().await.unwrap();
+                    if info.num_pending == 0 && info.num_ack_pending == 0 {
+                        break;
+                    }
+                }
+                assert!(Instant::now() < deadline, "{durable} never went idle");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    pub async fn reservations(&self) -> Vec<String> {
+        let kv = self.ctx.bus.js.get_key_value(bucket::VMIDS).await.unwrap();
+        kv.keys()
+            .await
+            .unwrap()
+            .filter_map(|k| async { k.ok() })
+            .collect()
+            .await
+    }
+
+    pub fn targets(&self) -> FileSd {
+        FileSd::new(self.file_sd.path().join("k3s-nodes.json"))
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.nats.stop();
+    }
+}
