@@ -5,11 +5,19 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use proxflow_e2e::{provisioner_config, test_consumer};
+use proxflow_gateway::GatewayConfig;
+use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::{self, topology};
 use proxflow_runtime::config::{NatsConfig, Secret};
 use proxflow_runtime::nats_server;
+use proxflow_runtime::ops::Health;
 use proxflow_runtime::ops::Metrics;
+use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::workflow::WorkflowState;
+use proxflow_testkit::pve::start_sim;
 use proxflow_testkit::{TestNats, project_dir};
+use tokio_util::sync::CancellationToken;
 
 const PASSWORDS: [&str; 7] = [
     "PF_ADMIN_PASSWORD",
@@ -69,8 +77,9 @@ fn user(nats: &TestNats, name: &str, inbox_prefix: &str) -> NatsConfig {
     }
 }
 
-#[tokio::test]
-async fn the_gateway_user_may_ingest_and_nothing_more() {
+/// A nats-server running the shipped accounts (copied beside its config, as includes resolve there),
+/// with the passwords in its environment as in production.
+fn accounts_server() -> (tempfile::TempDir, TestNats) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("server.conf");
     // The shipped accounts (includes resolve beside the including file, so it is copied there);
@@ -89,6 +98,12 @@ async fn the_gateway_user_may_ingest_and_nothing_more() {
         ("PF_SYS_PASSWORD", "sys-pw"),
     ];
     let nats = TestNats::start_with_config(&config, &env).expect("nats-server with accounts");
+    (dir, nats)
+}
+
+#[tokio::test]
+async fn the_gateway_user_may_ingest_and_nothing_more() {
+    let (_dir, nats) = accounts_server();
 
     let admin = bus::connect(&user(&nats, "admin", "_INBOX"), "admin", Metrics::new())
         .await
@@ -145,4 +160,121 @@ async fn the_gateway_user_may_ingest_and_nothing_more() {
         result.await.is_err(),
         "replies on the shared _INBOX reached the gateway"
     );
+}
+
+async fn service_context(nats: &TestNats, name: &str) -> ServiceContext {
+    let metrics = Metrics::new();
+    let bus = bus::connect(
+        &NatsConfig {
+            request_timeout: Duration::from_secs(5),
+            publish_attempts: 3,
+            ..user(nats, name, &format!("_INBOX_{name}"))
+        },
+        name,
+        metrics.clone(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{name} connects: {e}"));
+    ServiceContext {
+        bus,
+        health: Health::default(),
+        metrics,
+        shutdown_grace: Duration::from_secs(1),
+    }
+}
+
+/// Every service as its own least-privilege user runs a whole provision: a permission missing from
+/// `accounts.conf` shows up here as a stuck or failed workflow, not in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_users_can_run_a_provision() {
+    let (_dir, nats) = accounts_server();
+    let admin = bus::connect(&user(&nats, "admin", "_INBOX"), "admin", Metrics::new())
+        .await
+        .expect("admin connects");
+    topology::declare(&admin.client, &admin.js, 1)
+        .await
+        .expect("admin declares the topology");
+    let (_sim, pve) = start_sim(|_| {}).await.expect("simulator");
+    let file_sd = tempfile::tempdir().expect("tempdir");
+    let stop = CancellationToken::new();
+
+    let secret = proxflow_gateway::webhook::generate_secret();
+    let gateway_config = GatewayConfig {
+        webhook_secrets: vec![secret.clone()],
+        ..GatewayConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
+    let profiles = proxflow_provisioner::Profiles::default();
+    let gateway = tokio::spawn(proxflow_gateway::run(
+        service_context(&nats, "gateway").await,
+        gateway_config,
+        profiles.clone(),
+        listener,
+        stop.clone(),
+    ));
+    let orchestrator = tokio::spawn(proxflow_orchestrator::run(
+        service_context(&nats, "orchestrator").await,
+        test_consumer(Duration::from_secs(30)),
+        profiles,
+        stop.clone(),
+    ));
+    let provisioner = tokio::spawn(proxflow_provisioner::run(
+        service_context(&nats, "provisioner").await,
+        provisioner_config(file_sd.path().join("sd.json"), Duration::from_secs(30)),
+        pve,
+        stop.clone(),
+    ));
+
+    let body = br#"{"name": "least-privilege"}"#;
+    let mut post = reqwest::Client::new()
+        .post(format!("{gateway_url}/v1/provision"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in proxflow_gateway::webhook::SignedHeaders::new(&secret, body)
+        .expect("signed")
+        .pairs()
+    {
+        post = post.header(name, value);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The gateway may still be opening its buckets: retry the (idempotent) request until accepted.
+    let accepted: serde_json::Value = loop {
+        match post.try_clone().expect("clonable").send().await {
+            Ok(r) if r.status() == 202 => break r.json().await.expect("json"),
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "not accepted: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let id = accepted["workflow_id"]
+        .as_str()
+        .expect("workflow id")
+        .to_owned();
+    let store = WorkflowStore::open(&admin.js).await.expect("store");
+    let record = loop {
+        if let Some((r, _)) = store.get(&id).await.expect("read")
+            && r.state.is_terminal()
+        {
+            break r;
+        }
+        if std::time::Instant::now() > deadline {
+            // Name a service that stopped (a permission refused at start) before failing.
+            for (name, finished) in [
+                ("gateway", gateway.is_finished()),
+                ("orchestrator", orchestrator.is_finished()),
+                ("provisioner", provisioner.is_finished()),
+            ] {
+                assert!(!finished, "{name} stopped early");
+            }
+            panic!("workflow {id} did not finish: {:#?}", store.get(&id).await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.cancel();
+    assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
 }
