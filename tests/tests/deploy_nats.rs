@@ -203,8 +203,10 @@ async fn the_shipped_users_can_run_a_provision() {
         webhook_secrets: vec![secret.clone()],
         ..GatewayConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let gateway_url = format!("http://{}", listener.local_addr().expect("address"));
     let profiles = proxflow_provisioner::Profiles::default();
     let gateway = tokio::spawn(proxflow_gateway::run(
         service_context(&nats, "gateway").await,

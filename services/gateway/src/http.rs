@@ -25,6 +25,7 @@ async fn trace_request(request: Request, next: Next) -> Response {
         "request",
         otel.name = %format_args!("{} {}", request.method(), request.uri().path()),
         otel.kind = "server",
+        proxflow.service = "gateway",
         http.request.method = %request.method(),
         url.path = %request.uri().path(),
         http.response.status_code = tracing::field::Empty,

@@ -94,17 +94,37 @@ async fn resolve(
 /// service, duration, key attributes and error.
 fn render(trace_id: &str, workflow: Option<&str>, tree: &SpanTree) -> String {
     let visits = tree.walk();
-    let rows: Vec<(String, &SpanRecord)> = visits
+    // The service of a span: its own `proxflow.service` (set where a service's work starts: the
+    // gateway request, each consumed message), else its parent's when both ran in the same process,
+    // else its process name. In `proxflow dev` every service shares one process, so the process
+    // name alone tells nothing.
+    let mut by_depth: Vec<(String, String)> = Vec::new(); // (process, service) per depth
+    let rows: Vec<(String, &SpanRecord, String)> = visits
         .iter()
         .map(|v| {
+            by_depth.truncate(v.depth);
+            let service = v
+                .span
+                .attributes
+                .get("proxflow.service")
+                .cloned()
+                .or_else(|| {
+                    by_depth
+                        .last()
+                        .filter(|(process, _)| *process == v.span.service)
+                        .map(|(_, service)| service.clone())
+                })
+                .unwrap_or_else(|| v.span.service.clone());
+            by_depth.push((v.span.service.clone(), service.clone()));
             (
                 format!("{}{}", guide(&v.last), one_line(&v.span.name)),
                 v.span,
+                service,
             )
         })
         .collect();
-    let name_width = column(rows.iter().map(|(label, _)| label)).min(MAX_NAME_COLUMN);
-    let service_width = column(rows.iter().map(|(_, s)| &s.service));
+    let name_width = column(rows.iter().map(|(label, _, _)| label)).min(MAX_NAME_COLUMN);
+    let service_width = column(rows.iter().map(|(_, _, service)| service));
     let total = tree
         .extent()
         .map(|(first, last)| (last - first).num_microseconds().unwrap_or(i64::MAX))
@@ -117,10 +137,10 @@ fn render(trace_id: &str, workflow: Option<&str>, tree: &SpanTree) -> String {
         rows.len(),
         if rows.len() == 1 { "" } else { "s" }
     );
-    for (label, span) in &rows {
+    for (label, span, service) in &rows {
         let line = format!(
             "{label:<name_width$}  {service:<service_width$}  {took:>9}{extra}",
-            service = one_line(&span.service),
+            service = one_line(service),
             took = duration(span.duration_us),
             extra = extras(span),
         );

@@ -262,6 +262,9 @@ async fn dev_brings_the_pipeline_up_and_stops_cleanly() {
         "pve POST",
         "qmclone",
         "run sh",
+        " gateway ",
+        " orchestrator ",
+        " provisioner ",
     ];
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -342,7 +342,7 @@ async fn a_running_proxflow_records_its_spans_for_proxflow_trace() {
     );
     let request = stdout.lines().nth(1).expect("a span line");
     assert!(
-        request.starts_with("GET /healthz") && request.contains("proxflow-dev"),
+        request.starts_with("GET /healthz") && request.contains(" gateway "),
         "{stdout}"
     );
 }

@@ -33,9 +33,9 @@ impl TaskRecord {
         self.exitstatus.is_none()
     }
 
-    /// `GET .../tasks/{upid}/status`.
-    pub(crate) fn status_json(&self) -> Value {
-        let mut v = json!({
+    /// The fields the status call and the task list share.
+    fn identity_json(&self) -> Value {
+        json!({
             "upid": self.upid,
             "node": self.info.node,
             "pid": self.info.pid,
@@ -44,8 +44,13 @@ impl TaskRecord {
             "type": self.info.task_type,
             "id": self.info.id,
             "user": self.info.user,
-            "status": if self.running() { "running" } else { "stopped" },
-        });
+        })
+    }
+
+    /// `GET .../tasks/{upid}/status`.
+    pub(crate) fn status_json(&self) -> Value {
+        let mut v = self.identity_json();
+        v["status"] = json!(if self.running() { "running" } else { "stopped" });
         if let Some((_, token)) = self.info.user.split_once('!') {
             v["tokenid"] = json!(token);
         }
@@ -57,16 +62,7 @@ impl TaskRecord {
 
     /// An entry of `GET /nodes/{node}/tasks`.
     pub(crate) fn list_json(&self) -> Value {
-        let mut v = json!({
-            "upid": self.upid,
-            "node": self.info.node,
-            "pid": self.info.pid,
-            "pstart": self.info.pstart,
-            "starttime": self.info.starttime,
-            "type": self.info.task_type,
-            "id": self.info.id,
-            "user": self.info.user,
-        });
+        let mut v = self.identity_json();
         if let (Some(end), Some(exit)) = (self.endtime, &self.exitstatus) {
             v["endtime"] = json!(end);
             v["status"] = json!(exit);
