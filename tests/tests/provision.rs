@@ -221,3 +221,81 @@ async fn profile_caps_refuse_with_the_numbers() {
         "{why}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_command_fails_its_workflow_and_frees_its_slot() {
+    use proxflow_runtime::admission::{Admissions, Caps, Decision};
+    use proxflow_schemas::events::{DeadLetter, DeadLetterReason, PayloadEncoding};
+    use proxflow_schemas::provision::{
+        IpConfig, ProvisionCommand, ProvisionRequested, VmOverrides,
+    };
+
+    let p = Platform::start(JOIN_OK, |_| {}).await;
+    let request = ProvisionRequested {
+        workflow_id: "prov-given-up".into(),
+        idempotency_key: "given-up".into(),
+        name: "given-up".into(),
+        profile: "k8s-node".into(),
+        overrides: VmOverrides::default(),
+        ssh_keys: vec![],
+        ip: IpConfig::Dhcp,
+        tags: vec![],
+        requested_by: "test".into(),
+        requested_at: chrono::Utc::now(),
+    };
+    // A workflow the orchestrator admitted and the provisioner then gave up on, as the runtime's
+    // consumer loop reports it.
+    let mut record = request.pending_workflow("test", None);
+    record.state = WorkflowState::Running;
+    assert!(p.store.create(&record).await.unwrap());
+    let admissions = Admissions::open(&p.ctx.bus.js).await.unwrap();
+    let one = Caps {
+        max_running: 1,
+        max_per_window: 100,
+        window: std::time::Duration::from_secs(3600),
+    };
+    let key = "provision.k8s-node";
+    assert_eq!(
+        admissions
+            .admit(key, "prov-given-up", one, chrono::Utc::now())
+            .await
+            .unwrap(),
+        Decision::Admitted
+    );
+    let command = ProvisionCommand {
+        workflow_id: "prov-given-up".into(),
+        request,
+    };
+    let letter = DeadLetter {
+        consumer: proxflow_provisioner::service::DURABLE.into(),
+        stream: "PF_CMD".into(),
+        stream_sequence: 1,
+        deliveries: 5,
+        subject: "pf.cmd.provisioner.provision".into(),
+        reason: DeadLetterReason::RetriesExhausted,
+        detail: "workflow store: timed out".into(),
+        headers: Default::default(),
+        payload: serde_json::to_string(&command).unwrap(),
+        payload_encoding: PayloadEncoding::Utf8,
+        dead_lettered_at: chrono::Utc::now(),
+    };
+    p.ctx.bus.publisher.publish(&letter).await.unwrap();
+
+    let ended = p.until_ended("prov-given-up").await;
+    assert_eq!(ended.state, WorkflowState::Failed);
+    assert!(
+        ended
+            .error
+            .unwrap_or_default()
+            .contains("gave up after 5 deliveries: workflow store: timed out")
+    );
+    // The slot is free: with max_running 1, another id is admitted.
+    p.until_idle().await;
+    assert_eq!(
+        admissions
+            .admit(key, "prov-next", one, chrono::Utc::now())
+            .await
+            .unwrap(),
+        Decision::Admitted
+    );
+}

@@ -18,6 +18,7 @@ use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::config::ConsumerConfig;
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
+use proxflow_schemas::events::DeadLetter;
 use proxflow_schemas::names::{stream, subject};
 use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
 use proxflow_schemas::workflow::WorkflowState;
@@ -35,6 +36,8 @@ pub struct OrchestratorConfig {
 pub const DURABLE: &str = "orchestrator-provision";
 /// Durable consumer name for provisioning outcomes.
 pub const OUTCOMES_DURABLE: &str = "orchestrator-outcomes";
+/// Durable consumer name for provision commands the provisioner gave up on.
+pub const GIVEN_UP_DURABLE: &str = "orchestrator-givenup";
 
 /// Why the orchestrator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +84,29 @@ pub async fn run(
             durable: OUTCOMES_DURABLE.into(),
             filter_subject: subject::evt("vm", "*"),
         },
-        consumer,
-        Release { admissions },
+        consumer.clone(),
+        Release {
+            admissions: admissions.clone(),
+        },
     );
-    tokio::try_join!(admit.run(shutdown.clone()), release.run(shutdown))?;
+    let given_up = ConsumerLoop::new(
+        ctx.clone(),
+        ConsumerSpec {
+            stream: stream::EVT,
+            durable: GIVEN_UP_DURABLE.into(),
+            filter_subject: subject::dead_letter(proxflow_provisioner::service::DURABLE),
+        },
+        consumer,
+        GivenUp {
+            store: WorkflowStore::open(&ctx.bus.js).await?,
+            admissions,
+        },
+    );
+    tokio::try_join!(
+        admit.run(shutdown.clone()),
+        release.run(shutdown.clone()),
+        given_up.run(shutdown)
+    )?;
     Ok(())
 }
 
@@ -209,6 +231,51 @@ impl Handler<ProvisionOutcome> for Release {
         match self
             .admissions
             .finish(&ledger_key(&outcome.profile), &outcome.workflow_id)
+            .await
+        {
+            Ok(()) => Outcome::Ack,
+            Err(e) => Outcome::retry(e.to_string()),
+        }
+    }
+}
+
+/// A provision command the provisioner dead-lettered (its handler could not even record an outcome,
+/// e.g. the workflow store was unreachable through every retry): the workflow ends `failed` with the
+/// dead letter's reason, so it neither shows `running` forever nor holds its cap slot.
+struct GivenUp {
+    store: WorkflowStore,
+    admissions: Admissions,
+}
+
+impl Handler<DeadLetter> for GivenUp {
+    async fn handle(&self, delivery: Delivery<DeadLetter>) -> Outcome {
+        let letter = delivery.message;
+        let command: ProvisionCommand = match serde_json::from_str(&letter.payload) {
+            Ok(c) => c,
+            Err(e) => {
+                return Outcome::poison(format!("dead letter without a provision command: {e}"));
+            }
+        };
+        let reason = format!(
+            "the provisioner gave up after {} deliveries: {}",
+            letter.deliveries, letter.detail
+        );
+        let ended = self
+            .store
+            .update(&command.workflow_id, |r| {
+                if !r.state.is_terminal() {
+                    r.state = WorkflowState::Failed;
+                    r.error = Some(reason.clone());
+                }
+            })
+            .await;
+        match ended {
+            Ok(_) | Err(WorkflowStoreError::NotFound(_)) => {}
+            Err(e) => return Outcome::retry(e.to_string()),
+        }
+        match self
+            .admissions
+            .finish(&ledger_key(&command.request.profile), &command.workflow_id)
             .await
         {
             Ok(()) => Outcome::Ack,

@@ -141,6 +141,7 @@ impl Platform {
             ("PF_INGEST", proxflow_orchestrator::DURABLE),
             ("PF_CMD", proxflow_provisioner::service::DURABLE),
             ("PF_EVT", proxflow_orchestrator::OUTCOMES_DURABLE),
+            ("PF_EVT", proxflow_orchestrator::GIVEN_UP_DURABLE),
         ] {
             loop {
                 // A consumer not declared yet (services still starting) is not idle.
