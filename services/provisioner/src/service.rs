@@ -162,8 +162,10 @@ impl Provisioner {
             Err(e) => return Outcome::retry(e.to_string()),
         };
         if record.state.is_terminal() {
-            tracing::info!(state = ?record.state, "workflow already ended; nothing to do");
-            return Outcome::Ack;
+            // Ended by an earlier delivery; announce the outcome again in case that delivery died
+            // between recording the end and publishing it (the event's dedupe id makes this harmless).
+            tracing::info!(state = ?record.state, "workflow already ended; announcing its outcome");
+            return self.announce(cmd, &record).await;
         }
         match self.run_steps(cmd, &record).await {
             Ok(()) => self.finish(cmd, None).await,
@@ -447,21 +449,35 @@ impl Provisioner {
             Ok(r) => r,
             Err(e) => return Outcome::retry(e.to_string()),
         };
-        let vmid = data_u32(&record, "vmid");
         if error.is_none()
-            && let Some(vmid) = vmid
+            && let Some(vmid) = data_u32(&record, "vmid")
             && let Err(e) = self.vmids.release(vmid, id).await
         {
             // The VM exists now, so Proxmox itself guards the id; a stale reservation only wastes it.
             tracing::warn!(vmid, error = %e, "reservation not released");
         }
+        self.announce(cmd, &record).await
+    }
+
+    /// Publishes the outcome of an ended workflow, as its record says.
+    async fn announce(&self, cmd: &ProvisionCommand, record: &WorkflowRecord) -> Outcome {
+        let succeeded = record.state == WorkflowState::Succeeded;
         let outcome = ProvisionOutcome {
-            workflow_id: id.clone(),
+            workflow_id: cmd.workflow_id.clone(),
             name: cmd.request.name.clone(),
             profile: cmd.request.profile.clone(),
-            vmid: vmid.filter(|_| error.is_none()),
-            ip: data_str(&record, "ip").filter(|_| error.is_none()),
-            error,
+            vmid: data_u32(record, "vmid").filter(|_| succeeded),
+            ip: data_str(record, "ip").filter(|_| succeeded),
+            error: if succeeded {
+                None
+            } else {
+                Some(
+                    record
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| format!("workflow ended {:?}", record.state)),
+                )
+            },
             at: Utc::now(),
         };
         match self.publisher.publish(&outcome).await {
