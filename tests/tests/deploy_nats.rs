@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+mod support;
+
 use proxflow_e2e::{provisioner_config, test_consumer};
 use proxflow_gateway::GatewayConfig;
 use proxflow_runtime::ServiceContext;
@@ -228,31 +230,10 @@ async fn the_shipped_users_can_run_a_provision() {
         stop.clone(),
     ));
 
-    let body = br#"{"name": "least-privilege"}"#;
-    let mut post = reqwest::Client::new()
-        .post(format!("{gateway_url}/v1/provision"))
-        .header("content-type", "application/json")
-        .body(body.to_vec());
-    for (name, value) in proxflow_gateway::webhook::SignedHeaders::new(&secret, body)
-        .expect("signed")
-        .pairs()
-    {
-        post = post.header(name, value);
-    }
+    let accepted =
+        support::provision_via_gateway(&gateway_url, &secret, br#"{"name": "least-privilege"}"#)
+            .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    // The gateway may still be opening its buckets: retry the (idempotent) request until accepted.
-    let accepted: serde_json::Value = loop {
-        match post.try_clone().expect("clonable").send().await {
-            Ok(r) if r.status() == 202 => break r.json().await.expect("json"),
-            other => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "not accepted: {other:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
     let id = accepted["workflow_id"]
         .as_str()
         .expect("workflow id")

@@ -39,28 +39,8 @@ async fn one_request_is_one_trace_from_the_gateway_to_proxmox() {
         listener,
         p.stop.clone(),
     ));
-    let body = br#"{"name": "traced-1"}"#;
-    let mut post = reqwest::Client::new()
-        .post(format!("{url}/v1/provision"))
-        .header("content-type", "application/json")
-        .body(body.to_vec());
-    for (name, value) in proxflow_gateway::webhook::SignedHeaders::new(&secret, body)
-        .expect("signed")
-        .pairs()
-    {
-        post = post.header(name, value);
-    }
+    let accepted = support::provision_via_gateway(&url, &secret, br#"{"name": "traced-1"}"#).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    // The gateway may still be opening its buckets: the request is idempotent, so retry until accepted.
-    let accepted: serde_json::Value = loop {
-        match post.try_clone().expect("clonable").send().await {
-            Ok(r) if r.status() == 202 => break r.json().await.expect("json"),
-            other => {
-                assert!(Instant::now() < deadline, "not accepted: {other:?}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
     let id = accepted["workflow_id"].as_str().expect("id").to_owned();
     let trace_id = accepted["trace_id"].as_str().expect("trace id").to_owned();
     let record = p.until_ended(&id).await;

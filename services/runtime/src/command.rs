@@ -168,14 +168,14 @@ async fn run_inner(spec: &CommandSpec, program: &str) -> Result<CommandOutput, C
     })
 }
 
-/// SIGKILL to the whole process group (the child is its leader).
+/// SIGKILL to the whole process group (the child is its leader). A signal syscall, not the `kill`
+/// program: minimal hosts and containers often lack procps.
 fn kill_group(child: &tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

@@ -261,9 +261,12 @@ impl NatsServerProcess {
     /// [`STOP_TIMEOUT`]. A clean stop lets JetStream flush its file store.
     pub fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
+            if let Ok(pid) = i32::try_from(self.child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
             let deadline = std::time::Instant::now() + STOP_TIMEOUT;
             while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline
             {

@@ -184,3 +184,33 @@ impl Drop for Platform {
         self.nats.stop();
     }
 }
+
+/// Posts `body` to the gateway's `/v1/provision`, signed with `secret`, until it is accepted (202),
+/// and returns the answer. Retried because a gateway just spawned may still be opening its buckets;
+/// the request is idempotent (same webhook id and key), so retrying is what a real sender does.
+pub async fn provision_via_gateway(
+    gateway_url: &str,
+    secret: &proxflow_runtime::config::Secret,
+    body: &[u8],
+) -> serde_json::Value {
+    let mut post = reqwest::Client::new()
+        .post(format!("{gateway_url}/v1/provision"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in proxflow_gateway::webhook::SignedHeaders::new(secret, body)
+        .expect("signed")
+        .pairs()
+    {
+        post = post.header(name, value);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match post.try_clone().expect("clonable").send().await {
+            Ok(r) if r.status() == 202 => return r.json().await.expect("json"),
+            other => {
+                assert!(Instant::now() < deadline, "not accepted: {other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
