@@ -294,15 +294,6 @@ impl SimHandle {
             .collect()
     }
 
-    /// Empties the journal.
-    pub fn clear_journal(&self) {
-        self.shared
-            .journal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-    }
-
     /// Replaces the injected faults (the deterministic `fail_next` counters restart).
     pub fn set_faults(&self, faults: Faults) {
         self.shared.lock().faults = faults;
@@ -343,16 +334,5 @@ impl SimHandle {
     /// Scripts the guest agent's `exec` results.
     pub fn set_agent_exec_script(&self, script: AgentExecScript) {
         self.shared.lock().exec_script = script;
-    }
-
-    /// (total, used, avail) bytes of a storage.
-    pub fn storage_usage(&self, storage: &str) -> Option<(u64, u64, u64)> {
-        let state = self.shared.lock();
-        state.storage(storage).map(|s| state.storage_usage(s))
-    }
-
-    /// The summary `GET /_sim/state` answers.
-    pub fn state(&self) -> Value {
-        self.shared.lock().summary()
     }
 }
