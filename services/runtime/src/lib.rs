@@ -4,6 +4,7 @@
 //!
 //! ## Layout
 //! - [`admission`] — caps (max running, max per window) kept in KV by compare-and-set.
+//! - [`clock`] — time as a dependency ([`clock::ManualClock`] for tests).
 //! - [`command`] — external commands with a deadline (the whole process group killed) and bounded output.
 //! - [`config`] — figment loading (defaults < TOML < `PROXFLOW_*` env), the shared config sections,
 //!   [`config::Secret`].
@@ -12,6 +13,7 @@
 //!   outcomes to ack / nak / term + dead letter ([`bus::consume`]).
 //! - [`telemetry`] — subscriber, spans recorded on the bus (`pf.trace.*`) and read back, OTLP export,
 //!   trace context over NATS and HTTP headers.
+//! - [`lease`] — one holder at a time per target, in KV, renewed while held.
 //! - [`ops`] — `/healthz`, `/readyz`, `/metrics`, the [`ops::Health`] and [`ops::Metrics`] handles.
 //! - [`service`] — [`ServiceContext`], what each service's `run` receives.
 //! - [`shutdown`] — SIGINT/SIGTERM to a cancellation token.
@@ -20,8 +22,10 @@
 
 pub mod admission;
 pub mod bus;
+pub mod clock;
 pub mod command;
 pub mod config;
+pub mod lease;
 pub mod nats_server;
 pub mod ops;
 pub mod service;

@@ -1,0 +1,250 @@
+//! Leases on targets in the `pf_locks` bucket: one holder at a time per key (a dataset, a VM, the
+//! scale-out of a cluster).
+//!
+//! A lease is taken with KV `create`, so of two racing holders exactly one wins, and it is renewed by
+//! compare-and-set in the background while held. The bucket's `max_age` (15 min) is the lease length:
+//! a holder that dies without releasing frees the key once its last renewal ages out, and a holder
+//! whose renewal finds someone else's revision knows it lost the lease ([`Lease::is_held`]).
+//! The same holder asking again (a redelivered workflow step) adopts its own lease.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use proxflow_schemas::names::bucket;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// How often a held lease is renewed: well inside the bucket's 15-minute age limit.
+const RENEW_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a lease could not be taken or released.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// KV failed.
+    #[error("lease {key}: {reason}")]
+    Kv {
+        /// Lease key.
+        key: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The key has characters KV keys cannot carry.
+    #[error("lease key {0:?} is not a valid KV key (letters, digits, '-', '_', '/', '=', '.')")]
+    InvalidKey(String),
+}
+
+/// Who holds a lease and why, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The holder's id (a workflow id, a service instance).
+    pub holder: String,
+    /// What it is doing, for operators reading the bucket.
+    pub purpose: String,
+    /// When it was taken.
+    pub since: DateTime<Utc>,
+}
+
+/// The answer to [`Leases::acquire`].
+#[derive(Debug)]
+pub enum Acquired {
+    /// Ours now (or already ours).
+    Held(Lease),
+    /// Someone else's.
+    Busy(LeaseRecord),
+}
+
+/// Handle on the locks bucket.
+#[derive(Clone)]
+pub struct Leases {
+    kv: kv::Store,
+}
+
+impl Leases {
+    /// Opens the bucket (declared by the topology).
+    pub async fn open(js: &jetstream::Context) -> Result<Self, LeaseError> {
+        js.get_key_value(bucket::LOCKS)
+            .await
+            .map(|kv| Self { kv })
+            .map_err(|e| kv_error(bucket::LOCKS, e))
+    }
+
+    /// Takes the lease on `key` for `holder`, or reports who has it.
+    pub async fn acquire(
+        &self,
+        key: &str,
+        holder: &str,
+        purpose: &str,
+    ) -> Result<Acquired, LeaseError> {
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_/=.".contains(c))
+            || key.starts_with('.')
+            || key.ends_with('.')
+        {
+            return Err(LeaseError::InvalidKey(key.to_string()));
+        }
+        let record = LeaseRecord {
+            holder: holder.to_string(),
+            purpose: purpose.to_string(),
+            since: Utc::now(),
+        };
+        // Two rounds: a lease found expired-but-present (tombstone races) gets one more try.
+        for _ in 0..2 {
+            match self.kv.create(key, encode(key, &record)?).await {
+                Ok(revision) => return Ok(Acquired::Held(self.hold(key, record, revision))),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(kv_error(key, e)),
+            }
+            let entry = self.kv.entry(key).await.map_err(|e| kv_error(key, e))?;
+            let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+                continue;
+            };
+            let current: LeaseRecord =
+                serde_json::from_slice(&entry.value).map_err(|e| LeaseError::Kv {
+                    key: key.to_string(),
+                    reason: format!("stored lease is unreadable: {e}"),
+                })?;
+            if current.holder == holder {
+                return Ok(Acquired::Held(self.hold(key, current, entry.revision)));
+            }
+            return Ok(Acquired::Busy(current));
+        }
+        Err(LeaseError::Kv {
+            key: key.to_string(),
+            reason: "contended: neither created nor readable".into(),
+        })
+    }
+
+    /// Who holds `key`, if anyone.
+    pub async fn holder(&self, key: &str) -> Result<Option<LeaseRecord>, LeaseError> {
+        let entry = self.kv.entry(key).await.map_err(|e| kv_error(key, e))?;
+        match entry.filter(|e| e.operation == kv::Operation::Put) {
+            Some(e) => serde_json::from_slice(&e.value)
+                .map(Some)
+                .map_err(|err| LeaseError::Kv {
+                    key: key.to_string(),
+                    reason: format!("stored lease is unreadable: {err}"),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    fn hold(&self, key: &str, record: LeaseRecord, revision: u64) -> Lease {
+        let lease = Lease {
+            kv: self.kv.clone(),
+            key: key.to_string(),
+            revision: Arc::new(AtomicU64::new(revision)),
+            held: Arc::new(AtomicBool::new(true)),
+            stop: CancellationToken::new(),
+        };
+        tokio::spawn(renew(lease.clone_inner(), record));
+        lease
+    }
+}
+
+/// A held lease; renewed in the background until [`Lease::release`] or drop.
+#[derive(Debug)]
+pub struct Lease {
+    kv: kv::Store,
+    key: String,
+    revision: Arc<AtomicU64>,
+    held: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+impl Lease {
+    fn clone_inner(&self) -> Lease {
+        Lease {
+            kv: self.kv.clone(),
+            key: self.key.clone(),
+            revision: self.revision.clone(),
+            held: self.held.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// The lease key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// `false` once a renewal found the key taken over (this holder stalled past the lease length).
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Gives the lease up. Deletes the key only if it is still this holder's revision, so a lease
+    /// that was lost and re-taken by someone else is left alone.
+    pub async fn release(self) -> Result<(), LeaseError> {
+        self.stop.cancel();
+        if !self.is_held() {
+            return Ok(());
+        }
+        let revision = self.revision.load(Ordering::SeqCst);
+        match self
+            .kv
+            .delete_expect_revision(&self.key, Some(revision))
+            .await
+        {
+            Ok(()) => Ok(()),
+            // The client reports a revision mismatch as a generic publish error: look whether the
+            // key moved on (someone else's now, or gone), which is not a failure of this release.
+            Err(e) => match self.kv.entry(&self.key).await {
+                Ok(Some(entry)) if entry.revision == revision => Err(kv_error(&self.key, e)),
+                Ok(_) => Ok(()),
+                Err(_) => Err(kv_error(&self.key, e)),
+            },
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Stops renewing; the entry then ages out. `release` is the prompt way.
+        self.stop.cancel();
+    }
+}
+
+async fn renew(lease: Lease, record: LeaseRecord) {
+    let Ok(value) = encode(&lease.key, &record) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = lease.stop.cancelled() => return,
+            _ = tokio::time::sleep(RENEW_EVERY) => {}
+        }
+        let revision = lease.revision.load(Ordering::SeqCst);
+        match lease.kv.update(&lease.key, value.clone(), revision).await {
+            Ok(next) => lease.revision.store(next, Ordering::SeqCst),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                tracing::error!(key = %lease.key, "lease lost: another holder took it over");
+                lease.held.store(false, Ordering::SeqCst);
+                return;
+            }
+            // A transient KV failure: try again next round, well before the entry ages out.
+            Err(e) => tracing::warn!(key = %lease.key, error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+fn encode(key: &str, record: &LeaseRecord) -> Result<Bytes, LeaseError> {
+    serde_json::to_vec(record)
+        .map(Bytes::from)
+        .map_err(|e| LeaseError::Kv {
+            key: key.to_string(),
+            reason: format!("encoding: {e}"),
+        })
+}
+
+fn kv_error(key: &str, e: impl std::fmt::Display) -> LeaseError {
+    LeaseError::Kv {
+        key: key.to_string(),
+        reason: e.to_string(),
+    }
+}
