@@ -135,69 +135,66 @@ impl Leases {
     }
 
     fn hold(&self, key: &str, record: LeaseRecord, revision: u64) -> Lease {
-        let lease = Lease {
+        let inner = Arc::new(LeaseInner {
             kv: self.kv.clone(),
             key: key.to_string(),
-            revision: Arc::new(AtomicU64::new(revision)),
-            held: Arc::new(AtomicBool::new(true)),
+            revision: AtomicU64::new(revision),
+            held: AtomicBool::new(true),
             stop: CancellationToken::new(),
-        };
-        tokio::spawn(renew(lease.clone_inner(), record));
-        lease
+        });
+        tokio::spawn(renew(inner.clone(), record));
+        Lease { inner }
     }
 }
 
 /// A held lease; renewed in the background until [`Lease::release`] or drop.
 #[derive(Debug)]
 pub struct Lease {
+    inner: Arc<LeaseInner>,
+}
+
+/// What the holder and its renewal task share.
+#[derive(Debug)]
+struct LeaseInner {
     kv: kv::Store,
     key: String,
-    revision: Arc<AtomicU64>,
-    held: Arc<AtomicBool>,
+    revision: AtomicU64,
+    held: AtomicBool,
     stop: CancellationToken,
 }
 
 impl Lease {
-    fn clone_inner(&self) -> Lease {
-        Lease {
-            kv: self.kv.clone(),
-            key: self.key.clone(),
-            revision: self.revision.clone(),
-            held: self.held.clone(),
-            stop: self.stop.clone(),
-        }
-    }
-
     /// The lease key.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.inner.key
     }
 
     /// `false` once a renewal found the key taken over (this holder stalled past the lease length).
     pub fn is_held(&self) -> bool {
-        self.held.load(Ordering::SeqCst)
+        self.inner.held.load(Ordering::SeqCst)
     }
 
     /// Gives the lease up. Deletes the key only if it is still this holder's revision, so a lease
     /// that was lost and re-taken by someone else is left alone.
     pub async fn release(self) -> Result<(), LeaseError> {
-        self.stop.cancel();
+        let inner = &self.inner;
+        inner.stop.cancel();
         if !self.is_held() {
             return Ok(());
         }
-        let revision = self.revision.load(Ordering::SeqCst);
-        match self
+        let revision = inner.revision.load(Ordering::SeqCst);
+        match inner
             .kv
-            .delete_expect_revision(&self.key, Some(revision))
+            .delete_expect_revision(&inner.key, Some(revision))
             .await
         {
             Ok(()) => Ok(()),
             // The client reports a revision mismatch as a generic publish error: look whether the
             // key moved on (someone else's now, or gone), which is not a failure of this release.
-            Err(e) => match self.kv.entry(&self.key).await {
-                Ok(Some(entry)) if entry.revision == revision => Err(kv_error(&self.key, e)),
+            Err(e) => match inner.kv.entry(&inner.key).await {
+                Ok(Some(entry)) if entry.revision == revision => Err(kv_error(&inner.key, e)),
                 Ok(_) => Ok(()),
-                Err(_) => Err(kv_error(&self.key, e)),
+                Err(_) => Err(kv_error(&inner.key, e)),
             },
         }
     }
@@ -206,11 +203,11 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         // Stops renewing; the entry then ages out. `release` is the prompt way.
-        self.stop.cancel();
+        self.inner.stop.cancel();
     }
 }
 
-async fn renew(lease: Lease, record: LeaseRecord) {
+async fn renew(lease: Arc<LeaseInner>, record: LeaseRecord) {
     let Ok(value) = encode(&lease.key, &record) else {
         return;
     };
