@@ -21,6 +21,7 @@ bench: (_tools "nats")
     cargo bench -p proxflow-e2e --bench bus
     cargo bench -p proxflow-pve --bench pve
     cargo bench -p proxflow-e2e --bench provision
+    cargo bench -p proxflow-e2e --bench capacity
 
 # Regenerate schemas/json from the wire types.
 schemas:

@@ -12,6 +12,7 @@
 //!   and the domain key its `Nats-Msg-Id` is derived from.
 //! - [`events`] — events published on `pf.evt.*` (the audit log).
 //! - [`workflow`] — workflow records kept in the workflow KV bucket and served by the gateway.
+//! - [`capacity`] — capacity samples, sustained-threshold events and host-headroom vetoes.
 //! - [`provision`] — the provisioning request the gateway publishes.
 //! - [`trace`] — span records on `pf.trace.<trace_id>`, what `proxflow trace` reads back.
 //! - [`pve`] — Proxmox task ids ([`pve::Upid`]), shared by the Proxmox client and simulator.
@@ -23,6 +24,7 @@
 //! (new optional fields) keep `N`; anything a consumer of version `N` would misread bumps it. Consumers
 //! accept versions up to their own and dead-letter newer ones rather than guess.
 
+pub mod capacity;
 pub mod events;
 pub mod message;
 pub mod names;

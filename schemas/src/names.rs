@@ -77,6 +77,10 @@ pub mod bucket {
     /// Admission ledgers (one key per guarded kind of work, e.g. `provision.k8s-node`): what is
     /// running and what started within the last hour, changed by compare-and-set.
     pub const ADMISSIONS: &str = "pf_admissions";
+    /// Sustained-threshold detector state of the capacity service, one key per metric
+    /// (`detector/cluster/k3s/cpu_avg`), changed by compare-and-set so a restart resumes its windows
+    /// and a second replica never fires twice.
+    pub const CAPACITY: &str = "pf_capacity";
 }
 
 /// Lifetime of an accepted webhook id in [`bucket::WEBHOOK_IDS`]. A replay is refused by this record

@@ -2,6 +2,7 @@
 
 use schemars::schema_for;
 
+use crate::capacity::{CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted};
 use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
 use crate::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
@@ -43,5 +44,9 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<ProvisionOutcome>(),
         SchemaDoc::of::<WorkflowRecord>(),
         SchemaDoc::of::<SpanRecord>(),
+        SchemaDoc::of::<CapacitySample>(),
+        SchemaDoc::of::<CapacityExceeded>(),
+        SchemaDoc::of::<CapacityRecovered>(),
+        SchemaDoc::of::<HostExhausted>(),
     ]
 }

@@ -21,8 +21,9 @@ use proxflow_testkit::pve::start_sim;
 use proxflow_testkit::{TestNats, project_dir};
 use tokio_util::sync::CancellationToken;
 
-const PASSWORDS: [&str; 7] = [
+const PASSWORDS: [&str; 8] = [
     "PF_ADMIN_PASSWORD",
+    "PF_CAPACITY_PASSWORD",
     "PF_GATEWAY_PASSWORD",
     "PF_ORCHESTRATOR_PASSWORD",
     "PF_PROVISIONER_PASSWORD",
@@ -97,22 +98,53 @@ fn accounts_server() -> (tempfile::TempDir, TestNats) {
         ("PF_GATEWAY_PASSWORD", "gateway-pw"),
         ("PF_ORCHESTRATOR_PASSWORD", "orchestrator-pw"),
         ("PF_PROVISIONER_PASSWORD", "provisioner-pw"),
+        ("PF_CAPACITY_PASSWORD", "capacity-pw"),
         ("PF_SYS_PASSWORD", "sys-pw"),
     ];
     let nats = TestNats::start_with_config(&config, &env).expect("nats-server with accounts");
     (dir, nats)
 }
 
-#[tokio::test]
-async fn the_gateway_user_may_ingest_and_nothing_more() {
-    let (_dir, nats) = accounts_server();
-
-    let admin = bus::connect(&user(&nats, "admin", "_INBOX"), "admin", Metrics::new())
+/// The admin user connects and declares the topology, as a first `proxflow serve` does.
+async fn admin_declares(nats: &TestNats) -> bus::Bus {
+    let admin = bus::connect(&user(nats, "admin", "_INBOX"), "admin", Metrics::new())
         .await
         .expect("admin connects");
     topology::declare(&admin.client, &admin.js, 1)
         .await
         .expect("admin declares the topology");
+    admin
+}
+
+/// Waits for workflow `id` to end. On timeout, names a service task that stopped (a permission
+/// refused at start) before failing.
+async fn until_ended(
+    store: &WorkflowStore,
+    id: &str,
+    stopped: &[(&str, &dyn Fn() -> bool)],
+) -> proxflow_schemas::workflow::WorkflowRecord {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((r, _)) = store.get(id).await.expect("read")
+            && r.state.is_terminal()
+        {
+            return r;
+        }
+        if std::time::Instant::now() > deadline {
+            for (name, finished) in stopped {
+                assert!(!finished(), "{name} stopped early");
+            }
+            panic!("workflow {id} did not finish: {:#?}", store.get(id).await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_user_may_ingest_and_nothing_more() {
+    let (_dir, nats) = accounts_server();
+
+    let admin = admin_declares(&nats).await;
 
     let gateway = bus::connect(
         &user(&nats, "gateway", "_INBOX_gateway"),
@@ -190,12 +222,7 @@ async fn service_context(nats: &TestNats, name: &str) -> ServiceContext {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_users_can_run_a_provision() {
     let (_dir, nats) = accounts_server();
-    let admin = bus::connect(&user(&nats, "admin", "_INBOX"), "admin", Metrics::new())
-        .await
-        .expect("admin connects");
-    topology::declare(&admin.client, &admin.js, 1)
-        .await
-        .expect("admin declares the topology");
+    let admin = admin_declares(&nats).await;
     let (_sim, pve) = start_sim(|_| {}).await.expect("simulator");
     let file_sd = tempfile::tempdir().expect("tempdir");
     let stop = CancellationToken::new();
@@ -219,8 +246,7 @@ async fn the_shipped_users_can_run_a_provision() {
     ));
     let orchestrator = tokio::spawn(proxflow_orchestrator::run(
         service_context(&nats, "orchestrator").await,
-        test_consumer(Duration::from_secs(30)),
-        profiles,
+        proxflow_orchestrator::Orchestration::new(test_consumer(Duration::from_secs(30)), profiles),
         stop.clone(),
     ));
     let provisioner = tokio::spawn(proxflow_provisioner::run(
@@ -233,31 +259,99 @@ async fn the_shipped_users_can_run_a_provision() {
     let accepted =
         support::provision_via_gateway(&gateway_url, &secret, br#"{"name": "least-privilege"}"#)
             .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let id = accepted["workflow_id"]
         .as_str()
         .expect("workflow id")
         .to_owned();
     let store = WorkflowStore::open(&admin.js).await.expect("store");
-    let record = loop {
-        if let Some((r, _)) = store.get(&id).await.expect("read")
-            && r.state.is_terminal()
-        {
-            break r;
-        }
-        if std::time::Instant::now() > deadline {
-            // Name a service that stopped (a permission refused at start) before failing.
-            for (name, finished) in [
-                ("gateway", gateway.is_finished()),
-                ("orchestrator", orchestrator.is_finished()),
-                ("provisioner", provisioner.is_finished()),
-            ] {
-                assert!(!finished, "{name} stopped early");
-            }
-            panic!("workflow {id} did not finish: {:#?}", store.get(&id).await);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let record = until_ended(
+        &store,
+        &id,
+        &[
+            ("gateway", &|| gateway.is_finished()),
+            ("orchestrator", &|| orchestrator.is_finished()),
+            ("provisioner", &|| provisioner.is_finished()),
+        ],
+    )
+    .await;
     stop.cancel();
     assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+}
+
+/// Capacity, orchestrator and provisioner as their own users carry a sustained-load firing through
+/// to a new node: the capacity user's detector state and events, the orchestrator's scale-out
+/// consumer and its provision request on the webhook path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_users_can_scale_out() {
+    let (_dir, nats) = accounts_server();
+    let admin = admin_declares(&nats).await;
+    let (sim, pve) = start_sim(|_| {}).await.expect("simulator");
+    for vmid in [101, 102, 103] {
+        sim.handle()
+            .set_vm_load(vmid, proxflow_pve_sim::Load::fixed(0.9, 0.3));
+    }
+    let file_sd = tempfile::tempdir().expect("tempdir");
+    let stop = CancellationToken::new();
+    let mut capacity = proxflow_capacity::CapacityConfig::default();
+    capacity.rules.insert(
+        "cluster_cpu_avg".into(),
+        proxflow_capacity::Rule {
+            window: Duration::from_secs(120),
+            ..proxflow_capacity::Rule::default()
+        },
+    );
+    let clock = proxflow_runtime::clock::ManualClock::new(chrono::Utc::now());
+    let profiles = proxflow_provisioner::Profiles::default();
+    let orchestrator = tokio::spawn(proxflow_orchestrator::run(
+        service_context(&nats, "orchestrator").await,
+        proxflow_orchestrator::Orchestration {
+            capacity: capacity.clone(),
+            clock: clock.shared(),
+            ..proxflow_orchestrator::Orchestration::new(
+                test_consumer(Duration::from_secs(30)),
+                profiles,
+            )
+        },
+        stop.clone(),
+    ));
+    let provisioner = tokio::spawn(proxflow_provisioner::run(
+        service_context(&nats, "provisioner").await,
+        provisioner_config(file_sd.path().join("sd.json"), Duration::from_secs(30)),
+        pve.clone(),
+        stop.clone(),
+    ));
+    let ctx = service_context(&nats, "capacity").await;
+    let mut monitor = proxflow_capacity::Monitor::new(&ctx, capacity, pve, clock.shared())
+        .await
+        .expect("the capacity user opens its bucket");
+    let mut fired = Vec::new();
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(60));
+        let report = monitor
+            .poll()
+            .await
+            .expect("the capacity user polls and publishes");
+        fired.extend(report.exceeded);
+    }
+    let firing = fired
+        .iter()
+        .find(|e| e.metric.metric == "cpu_avg")
+        .expect("cpu_avg fired");
+    let id = proxflow_orchestrator::scaleout::workflow_id(firing);
+    let store = WorkflowStore::open(&admin.js).await.expect("store");
+    let orchestrator_stopped = || orchestrator.is_finished();
+    let provisioner_stopped = || provisioner.is_finished();
+    let services: [(&str, &dyn Fn() -> bool); 2] = [
+        ("orchestrator", &orchestrator_stopped),
+        ("provisioner", &provisioner_stopped),
+    ];
+    let scale_out = until_ended(&store, &id, &services).await;
+    assert_eq!(scale_out.state, WorkflowState::Succeeded, "{scale_out:#?}");
+    let provision = scale_out.data["provision_workflow"]
+        .as_str()
+        .expect("provision");
+    let record = until_ended(&store, provision, &services).await;
+    stop.cancel();
+    assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+    assert_eq!(record.data["name"], "k3s-4");
 }

@@ -63,8 +63,10 @@ async fn killed_during(phase: &str) {
     let stop = CancellationToken::new();
     tokio::spawn(proxflow_orchestrator::run(
         ctx.clone(),
-        test_consumer(ACK_WAIT),
-        proxflow_provisioner::Profiles::default(),
+        proxflow_orchestrator::Orchestration::new(
+            test_consumer(ACK_WAIT),
+            proxflow_provisioner::Profiles::default(),
+        ),
         stop.clone(),
     ));
     let mut first = spawn_provisioner(&nats, &sim, &sd_path);

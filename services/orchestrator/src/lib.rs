@@ -6,20 +6,27 @@
 //! the workflow `cancelled` with the numbers); then the provisioner gets its work order
 //! (`pf.cmd.provisioner.provision`, deduplicated by workflow id, so a redelivered request never starts a
 //! second provision). Outcome events (`pf.evt.vm.*`) free the workflow's slot again.
+//!
+//! For capacity it turns a k3s cluster's `capacity.exceeded` into a guarded scale-out ([`scaleout`]):
+//! cap, cooldown, host-headroom veto, dry-run and one at a time, then one more node through the same
+//! provision path.
+
+pub mod scaleout;
 
 use std::time::Duration;
 
-use chrono::Utc;
+use proxflow_capacity::CapacityConfig;
 use proxflow_provisioner::Profiles;
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::admission::{AdmissionError, Admissions, Caps, Decision};
 use proxflow_runtime::bus::consume::ConsumeError;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
+use proxflow_runtime::clock::{self, SharedClock};
 use proxflow_runtime::config::ConsumerConfig;
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
 use proxflow_schemas::events::DeadLetter;
-use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::names::{bucket, stream, subject};
 use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
 use proxflow_schemas::workflow::WorkflowState;
 use tokio_util::sync::CancellationToken;
@@ -53,15 +60,57 @@ pub enum OrchestratorError {
     Consume(#[from] ConsumeError),
 }
 
+/// What the orchestrator works with.
+#[derive(Debug, Clone)]
+pub struct Orchestration {
+    /// Delivery settings of its consumers.
+    pub consumer: ConsumerConfig,
+    /// Provision profiles and their caps.
+    pub profiles: Profiles,
+    /// Clusters and their scale-out settings.
+    pub capacity: CapacityConfig,
+    /// Time for caps and cooldowns.
+    pub clock: SharedClock,
+}
+
+impl Orchestration {
+    /// Default capacity settings and the wall clock.
+    pub fn new(consumer: ConsumerConfig, profiles: Profiles) -> Self {
+        Self {
+            consumer,
+            profiles,
+            capacity: CapacityConfig::default(),
+            clock: clock::system(),
+        }
+    }
+}
+
 /// Runs the orchestrator until `shutdown`.
 pub async fn run(
     ctx: ServiceContext,
-    consumer: ConsumerConfig,
-    profiles: Profiles,
+    o: Orchestration,
     shutdown: CancellationToken,
 ) -> Result<(), OrchestratorError> {
     let store = WorkflowStore::open(&ctx.bus.js).await?;
     let admissions = Admissions::open(&ctx.bus.js).await?;
+    let slots = Slots {
+        admissions: admissions.clone(),
+        scale_out: o
+            .capacity
+            .clusters
+            .keys()
+            .map(|c| scaleout::slot_key(c))
+            .collect(),
+    };
+    let cooldowns = ctx
+        .bus
+        .js
+        .get_key_value(bucket::COOLDOWNS)
+        .await
+        .map_err(|e| AdmissionError::Kv {
+            key: bucket::COOLDOWNS.into(),
+            reason: e.to_string(),
+        })?;
     let admit = ConsumerLoop::new(
         ctx.clone(),
         ConsumerSpec {
@@ -69,12 +118,14 @@ pub async fn run(
             durable: DURABLE.into(),
             filter_subject: subject::ingest("webhook", "provision"),
         },
-        consumer.clone(),
+        o.consumer.clone(),
         Admit {
-            store,
+            store: store.clone(),
             admissions: admissions.clone(),
-            profiles,
+            slots: slots.clone(),
+            profiles: o.profiles.clone(),
             publisher: ctx.bus.publisher.clone(),
+            clock: o.clock.clone(),
         },
     );
     let release = ConsumerLoop::new(
@@ -84,9 +135,9 @@ pub async fn run(
             durable: OUTCOMES_DURABLE.into(),
             filter_subject: subject::evt("vm", "*"),
         },
-        consumer.clone(),
+        o.consumer.clone(),
         Release {
-            admissions: admissions.clone(),
+            slots: slots.clone(),
         },
     );
     let given_up = ConsumerLoop::new(
@@ -96,18 +147,57 @@ pub async fn run(
             durable: GIVEN_UP_DURABLE.into(),
             filter_subject: subject::dead_letter(proxflow_provisioner::service::DURABLE),
         },
-        consumer,
+        o.consumer.clone(),
         GivenUp {
-            store: WorkflowStore::open(&ctx.bus.js).await?,
+            store: store.clone(),
+            slots,
+        },
+    );
+    let scale_out = ConsumerLoop::new(
+        ctx.clone(),
+        ConsumerSpec {
+            stream: stream::EVT,
+            durable: scaleout::DURABLE.into(),
+            filter_subject: subject::evt("capacity", "exceeded"),
+        },
+        o.consumer,
+        scaleout::ScaleOut {
+            store,
             admissions,
+            cooldowns,
+            publisher: ctx.bus.publisher.clone(),
+            profiles: o.profiles,
+            capacity: o.capacity,
+            clock: o.clock,
         },
     );
     tokio::try_join!(
         admit.run(shutdown.clone()),
         release.run(shutdown.clone()),
-        given_up.run(shutdown)
+        given_up.run(shutdown.clone()),
+        scale_out.run(shutdown)
     )?;
     Ok(())
+}
+
+/// The slots a workflow may hold: its profile's provision slot and, for a scale-out's provision,
+/// its cluster's scale-out slot. Freed together whenever a provision ends, however it ends.
+#[derive(Clone)]
+struct Slots {
+    admissions: Admissions,
+    scale_out: Vec<String>,
+}
+
+impl Slots {
+    async fn free(&self, profile: &str, workflow_id: &str) -> Result<(), AdmissionError> {
+        self.admissions
+            .finish(&ledger_key(profile), workflow_id)
+            .await?;
+        for key in &self.scale_out {
+            self.admissions.finish(key, workflow_id).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The admission ledger key of a profile.
@@ -118,8 +208,10 @@ fn ledger_key(profile: &str) -> String {
 struct Admit {
     store: WorkflowStore,
     admissions: Admissions,
+    slots: Slots,
     profiles: Profiles,
     publisher: Publisher,
+    clock: SharedClock,
 }
 
 impl Handler<ProvisionRequested> for Admit {
@@ -149,9 +241,7 @@ impl Handler<ProvisionRequested> for Admit {
                 req.profile,
                 self.profiles.names().join(", ")
             );
-            return self
-                .end(&req.workflow_id, WorkflowState::Failed, reason)
-                .await;
+            return self.end(&req, WorkflowState::Failed, reason).await;
         };
         let caps = Caps {
             max_running: profile.max_concurrent,
@@ -164,7 +254,7 @@ impl Handler<ProvisionRequested> for Admit {
                 &ledger_key(&req.profile),
                 &req.workflow_id,
                 caps,
-                Utc::now(),
+                self.clock.now(),
             )
             .await;
         match decision {
@@ -172,9 +262,7 @@ impl Handler<ProvisionRequested> for Admit {
             Ok(Decision::Refused(why)) => {
                 let reason = format!("refused by the {} profile's caps: {why}", req.profile);
                 tracing::warn!(workflow = %req.workflow_id, %reason, "provision refused");
-                return self
-                    .end(&req.workflow_id, WorkflowState::Cancelled, reason)
-                    .await;
+                return self.end(&req, WorkflowState::Cancelled, reason).await;
             }
             Err(e) => return Outcome::retry(e.to_string()),
         }
@@ -206,31 +294,36 @@ impl Handler<ProvisionRequested> for Admit {
 }
 
 impl Admit {
-    async fn end(&self, id: &str, state: WorkflowState, reason: String) -> Outcome {
-        match self
+    /// Ends a workflow that never reached the provisioner. It holds no provision slot, but a
+    /// scale-out's provision holds its cluster's slot, which must not stay taken.
+    async fn end(&self, req: &ProvisionRequested, state: WorkflowState, reason: String) -> Outcome {
+        if let Err(e) = self
             .store
-            .update(id, |r| {
+            .update(&req.workflow_id, |r| {
                 r.state = state;
                 r.error = Some(reason.clone());
             })
             .await
         {
-            Ok(_) => Outcome::Ack,
+            return Outcome::retry(e.to_string());
+        }
+        match self.slots.free(&req.profile, &req.workflow_id).await {
+            Ok(()) => Outcome::Ack,
             Err(e) => Outcome::retry(e.to_string()),
         }
     }
 }
 
 struct Release {
-    admissions: Admissions,
+    slots: Slots,
 }
 
 impl Handler<ProvisionOutcome> for Release {
     async fn handle(&self, delivery: Delivery<ProvisionOutcome>) -> Outcome {
         let outcome = delivery.message;
         match self
-            .admissions
-            .finish(&ledger_key(&outcome.profile), &outcome.workflow_id)
+            .slots
+            .free(&outcome.profile, &outcome.workflow_id)
             .await
         {
             Ok(()) => Outcome::Ack,
@@ -244,7 +337,7 @@ impl Handler<ProvisionOutcome> for Release {
 /// dead letter's reason, so it neither shows `running` forever nor holds its cap slot.
 struct GivenUp {
     store: WorkflowStore,
-    admissions: Admissions,
+    slots: Slots,
 }
 
 impl Handler<DeadLetter> for GivenUp {
@@ -274,8 +367,8 @@ impl Handler<DeadLetter> for GivenUp {
             Err(e) => return Outcome::retry(e.to_string()),
         }
         match self
-            .admissions
-            .finish(&ledger_key(&command.request.profile), &command.workflow_id)
+            .slots
+            .free(&command.request.profile, &command.workflow_id)
             .await
         {
             Ok(()) => Outcome::Ack,

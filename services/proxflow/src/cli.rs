@@ -75,6 +75,8 @@ pub enum Service {
     Orchestrator,
     /// Builds VMs against Proxmox, joins them to k3s, onboards their metrics.
     Provisioner,
+    /// Polls Proxmox for utilisation, exports gauges, fires sustained-threshold events.
+    Capacity,
 }
 
 impl Service {
@@ -83,6 +85,7 @@ impl Service {
         Service::Gateway,
         Service::Orchestrator,
         Service::Provisioner,
+        Service::Capacity,
     ];
 
     /// Its name on the command line and in logs.
@@ -91,6 +94,7 @@ impl Service {
             Service::Gateway => "gateway",
             Service::Orchestrator => "orchestrator",
             Service::Provisioner => "provisioner",
+            Service::Capacity => "capacity",
         }
     }
 }

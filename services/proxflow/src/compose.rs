@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use proxflow_runtime::bus::{self, topology};
+use proxflow_runtime::clock;
 use proxflow_runtime::config::Validate;
 use proxflow_runtime::ops::{self, Health, Metrics};
 use proxflow_runtime::telemetry::SpanSink;
@@ -47,8 +48,8 @@ pub async fn run(
     if services.contains(&Service::Gateway) {
         settings.gateway.check_credentials()?;
     }
-    // Checked before connecting: a provisioner without Proxmox credentials must not start half-way.
-    let pve = if services.contains(&Service::Provisioner) {
+    // Checked before connecting: a Proxmox-facing service without credentials must not start half-way.
+    let pve = if services.contains(&Service::Provisioner) || services.contains(&Service::Capacity) {
         settings.pve.validate()?;
         Some(proxflow_pve::PveClient::new(&settings.pve)?)
     } else {
@@ -106,14 +107,27 @@ pub async fn run(
             }
             Service::Orchestrator => {
                 let (ctx, stop) = (ctx.clone(), stop.clone());
-                let (consumer, profiles) = (
-                    settings.orchestrator.consumer.clone(),
-                    settings.provision.profiles.clone(),
-                );
+                let orchestration = proxflow_orchestrator::Orchestration {
+                    capacity: settings.capacity.clone(),
+                    ..proxflow_orchestrator::Orchestration::new(
+                        settings.orchestrator.consumer.clone(),
+                        settings.provision.profiles.clone(),
+                    )
+                };
                 tasks.spawn(async move {
-                    proxflow_orchestrator::run(ctx, consumer, profiles, stop)
+                    proxflow_orchestrator::run(ctx, orchestration, stop)
                         .await
                         .context("orchestrator")
+                });
+            }
+            Service::Capacity => {
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                let config = settings.capacity.clone();
+                let pve = pve.clone().context("Proxmox client")?;
+                tasks.spawn(async move {
+                    proxflow_capacity::run(ctx, config, pve, clock::system(), stop)
+                        .await
+                        .context("capacity")
                 });
             }
             Service::Provisioner => {

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use proxflow_capacity::CapacityConfig;
 use proxflow_gateway::GatewayConfig;
 use proxflow_orchestrator::OrchestratorConfig;
 use proxflow_provisioner::ProvisionConfig;
@@ -36,6 +37,9 @@ pub struct Settings {
     pub provision: ProvisionConfig,
     /// `[orchestrator]`: its request consumers.
     pub orchestrator: OrchestratorConfig,
+    /// `[capacity]`: polling, sustained-threshold rules, k3s clusters and their scale-out guards
+    /// (the capacity service measures, the orchestrator scales).
+    pub capacity: CapacityConfig,
 }
 
 /// `[dev]`: the embedded nats-server of `proxflow dev`.
@@ -77,6 +81,19 @@ impl Validate for Settings {
         self.ops.validate()?;
         self.sim.validate()?;
         self.provision.validate()?;
+        self.capacity.validate()?;
+        for (name, cluster) in &self.capacity.clusters {
+            let profile = &cluster.scale_out.profile;
+            if cluster.scale_out.enabled && self.provision.profiles.get(profile).is_none() {
+                return Err(ConfigError::value(
+                    format!("capacity.clusters.{name}.scale_out.profile"),
+                    format!(
+                        "no profile '{profile}' in [provision.profiles] (known: {})",
+                        self.provision.profiles.names().join(", ")
+                    ),
+                ));
+            }
+        }
         self.orchestrator
             .consumer
             .validate_at("orchestrator.consumer")?;

@@ -46,6 +46,10 @@ pub struct VmSummary {
     /// Tags, `;`-separated.
     #[serde(default)]
     pub tags: Option<String>,
+    /// Balloon minimum, bytes: memory the host cannot take back by ballooning (absent when
+    /// ballooning is off).
+    #[serde(default, deserialize_with = "perl::opt_u64")]
+    pub balloon_min: Option<u64>,
 }
 
 /// `GET /nodes/{node}/qemu/{vmid}/status/current`.

@@ -3,6 +3,7 @@
 //! public listener.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::Router;
@@ -13,6 +14,7 @@ use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use proxflow_schemas::events::DeadLetterReason;
@@ -165,6 +167,19 @@ impl Metrics {
         CounterFamily { labels, family }
     }
 
+    /// Registers a gauge family (floating point) with fixed label names, exposed as
+    /// `proxflow_<name>{<labels>}`.
+    pub fn gauge_family<const N: usize>(
+        &self,
+        name: &str,
+        help: &str,
+        labels: [&'static str; N],
+    ) -> GaugeFamily<N> {
+        let family = Family::default();
+        self.register(name, help, family.clone());
+        GaugeFamily { labels, family }
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -227,6 +242,21 @@ impl<const N: usize> CounterFamily<N> {
     pub fn inc(&self, values: [&str; N]) {
         let key = std::array::from_fn(|i| (self.labels[i], values[i].to_owned()));
         self.family.get_or_create(&key).inc();
+    }
+}
+
+/// A gauge family registered by [`Metrics::gauge_family`]. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct GaugeFamily<const N: usize> {
+    labels: [&'static str; N],
+    family: Family<[(&'static str, String); N], Gauge<f64, AtomicU64>>,
+}
+
+impl<const N: usize> GaugeFamily<N> {
+    /// Sets the gauge of these label values, given in the order of the label names.
+    pub fn set(&self, values: [&str; N], value: f64) {
+        let key = std::array::from_fn(|i| (self.labels[i], values[i].to_owned()));
+        self.family.get_or_create(&key).set(value);
     }
 }
 

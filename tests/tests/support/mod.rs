@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::StreamExt;
 use proxflow_e2e::{provisioner_config, test_consumer};
+use proxflow_orchestrator::Orchestration;
 use proxflow_provisioner::ProvisionConfig;
 use proxflow_provisioner::file_sd::FileSd;
 use proxflow_pve_sim::{RunningSim, SimConfig};
@@ -39,6 +40,17 @@ impl Platform {
         tweak_sim: impl FnOnce(&mut SimConfig),
         tweak_provisioner: impl FnOnce(&mut ProvisionConfig),
     ) -> Self {
+        Self::start_orchestrated(join_script, tweak_sim, tweak_provisioner, |_| {}).await
+    }
+
+    /// As [`Platform::start_with`], with the orchestrator's capacity settings and clock adjusted by
+    /// `tweak_orchestration`.
+    pub async fn start_orchestrated(
+        join_script: &str,
+        tweak_sim: impl FnOnce(&mut SimConfig),
+        tweak_provisioner: impl FnOnce(&mut ProvisionConfig),
+        tweak_orchestration: impl FnOnce(&mut Orchestration),
+    ) -> Self {
         let nats = TestNats::start().expect("nats-server");
         let (sim, client) = start_sim(|c| {
             c.durations.agent_boot = Duration::from_millis(500);
@@ -55,10 +67,14 @@ impl Platform {
         config.join.command = ["sh", "-c", join_script].map(String::from).to_vec();
         tweak_provisioner(&mut config);
         let stop = CancellationToken::new();
-        tokio::spawn(proxflow_orchestrator::run(
-            ctx.clone(),
+        let mut orchestration = Orchestration::new(
             test_consumer(Duration::from_secs(30)),
             config.profiles.clone(),
+        );
+        tweak_orchestration(&mut orchestration);
+        tokio::spawn(proxflow_orchestrator::run(
+            ctx.clone(),
+            orchestration,
             stop.clone(),
         ));
         tokio::spawn(proxflow_provisioner::run(
@@ -142,6 +158,7 @@ impl Platform {
             ("PF_CMD", proxflow_provisioner::service::DURABLE),
             ("PF_EVT", proxflow_orchestrator::OUTCOMES_DURABLE),
             ("PF_EVT", proxflow_orchestrator::GIVEN_UP_DURABLE),
+            ("PF_EVT", proxflow_orchestrator::scaleout::DURABLE),
         ] {
             loop {
                 // A consumer not declared yet (services still starting) is not idle.

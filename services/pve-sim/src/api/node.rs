@@ -132,20 +132,24 @@ impl State {
         if vm.config.keys().any(|k| k.starts_with("serial")) {
             v["serial"] = json!(1);
         }
+        // Proxmox's vmstatus sets `balloon_min` for every VM with ballooning, listed or not.
+        let balloon = vm
+            .config
+            .get("balloon")
+            .and_then(|b| b.parse::<u64>().ok())
+            .filter(|b| *b > 0);
+        if let Some(balloon) = balloon {
+            v["balloon_min"] = json!(balloon.saturating_mul(1 << 20));
+        }
         if current {
             v["qmpstatus"] = json!(if running { "running" } else { "stopped" });
             v["ha"] = json!({"managed": 0});
             if vm.agent_enabled() {
                 v["agent"] = json!(1);
             }
-            if let Some(balloon) = vm.config.get("balloon").and_then(|b| b.parse::<u64>().ok())
-                && balloon > 0
-            {
-                v["balloon_min"] = json!(balloon.saturating_mul(1 << 20));
-                if running {
-                    v["balloon"] = json!(vm.maxmem());
-                    v["freemem"] = json!(vm.maxmem().saturating_sub(self.vm_mem(vmid)));
-                }
+            if balloon.is_some() && running {
+                v["balloon"] = json!(vm.maxmem());
+                v["freemem"] = json!(vm.maxmem().saturating_sub(self.vm_mem(vmid)));
             }
             if running {
                 v["running-machine"] = json!("pc-i440fx-9.0+pve0");

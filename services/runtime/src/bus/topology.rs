@@ -194,6 +194,12 @@ pub fn buckets() -> Vec<BucketSpec> {
             max_age: Duration::ZERO,
         },
         BucketSpec {
+            name: bucket::CAPACITY,
+            description: "capacity detector state per metric (CAS)",
+            history: 1,
+            max_age: Duration::ZERO,
+        },
+        BucketSpec {
             name: bucket::WEBHOOK_IDS,
             description: "accepted webhook ids (replay guard), taken with create",
             history: 1,

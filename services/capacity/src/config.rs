@@ -1,0 +1,319 @@
+//! `[capacity]`: how often to poll, the detector rule of each metric kind, and the k3s clusters with
+//! their scale-out settings (read by the orchestrator, which runs the scale-out).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proxflow_runtime::config::{ConfigError, Validate};
+use serde::{Deserialize, Serialize};
+
+/// The metric kinds a detector can watch. Percent kinds are 0–100; `memory_commitment` and
+/// `vcpu_ratio` are factors.
+pub const KINDS: &[&str] = &[
+    "host_cpu",
+    "host_memory",
+    "memory_commitment",
+    "vcpu_ratio",
+    "storage",
+    "zfs_pool",
+    "cluster_cpu_avg",
+    "cluster_cpu_max",
+    "cluster_memory_avg",
+    "cluster_memory_max",
+];
+
+/// `[capacity]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// Time between polls.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A gap longer than this between two successful polls (failed polls, the service down) breaks
+    /// every over-threshold run: what was not observed never counts as sustained.
+    #[serde(with = "humantime_serde")]
+    pub max_gap: Duration,
+    /// Detector rule per metric kind (`[capacity.rules.cluster_cpu_avg]`). A configured table
+    /// replaces the defaults; kinds left out of it keep their built-in rule.
+    pub rules: BTreeMap<String, Rule>,
+    /// k3s clusters by name (`[capacity.clusters.k3s]`).
+    pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            max_gap: Duration::from_secs(90),
+            rules: KINDS
+                .iter()
+                .map(|k| (k.to_string(), default_rule(k)))
+                .collect(),
+            clusters: BTreeMap::from([("k3s".to_string(), ClusterConfig::default())]),
+        }
+    }
+}
+
+/// When a metric counts as exceeded and when as recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rule {
+    /// `false` measures and exports the metric but never fires.
+    pub enabled: bool,
+    /// Exceeded when every observation for `window` is above this.
+    pub threshold: f64,
+    /// Recovered when an observation falls below this (hysteresis: below the threshold).
+    pub clear_below: f64,
+    /// How long the metric must stay above `threshold`.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for Rule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 70.0,
+            clear_below: 60.0,
+            window: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl CapacityConfig {
+    /// The rule for `kind`: configured, else the kind's default.
+    pub fn rule(&self, kind: &str) -> Rule {
+        self.rules
+            .get(kind)
+            .copied()
+            .unwrap_or_else(|| default_rule(kind))
+    }
+}
+
+/// Defaults: the seed's 70 % sustained for 15 minutes, clearing below 60 %, for every percentage;
+/// memory commitment fires above the 1.5:1 budget and clears below 1.4:1; the vCPU ratio is only
+/// measured (CPU contention shows in CPU busy, which is watched).
+pub fn default_rule(kind: &str) -> Rule {
+    match kind {
+        "memory_commitment" => Rule {
+            threshold: 1.5,
+            clear_below: 1.4,
+            ..Rule::default()
+        },
+        "vcpu_ratio" => Rule {
+            enabled: false,
+            threshold: 4.0,
+            clear_below: 3.5,
+            ..Rule::default()
+        },
+        _ => Rule::default(),
+    }
+}
+
+/// One k3s cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The Proxmox tag its node VMs carry (the `k8s-node` profile sets it).
+    pub tag: String,
+    /// `[capacity.clusters.<name>.scale_out]`.
+    pub scale_out: ScaleOutConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            tag: "k8s-node".into(),
+            scale_out: ScaleOutConfig::default(),
+        }
+    }
+}
+
+/// What the orchestrator does when one of the cluster's trigger metrics is exceeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScaleOutConfig {
+    /// `false`: exceeded events are only published, nothing scales.
+    pub enabled: bool,
+    /// Record what would be done and do nothing.
+    pub dry_run: bool,
+    /// Cluster metrics whose `capacity.exceeded` starts a scale-out.
+    pub triggers: Vec<String>,
+    /// Provision profile of a new node (`[provision.profiles.<name>]`).
+    pub profile: String,
+    /// New nodes are named `<name_prefix><n>`, n one above the highest existing.
+    pub name_prefix: String,
+    /// No scale-out when the cluster has this many nodes.
+    pub max_nodes: u32,
+    /// No new scale-out within this time of the last one's start.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// Veto when the host's memory commitment with the new node would exceed this (1.5 = 1.5:1).
+    pub memory_commitment_budget: f64,
+    /// Storage the new node's disk lands on.
+    pub storage: String,
+    /// Veto when that storage would be fuller than this, percent.
+    pub storage_limit_percent: f64,
+    /// OpenSSH public keys for the new node's cloud-init user (the join playbook logs in with them).
+    pub ssh_keys: Vec<String>,
+}
+
+impl Default for ScaleOutConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dry_run: false,
+            triggers: vec!["cpu_avg".into(), "memory_avg".into()],
+            profile: "k8s-node".into(),
+            name_prefix: "k3s-".into(),
+            max_nodes: 10,
+            cooldown: Duration::from_secs(10 * 60),
+            memory_commitment_budget: 1.5,
+            storage: "local-zfs".into(),
+            storage_limit_percent: 80.0,
+            ssh_keys: Vec::new(),
+        }
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+}
+
+impl Validate for CapacityConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval.is_zero() {
+            return Err(ConfigError::value(
+                "capacity.interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.max_gap < self.interval {
+            return Err(ConfigError::value(
+                "capacity.max_gap",
+                format!(
+                    "must be at least the poll interval ({})",
+                    humantime_serde::re::humantime::format_duration(self.interval)
+                ),
+            ));
+        }
+        for (kind, rule) in &self.rules {
+            let at = format!("capacity.rules.{kind}");
+            if !KINDS.contains(&kind.as_str()) {
+                return Err(ConfigError::value(
+                    at,
+                    format!("unknown metric kind (known: {})", KINDS.join(", ")),
+                ));
+            }
+            if !(rule.threshold.is_finite() && rule.clear_below.is_finite()) {
+                return Err(ConfigError::value(
+                    at,
+                    "threshold and clear_below must be numbers",
+                ));
+            }
+            if rule.clear_below > rule.threshold {
+                return Err(ConfigError::value(
+                    format!("{at}.clear_below"),
+                    format!(
+                        "{} is above the threshold {}: hysteresis must clear below it",
+                        rule.clear_below, rule.threshold
+                    ),
+                ));
+            }
+            if rule.window.is_zero() {
+                return Err(ConfigError::value(
+                    format!("{at}.window"),
+                    "must be greater than zero",
+                ));
+            }
+        }
+        for (name, cluster) in &self.clusters {
+            let at = format!("capacity.clusters.{name}");
+            if !is_name(name) {
+                return Err(ConfigError::value(
+                    at,
+                    "cluster names are lower-case letters, digits and '-'",
+                ));
+            }
+            if cluster.tag.is_empty() {
+                return Err(ConfigError::value(format!("{at}.tag"), "must not be empty"));
+            }
+            let s = &cluster.scale_out;
+            for t in &s.triggers {
+                if !["cpu_avg", "cpu_max", "memory_avg", "memory_max"].contains(&t.as_str()) {
+                    return Err(ConfigError::value(
+                        format!("{at}.scale_out.triggers"),
+                        format!(
+                            "{t:?} is not a cluster metric (cpu_avg, cpu_max, memory_avg, memory_max)"
+                        ),
+                    ));
+                }
+            }
+            if s.name_prefix.is_empty() || !is_name(&s.name_prefix) {
+                return Err(ConfigError::value(
+                    format!("{at}.scale_out.name_prefix"),
+                    "must be a DNS label prefix (lower-case letters, digits, '-')",
+                ));
+            }
+            if !(s.memory_commitment_budget.is_finite() && s.memory_commitment_budget > 0.0) {
+                return Err(ConfigError::value(
+                    format!("{at}.scale_out.memory_commitment_budget"),
+                    "must be a positive ratio (1.5 = 1.5:1)",
+                ));
+            }
+            if !(0.0..=100.0).contains(&s.storage_limit_percent) {
+                return Err(ConfigError::value(
+                    format!("{at}.scale_out.storage_limit_percent"),
+                    "must be a percentage",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_name_their_key() {
+        assert!(CapacityConfig::default().validate().is_ok());
+        let mut c = CapacityConfig::default();
+        c.rules.insert(
+            "host_cpu".into(),
+            Rule {
+                clear_below: 80.0,
+                ..Rule::default()
+            },
+        );
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("capacity.rules.host_cpu.clear_below"), "{e}");
+        let mut c = CapacityConfig::default();
+        c.rules.insert("disk_io".into(), Rule::default());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("unknown metric kind"), "{e}");
+        let mut c = CapacityConfig::default();
+        if let Some(k3s) = c.clusters.get_mut("k3s") {
+            k3s.scale_out.triggers = vec!["load".into()];
+        }
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("capacity.clusters.k3s.scale_out.triggers"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn commitment_has_its_own_default_rule() {
+        let c = CapacityConfig::default();
+        assert_eq!(c.rule("memory_commitment").threshold, 1.5);
+        assert_eq!(c.rule("cluster_cpu_avg").threshold, 70.0);
+        assert!(!c.rule("vcpu_ratio").enabled);
+    }
+}

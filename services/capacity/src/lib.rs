@@ -1,0 +1,61 @@
+//! # proxflow-capacity
+//!
+//! Watches the Proxmox host and its k3s clusters and says, with evidence, when utilisation has been
+//! too high for too long. It polls Proxmox on an interval (node status, cluster resources, the VM
+//! list, storages, ZFS pools), computes per host CPU busy, memory use, memory commitment (Σ max
+//! memory of running VMs over physical memory, and its balloon-aware floor), the vCPU : logical CPU
+//! ratio, storage and pool use, and per k3s cluster (VMs carrying its tag) the average and highest
+//! CPU and memory use of its nodes. Every figure is a Prometheus gauge and every poll a
+//! `capacity.sample` event. A sustained-threshold detector per metric publishes
+//! `capacity.exceeded` (70 % for 15 minutes by default) and `capacity.recovered` (below 60 %);
+//! the orchestrator turns a cluster's `capacity.exceeded` into a guarded scale-out.
+//!
+//! ## Layout
+//! - [`config`] — `[capacity]`: interval, rules per metric kind, clusters and their scale-out settings.
+//! - [`compute`] — Proxmox responses to a [`proxflow_schemas::capacity::CapacitySample`] (pure).
+//! - [`detector`] — the sustained-threshold state machine (pure, persisted as is).
+//! - [`monitor`] — one poll: fetch, compute, gauges, events, detector state in KV.
+//! - [`gauges`] — the `proxflow_capacity_*` metrics.
+
+pub mod compute;
+pub mod config;
+pub mod detector;
+pub mod gauges;
+pub mod monitor;
+
+use proxflow_pve::PveClient;
+use proxflow_runtime::ServiceContext;
+use proxflow_runtime::clock::SharedClock;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{CapacityConfig, ClusterConfig, Rule, ScaleOutConfig};
+pub use monitor::{Monitor, MonitorError, PollReport};
+
+/// Polls every `config.interval` until `shutdown`. A failed poll is logged and counted (and breaks
+/// every running window); only the bus or the state bucket failing stops the service.
+pub async fn run(
+    ctx: ServiceContext,
+    config: CapacityConfig,
+    pve: PveClient,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> Result<(), MonitorError> {
+    let mut interval = tokio::time::interval(config.interval);
+    // A late tick is taken once, not in a burst: a burst of polls would only repeat one reading.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut monitor = Monitor::new(&ctx, config, pve, clock).await?;
+    ctx.health.set("capacity", true);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = interval.tick() => {}
+        }
+        let report = monitor.poll().await?;
+        tracing::debug!(
+            failed = report.failed.is_some(),
+            exceeded = report.exceeded.len(),
+            recovered = report.recovered.len(),
+            "capacity poll"
+        );
+    }
+}

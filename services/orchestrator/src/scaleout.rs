@@ -1,0 +1,428 @@
+//! Scale-out: a k3s cluster's `capacity.exceeded` becomes one more node, through the same provision
+//! path as a webhook request, unless a guard says no.
+//!
+//! Guards, in order, each ending the scale-out workflow `cancelled` with the numbers:
+//! 1. **cap** — the cluster already has `max_nodes` nodes;
+//! 2. **cooldown** — the last scale-out of the cluster started less than `cooldown` ago;
+//! 3. **host headroom** — with one more node the host's memory commitment would pass its budget
+//!    (1.5:1) or the node's storage its limit: vetoed, and `capacity.host_exhausted` is published,
+//!    because more automation cannot fix a full host;
+//! 4. **dry-run** — everything above is evaluated and recorded, nothing is done;
+//! 5. **one at a time** — the cluster's scale-out slot in KV (`pf_admissions`, key
+//!    `scaleout.<cluster>`) is free; it is held until the new node's provision ends.
+//!
+//! The workflow id is derived from the firing (cluster, run start, sequence), so a re-delivered or
+//! re-published event, or a second capacity replica, finds the workflow already there and does not
+//! scale twice.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use proxflow_capacity::{CapacityConfig, ClusterConfig};
+use proxflow_provisioner::Profiles;
+use proxflow_runtime::admission::{Admissions, Caps, Decision};
+use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
+use proxflow_runtime::clock::SharedClock;
+use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
+use proxflow_schemas::capacity::{CapacityExceeded, HostExhausted, Scope};
+use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
+use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Durable consumer name for capacity events.
+pub const DURABLE: &str = "orchestrator-scaleout";
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// The admission ledger key of a cluster's scale-out slot.
+pub fn slot_key(cluster: &str) -> String {
+    format!("scaleout.{cluster}")
+}
+
+/// The scale-out workflow of a firing.
+pub fn workflow_id(event: &CapacityExceeded) -> String {
+    format!(
+        "scaleout-{}-{}-{}",
+        event.metric.name,
+        event.since.timestamp_millis(),
+        event.sequence
+    )
+}
+
+/// The last scale-out of a cluster, kept in `pf_cooldowns` under `scaleout.<cluster>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LastScaleOut {
+    workflow_id: String,
+    started_at: DateTime<Utc>,
+    node: String,
+}
+
+pub(crate) struct ScaleOut {
+    pub(crate) store: WorkflowStore,
+    pub(crate) admissions: Admissions,
+    pub(crate) cooldowns: kv::Store,
+    pub(crate) publisher: Publisher,
+    pub(crate) profiles: Profiles,
+    pub(crate) capacity: CapacityConfig,
+    pub(crate) clock: SharedClock,
+}
+
+/// Why a scale-out did not provision.
+enum Stop {
+    /// A guard said no; the reason names it and its numbers.
+    Refused(String),
+    /// Host headroom veto.
+    Vetoed(Box<HostExhausted>),
+    /// Dry-run: what would have been done.
+    DryRun(String),
+}
+
+impl Handler<CapacityExceeded> for ScaleOut {
+    async fn handle(&self, delivery: Delivery<CapacityExceeded>) -> Outcome {
+        let event = delivery.message;
+        if event.metric.scope != Scope::Cluster {
+            return Outcome::Ack;
+        }
+        let Some(cluster) = self.capacity.clusters.get(&event.metric.name) else {
+            tracing::info!(metric = %event.metric, "exceeded metric of an unconfigured cluster; not scaling");
+            return Outcome::Ack;
+        };
+        let so = &cluster.scale_out;
+        if !so.enabled || !so.triggers.contains(&event.metric.metric) {
+            return Outcome::Ack;
+        }
+        let id = workflow_id(&event);
+        match self.store.get(&id).await {
+            Ok(Some((record, _))) if record.state.is_terminal() => {
+                tracing::info!(workflow = %id, "scale-out already decided");
+                return Outcome::Ack;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let trace = proxflow_runtime::telemetry::trace_id(&tracing::Span::current());
+                let record = self.new_record(&id, &event, trace);
+                if let Err(e) = self.store.create(&record).await {
+                    return Outcome::retry(e.to_string());
+                }
+            }
+            Err(WorkflowStoreError::Corrupt { id, reason }) => {
+                return Outcome::poison(format!("workflow {id} is unreadable: {reason}"));
+            }
+            Err(e) => return Outcome::retry(e.to_string()),
+        }
+        match self.decide(&id, &event, cluster).await {
+            Ok(Ok((node, provision))) => {
+                let data = json!({ "node": node, "provision_workflow": provision });
+                self.end(&id, WorkflowState::Succeeded, None, data).await
+            }
+            Ok(Err(Stop::Refused(reason))) => {
+                tracing::info!(workflow = %id, %reason, "scale-out refused");
+                self.end(&id, WorkflowState::Cancelled, Some(reason), json!({}))
+                    .await
+            }
+            Ok(Err(Stop::DryRun(what))) => {
+                tracing::info!(workflow = %id, %what, "scale-out dry-run");
+                let data = json!({ "dry_run": true });
+                self.end(&id, WorkflowState::Cancelled, Some(what), data)
+                    .await
+            }
+            Ok(Err(Stop::Vetoed(exhausted))) => {
+                tracing::warn!(workflow = %id, reason = %exhausted.reason, "scale-out vetoed: host exhausted");
+                if let Err(e) = self.publisher.publish(exhausted.as_ref()).await {
+                    return Outcome::retry(format!("publishing capacity.host_exhausted: {e}"));
+                }
+                let data = serde_json::to_value(exhausted.as_ref()).unwrap_or_default();
+                let reason = format!("vetoed: {}", exhausted.reason);
+                self.end(&id, WorkflowState::Cancelled, Some(reason), data)
+                    .await
+            }
+            Err(retry) => retry,
+        }
+    }
+}
+
+impl ScaleOut {
+    fn new_record(
+        &self,
+        id: &str,
+        event: &CapacityExceeded,
+        trace_id: Option<String>,
+    ) -> WorkflowRecord {
+        let now = self.clock.now();
+        WorkflowRecord {
+            id: id.to_string(),
+            kind: "scale_out".into(),
+            state: WorkflowState::Running,
+            origin: Origin {
+                source: "capacity".into(),
+                reference: event.firing_id(),
+                reason: format!(
+                    "{} at {:.1} above {} for {}",
+                    event.metric,
+                    event.value,
+                    event.threshold,
+                    humantime_serde::re::humantime::format_duration(Duration::from_secs(
+                        event.window_secs
+                    ))
+                ),
+            },
+            steps: Vec::new(),
+            data: json!({}),
+            error: None,
+            trace_id,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    async fn end(
+        &self,
+        id: &str,
+        state: WorkflowState,
+        reason: Option<String>,
+        data: serde_json::Value,
+    ) -> Outcome {
+        match self
+            .store
+            .update(id, |r| {
+                r.state = state;
+                r.error = reason.clone();
+                r.data = data.clone();
+            })
+            .await
+        {
+            Ok(_) => Outcome::Ack,
+            Err(e) => Outcome::retry(e.to_string()),
+        }
+    }
+
+    /// Runs the guards and, when all pass, dispatches the provision. `Ok(Ok((node, provision id)))`
+    /// when provisioned; `Err` is the outcome to hand back for a retry.
+    async fn decide(
+        &self,
+        id: &str,
+        event: &CapacityExceeded,
+        cluster: &ClusterConfig,
+    ) -> Result<Result<(String, String), Stop>, Outcome> {
+        let so = &cluster.scale_out;
+        let name = &event.metric.name;
+        let dry = |s: String| {
+            if so.dry_run {
+                format!("dry-run: {s}")
+            } else {
+                s
+            }
+        };
+        let Some(profile) = self.profiles.get(&so.profile) else {
+            return Ok(Err(Stop::Refused(format!(
+                "scale-out profile '{}' is not configured (known: {})",
+                so.profile,
+                self.profiles.names().join(", ")
+            ))));
+        };
+        let Some(members) = event.sample.cluster(name) else {
+            return Ok(Err(Stop::Refused(format!(
+                "the event carries no sample of cluster {name}"
+            ))));
+        };
+        let last = self.last(name).await?;
+        // A redelivery of the event after its provision was dispatched resumes at the dispatch.
+        let resumed = last.as_ref().filter(|l| l.workflow_id == id).cloned();
+        let now = self.clock.now();
+        let node = match &resumed {
+            Some(l) => l.node.clone(),
+            None => next_name(&so.name_prefix, &members.nodes, last.as_ref()),
+        };
+        if resumed.is_none() {
+            let nodes = members.nodes.len() as u32;
+            if nodes >= so.max_nodes {
+                return Ok(Err(Stop::Refused(dry(format!(
+                    "cap reached: cluster {name} has {nodes} nodes, max_nodes {}",
+                    so.max_nodes
+                )))));
+            }
+            if let Some(l) = &last {
+                let cooldown = chrono::Duration::from_std(so.cooldown).unwrap_or_default();
+                if now < l.started_at + cooldown {
+                    return Ok(Err(Stop::Refused(dry(format!(
+                        "cooldown: the last scale-out of {name} ({}, node {}) started at {}; the next is allowed from {}",
+                        l.workflow_id,
+                        l.node,
+                        l.started_at.to_rfc3339(),
+                        (l.started_at + cooldown).to_rfc3339()
+                    )))));
+                }
+            }
+            if let Some(veto) = headroom(id, name, event, cluster, profile, now) {
+                if so.dry_run {
+                    return Ok(Err(Stop::DryRun(dry(format!(
+                        "would veto: {}",
+                        veto.reason
+                    )))));
+                }
+                return Ok(Err(Stop::Vetoed(Box::new(veto))));
+            }
+            if so.dry_run {
+                let h = &event.sample.host;
+                return Ok(Err(Stop::DryRun(format!(
+                    "dry-run: would provision {node} (profile {}) for cluster {name}: {} nodes, memory commitment {:.2}:1 of budget {:.2}:1",
+                    so.profile,
+                    members.nodes.len(),
+                    h.memory_commitment_ratio,
+                    so.memory_commitment_budget
+                ))));
+            }
+        }
+        let provision = format!("{id}-node");
+        let caps = Caps {
+            max_running: 1,
+            max_per_window: u32::MAX,
+            window: Duration::from_secs(3600),
+        };
+        match self
+            .admissions
+            .admit(&slot_key(name), &provision, caps, now)
+            .await
+        {
+            Ok(Decision::Admitted) => {}
+            Ok(Decision::Refused(why)) => {
+                return Ok(Err(Stop::Refused(format!(
+                    "one scale-out at a time for {name}: {why}"
+                ))));
+            }
+            Err(e) => return Err(Outcome::retry(e.to_string())),
+        }
+        if resumed.is_none() {
+            let record = LastScaleOut {
+                workflow_id: id.to_string(),
+                started_at: now,
+                node: node.clone(),
+            };
+            let bytes = serde_json::to_vec(&record)
+                .map(Bytes::from)
+                .unwrap_or_default();
+            if let Err(e) = self.cooldowns.put(slot_key(name), bytes).await {
+                return Err(Outcome::retry(format!("recording the cooldown: {e}")));
+            }
+        }
+        let request = ProvisionRequested {
+            workflow_id: provision.clone(),
+            idempotency_key: id.to_string(),
+            name: node.clone(),
+            profile: so.profile.clone(),
+            overrides: VmOverrides::default(),
+            ssh_keys: so.ssh_keys.clone(),
+            ip: IpConfig::Dhcp,
+            tags: Vec::new(),
+            requested_by: format!("capacity:{id}"),
+            requested_at: now,
+        };
+        if let Err(e) = self.publisher.publish(&request).await {
+            return Err(Outcome::retry(format!("requesting the provision: {e}")));
+        }
+        tracing::info!(workflow = %id, %node, provision = %provision, "scale-out dispatched");
+        Ok(Ok((node, provision)))
+    }
+
+    async fn last(&self, cluster: &str) -> Result<Option<LastScaleOut>, Outcome> {
+        match self.cooldowns.get(slot_key(cluster)).await {
+            Ok(Some(bytes)) => Ok(serde_json::from_slice(&bytes).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => Err(Outcome::retry(format!("reading the cooldown: {e}"))),
+        }
+    }
+}
+
+/// `<prefix><n>`, n one above the highest number among the cluster's nodes and the last node a
+/// scale-out asked for (which may not be in the sample yet).
+fn next_name(prefix: &str, nodes: &[String], last: Option<&LastScaleOut>) -> String {
+    let highest = nodes
+        .iter()
+        .map(String::as_str)
+        .chain(last.map(|l| l.node.as_str()))
+        .filter_map(|n| n.strip_prefix(prefix)?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    format!("{prefix}{}", highest + 1)
+}
+
+/// The headroom veto, if one more node of `profile` would break the host's budget.
+fn headroom(
+    id: &str,
+    cluster_name: &str,
+    event: &CapacityExceeded,
+    cluster: &ClusterConfig,
+    profile: &proxflow_provisioner::profile::Profile,
+    now: DateTime<Utc>,
+) -> Option<HostExhausted> {
+    let so = &cluster.scale_out;
+    let h = &event.sample.host;
+    let total = h.memory_total as f64;
+    let added = f64::from(profile.memory_mib) * (1u64 << 20) as f64;
+    let after = if total > 0.0 {
+        (h.memory_committed as f64 + added) / total
+    } else {
+        f64::INFINITY
+    };
+    let storage = h.storages.iter().find(|s| s.name == so.storage);
+    let storage_after = storage.map(|s| {
+        let disk = f64::from(profile.disk_gib) * GIB;
+        if s.total > 0 {
+            (s.used as f64 + disk) / s.total as f64 * 100.0
+        } else {
+            100.0
+        }
+    });
+    let mut reasons = Vec::new();
+    if after > so.memory_commitment_budget {
+        reasons.push(format!(
+            "memory commitment would be {after:.2}:1 ({:.1} GiB committed + {:.1} GiB of the new node, on {:.1} GiB), budget {:.2}:1",
+            h.memory_committed as f64 / GIB,
+            added / GIB,
+            total / GIB,
+            so.memory_commitment_budget
+        ));
+    }
+    if let Some(pct) = storage_after.filter(|p| *p > so.storage_limit_percent) {
+        reasons.push(format!(
+            "storage {} would be {pct:.1} % full with the new node's {} GiB disk, limit {:.1} %",
+            so.storage, profile.disk_gib, so.storage_limit_percent
+        ));
+    }
+    if reasons.is_empty() {
+        return None;
+    }
+    Some(HostExhausted {
+        workflow_id: id.to_string(),
+        cluster: cluster_name.to_string(),
+        node: h.node.clone(),
+        reason: reasons.join("; "),
+        memory_commitment_ratio: h.memory_commitment_ratio,
+        memory_commitment_after: after,
+        memory_commitment_budget: so.memory_commitment_budget,
+        storage_percent_after: storage_after,
+        storage_limit_percent: so.storage_limit_percent,
+        at: now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_name_is_one_above_the_highest_known() {
+        let nodes = ["k3s-1", "k3s-3", "other", "k3s-x"].map(String::from);
+        assert_eq!(next_name("k3s-", &nodes, None), "k3s-4");
+        let last = LastScaleOut {
+            workflow_id: "w".into(),
+            started_at: Utc::now(),
+            node: "k3s-7".into(),
+        };
+        assert_eq!(next_name("k3s-", &nodes, Some(&last)), "k3s-8");
+        assert_eq!(next_name("k3s-", &[], None), "k3s-1");
+    }
+}
