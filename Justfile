@@ -16,12 +16,13 @@ test: (_tools "test")
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
 
-# Print the benchmark figures (runtime vs raw JetStream, Proxmox simulator and client, ...).
-bench: (_tools "nats")
+# Print the benchmark figures (runtime vs raw JetStream, Proxmox simulator and client, ZFS replication, ...).
+bench: (_tools "bench")
     cargo bench -p proxflow-e2e --bench bus
     cargo bench -p proxflow-pve --bench pve
     cargo bench -p proxflow-e2e --bench provision
     cargo bench -p proxflow-e2e --bench capacity
+    cargo bench -p proxflow-e2e --bench replication
 
 # Regenerate schemas/json from the wire types.
 schemas:
@@ -35,7 +36,7 @@ fmt:
 lint:
     cargo clippy --workspace --all-targets -- -D warnings
 
-# Install the tools a recipe needs into .tools/ (nats | test | just).
+# Install the tools a recipe needs into .tools/ (nats | zfs | test | bench | just).
 tools what="test": (_tools what)
 
 _tools what:

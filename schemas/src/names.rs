@@ -5,6 +5,8 @@
 //! - `pf.cmd.<service>.<action>`: work for one service (work-queue retention);
 //! - `pf.evt.<domain>.<event>`: facts that happened; long retention, it doubles as the audit log.
 //! - `pf.trace.<trace_id>`: every finished span, so a trace can be read back from the bus.
+//! - `pf.rpc.<service>.<action>`: core NATS request/reply that needs an answer now; no stream
+//!   captures it.
 
 /// JetStream stream names.
 pub mod stream {
@@ -34,6 +36,12 @@ pub mod subject {
     pub const TRACE_ALL: &str = "pf.trace.>";
     /// Prefix of dead-letter events; the consumer's durable name follows.
     pub const DEAD_LETTER_PREFIX: &str = "pf.evt.deadletter";
+
+    /// Pre-change snapshot requests to the snapshotter: a core NATS request/reply, deliberately
+    /// outside `pf.cmd.>` and `pf.evt.>`. A core request on a subject a stream captures is answered by
+    /// the stream's PubAck, which the requester would take for the snapshotter's reply; and a caller
+    /// waiting to patch needs the snapshot's name now, not a queued command.
+    pub const RPC_SNAPSHOTTER_PRECHANGE: &str = "pf.rpc.snapshotter.prechange";
 
     /// `pf.ingest.<source>.<kind>`.
     pub fn ingest(source: &str, kind: &str) -> String {

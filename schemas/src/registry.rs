@@ -6,6 +6,10 @@ use crate::capacity::{CapacityExceeded, CapacityRecovered, CapacitySample, HostE
 use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
 use crate::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
+use crate::replication::{ReplicationDiverged, ReplicationRun};
+use crate::snapshot::{
+    PreChangeReply, PreChangeRequest, SnapshotCheck, SnapshotTaken, SnapshotsPruned,
+};
 use crate::trace::SpanRecord;
 use crate::workflow::WorkflowRecord;
 
@@ -44,6 +48,13 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<ProvisionOutcome>(),
         SchemaDoc::of::<WorkflowRecord>(),
         SchemaDoc::of::<SpanRecord>(),
+        SchemaDoc::of::<PreChangeRequest>(),
+        SchemaDoc::of::<PreChangeReply>(),
+        SchemaDoc::of::<SnapshotTaken>(),
+        SchemaDoc::of::<SnapshotsPruned>(),
+        SchemaDoc::of::<SnapshotCheck>(),
+        SchemaDoc::of::<ReplicationRun>(),
+        SchemaDoc::of::<ReplicationDiverged>(),
         SchemaDoc::of::<CapacitySample>(),
         SchemaDoc::of::<CapacityExceeded>(),
         SchemaDoc::of::<CapacityRecovered>(),

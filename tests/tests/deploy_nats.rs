@@ -6,6 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 mod support;
+#[path = "support/zfs.rs"]
+mod zfs_fixture;
 
 use proxflow_e2e::{provisioner_config, test_consumer};
 use proxflow_gateway::GatewayConfig;
@@ -21,9 +23,11 @@ use proxflow_testkit::pve::start_sim;
 use proxflow_testkit::{TestNats, project_dir};
 use tokio_util::sync::CancellationToken;
 
-const PASSWORDS: [&str; 8] = [
+const PASSWORDS: [&str; 10] = [
     "PF_ADMIN_PASSWORD",
     "PF_CAPACITY_PASSWORD",
+    "PF_SNAPSHOTTER_PASSWORD",
+    "PF_REPLICATOR_PASSWORD",
     "PF_GATEWAY_PASSWORD",
     "PF_ORCHESTRATOR_PASSWORD",
     "PF_PROVISIONER_PASSWORD",
@@ -99,6 +103,8 @@ fn accounts_server() -> (tempfile::TempDir, TestNats) {
         ("PF_ORCHESTRATOR_PASSWORD", "orchestrator-pw"),
         ("PF_PROVISIONER_PASSWORD", "provisioner-pw"),
         ("PF_CAPACITY_PASSWORD", "capacity-pw"),
+        ("PF_SNAPSHOTTER_PASSWORD", "snapshotter-pw"),
+        ("PF_REPLICATOR_PASSWORD", "replicator-pw"),
         ("PF_SYS_PASSWORD", "sys-pw"),
     ];
     let nats = TestNats::start_with_config(&config, &env).expect("nats-server with accounts");
@@ -354,4 +360,167 @@ async fn the_shipped_users_can_scale_out() {
     stop.cancel();
     assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
     assert_eq!(record.data["name"], "k3s-4");
+}
+
+/// The snapshotter and the replicator as their own users: a pre-change request from the
+/// orchestrator answered (request, reply to the caller's inbox, event), a scheduled dataset
+/// snapshot and a replication run with their leases and events — and nothing beyond their subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshotter_and_replicator_users_work_and_nothing_more() {
+    use proxflow_replicator::{JobConfig, ReplicationConfig, Replicator, RunControl};
+    use proxflow_runtime::clock::system;
+    use proxflow_schemas::snapshot::{PreChangeRequest, SnapshotTarget};
+    use proxflow_snapshotter::{PolicyConfig, SnapshotConfig, Targets};
+
+    let (_dir, nats) = accounts_server();
+    let admin = admin_declares(&nats).await;
+    let (_sim, pve) = start_sim(|_| {}).await.expect("simulator");
+    let fx = zfs_fixture::ZfsFixture::new("accounts").with_job("offsite");
+
+    let snapshotter_ctx = service_context(&nats, "snapshotter").await;
+    let config = SnapshotConfig {
+        policies: vec![PolicyConfig {
+            name: "data".into(),
+            targets: Targets {
+                datasets: vec![fx.source.clone()],
+                ..Targets::default()
+            },
+            ..PolicyConfig::default()
+        }],
+        ..SnapshotConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let snapshotter = tokio::spawn(proxflow_snapshotter::run(
+        snapshotter_ctx.clone(),
+        config,
+        Some(pve),
+        system(),
+        stop.clone(),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while snapshotter_ctx
+        .health
+        .report()
+        .1
+        .get("snapshotter.prechange")
+        != Some(&true)
+    {
+        assert!(!snapshotter.is_finished(), "the snapshotter stopped");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pre-change responder"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The orchestrator (patch workflows) asks; the answer reaches its private inbox.
+    let orchestrator = service_context(&nats, "orchestrator").await;
+    let reply = proxflow_snapshotter::request_prechange(
+        &orchestrator.bus.client,
+        &PreChangeRequest {
+            request_id: "patch-1".into(),
+            target: SnapshotTarget::Vm { vmid: 101 },
+            reason: "accounts test".into(),
+            ttl_secs: None,
+        },
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("the snapshotter answers");
+    assert_eq!(reply.error, None);
+    // Its first pass took the dataset's daily snapshot (with the lease, and the event published).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !fx
+        .names(&fx.source)
+        .iter()
+        .any(|n| n.starts_with("pf-daily-"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = admin.js.get_stream("PF_EVT").await.expect("stream");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while events
+        .get_last_raw_message_by_subject("pf.evt.snapshot.taken")
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "no snapshot event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let replicator_ctx = service_context(&nats, "replicator").await;
+    let replicator = Replicator::new(
+        &replicator_ctx,
+        ReplicationConfig {
+            jobs: vec![JobConfig {
+                name: "offsite".into(),
+                source: fx.source.clone(),
+                target: fx.target.clone(),
+                ..JobConfig::default()
+            }],
+            ..ReplicationConfig::default()
+        },
+        system(),
+    )
+    .await
+    .expect("the replicator opens the locks bucket");
+    // The snapshotter may be pruning under the same lease right now: then it is busy, briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let report = loop {
+        match replicator.run_job("offsite", &RunControl::default()).await {
+            Ok(report) => break report,
+            Err(proxflow_replicator::JobError::Busy { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("replication as the replicator user: {e}"),
+        }
+    };
+    assert!(report.bytes > 0);
+    events
+        .get_last_raw_message_by_subject("pf.evt.replication.completed")
+        .await
+        .expect("the replicator published its event");
+    stop.cancel();
+    snapshotter
+        .await
+        .expect("joined")
+        .expect("the snapshotter ran cleanly");
+
+    // Least privilege: neither may publish outside its own events.
+    for (ctx, subject) in [
+        (&snapshotter_ctx, "pf.evt.replication.completed"),
+        (&snapshotter_ctx, "pf.cmd.provisioner.provision"),
+        (&replicator_ctx, "pf.evt.snapshot.taken"),
+        (&replicator_ctx, "pf.evt.vm.provisioned"),
+    ] {
+        let denied = async { ctx.bus.js.publish(subject, "{}".into()).await?.await };
+        assert!(denied.await.is_err(), "published {subject}");
+    }
+    // The replicator cannot take over pre-change requests.
+    let mut sub = replicator_ctx
+        .bus
+        .client
+        .subscribe("pf.rpc.snapshotter.prechange")
+        .await
+        .expect("the client sends the SUB");
+    let _ = replicator_ctx.bus.client.flush().await;
+    admin
+        .client
+        .publish("pf.rpc.snapshotter.prechange", "{}".into())
+        .await
+        .expect("sent");
+    let heard = tokio::time::timeout(
+        Duration::from_millis(500),
+        futures::StreamExt::next(&mut sub),
+    )
+    .await;
+    assert!(
+        !matches!(heard, Ok(Some(_))),
+        "the replicator heard a pre-change request"
+    );
 }

@@ -51,6 +51,11 @@ pub enum Command {
     },
     /// Ask the gateway for a new k3s node VM (a signed webhook request) and print its workflow.
     Provision(Box<ProvisionArgs>),
+    /// Snapshot tools.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Write the JSON Schema of every wire type into a directory.
     Schemas {
         /// Output directory.
@@ -66,6 +71,14 @@ pub enum PveCommand {
     Check,
 }
 
+/// `proxflow snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Print what the `[snapshot]` policies would create and prune now (a dry run: reads the
+    /// targets' snapshots, changes nothing).
+    Plan,
+}
+
 /// The services this binary can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Service {
@@ -77,6 +90,10 @@ pub enum Service {
     Provisioner,
     /// Polls Proxmox for utilisation, exports gauges, fires sustained-threshold events.
     Capacity,
+    /// Snapshot policies (VMs and datasets), retention, pre-change snapshots, validity checks.
+    Snapshotter,
+    /// Incremental ZFS replication to the offsite target.
+    Replicator,
 }
 
 impl Service {
@@ -86,6 +103,8 @@ impl Service {
         Service::Orchestrator,
         Service::Provisioner,
         Service::Capacity,
+        Service::Snapshotter,
+        Service::Replicator,
     ];
 
     /// Its name on the command line and in logs.
@@ -95,6 +114,8 @@ impl Service {
             Service::Orchestrator => "orchestrator",
             Service::Provisioner => "provisioner",
             Service::Capacity => "capacity",
+            Service::Snapshotter => "snapshotter",
+            Service::Replicator => "replicator",
         }
     }
 }
@@ -123,6 +144,9 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
             Ok(())
         }
         Command::Schemas { out } => write_schemas(&out),
+        Command::Snapshot {
+            command: SnapshotCommand::Plan,
+        } => snapshot_plan(&settings).await,
         Command::Provision(args) => provision::run(&settings, *args).await,
         Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,
         Command::Sim => {
@@ -135,6 +159,22 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
             command: PveCommand::Check,
         } => pve::check(&settings.pve).await,
     }
+}
+
+/// `proxflow snapshot plan`: the policies' plans against the real targets, nothing changed.
+async fn snapshot_plan(settings: &Settings) -> anyhow::Result<()> {
+    use proxflow_runtime::clock::Clock;
+    let backends = proxflow_snapshotter::target::Backends::from_config(
+        &settings.snapshot,
+        compose::snapshot_pve(settings)?,
+    );
+    let now = proxflow_runtime::clock::SystemClock.now();
+    let plans = proxflow_snapshotter::service::plan_all(&settings.snapshot, &backends, now).await?;
+    if plans.is_empty() {
+        println!("no [[snapshot.policies]] configured");
+    }
+    print!("{}", proxflow_snapshotter::service::render_plans(&plans));
+    Ok(())
 }
 
 fn write_schemas(out: &std::path::Path) -> anyhow::Result<()> {

@@ -26,6 +26,21 @@ pub struct Listening {
     pub gateway: Option<SocketAddr>,
 }
 
+/// The snapshotter's Proxmox client: required when a policy snapshots VMs (a missing token then
+/// stops start-up), otherwise used when `[pve]` is complete (for pre-change requests naming a VM)
+/// and left out when it is not (such requests are then answered with an error).
+pub fn snapshot_pve(settings: &Settings) -> anyhow::Result<Option<proxflow_pve::PveClient>> {
+    if settings.snapshot.needs_pve() {
+        settings.pve.validate()?;
+        return Ok(Some(proxflow_pve::PveClient::new(&settings.pve)?));
+    }
+    Ok(settings
+        .pve
+        .validate()
+        .ok()
+        .and_then(|()| proxflow_pve::PveClient::new(&settings.pve).ok()))
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -52,6 +67,11 @@ pub async fn run(
     let pve = if services.contains(&Service::Provisioner) || services.contains(&Service::Capacity) {
         settings.pve.validate()?;
         Some(proxflow_pve::PveClient::new(&settings.pve)?)
+    } else {
+        None
+    };
+    let snapshot_pve = if services.contains(&Service::Snapshotter) {
+        snapshot_pve(settings)?
     } else {
         None
     };
@@ -128,6 +148,24 @@ pub async fn run(
                     proxflow_capacity::run(ctx, config, pve, clock::system(), stop)
                         .await
                         .context("capacity")
+                });
+            }
+            Service::Snapshotter => {
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                let (config, pve) = (settings.snapshot.clone(), snapshot_pve.clone());
+                tasks.spawn(async move {
+                    proxflow_snapshotter::run(ctx, config, pve, clock::system(), stop)
+                        .await
+                        .context("snapshotter")
+                });
+            }
+            Service::Replicator => {
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                let config = settings.replication.clone();
+                tasks.spawn(async move {
+                    proxflow_replicator::run(ctx, config, clock::system(), stop)
+                        .await
+                        .context("replicator")
                 });
             }
             Service::Provisioner => {

@@ -101,7 +101,18 @@ async fn run_inner(
     }
     let report =
         |listening: &Listening| print_summary(&nats, simulator.as_ref(), &credentials, listening);
-    let result = compose::run(settings, Service::ALL, spans, Some(&report)).await;
+    // The snapshotter and the replicator need something to work on (dev has no ZFS by default):
+    // they run only when policies or jobs are configured.
+    let services: Vec<Service> = Service::ALL
+        .iter()
+        .copied()
+        .filter(|s| match s {
+            Service::Snapshotter => !settings.snapshot.policies.is_empty(),
+            Service::Replicator => !settings.replication.jobs.is_empty(),
+            _ => true,
+        })
+        .collect();
+    let result = compose::run(settings, &services, spans, Some(&report)).await;
     if let Some(sim) = simulator {
         sim.shutdown().await;
     }

@@ -8,9 +8,11 @@ use proxflow_orchestrator::OrchestratorConfig;
 use proxflow_provisioner::ProvisionConfig;
 use proxflow_pve::PveConfig;
 use proxflow_pve_sim::SimConfig;
+use proxflow_replicator::ReplicationConfig;
 use proxflow_runtime::config::{
     self, ConfigError, NatsConfig, OpsConfig, TelemetryConfig, Validate,
 };
+use proxflow_snapshotter::SnapshotConfig;
 use serde::{Deserialize, Serialize};
 
 /// Everything `proxflow` reads. Every key has a default that runs the seed's single-host platform.
@@ -40,6 +42,10 @@ pub struct Settings {
     /// `[capacity]`: polling, sustained-threshold rules, k3s clusters and their scale-out guards
     /// (the capacity service measures, the orchestrator scales).
     pub capacity: CapacityConfig,
+    /// `[snapshot]`: snapshot policies of VMs and datasets, retention, pre-change TTLs, checks.
+    pub snapshot: SnapshotConfig,
+    /// `[replication]`: ZFS replication jobs to the offsite target.
+    pub replication: ReplicationConfig,
 }
 
 /// `[dev]`: the embedded nats-server of `proxflow dev`.
@@ -82,6 +88,8 @@ impl Validate for Settings {
         self.sim.validate()?;
         self.provision.validate()?;
         self.capacity.validate()?;
+        self.snapshot.validate()?;
+        self.replication.validate()?;
         for (name, cluster) in &self.capacity.clusters {
             let profile = &cluster.scale_out.profile;
             if cluster.scale_out.enabled && self.provision.profiles.get(profile).is_none() {

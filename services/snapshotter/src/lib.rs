@@ -1,0 +1,29 @@
+//! # proxflow-snapshotter
+//!
+//! Snapshot policies on the seed's cadence: scheduled snapshots of VMs (through the Proxmox snapshot
+//! API) and ZFS datasets (directly), pruned by a sanoid-style retention grid; pre-change snapshots
+//! on request over NATS, protected for a TTL; a validity check (expected snapshots present, newest
+//! within its SLO) as events and Prometheus gauges; a dry-run that prints what would be created and
+//! pruned. Only snapshots carrying the configured prefix are ever pruned, never a held one (the
+//! replicator holds its base), and pruning a dataset takes the same lease the replicator takes while
+//! sending it.
+//!
+//! ## Layout
+//! - [`config`] — `[snapshot]`: prefix, policies, TTLs, check schedule, dry-run.
+//! - [`schedule`] — `daily@03:00` / `weekly@sun 03:00` / `monthly@1 03:00` in a time zone, as slots.
+//! - [`naming`] — snapshot names (valid Proxmox and ZFS names), parsed back.
+//! - [`retention`] — the grid (pure).
+//! - [`plan`] — what to create, prune and protect on one target; the validity check (pure).
+//! - [`target`] — VMs and datasets behind one interface.
+//! - [`service`] — the pass loop, the pre-change responder and its client side, metrics, events.
+
+pub mod config;
+pub mod naming;
+pub mod plan;
+pub mod retention;
+pub mod schedule;
+pub mod service;
+pub mod target;
+
+pub use config::{PolicyConfig, SnapshotConfig, Targets};
+pub use service::{Snapshotter, request_prechange, run};
