@@ -12,6 +12,7 @@
 //!   and the domain key its `Nats-Msg-Id` is derived from.
 //! - [`events`] — events published on `pf.evt.*` (the audit log).
 //! - [`workflow`] — workflow records kept in the workflow KV bucket and served by the gateway.
+//! - [`alert`] — Alertmanager alerts as ingested, one message per alert.
 //! - [`capacity`] — capacity samples, sustained-threshold events and host-headroom vetoes.
 //! - [`provision`] — the provisioning request the gateway publishes.
 //! - [`trace`] — span records on `pf.trace.<trace_id>`, what `proxflow trace` reads back.
@@ -24,6 +25,7 @@
 //! (new optional fields) keep `N`; anything a consumer of version `N` would misread bumps it. Consumers
 //! accept versions up to their own and dead-letter newer ones rather than guess.
 
+pub mod alert;
 pub mod capacity;
 pub mod events;
 pub mod message;

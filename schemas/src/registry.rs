@@ -2,6 +2,7 @@
 
 use schemars::schema_for;
 
+use crate::alert::AlertReceived;
 use crate::capacity::{CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted};
 use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
@@ -44,6 +45,7 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<ProvisionOutcome>(),
         SchemaDoc::of::<WorkflowRecord>(),
         SchemaDoc::of::<SpanRecord>(),
+        SchemaDoc::of::<AlertReceived>(),
         SchemaDoc::of::<CapacitySample>(),
         SchemaDoc::of::<CapacityExceeded>(),
         SchemaDoc::of::<CapacityRecovered>(),
