@@ -76,6 +76,7 @@ case "${1:-}" in
   # Debian's nats-server (2.9) is installed only as the "too old" server the version check is
   # tested against; the harness never picks it because .tools/bin comes first.
   # procps: tests signal child processes with `kill`, as an operator would.
+  # prometheus-alertmanager: the alert tests deliver through a real Alertmanager.
   test) ensure_nats; apt_install nats-server procps prometheus-alertmanager ;;
   *) say "usage: install-tools.sh just|nats|test"; exit 2 ;;
 esac
