@@ -13,6 +13,7 @@
 //! - [`events`] — events published on `pf.evt.*` (the audit log).
 //! - [`workflow`] — workflow records kept in the workflow KV bucket and served by the gateway.
 //! - [`alert`] — Alertmanager alerts as ingested, one message per alert.
+//! - [`remediation`] — remediation decisions (the audit trail), work orders, outcomes, pages.
 //! - [`capacity`] — capacity samples, sustained-threshold events and host-headroom vetoes.
 //! - [`provision`] — the provisioning request the gateway publishes.
 //! - [`trace`] — span records on `pf.trace.<trace_id>`, what `proxflow trace` reads back.
@@ -33,6 +34,7 @@ pub mod names;
 pub mod provision;
 pub mod pve;
 pub mod registry;
+pub mod remediation;
 pub mod trace;
 pub mod workflow;
 

@@ -7,6 +7,9 @@ use crate::capacity::{CapacityExceeded, CapacityRecovered, CapacitySample, HostE
 use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
 use crate::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
+use crate::remediation::{
+    RemediationCommand, RemediationDecision, RemediationOutcome, RemediationPage,
+};
 use crate::trace::SpanRecord;
 use crate::workflow::WorkflowRecord;
 
@@ -46,6 +49,10 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<WorkflowRecord>(),
         SchemaDoc::of::<SpanRecord>(),
         SchemaDoc::of::<AlertReceived>(),
+        SchemaDoc::of::<RemediationDecision>(),
+        SchemaDoc::of::<RemediationCommand>(),
+        SchemaDoc::of::<RemediationOutcome>(),
+        SchemaDoc::of::<RemediationPage>(),
         SchemaDoc::of::<CapacitySample>(),
         SchemaDoc::of::<CapacityExceeded>(),
         SchemaDoc::of::<CapacityRecovered>(),

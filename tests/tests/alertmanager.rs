@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use proxflow_gateway::GatewayConfig;
 use proxflow_runtime::config::Secret;
 use proxflow_schemas::alert::AlertReceived;
@@ -78,30 +77,15 @@ impl Rig {
 
     /// The (alertname, vmid) of every alert on the bus.
     async fn on_the_bus(&self) -> BTreeSet<(String, String)> {
-        let mut st = self.ctx.bus.js.get_stream(stream::INGEST).await.unwrap();
-        let stored = st.info().await.unwrap().state.messages as usize;
-        let mut out = BTreeSet::new();
-        if stored == 0 {
-            return out;
-        }
-        let consumer = st
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                filter_subject: subject::ingest("alertmanager", "alert"),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut messages = consumer
-            .fetch()
-            .max_messages(stored)
-            .messages()
-            .await
-            .unwrap();
-        while let Some(m) = messages.next().await {
-            let a: AlertReceived = serde_json::from_slice(&m.unwrap().payload).unwrap();
-            out.insert((a.name().to_string(), a.labels["vmid"].clone()));
-        }
-        out
+        proxflow_e2e::stored::<AlertReceived>(
+            &self.ctx.bus.js,
+            stream::INGEST,
+            &subject::ingest("alertmanager", "alert"),
+        )
+        .await
+        .into_iter()
+        .map(|a| (a.name().to_string(), a.labels["vmid"].clone()))
+        .collect()
     }
 
     async fn until_on_the_bus(&self, want: &[(&str, &str)]) {
