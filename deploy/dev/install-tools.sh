@@ -135,7 +135,8 @@ case "${1:-}" in
   # Debian's nats-server (2.9) is installed only as the "too old" server the version check is
   # tested against; the harness never picks it because .tools/bin comes first.
   # procps: tests signal child processes with `kill`, as an operator would.
-  test) ensure_nats; apt_install nats-server procps; ensure_zfs ;;
+  # prometheus-alertmanager: the alert tests deliver through a real Alertmanager.
+  test) ensure_nats; apt_install nats-server procps prometheus-alertmanager; ensure_zfs ;;
   zfs) ensure_zfs ;;
   bench) ensure_nats; ensure_zfs ;;
   *) say "usage: install-tools.sh just|nats|zfs|test|bench"; exit 2 ;;

@@ -12,6 +12,8 @@
 //!   and the domain key its `Nats-Msg-Id` is derived from.
 //! - [`events`] — events published on `pf.evt.*` (the audit log).
 //! - [`workflow`] — workflow records kept in the workflow KV bucket and served by the gateway.
+//! - [`alert`] — Alertmanager alerts as ingested, one message per alert.
+//! - [`remediation`] — remediation decisions (the audit trail), work orders, outcomes, pages.
 //! - [`capacity`] — capacity samples, sustained-threshold events and host-headroom vetoes.
 //! - [`provision`] — the provisioning request the gateway publishes.
 //! - [`snapshot`] — the snapshotter's pre-change request/reply and its events (taken, pruned, check).
@@ -26,6 +28,7 @@
 //! (new optional fields) keep `N`; anything a consumer of version `N` would misread bumps it. Consumers
 //! accept versions up to their own and dead-letter newer ones rather than guess.
 
+pub mod alert;
 pub mod capacity;
 pub mod events;
 pub mod message;
@@ -33,6 +36,7 @@ pub mod names;
 pub mod provision;
 pub mod pve;
 pub mod registry;
+pub mod remediation;
 pub mod replication;
 pub mod snapshot;
 pub mod trace;

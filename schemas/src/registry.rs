@@ -2,10 +2,14 @@
 
 use schemars::schema_for;
 
+use crate::alert::AlertReceived;
 use crate::capacity::{CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted};
 use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
 use crate::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
+use crate::remediation::{
+    RemediationCommand, RemediationDecision, RemediationOutcome, RemediationPage,
+};
 use crate::replication::{ReplicationDiverged, ReplicationRun};
 use crate::snapshot::{
     PreChangeReply, PreChangeRequest, SnapshotCheck, SnapshotTaken, SnapshotsPruned,
@@ -55,6 +59,11 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<SnapshotCheck>(),
         SchemaDoc::of::<ReplicationRun>(),
         SchemaDoc::of::<ReplicationDiverged>(),
+        SchemaDoc::of::<AlertReceived>(),
+        SchemaDoc::of::<RemediationDecision>(),
+        SchemaDoc::of::<RemediationCommand>(),
+        SchemaDoc::of::<RemediationOutcome>(),
+        SchemaDoc::of::<RemediationPage>(),
         SchemaDoc::of::<CapacitySample>(),
         SchemaDoc::of::<CapacityExceeded>(),
         SchemaDoc::of::<CapacityRecovered>(),

@@ -160,3 +160,64 @@ pub fn provisioner_config(
         ..proxflow_provisioner::ProvisionConfig::default()
     }
 }
+
+/// Every message stored on `subject` in `stream`, decoded, oldest first (read with an ephemeral
+/// consumer, so nothing is acknowledged away).
+pub async fn stored<T: serde::de::DeserializeOwned>(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: &str,
+) -> Vec<T> {
+    let st = js.get_stream(stream).await.expect("stream");
+    let mut counts = st.info_with_subjects(subject).await.expect("subjects");
+    let mut n = 0;
+    while let Some(entry) = counts.next().await {
+        n += entry.expect("subject count").1;
+    }
+    if n == 0 {
+        return Vec::new();
+    }
+    let consumer = st
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: subject.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer
+        .fetch()
+        .max_messages(n)
+        .messages()
+        .await
+        .expect("fetch");
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let m = messages.next().await.expect("message").expect("message");
+        out.push(serde_json::from_slice(&m.payload).expect("decodes"));
+    }
+    out
+}
+
+/// Waits until each (stream, durable) consumer has nothing pending or unacknowledged: whatever the
+/// last input caused has happened. A consumer not declared yet (its service still starting) is not
+/// idle.
+pub async fn until_idle(ctx: &proxflow_runtime::ServiceContext, consumers: &[(&str, &str)]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for (stream, durable) in consumers {
+        loop {
+            let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> =
+                ctx.bus.js.get_consumer_from_stream(*durable, *stream).await;
+            if let Ok(mut consumer) = consumer {
+                let info = consumer.info().await.expect("consumer info");
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{durable} never went idle"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -129,30 +129,15 @@ impl Scaling {
 
     /// The `capacity.exceeded` events of cluster metric `metric` stored in the event stream.
     async fn firings(&self, metric: &str) -> Vec<CapacityExceeded> {
-        let st = self.p.ctx.bus.js.get_stream(stream::EVT).await.unwrap();
-        let consumer = st
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                filter_subject: exceeded_subject(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let stored = self.count(&exceeded_subject()).await;
-        let mut messages = consumer
-            .fetch()
-            .max_messages(stored)
-            .messages()
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        for _ in 0..stored {
-            let m = messages.next().await.unwrap().unwrap();
-            let e: CapacityExceeded = serde_json::from_slice(&m.payload).unwrap();
-            if e.metric.metric == metric {
-                out.push(e);
-            }
-        }
-        out
+        proxflow_e2e::stored::<CapacityExceeded>(
+            &self.p.ctx.bus.js,
+            stream::EVT,
+            &exceeded_subject(),
+        )
+        .await
+        .into_iter()
+        .filter(|e| e.metric.metric == metric)
+        .collect()
     }
 
     fn tagged_vms(&self) -> usize {

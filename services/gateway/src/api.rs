@@ -30,6 +30,8 @@ use crate::auth::{Authenticator, Caller};
 use crate::request::{self, FieldErrors, ProvisionRequest};
 use crate::store::{self, Created, Store, StoreError};
 
+/// `POST` path of Alertmanager deliveries.
+pub const ALERTS_PATH: &str = "/v1/alerts/alertmanager";
 /// `POST` path of provisioning requests.
 pub const PROVISION_PATH: &str = "/v1/provision";
 /// Prefix of workflow status URLs; the workflow id follows.
@@ -65,6 +67,10 @@ pub(crate) struct Api {
     max_body: usize,
     public_base: Option<String>,
     outcomes: CounterFamily<2>,
+    alert_max_body: usize,
+    /// One permit per alert being published, across deliveries (back-pressure).
+    alert_permits: Arc<tokio::sync::Semaphore>,
+    alert_max_in_flight: usize,
 }
 
 impl Api {
@@ -75,6 +81,7 @@ impl Api {
         store: Store,
         max_body: usize,
         public_base: Option<String>,
+        alerts: &crate::config::AlertIngestConfig,
     ) -> Self {
         let outcomes = ctx.metrics.counter_family(
             "webhooks",
@@ -89,6 +96,9 @@ impl Api {
             max_body,
             public_base,
             outcomes,
+            alert_max_body: alerts.max_body,
+            alert_permits: Arc::new(tokio::sync::Semaphore::new(alerts.max_in_flight)),
+            alert_max_in_flight: alerts.max_in_flight,
         }
     }
 }
@@ -97,6 +107,7 @@ impl Api {
 pub(crate) fn routes(api: Arc<Api>) -> Router {
     Router::new()
         .route(PROVISION_PATH, post(provision))
+        .route(ALERTS_PATH, post(alerts))
         .route(&format!("{WORKFLOWS_PATH}/{{id}}"), get(workflow))
         .with_state(api)
 }
@@ -114,6 +125,8 @@ enum Rejection {
     Replayed(String),
     #[error("invalid request")]
     Invalid(FieldErrors),
+    #[error("malformed payload: {0}")]
+    Malformed(crate::alertmanager::PayloadError),
     #[error("workflow {0} not found")]
     NotFound(String),
     #[error("{0}")]
@@ -129,7 +142,7 @@ impl Rejection {
             Self::TooLarge(_) => "too_large",
             Self::Unauthorized => "unauthorized",
             Self::Replayed(_) => "duplicate",
-            Self::Invalid(_) => "invalid",
+            Self::Invalid(_) | Self::Malformed(_) => "invalid",
             Self::NotFound(_) => "not_found",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "error",
@@ -143,6 +156,9 @@ impl Rejection {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Replayed(_) => StatusCode::CONFLICT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // Alertmanager drops a delivery answered 4xx and retries 5xx: a malformed one must not
+            // be retried forever.
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -155,6 +171,7 @@ impl IntoResponse for Rejection {
         let status = self.status();
         let body = match &self {
             Self::Invalid(errors) => json!({ "errors": errors }),
+            Self::Malformed(e) => json!({ "error": self.to_string(), "field": e.path }),
             other => json!({ "error": other.to_string() }),
         };
         let mut response = (status, axum::Json(body)).into_response();
@@ -206,6 +223,41 @@ async fn provision(State(api): State<Arc<Api>>, request: Request) -> Response {
         }
         Err(rejection) => {
             tracing::info!(status = %rejection.status(), reason = %rejection, "provisioning request refused");
+            rejection.into_response()
+        }
+    }
+}
+
+/// What a delivery's alerts became.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertsAccepted {
+    /// Alerts in the delivery, all durably published.
+    pub alerts: usize,
+    /// How many of them the stream already had (Alertmanager re-sends a group every
+    /// `group_interval` and retries failed posts).
+    pub duplicates: usize,
+}
+
+async fn alerts(State(api): State<Arc<Api>>, request: Request) -> Response {
+    let result = api.accept_alerts(request).await;
+    api.outcomes.inc([
+        "alertmanager",
+        match &result {
+            Ok(_) => "accepted",
+            Err(r) => r.outcome(),
+        },
+    ]);
+    match result {
+        Ok(accepted) => {
+            tracing::info!(
+                alerts = accepted.alerts,
+                duplicates = accepted.duplicates,
+                "alerts accepted"
+            );
+            (StatusCode::OK, axum::Json(accepted)).into_response()
+        }
+        Err(rejection) => {
+            tracing::info!(status = %rejection.status(), reason = %rejection, "alert delivery refused");
             rejection.into_response()
         }
     }
@@ -300,22 +352,85 @@ impl Api {
         Ok(accepted)
     }
 
-    /// Reads the body up to `max_body`: a declared length over the limit is refused before reading.
-    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Rejection> {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.max_body as u64) {
-            return Err(Rejection::TooLarge(self.max_body));
+    /// A delivery passes content type (415), size (413), credentials (401), payload (400), then every
+    /// alert is published with its dedupe id before the 200; any failure or back-pressure is 503, so
+    /// Alertmanager retries the whole delivery and the stream drops what already landed.
+    async fn accept_alerts(&self, request: Request) -> Result<AlertsAccepted, Rejection> {
+        let (parts, body) = request.into_parts();
+        if !is_json(&parts.headers) {
+            return Err(Rejection::UnsupportedType);
         }
-        // Past the limit the read stops with an error; the other way it fails, a broken connection,
-        // leaves nobody to answer.
-        axum::body::to_bytes(body, self.max_body)
-            .await
-            .map_err(|_| Rejection::TooLarge(self.max_body))
+        let body = read_limited(&parts.headers, body, self.alert_max_body).await?;
+        let caller = self.auth.alertmanager(&parts.headers).map_err(|e| {
+            tracing::info!(reason = %e, "alert credentials refused");
+            Rejection::Unauthorized
+        })?;
+        let alerts = crate::alertmanager::parse(&body, &caller.requested_by(), Utc::now())
+            .map_err(Rejection::Malformed)?;
+        self.ensure_connected()?;
+        let wanted = u32::try_from(alerts.len().min(self.alert_max_in_flight)).unwrap_or(u32::MAX);
+        let _permits = self
+            .alert_permits
+            .clone()
+            .try_acquire_many_owned(wanted)
+            .map_err(|_| {
+                Rejection::Unavailable(format!(
+                    "{} alerts are being published already (gateway.alerts.max_in_flight {}); retry later",
+                    self.alert_max_in_flight - self.alert_permits.available_permits(),
+                    self.alert_max_in_flight
+                ))
+            })?;
+        let publisher = &self.ctx.bus.publisher;
+        let results =
+            futures::future::join_all(alerts.iter().map(|alert| publisher.publish(alert))).await;
+        let mut duplicates = 0;
+        let mut failed = Vec::new();
+        for (alert, result) in alerts.iter().zip(results) {
+            match result {
+                Ok(receipt) => duplicates += usize::from(receipt.duplicate),
+                Err(e) => failed.push(format!("{}: {e}", alert.fingerprint)),
+            }
+        }
+        if let Some(first) = failed.first() {
+            return Err(Rejection::Unavailable(format!(
+                "{} of {} alerts could not be queued (first: {first}); retry the delivery",
+                failed.len(),
+                alerts.len()
+            )));
+        }
+        Ok(AlertsAccepted {
+            alerts: alerts.len(),
+            duplicates,
+        })
     }
 
+    /// Reads the body up to `max_body`: a declared length over the limit is refused before reading.
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Rejection> {
+        read_limited(headers, body, self.max_body).await
+    }
+}
+
+/// Reads a body up to `max_body`: a declared length over the limit is refused before reading.
+async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    max_body: usize,
+) -> Result<bytes::Bytes, Rejection> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body as u64) {
+        return Err(Rejection::TooLarge(max_body));
+    }
+    // Past the limit the read stops with an error; the other way it fails, a broken connection,
+    // leaves nobody to answer.
+    axum::body::to_bytes(body, max_body)
+        .await
+        .map_err(|_| Rejection::TooLarge(max_body))
+}
+
+impl Api {
     /// Fails fast with 503 while NATS is disconnected instead of waiting out request timeouts.
     fn ensure_connected(&self) -> Result<(), Rejection> {
         if self.ctx.bus.client.connection_state() == async_nats::connection::State::Connected {
@@ -419,7 +534,7 @@ fn requested(
         .clone()
         .or_else(|| match caller {
             Caller::Webhook { id, .. } => Some(id.clone()),
-            Caller::Token { .. } | Caller::Anonymous => None,
+            Caller::Token { .. } | Caller::Basic { .. } | Caller::Anonymous => None,
         })
         .unwrap_or_else(random_key);
     ProvisionRequested {

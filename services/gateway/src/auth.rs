@@ -29,6 +29,11 @@ pub enum Caller {
         /// The name under `gateway.bearer_tokens`.
         name: String,
     },
+    /// HTTP basic auth, by user (Alertmanager's `basic_auth`).
+    Basic {
+        /// The user under `gateway.alerts.basic_auth`.
+        user: String,
+    },
     /// No credentials, accepted because `require_auth` is off.
     Anonymous,
 }
@@ -39,6 +44,7 @@ impl Caller {
         match self {
             Self::Webhook { key_id, .. } => format!("webhook:{key_id}"),
             Self::Token { name } => format!("token:{name}"),
+            Self::Basic { user } => format!("basic:{user}"),
             Self::Anonymous => "anonymous".into(),
         }
     }
@@ -48,6 +54,7 @@ impl Caller {
         match self {
             Self::Webhook { id, .. } => id,
             Self::Token { name } => name,
+            Self::Basic { user } => user,
             Self::Anonymous => "anonymous",
         }
     }
@@ -77,6 +84,8 @@ pub struct Authenticator {
     /// (name, SHA-256 of the token): digests are compared, so the comparison takes the same time
     /// whatever the length of the presented token.
     tokens: Vec<(String, [u8; 32])>,
+    /// (user, SHA-256 of the password), compared the same way.
+    basic: Vec<(String, [u8; 32])>,
     require: bool,
 }
 
@@ -100,8 +109,56 @@ impl Authenticator {
                 .iter()
                 .map(|(name, token)| (name.clone(), digest(token.expose())))
                 .collect(),
+            basic: Vec::new(),
             require,
         })
+    }
+
+    /// Adds the basic-auth users of the Alertmanager endpoint.
+    pub fn with_basic(mut self, users: &BTreeMap<String, Secret>) -> Self {
+        self.basic = users
+            .iter()
+            .map(|(user, password)| (user.clone(), digest(password.expose())))
+            .collect();
+        self
+    }
+
+    /// The Alertmanager endpoint: a bearer token or basic auth (Alertmanager cannot sign).
+    pub fn alertmanager(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let basic = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            });
+        let Some(encoded) = basic else {
+            return self.bearer(headers);
+        };
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(AuthError::Token)?;
+        let (user, password) = decoded.split_once(':').ok_or(AuthError::Token)?;
+        let presented = digest(password);
+        let mut matched = false;
+        for (name, expected) in &self.basic {
+            // Both compared every time: the timing says neither which user nor whether it exists.
+            let same_user = name.as_bytes().ct_eq(user.as_bytes());
+            let same_password = presented.ct_eq(expected);
+            if bool::from(same_user & same_password) {
+                matched = true;
+            }
+        }
+        if matched {
+            Ok(Caller::Basic {
+                user: user.to_string(),
+            })
+        } else {
+            Err(AuthError::Token)
+        }
     }
 
     /// A request with a body (`POST`): a webhook signature or a bearer token.

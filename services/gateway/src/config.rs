@@ -45,6 +45,33 @@ pub struct GatewayConfig {
     /// Base URL callers reach the gateway at (behind a proxy), for `Location` and `status_url`;
     /// unset, the request's `Host` is used.
     pub public_url: Option<String>,
+    /// `[gateway.alerts]`: the Alertmanager webhook.
+    pub alerts: AlertIngestConfig,
+}
+
+/// `[gateway.alerts]`. Alertmanager cannot sign requests: it authenticates with a bearer token
+/// (any of `gateway.bearer_tokens`) or HTTP basic auth (a user here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertIngestConfig {
+    /// Basic-auth users and passwords Alertmanager may post as (`basic_auth` in its
+    /// `http_config`); recorded as `basic:<user>`.
+    pub basic_auth: BTreeMap<String, Secret>,
+    /// Largest delivery, bytes (a group of many alerts is large).
+    pub max_body: usize,
+    /// Alerts being published at once across deliveries; past it a delivery gets 503 and
+    /// Alertmanager retries it later (back-pressure instead of unbounded queueing).
+    pub max_in_flight: usize,
+}
+
+impl Default for AlertIngestConfig {
+    fn default() -> Self {
+        Self {
+            basic_auth: BTreeMap::new(),
+            max_body: 1 << 20,
+            max_in_flight: 4096,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -57,6 +84,7 @@ impl Default for GatewayConfig {
             signature_tolerance: Duration::from_secs(5 * 60),
             max_body: 64 * 1024,
             public_url: None,
+            alerts: AlertIngestConfig::default(),
         }
     }
 }
@@ -88,6 +116,27 @@ impl Validate for GatewayConfig {
                     format!("must be at least {MIN_TOKEN_LEN} visible ASCII characters"),
                 ));
             }
+        }
+        for (user, password) in &self.alerts.basic_auth {
+            let key = format!("gateway.alerts.basic_auth.{user}");
+            if user.is_empty() || user.contains(':') {
+                return Err(ConfigError::value(
+                    key,
+                    "a user name must be non-empty and without ':'",
+                ));
+            }
+            if password.expose().len() < MIN_TOKEN_LEN {
+                return Err(ConfigError::value(
+                    key,
+                    format!("the password must be at least {MIN_TOKEN_LEN} characters"),
+                ));
+            }
+        }
+        if self.alerts.max_body < MIN_BODY || self.alerts.max_in_flight == 0 {
+            return Err(ConfigError::value(
+                "gateway.alerts",
+                format!("max_body must be at least {MIN_BODY} bytes and max_in_flight above zero"),
+            ));
         }
         if self.signature_tolerance.is_zero() || self.signature_tolerance > MAX_SIGNATURE_TOLERANCE
         {
@@ -122,7 +171,11 @@ impl GatewayConfig {
     /// starts rather than at load, so that `proxflow config` and the client commands work without
     /// the gateway's credentials.
     pub fn check_credentials(&self) -> Result<(), ConfigError> {
-        if self.require_auth && self.webhook_secrets.is_empty() && self.bearer_tokens.is_empty() {
+        if self.require_auth
+            && self.webhook_secrets.is_empty()
+            && self.bearer_tokens.is_empty()
+            && self.alerts.basic_auth.is_empty()
+        {
             return Err(ConfigError::value(
                 "gateway.webhook_secrets",
                 "gateway.require_auth is on but no credential is configured: set \

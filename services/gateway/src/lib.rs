@@ -1,7 +1,8 @@
 //! # proxflow-gateway
 //!
 //! The HTTP edge of proxflow: signed provisioning webhooks become `ProvisionRequested` messages on
-//! `pf.ingest.webhook.provision` with a pending workflow record, and workflow records are readable
+//! `pf.ingest.webhook.provision` with a pending workflow record, Alertmanager deliveries become one
+//! `AlertReceived` per alert on `pf.ingest.alertmanager.alert`, and workflow records are readable
 //! over `GET /v1/workflows/{id}`. Every request's span continues the caller's W3C trace.
 //!
 //! ## Layout
@@ -10,9 +11,11 @@
 //! - [`auth`] — who is calling: webhook signature, bearer token, or anonymous in demo mode.
 //! - [`request`] — the provisioning request body and its field-by-field validation.
 //! - [`store`] — the workflow and webhook-id KV buckets.
+//! - [`alertmanager`] — Alertmanager's webhook payload (v4), validated field by field.
 //! - [`api`] — the handlers: status codes, idempotency, publishing, metrics.
 //! - [`http`] — the router and the per-request trace span.
 
+pub mod alertmanager;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -74,7 +77,8 @@ pub async fn run(
         Duration::from_secs(WEBHOOK_ID_TTL_SECS),
         config.require_auth,
     )
-    .map_err(|e| ConfigError::value("gateway.webhook_secrets", e.to_string()))?;
+    .map_err(|e| ConfigError::value("gateway.webhook_secrets", e.to_string()))?
+    .with_basic(&config.alerts.basic_auth);
     let store = store::Store::open(&ctx.bus.js).await?;
     let api = api::Api::new(
         &ctx,
@@ -83,6 +87,7 @@ pub async fn run(
         store,
         config.max_body,
         config.public_base().map(str::to_owned),
+        &config.alerts,
     );
     ctx.health.set("gateway http", true);
     let router = http::router(&ctx, Arc::new(api));

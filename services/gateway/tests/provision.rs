@@ -1,6 +1,7 @@
-//! The provisioning webhook and the workflow status API over real HTTP, against a real nats-server:
-//! what is accepted is published exactly once with a pending workflow record, and whatever is refused
-//! leaves the ingest stream and the workflow bucket untouched.
+//! The gateway's webhooks (provisioning, Alertmanager) and the workflow status API over real HTTP,
+//! against a real nats-server: what is accepted is published exactly once (with a pending workflow
+//! record for a provision), and whatever is refused leaves the ingest stream and the workflow bucket
+//! untouched.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -27,6 +28,7 @@ const TOKEN: &str = "ci-token-0123456789abcdef";
 /// A real OpenSSH public key (generated with `ssh-keygen -t ed25519`).
 const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKZ2Z0ZzdhGaWLWNq147zKbEBGPziV/dR1yRJKm0FXUj ops@proxflow-test";
 const WAIT: Duration = Duration::from_secs(20);
+const AM_PASSWORD: &str = "am-password-0123456789";
 
 /// Trace ids are minted only with the OpenTelemetry layer installed: once per test binary, as
 /// `proxflow serve` does per process. Nothing is exported, so the guard never needs flushing.
@@ -58,6 +60,10 @@ async fn start() -> Gateway {
     let config = GatewayConfig {
         webhook_secrets: secrets.to_vec(),
         bearer_tokens: BTreeMap::from([("ci".to_owned(), Secret::new(TOKEN))]),
+        alerts: proxflow_gateway::config::AlertIngestConfig {
+            basic_auth: BTreeMap::from([("alertmanager".to_owned(), Secret::new(AM_PASSWORD))]),
+            ..Default::default()
+        },
         ..GatewayConfig::default()
     };
     let stop = CancellationToken::new();
@@ -709,4 +715,158 @@ async fn the_gateway_refuses_to_start_without_credentials() {
             .contains("PROXFLOW_GATEWAY__WEBHOOK_SECRETS"),
         "{err}"
     );
+}
+
+/// An Alertmanager v4 delivery of `n` alerts named `name` (fingerprints `f0`, `f1`, …).
+fn delivery(name: &str, n: usize, status: &str) -> Vec<u8> {
+    let alerts: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "status": status,
+                "labels": {"alertname": name, "vmid": format!("{}", 100 + i)},
+                "annotations": {"summary": "VM down"},
+                "startsAt": "2026-11-24T10:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus:9090/graph",
+                "fingerprint": format!("f{i}")
+            })
+        })
+        .collect();
+    body(json!({
+        "version": "4", "receiver": "proxflow", "status": status, "groupKey": "{}:{}",
+        "externalURL": "http://alertmanager:9093", "alerts": alerts
+    }))
+}
+
+impl Gateway {
+    fn post_alerts(&self, body: &[u8]) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/v1/alerts/alertmanager", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+    }
+}
+
+#[tokio::test]
+async fn alert_deliveries_become_one_deduplicated_message_per_alert() {
+    let gw = start().await;
+    let three = delivery("VMDown", 3, "firing");
+    let r = gw
+        .post_alerts(&three)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let accepted: Value = r.json().await.expect("json");
+    assert_eq!(accepted, json!({"alerts": 3, "duplicates": 0}));
+    assert_eq!(gw.published().await, 3);
+    // Alertmanager's re-send of the group (or a retry) is the same three alerts: dropped by the stream.
+    let again = gw
+        .post_alerts(&three)
+        .basic_auth("alertmanager", Some(AM_PASSWORD))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.expect("json")["duplicates"], 3);
+    assert_eq!(gw.published().await, 3);
+    // Resolved is another fact about the same alert.
+    let resolved = gw
+        .post_alerts(&delivery("VMDown", 1, "resolved"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resolved.status(), 200);
+    assert_eq!(gw.published().await, 4);
+    let stored = gw
+        .ingest()
+        .await
+        .get_last_raw_message_by_subject("pf.ingest.alertmanager.alert")
+        .await
+        .expect("last alert");
+    let alert: proxflow_schemas::alert::AlertReceived =
+        serde_json::from_slice(&stored.payload).expect("an alert");
+    assert_eq!(alert.status, proxflow_schemas::alert::AlertStatus::Resolved);
+    assert_eq!(alert.received_by, "token:ci");
+    assert_eq!(alert.labels["vmid"], "100");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_alert_deliveries_publish_nothing() {
+    let gw = start().await;
+    let good = delivery("VMDown", 1, "firing");
+    let cases: Vec<(reqwest::RequestBuilder, u16, Option<&str>)> = vec![
+        (gw.post_alerts(&good), 401, None),
+        (gw.post_alerts(&good).bearer_auth("wrong-token-0123456789"), 401, None),
+        (
+            gw.post_alerts(&good).basic_auth("alertmanager", Some("wrong-password-0123")),
+            401,
+            None,
+        ),
+        (
+            gw.http
+                .post(format!("{}/v1/alerts/alertmanager", gw.base))
+                .header("content-type", "text/plain")
+                .body(good.clone())
+                .basic_auth("alertmanager", Some(AM_PASSWORD)),
+            415,
+            None,
+        ),
+        (
+            gw.post_alerts(br#"{"version":"4","receiver":"r","alerts":[{"status":"firing","labels":{"alertname":"X"},"startsAt":"soon","fingerprint":"a"}]}"#)
+                .bearer_auth(TOKEN),
+            400,
+            Some("alerts[0].startsAt"),
+        ),
+        (
+            gw.post_alerts(br#"{"version":"3","receiver":"r","alerts":[]}"#).bearer_auth(TOKEN),
+            400,
+            Some("version"),
+        ),
+    ];
+    for (request, status, field) in cases {
+        let r = request.send().await.expect("post");
+        assert_eq!(r.status(), status);
+        if let Some(field) = field {
+            let err: Value = r.json().await.expect("json");
+            assert_eq!(err["field"], field, "{err}");
+        }
+    }
+    assert_eq!(gw.published().await, 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_the_bus_down_an_alert_delivery_gets_503_and_its_retry_lands() {
+    let mut gw = start().await;
+    let two = delivery("HostMemoryHigh", 2, "firing");
+    gw.nats.stop();
+    gw.wait_ready(503).await;
+    let down = gw
+        .post_alerts(&two)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        down.status(),
+        503,
+        "Alertmanager retries 5xx, and drops 4xx"
+    );
+    gw.nats
+        .restart()
+        .unwrap_or_else(|e| panic!("restart: {e}\n{}", gw.nats.log_tail()));
+    gw.wait_ready(200).await;
+    let up = gw
+        .post_alerts(&two)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(up.status(), 200);
+    assert_eq!(gw.published().await, 2);
+    gw.shutdown().await;
 }

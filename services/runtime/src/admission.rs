@@ -56,6 +56,18 @@ struct Ledger {
     running: BTreeMap<String, DateTime<Utc>>,
     /// Start times within the window (pruned on every write).
     started: Vec<DateTime<Utc>>,
+    /// Occurrences by id within a window, for [`Admissions::occur`] (pruned on every write).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    seen: BTreeMap<String, DateTime<Utc>>,
+}
+
+/// The answer to [`Admissions::occur`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Occurrences {
+    /// Distinct ids within the window, this one included when it was counted.
+    pub count: u32,
+    /// Whether this id is counted: it was new and under the cap, or it was counted before.
+    pub counted: bool,
 }
 
 /// Handle on the admissions bucket.
@@ -114,6 +126,54 @@ impl Admissions {
             ledger.running.insert(id.to_string(), now);
             ledger.started.push(now);
             (Decision::Admitted, true)
+        })
+        .await
+    }
+
+    /// Records occurrence `id` under `key` at `now` unless `cap` distinct ids are already within
+    /// `window`. Idempotent per id: a re-delivered occurrence is neither counted twice nor refused.
+    /// This is the rate limit (a cap), the "N alerts within T" threshold (no cap) and "at most N
+    /// targets per window" (ids are targets).
+    pub async fn occur(
+        &self,
+        key: &str,
+        id: &str,
+        window: Duration,
+        cap: Option<u32>,
+        now: DateTime<Utc>,
+    ) -> Result<Occurrences, AdmissionError> {
+        let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(1));
+        self.change(key, |ledger| {
+            let before = ledger.seen.len();
+            ledger.seen.retain(|_, t| now - *t < window);
+            let pruned = ledger.seen.len() != before;
+            let count = |l: &Ledger| u32::try_from(l.seen.len()).unwrap_or(u32::MAX);
+            if ledger.seen.contains_key(id) {
+                return (
+                    Occurrences {
+                        count: count(ledger),
+                        counted: true,
+                    },
+                    pruned,
+                );
+            }
+            if cap.is_some_and(|cap| count(ledger) >= cap) {
+                return (
+                    Occurrences {
+                        count: count(ledger),
+                        counted: false,
+                    },
+                    pruned,
+                );
+            }
+            ledger.seen.insert(id.to_string(), now);
+            (
+                Occurrences {
+                    count: count(ledger),
+                    counted: true,
+                },
+                true,
+            )
         })
         .await
     }

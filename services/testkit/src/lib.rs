@@ -8,7 +8,9 @@
 //! - [`TestNats`]: the server.
 //! - [`TestNats::context`]: a connected [`ServiceContext`] with the topology declared, as a service has.
 //! - [`pve`]: a Proxmox simulator on a free port and a client for it.
+//! - [`alertmanager`]: a real Alertmanager whose receiver posts to a gateway.
 
+pub mod alertmanager;
 pub mod pve;
 
 use std::path::{Path, PathBuf};

@@ -152,32 +152,17 @@ impl Platform {
     /// Waits until both consumers have nothing pending or unacknowledged: whatever the last request
     /// caused has happened.
     pub async fn until_idle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for (stream, durable) in [
-            ("PF_INGEST", proxflow_orchestrator::DURABLE),
-            ("PF_CMD", proxflow_provisioner::service::DURABLE),
-            ("PF_EVT", proxflow_orchestrator::OUTCOMES_DURABLE),
-            ("PF_EVT", proxflow_orchestrator::GIVEN_UP_DURABLE),
-            ("PF_EVT", proxflow_orchestrator::scaleout::DURABLE),
-        ] {
-            loop {
-                // A consumer not declared yet (services still starting) is not idle.
-                let consumer: Result<async_nats::jetstream::consumer::PullConsumer, _> = self
-                    .ctx
-                    .bus
-                    .js
-                    .get_consumer_from_stream(durable, stream)
-                    .await;
-                if let Ok(mut consumer) = consumer {
-                    let info = consumer.info().await.unwrap();
-                    if info.num_pending == 0 && info.num_ack_pending == 0 {
-                        break;
-                    }
-                }
-                assert!(Instant::now() < deadline, "{durable} never went idle");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        proxflow_e2e::until_idle(
+            &self.ctx,
+            &[
+                ("PF_INGEST", proxflow_orchestrator::DURABLE),
+                ("PF_CMD", proxflow_provisioner::service::DURABLE),
+                ("PF_EVT", proxflow_orchestrator::OUTCOMES_DURABLE),
+                ("PF_EVT", proxflow_orchestrator::GIVEN_UP_DURABLE),
+                ("PF_EVT", proxflow_orchestrator::scaleout::DURABLE),
+            ],
+        )
+        .await;
     }
 
     pub async fn reservations(&self) -> Vec<String> {

@@ -1,0 +1,544 @@
+//! The decision on each alert (orchestrator, consumer `orchestrator-alerts`): every matching rule
+//! runs its guards in order, and every outcome — acted, or suppressed and by which guard — is a
+//! `remediation.decision` event, so no alert goes unaccounted for.
+//!
+//! Guards, in order: the rule acts on the alert's status (firing only by default); the templates
+//! render; the rule's circuit breaker is closed; the threshold (N alerts within T for the target) is
+//! reached; the target's cooldown has passed; no other remediation holds the target; not dry-run;
+//! the rule's max targets per window and then the global rate limit have room. The two quotas come
+//! last so an alert suppressed for another reason uses none.
+//!
+//! Everything is idempotent per (alert, rule): the workflow id is derived from them, the threshold
+//! and quotas count each id once, and a cooldown stamped by this very workflow is a resume, not a
+//! refusal — so a redelivered alert re-sends the same work order (dropped by the stream's dedupe)
+//! instead of acting twice.
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use proxflow_runtime::admission::Admissions;
+use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
+use proxflow_runtime::clock::SharedClock;
+use proxflow_runtime::lease::Leases;
+use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::Message;
+use proxflow_schemas::alert::AlertReceived;
+use proxflow_schemas::remediation::{
+    Reason, RemediationAction, RemediationCommand, RemediationDecision, RemediationOutcome,
+    RemediationPage, Verdict,
+};
+use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::RemediationConfig;
+use crate::rules::{Action, Rule, Rules};
+use crate::template;
+
+/// Durable consumer name for alerts.
+pub const DURABLE: &str = "orchestrator-alerts";
+/// Durable consumer name for remediation outcomes (the breakers).
+pub const OUTCOMES_DURABLE: &str = "orchestrator-remediation-outcomes";
+
+/// A KV-safe form of a name or target (`vm/104` stays, anything else becomes `_`).
+pub fn key_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_=/".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The lease key of a remediation target, shared by the engine (checks) and the remediator (takes).
+pub fn lock_key(target: &str) -> String {
+    format!("remediation/{}", key_part(target))
+}
+
+/// The remediation workflow of (alert, rule).
+pub fn workflow_id(alert: &AlertReceived, rule: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    // Not a security boundary: a stable short id; collisions would only merge two audit records.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (alert.dedupe_id(), rule).hash(&mut h);
+    format!("remed-{}-{:016x}", key_part(rule), h.finish())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LastAction {
+    workflow_id: String,
+    at: DateTime<Utc>,
+}
+
+/// A rule's breaker state, kept in `pf_cooldowns` under `remediation.breaker.<rule>`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct BreakerState {
+    /// (when, succeeded, workflow) of the outcomes within the window; the workflow makes a
+    /// redelivered outcome count once.
+    outcomes: Vec<(DateTime<Utc>, bool, String)>,
+    open_until: Option<DateTime<Utc>>,
+}
+
+/// The decision engine.
+pub struct Engine {
+    pub(crate) rules: Rules,
+    pub(crate) config: RemediationConfig,
+    pub(crate) admissions: Admissions,
+    pub(crate) leases: Leases,
+    pub(crate) kv: kv::Store,
+    pub(crate) store: WorkflowStore,
+    pub(crate) publisher: Publisher,
+    pub(crate) clock: SharedClock,
+}
+
+/// Why a decision could not be taken now (KV or bus trouble): the alert is retried.
+struct Retry(String);
+
+impl<E: std::fmt::Display> From<E> for Retry {
+    fn from(e: E) -> Self {
+        Retry(e.to_string())
+    }
+}
+
+impl Handler<AlertReceived> for Engine {
+    async fn handle(&self, delivery: Delivery<AlertReceived>) -> Outcome {
+        let alert = delivery.message;
+        let trace = proxflow_runtime::telemetry::trace_id(&tracing::Span::current());
+        let matched: Vec<&Rule> = self.rules.matching(&alert).collect();
+        let mut decisions = Vec::new();
+        if matched.is_empty() {
+            decisions.push(self.decision(
+                &alert,
+                None,
+                Verdict::Ignored,
+                Reason::NoRule,
+                "no rule matches".into(),
+                None,
+                &trace,
+            ));
+        }
+        for rule in matched {
+            match self.decide(&alert, rule, &trace).await {
+                Ok(d) => decisions.push(d),
+                Err(Retry(reason)) => return Outcome::retry(reason),
+            }
+        }
+        for d in &decisions {
+            tracing::info!(alert = %d.alertname, rule = ?d.rule, verdict = ?d.verdict, reason = ?d.reason, detail = %d.detail, "remediation decision");
+            if let Err(e) = self.publisher.publish(d).await {
+                return Outcome::retry(format!("auditing the decision: {e}"));
+            }
+        }
+        Outcome::Ack
+    }
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    fn decision(
+        &self,
+        alert: &AlertReceived,
+        rule: Option<&Rule>,
+        verdict: Verdict,
+        reason: Reason,
+        detail: String,
+        target: Option<String>,
+        trace: &Option<String>,
+    ) -> RemediationDecision {
+        RemediationDecision {
+            alert_id: alert.dedupe_id(),
+            fingerprint: alert.fingerprint.clone(),
+            alertname: alert.name().to_string(),
+            status: alert.status,
+            rule: rule.map(|r| r.spec.name.clone()),
+            target,
+            verdict,
+            reason,
+            detail,
+            action: rule.map(|r| r.spec.action.kind().to_string()),
+            workflow_id: (verdict == Verdict::Acted)
+                .then(|| rule.map(|r| workflow_id(alert, &r.spec.name)))
+                .flatten(),
+            trace_id: trace.clone(),
+            at: self.clock.now(),
+        }
+    }
+
+    async fn decide(
+        &self,
+        alert: &AlertReceived,
+        rule: &Rule,
+        trace: &Option<String>,
+    ) -> Result<RemediationDecision, Retry> {
+        let spec = &rule.spec;
+        let now = self.clock.now();
+        let no = |reason: Reason, detail: String, target: Option<String>| {
+            Ok(self.decision(
+                alert,
+                Some(rule),
+                Verdict::Suppressed,
+                reason,
+                detail,
+                target,
+                trace,
+            ))
+        };
+        if !rule.acts_on(alert.status) {
+            return Ok(self.decision(
+                alert,
+                Some(rule),
+                Verdict::Ignored,
+                Reason::Status,
+                format!("the rule does not act on {} alerts", alert.status.as_str()),
+                None,
+                trace,
+            ));
+        }
+        let (target, action) = match render(rule, alert) {
+            Ok(x) => x,
+            Err(e) => return no(Reason::Template, e, None),
+        };
+        let t = Some(target.clone());
+        let id = workflow_id(alert, &spec.name);
+        let name = key_part(&spec.name);
+        let tkey = key_part(&target);
+
+        let breaker = self.breaker(&spec.name).await?;
+        if let Some(until) = breaker.open_until.filter(|u| *u > now) {
+            return no(
+                Reason::Breaker,
+                format!(
+                    "the circuit breaker of rule {} is open until {}",
+                    spec.name,
+                    until.to_rfc3339()
+                ),
+                t,
+            );
+        }
+        if let Some(th) = spec.threshold {
+            let seen = self
+                .admissions
+                .occur(
+                    &format!("remediation.threshold.{name}.{tkey}"),
+                    &alert.dedupe_id(),
+                    th.within,
+                    None,
+                    now,
+                )
+                .await?;
+            if seen.count < th.count {
+                return no(
+                    Reason::Threshold,
+                    format!(
+                        "{} of {} alerts for {target} within {}",
+                        seen.count,
+                        th.count,
+                        humantime_serde::re::humantime::format_duration(th.within)
+                    ),
+                    t,
+                );
+            }
+        }
+        let cooldown_key = format!("remediation.cooldown.{name}.{tkey}");
+        let last: Option<LastAction> = self
+            .kv
+            .get(&cooldown_key)
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let resumed = last.as_ref().is_some_and(|l| l.workflow_id == id);
+        if !resumed {
+            if let Some(l) = last.as_ref() {
+                let until = l.at + chrono::Duration::from_std(spec.cooldown).unwrap_or_default();
+                if now < until {
+                    return no(
+                        Reason::Cooldown,
+                        format!(
+                            "rule {} acted on {target} at {} ({}); cooldown until {}",
+                            spec.name,
+                            l.at.to_rfc3339(),
+                            l.workflow_id,
+                            until.to_rfc3339()
+                        ),
+                        t,
+                    );
+                }
+            }
+            if let Some(holder) = self.leases.holder(&lock_key(&target)).await? {
+                return no(
+                    Reason::Lock,
+                    format!("{target} is held by {} ({})", holder.holder, holder.purpose),
+                    t,
+                );
+            }
+            if spec.dry_run {
+                return no(
+                    Reason::DryRun,
+                    format!("dry-run: would {} ({target})", describe(&action)),
+                    t,
+                );
+            }
+            if let Some(m) = spec.max_targets {
+                let targets = self
+                    .admissions
+                    .occur(
+                        &format!("remediation.targets.{name}"),
+                        &tkey,
+                        m.per,
+                        Some(m.count),
+                        now,
+                    )
+                    .await?;
+                if !targets.counted {
+                    return no(
+                        Reason::MaxTargets,
+                        format!(
+                            "rule {} acted on {} targets within {} (max {})",
+                            spec.name,
+                            targets.count,
+                            humantime_serde::re::humantime::format_duration(m.per),
+                            m.count
+                        ),
+                        t,
+                    );
+                }
+            }
+            let rate = self.config.rate_limit;
+            let used = self
+                .admissions
+                .occur("remediation.rate", &id, rate.per, Some(rate.count), now)
+                .await?;
+            if !used.counted {
+                return no(
+                    Reason::RateLimit,
+                    format!(
+                        "{} remediations within {} (rate limit {})",
+                        used.count,
+                        humantime_serde::re::humantime::format_duration(rate.per),
+                        rate.count
+                    ),
+                    t,
+                );
+            }
+            let stamp = serde_json::to_vec(&LastAction {
+                workflow_id: id.clone(),
+                at: now,
+            })
+            .map(Bytes::from)?;
+            self.kv.put(&cooldown_key, stamp).await?;
+        }
+        let record = WorkflowRecord {
+            id: id.clone(),
+            kind: "remediate".into(),
+            state: WorkflowState::Running,
+            origin: Origin {
+                source: "alert".into(),
+                reference: alert.fingerprint.clone(),
+                reason: format!(
+                    "{} ({}) → rule {}: {}",
+                    alert.name(),
+                    alert.status.as_str(),
+                    spec.name,
+                    describe(&action)
+                ),
+            },
+            steps: Vec::new(),
+            data: json!({ "alert_id": alert.dedupe_id(), "rule": spec.name, "target": target, "action": action }),
+            error: None,
+            trace_id: trace.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.create(&record).await?;
+        let command = RemediationCommand {
+            workflow_id: id.clone(),
+            rule: spec.name.clone(),
+            target: target.clone(),
+            action: action.clone(),
+            alert: alert.clone(),
+        };
+        self.publisher.publish(&command).await?;
+        Ok(self.decision(
+            alert,
+            Some(rule),
+            Verdict::Acted,
+            Reason::None,
+            describe(&action),
+            t,
+            trace,
+        ))
+    }
+
+    async fn breaker(&self, rule: &str) -> Result<BreakerState, Retry> {
+        Ok(self
+            .kv
+            .get(breaker_key(rule))
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default())
+    }
+}
+
+fn breaker_key(rule: &str) -> String {
+    format!("remediation.breaker.{}", key_part(rule))
+}
+
+/// The rule's target and action with the alert's labels filled in.
+fn render(rule: &Rule, alert: &AlertReceived) -> Result<(String, RemediationAction), String> {
+    let r = |text: &str, field: &str| {
+        template::render(text, alert).map_err(|e| format!("{field}: {e}"))
+    };
+    let vmid = |text: &str| -> Result<u32, String> {
+        let v = r(text, "action.vmid")?;
+        v.parse()
+            .map_err(|_| format!("action.vmid: {v:?} is not a VMID"))
+    };
+    let target = r(&rule.spec.target, "target")?;
+    let action = match &rule.spec.action {
+        Action::RestartVm {
+            vmid: v,
+            shutdown_timeout,
+        } => RemediationAction::RestartVm {
+            vmid: vmid(v)?,
+            shutdown_timeout_secs: shutdown_timeout.as_secs(),
+        },
+        Action::SnapshotVm { vmid: v, .. } => RemediationAction::SnapshotVm { vmid: vmid(v)? },
+        Action::ScaleOut { cluster } => RemediationAction::ScaleOut {
+            cluster: r(cluster, "action.cluster")?,
+        },
+        Action::Replicate { job } => RemediationAction::Replicate {
+            job: r(job, "action.job")?,
+        },
+        Action::Notify { url } => RemediationAction::Notify {
+            url: r(url, "action.url")?,
+        },
+        Action::Command { argv, timeout } => RemediationAction::Command {
+            argv: argv
+                .iter()
+                .enumerate()
+                .map(|(i, a)| r(a, &format!("action.argv[{i}]")))
+                .collect::<Result<_, _>>()?,
+            timeout_secs: timeout.as_secs(),
+        },
+    };
+    Ok((target, action))
+}
+
+/// An action in words, for audit details.
+pub fn describe(action: &RemediationAction) -> String {
+    match action {
+        RemediationAction::RestartVm {
+            vmid,
+            shutdown_timeout_secs,
+        } => format!("restart VM {vmid} (shutdown within {shutdown_timeout_secs} s, else stop)"),
+        RemediationAction::SnapshotVm { vmid } => format!("snapshot VM {vmid}"),
+        RemediationAction::ScaleOut { cluster } => format!("scale out cluster {cluster}"),
+        RemediationAction::Replicate { job } => format!("run replication job {job}"),
+        RemediationAction::Notify { url } => format!("notify {url}"),
+        RemediationAction::Command { argv, .. } => format!("run {}", argv.join(" ")),
+    }
+}
+
+/// Feeds each outcome into its rule's breaker (consumer `orchestrator-remediation-outcomes`); the
+/// breaker opening pages (`remediation.page`) once.
+pub struct Breakers {
+    pub(crate) config: RemediationConfig,
+    pub(crate) kv: kv::Store,
+    pub(crate) publisher: Publisher,
+    pub(crate) clock: SharedClock,
+}
+
+/// Conflicting writers tolerated per outcome.
+const CAS_ATTEMPTS: usize = 20;
+
+impl Handler<RemediationOutcome> for Breakers {
+    async fn handle(&self, delivery: Delivery<RemediationOutcome>) -> Outcome {
+        let outcome = delivery.message;
+        let key = breaker_key(&outcome.rule);
+        let b = self.config.breaker;
+        let window = chrono::Duration::from_std(b.window).unwrap_or(chrono::Duration::hours(1));
+        for _ in 0..CAS_ATTEMPTS {
+            let entry = match self.kv.entry(&key).await {
+                Ok(e) => e.filter(|e| e.operation == kv::Operation::Put),
+                Err(e) => return Outcome::retry(e.to_string()),
+            };
+            let mut state: BreakerState = entry
+                .as_ref()
+                .and_then(|e| serde_json::from_slice(&e.value).ok())
+                .unwrap_or_default();
+            let now = self.clock.now();
+            state.outcomes.retain(|(t, _, _)| now - *t < window);
+            if state
+                .outcomes
+                .iter()
+                .any(|(_, _, w)| *w == outcome.workflow_id)
+            {
+                return Outcome::Ack;
+            }
+            state.outcomes.push((
+                outcome.at,
+                outcome.error.is_none(),
+                outcome.workflow_id.clone(),
+            ));
+            let total = u32::try_from(state.outcomes.len()).unwrap_or(u32::MAX);
+            let failures = u32::try_from(state.outcomes.iter().filter(|(_, ok, _)| !ok).count())
+                .unwrap_or(u32::MAX);
+            let was_open = state.open_until.is_some_and(|u| u > now);
+            let opens = !was_open
+                && total >= b.min_outcomes
+                && f64::from(failures) / f64::from(total) >= b.failure_ratio;
+            if opens {
+                state.open_until =
+                    Some(now + chrono::Duration::from_std(b.open_for).unwrap_or_default());
+            }
+            let Ok(bytes) = serde_json::to_vec(&state).map(Bytes::from) else {
+                return Outcome::poison("breaker state does not encode");
+            };
+            let written = match entry {
+                Some(e) => self
+                    .kv
+                    .update(&key, bytes, e.revision)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
+                None => self
+                    .kv
+                    .create(&key, bytes)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
+            };
+            match written {
+                Ok(()) => {
+                    if opens && let Some(until) = state.open_until {
+                        let page = RemediationPage {
+                            rule: outcome.rule.clone(),
+                            reason: format!(
+                                "{failures} of {total} remediations by rule {} failed within {} (breaker at {:.0} %); the rule is suppressed until {}; last error: {}",
+                                outcome.rule,
+                                humantime_serde::re::humantime::format_duration(b.window),
+                                b.failure_ratio * 100.0,
+                                until.to_rfc3339(),
+                                outcome.error.as_deref().unwrap_or("-")
+                            ),
+                            failures,
+                            outcomes: total,
+                            open_until: until,
+                            at: now,
+                        };
+                        tracing::error!(rule = %outcome.rule, reason = %page.reason, "remediation breaker opened");
+                        if let Err(e) = self.publisher.publish(&page).await {
+                            return Outcome::retry(format!("paging: {e}"));
+                        }
+                    }
+                    return Outcome::Ack;
+                }
+                Err(true) => continue,
+                Err(false) => return Outcome::retry("breaker state could not be written"),
+            }
+        }
+        Outcome::retry("breaker state contended")
+    }
+}

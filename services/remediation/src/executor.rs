@@ -1,0 +1,215 @@
+//! The remediator: runs the work orders the engine sends (`pf.cmd.remediator.act`) and reports each
+//! outcome (`pf.evt.remediation.outcome`), which feeds the rule's circuit breaker. It holds the
+//! target's lease while acting, so two remediations never touch one VM at once.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use proxflow_pve::{PveClient, ShutdownOptions};
+use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
+use proxflow_runtime::command::{self, CommandSpec};
+use proxflow_runtime::lease::{Acquired, Leases};
+use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::remediation::{RemediationAction, RemediationCommand, RemediationOutcome};
+use proxflow_schemas::workflow::WorkflowState;
+use serde_json::json;
+
+use crate::engine::{describe, lock_key};
+
+/// Durable consumer name of the remediator.
+pub const DURABLE: &str = "remediator";
+
+/// Runs remediation work orders.
+pub struct Remediator {
+    pub(crate) pve: PveClient,
+    pub(crate) http: reqwest::Client,
+    pub(crate) leases: Leases,
+    pub(crate) store: WorkflowStore,
+    pub(crate) publisher: Publisher,
+}
+
+impl Handler<RemediationCommand> for Remediator {
+    async fn handle(&self, delivery: Delivery<RemediationCommand>) -> Outcome {
+        let cmd = delivery.message;
+        match self.store.get(&cmd.workflow_id).await {
+            Ok(Some((record, _))) if record.state.is_terminal() => {
+                return self.report(&cmd, record.error).await;
+            }
+            Ok(_) => {}
+            Err(e) => return Outcome::retry(e.to_string()),
+        }
+        let lease = match self
+            .leases
+            .acquire(
+                &lock_key(&cmd.target),
+                &cmd.workflow_id,
+                &describe(&cmd.action),
+            )
+            .await
+        {
+            Ok(Acquired::Held(lease)) => lease,
+            Ok(Acquired::Busy(other)) => {
+                let error = format!(
+                    "{} is held by {} ({})",
+                    cmd.target, other.holder, other.purpose
+                );
+                return self.finish(&cmd, Some(error)).await;
+            }
+            Err(e) => return Outcome::retry(e.to_string()),
+        };
+        tracing::info!(workflow = %cmd.workflow_id, action = %describe(&cmd.action), "remediating");
+        let result = self.act(&cmd).await;
+        if let Err(e) = lease.release().await {
+            tracing::warn!(error = %e, "lease release failed; it ages out");
+        }
+        self.finish(&cmd, result.err()).await
+    }
+}
+
+impl Remediator {
+    async fn act(&self, cmd: &RemediationCommand) -> Result<(), String> {
+        match &cmd.action {
+            RemediationAction::RestartVm {
+                vmid,
+                shutdown_timeout_secs,
+            } => self.restart(*vmid, *shutdown_timeout_secs).await,
+            RemediationAction::SnapshotVm { vmid } => {
+                let name = format!("pf-remed-{}", Utc::now().format("%Y%m%dT%H%M%SZ"));
+                let upid = self
+                    .pve
+                    .create_snapshot(
+                        *vmid,
+                        &name,
+                        Some(&format!("proxflow remediation {}", cmd.workflow_id)),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.pve
+                    .wait_task(&upid, None)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+            RemediationAction::Notify { url } => {
+                let body = json!({ "workflow_id": cmd.workflow_id, "rule": cmd.rule, "target": cmd.target, "alert": cmd.alert });
+                let r = self
+                    .http
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("notify {url}: {e}"))?;
+                if r.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("notify {url}: HTTP {}", r.status()))
+                }
+            }
+            RemediationAction::Command { argv, timeout_secs } => {
+                // The alert goes to the command on stdin, as JSON.
+                let spec = CommandSpec {
+                    argv: argv.clone(),
+                    env: Vec::new(),
+                    stdin: serde_json::to_vec(&cmd.alert).unwrap_or_default(),
+                    cwd: None,
+                    timeout: Duration::from_secs(*timeout_secs),
+                };
+                let out = command::run(&spec).await.map_err(|e| e.to_string())?;
+                if out.success() {
+                    Ok(())
+                } else {
+                    Err(format!("{}: {}", argv.join(" "), out.summary()))
+                }
+            }
+            RemediationAction::ScaleOut { cluster } => Err(format!(
+                "scale-out of {cluster} from an alert is not wired to the remediator yet"
+            )),
+            RemediationAction::Replicate { job } => Err(format!(
+                "re-running replication job {job} from an alert is not wired to the remediator yet"
+            )),
+        }
+    }
+
+    /// Shutdown within the timeout; a shutdown that fails or times out is followed by a hard stop;
+    /// then start.
+    async fn restart(&self, vmid: u32, timeout_secs: u64) -> Result<(), String> {
+        let timeout = u32::try_from(timeout_secs).unwrap_or(u32::MAX);
+        let status = self.pve.vm_status(vmid).await.map_err(|e| e.to_string())?;
+        if status.status == "running" {
+            let clean = match self
+                .pve
+                .shutdown_vm(
+                    vmid,
+                    ShutdownOptions {
+                        timeout: Some(timeout),
+                        force_stop: false,
+                    },
+                )
+                .await
+            {
+                Ok(upid) => self
+                    .pve
+                    .wait_task(&upid, Some(Duration::from_secs(timeout_secs + 30)))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = clean {
+                tracing::warn!(vmid, error = %e, "clean shutdown failed, stopping");
+                let upid = self
+                    .pve
+                    .stop_vm(vmid, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.pve
+                    .wait_task(&upid, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let upid = self.pve.start_vm(vmid).await.map_err(|e| e.to_string())?;
+        self.pve
+            .wait_task(&upid, None)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn finish(&self, cmd: &RemediationCommand, error: Option<String>) -> Outcome {
+        let state = if error.is_none() {
+            WorkflowState::Succeeded
+        } else {
+            WorkflowState::Failed
+        };
+        if let Err(e) = self
+            .store
+            .update(&cmd.workflow_id, |r| {
+                if !r.state.is_terminal() {
+                    r.state = state;
+                    r.error = error.clone();
+                }
+            })
+            .await
+        {
+            return Outcome::retry(e.to_string());
+        }
+        self.report(cmd, error).await
+    }
+
+    async fn report(&self, cmd: &RemediationCommand, error: Option<String>) -> Outcome {
+        let outcome = RemediationOutcome {
+            workflow_id: cmd.workflow_id.clone(),
+            rule: cmd.rule.clone(),
+            target: cmd.target.clone(),
+            action: cmd.action.kind().to_string(),
+            error,
+            at: Utc::now(),
+        };
+        match self.publisher.publish(&outcome).await {
+            Ok(_) => Outcome::Ack,
+            Err(e) => Outcome::retry(format!("reporting the outcome: {e}")),
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Alerts to guarded, audited remediation on real parts: nats-server, the gateway over HTTP, the
+//! decision engine and the remediator in this process, the Proxmox simulator for the actions, and a
+//! real Alertmanager for the delivery path. Guard time runs on a manual clock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use proxflow_gateway::GatewayConfig;
+use proxflow_pve_sim::RunningSim;
+use proxflow_remediation::{RemediationConfig, Rules};
+use proxflow_runtime::ServiceContext;
+use proxflow_runtime::clock::ManualClock;
+use proxflow_runtime::config::Secret;
+use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::remediation::{Reason, RemediationDecision, RemediationPage, Verdict};
+use proxflow_schemas::workflow::WorkflowState;
+use proxflow_testkit::TestNats;
+use proxflow_testkit::alertmanager::TestAlertmanager;
+use proxflow_testkit::pve::start_sim;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "alertmanager-token-0123456789";
+
+const RESTART: &str = r#"
+[[rule]]
+name = "vm-down-restart"
+alertname = "VMDown"
+target = "vm/{labels.vmid}"
+action = { kind = "restart_vm", vmid = "{labels.vmid}", shutdown_timeout = "30s" }
+cooldown = "30m"
+dry_run = false
+"#;
+
+struct Rig {
+    _nats: TestNats,
+    sim: RunningSim,
+    ctx: ServiceContext,
+    gateway: String,
+    clock: ManualClock,
+    store: WorkflowStore,
+    http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+async fn rig(rules: &str, tweak: impl FnOnce(&mut RemediationConfig)) -> Rig {
+    let nats = TestNats::start().unwrap();
+    let ctx = nats.context("remediation-e2e").await.unwrap();
+    let (sim, pve) = start_sim(|_| {}).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    tokio::spawn(proxflow_gateway::run(
+        ctx.clone(),
+        GatewayConfig {
+            bearer_tokens: BTreeMap::from([("alertmanager".into(), Secret::new(TOKEN))]),
+            ..GatewayConfig::default()
+        },
+        proxflow_provisioner::Profiles::default(),
+        listener,
+        stop.clone(),
+    ));
+    let mut config = RemediationConfig::default();
+    config.consumer.ack_wait = Duration::from_secs(30);
+    tweak(&mut config);
+    let clock = ManualClock::new(chrono::Utc::now());
+    tokio::spawn(proxflow_remediation::run_engine(
+        ctx.clone(),
+        config.clone(),
+        Rules::parse(rules).unwrap(),
+        clock.shared(),
+        stop.clone(),
+    ));
+    tokio::spawn(proxflow_remediation::run_remediator(
+        ctx.clone(),
+        config,
+        pve,
+        stop.clone(),
+    ));
+    let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();
+    Rig {
+        _nats: nats,
+        sim,
+        ctx,
+        gateway,
+        clock,
+        store,
+        http: reqwest::Client::new(),
+        stop,
+    }
+}
+
+/// One alert as Alertmanager posts it.
+fn alert(name: &str, labels: &[(&str, &str)], status: &str, starts: &str) -> Value {
+    let mut l: serde_json::Map<String, Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    l.insert("alertname".into(), json!(name));
+    // Alertmanager's fingerprint is a hash of the label set; any stable hash of it will do here.
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (name, labels).hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    json!({"status": status, "labels": l, "annotations": {}, "startsAt": starts,
+           "endsAt": "0001-01-01T00:00:00Z", "fingerprint": fingerprint})
+}
+
+impl Rig {
+    async fn post(&self, alerts: Vec<Value>) {
+        let body =
+            json!({"version": "4", "receiver": "proxflow", "status": "firing", "alerts": alerts});
+        let r = self
+            .http
+            .post(format!("{}/v1/alerts/alertmanager", self.gateway))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+
+    async fn decisions(&self) -> Vec<RemediationDecision> {
+        proxflow_e2e::stored(
+            &self.ctx.bus.js,
+            stream::EVT,
+            &subject::evt("remediation", "decision"),
+        )
+        .await
+    }
+
+    /// Waits until the engine, the remediator and the breakers have handled everything sent so far.
+    async fn settled(&self) -> Vec<RemediationDecision> {
+        proxflow_e2e::until_idle(
+            &self.ctx,
+            &[
+                ("PF_INGEST", proxflow_remediation::engine::DURABLE),
+                ("PF_CMD", proxflow_remediation::executor::DURABLE),
+                ("PF_EVT", proxflow_remediation::engine::OUTCOMES_DURABLE),
+            ],
+        )
+        .await;
+        self.decisions().await
+    }
+
+    async fn until_ended(&self, id: &str) -> proxflow_schemas::workflow::WorkflowRecord {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((r, _)) = self.store.get(id).await.unwrap()
+                && r.state.is_terminal()
+            {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "workflow {id} did not end");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The power operations the simulator received for `vmid`, in order.
+    fn power_calls(&self, vmid: u32) -> Vec<String> {
+        let prefix = format!("/nodes/pve1/qemu/{vmid}/status/");
+        self.sim
+            .handle()
+            .journal()
+            .into_iter()
+            .filter(|e| e.method == "POST")
+            .filter_map(|e| e.path.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn count(d: &[RemediationDecision], verdict: Verdict, reason: Reason) -> usize {
+    d.iter()
+        .filter(|x| x.verdict == verdict && x.reason == reason)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_through_alertmanager_restarts_the_vm_in_the_simulator() {
+    let r = rig(RESTART, |_| {}).await;
+    let am = TestAlertmanager::start(
+        &format!("{}/v1/alerts/alertmanager", r.gateway),
+        TOKEN,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let fired = r
+        .http
+        .post(format!("{}/api/v2/alerts", am.url))
+        .json(&json!([{"labels": {"alertname": "VMDown", "vmid": "102", "severity": "critical"}}]))
+        .send()
+        .await
+        .unwrap();
+    assert!(fired.status().is_success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let acted = loop {
+        let d = r.decisions().await;
+        if let Some(a) = d.into_iter().find(|d| d.verdict == Verdict::Acted) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no decision; {}", am.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(acted.rule.as_deref(), Some("vm-down-restart"));
+    assert_eq!(acted.target.as_deref(), Some("vm/102"));
+    let record = r.until_ended(acted.workflow_id.as_deref().unwrap()).await;
+    assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+    assert_eq!(r.power_calls(102), ["shutdown", "start"]);
+    assert!(r.sim.handle().vm_config(102).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_deliveries_of_one_alert_remediate_once() {
+    let r = rig(RESTART, |_| {}).await;
+    let one = alert(
+        "VMDown",
+        &[("vmid", "101")],
+        "firing",
+        "2026-11-24T10:00:00Z",
+    );
+    let body = json!({"version": "4", "receiver": "proxflow", "status": "firing", "alerts": [one]});
+    let body = serde_json::to_vec(&body).unwrap();
+    let url = format!("{}/v1/alerts/alertmanager", r.gateway);
+    let posts = futures::stream::iter(0..10_000).map(|_| {
+        r.http
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    });
+    use futures::StreamExt;
+    let statuses: Vec<u16> = posts
+        .buffer_unordered(32)
+        .map(|res| res.unwrap().status().as_u16())
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "{:?}",
+        statuses.iter().find(|s| **s != 200)
+    );
+    assert_eq!(statuses.len(), 10_000);
+    let d = r.settled().await;
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].verdict, Verdict::Acted);
+    assert_eq!(r.power_calls(101), ["shutdown", "start"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_distinct_alerts_hold_the_rate_limit_and_every_one_is_audited() {
+    let rules = r#"
+[[rule]]
+name = "node-exporter-down"
+alertname = "NodeExporterDown"
+target = "host/{labels.instance}"
+action = { kind = "command", argv = ["true"] }
+cooldown = "0s"
+dry_run = false
+"#;
+    let r = rig(rules, |c| c.rate_limit.count = 10).await;
+    for batch in 0..10 {
+        let alerts = (0..100)
+            .map(|i| {
+                let instance = format!("10.0.{batch}.{i}");
+                alert(
+                    "NodeExporterDown",
+                    &[("instance", &instance)],
+                    "firing",
+                    "2026-11-24T10:00:00Z",
+                )
+            })
+            .collect();
+        r.post(alerts).await;
+    }
+    let d = r.settled().await;
+    assert_eq!(d.len(), 1000, "every alert audited");
+    assert_eq!(count(&d, Verdict::Acted, Reason::None), 10);
+    assert_eq!(count(&d, Verdict::Suppressed, Reason::RateLimit), 990);
+    let limited = d.iter().find(|x| x.reason == Reason::RateLimit).unwrap();
+    assert_eq!(limited.detail, "10 remediations within 1h (rate limit 10)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_holds_the_cooldown_and_resolved_alerts_act_only_where_a_rule_says() {
+    let rules = format!(
+        "{RESTART}{}",
+        r#"
+[[rule]]
+name = "tell-on-resolve"
+alertname = "VMDown"
+status = ["resolved"]
+target = "vm/{labels.vmid}"
+action = { kind = "command", argv = ["true"] }
+cooldown = "0s"
+dry_run = false
+"#
+    );
+    let r = rig(&rules, |_| {}).await;
+    let vm = [("vmid", "103")];
+    // Firing: the restart rule acts; the resolve-only rule ignores it.
+    r.post(vec![alert("VMDown", &vm, "firing", "2026-11-24T10:00:00Z")])
+        .await;
+    let d = r.settled().await;
+    assert_eq!(count(&d, Verdict::Acted, Reason::None), 1);
+    assert_eq!(count(&d, Verdict::Ignored, Reason::Status), 1);
+    // Resolved: the restart rule never acts on it; the rule that lists resolved does.
+    r.post(vec![alert(
+        "VMDown",
+        &vm,
+        "resolved",
+        "2026-11-24T10:00:00Z",
+    )])
+    .await;
+    let d = r.settled().await;
+    let restart_on_resolved: Vec<_> = d
+        .iter()
+        .filter(|x| {
+            x.rule.as_deref() == Some("vm-down-restart")
+                && x.status == proxflow_schemas::alert::AlertStatus::Resolved
+        })
+        .collect();
+    assert_eq!(restart_on_resolved.len(), 1);
+    assert_eq!(restart_on_resolved[0].verdict, Verdict::Ignored);
+    assert_eq!(count(&d, Verdict::Acted, Reason::None), 2);
+    // Firing again 5 minutes later (a new episode): inside the 30-minute cooldown.
+    r.clock.advance(Duration::from_secs(300));
+    r.post(vec![alert("VMDown", &vm, "firing", "2026-11-24T10:05:00Z")])
+        .await;
+    let d = r.settled().await;
+    let cooled: Vec<_> = d.iter().filter(|x| x.reason == Reason::Cooldown).collect();
+    assert_eq!(cooled.len(), 1, "{d:#?}");
+    assert!(
+        cooled[0]
+            .detail
+            .starts_with("rule vm-down-restart acted on vm/103 at "),
+        "{}",
+        cooled[0].detail
+    );
+    // Past the cooldown it acts again.
+    r.clock.advance(Duration::from_secs(30 * 60));
+    r.post(vec![alert("VMDown", &vm, "firing", "2026-11-24T10:40:00Z")])
+        .await;
+    let d = r.settled().await;
+    let restarts = d
+        .iter()
+        .filter(|x| x.rule.as_deref() == Some("vm-down-restart") && x.verdict == Verdict::Acted)
+        .count();
+    assert_eq!(restarts, 2);
+    assert_eq!(
+        r.power_calls(103),
+        ["shutdown", "start", "shutdown", "start"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_after_failures_and_pages() {
+    // VM 999 does not exist: every restart fails.
+    let rules = RESTART.replace("cooldown = \"30m\"", "cooldown = \"0s\"");
+    let r = rig(&rules, |c| {
+        c.breaker.min_outcomes = 3;
+        c.breaker.failure_ratio = 0.5;
+    })
+    .await;
+    let mut pages = r
+        .ctx
+        .bus
+        .client
+        .subscribe(subject::evt("remediation", "page"))
+        .await
+        .unwrap();
+    for minute in 0..3 {
+        let starts = format!("2026-11-24T10:0{minute}:00Z");
+        r.post(vec![alert("VMDown", &[("vmid", "999")], "firing", &starts)])
+            .await;
+        r.settled().await;
+    }
+    let page: RemediationPage = proxflow_e2e::next_event(&mut pages, Duration::from_secs(10)).await;
+    assert_eq!(page.rule, "vm-down-restart");
+    assert_eq!((page.failures, page.outcomes), (3, 3));
+    r.post(vec![alert(
+        "VMDown",
+        &[("vmid", "999")],
+        "firing",
+        "2026-11-24T10:09:00Z",
+    )])
+    .await;
+    let d = r.settled().await;
+    assert_eq!(count(&d, Verdict::Acted, Reason::None), 3);
+    let open: Vec<_> = d.iter().filter(|x| x.reason == Reason::Breaker).collect();
+    assert_eq!(open.len(), 1);
+    assert!(
+        open[0]
+            .detail
+            .starts_with("the circuit breaker of rule vm-down-restart is open until ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_without_dry_run_false_only_records_what_it_would_do() {
+    let r = rig(&RESTART.replace("dry_run = false\n", ""), |_| {}).await;
+    r.post(vec![alert(
+        "VMDown",
+        &[("vmid", "101")],
+        "firing",
+        "2026-11-24T10:00:00Z",
+    )])
+    .await;
+    let d = r.settled().await;
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].reason, Reason::DryRun);
+    assert_eq!(
+        d[0].detail,
+        "dry-run: would restart VM 101 (shutdown within 30 s, else stop) (vm/101)"
+    );
+    assert!(r.power_calls(101).is_empty());
+}
