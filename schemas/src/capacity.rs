@@ -334,3 +334,33 @@ impl Message for HostExhausted {
         format!("capacity.host_exhausted/{}", self.workflow_id)
     }
 }
+
+/// One more node for a k3s cluster, asked for by an alert remediation (`pf.cmd.orchestrator.scale_out`).
+/// Decided on the newest `capacity.sample` under the same guards as a detector's firing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleOutRequested {
+    /// The cluster (`[capacity.clusters.<name>]`).
+    pub cluster: String,
+    /// The remediation workflow that asks.
+    pub workflow_id: String,
+    /// Why, for the scale-out record.
+    pub reason: String,
+}
+
+impl Versioned for ScaleOutRequested {
+    const SCHEMA: SchemaId = SchemaId {
+        name: "pf.cmd.scale_out_requested",
+        version: 1,
+    };
+}
+
+impl Message for ScaleOutRequested {
+    fn subject(&self) -> String {
+        subject::cmd("orchestrator", "scale_out")
+    }
+
+    fn dedupe_id(&self) -> String {
+        format!("{}/scale_out", self.workflow_id)
+    }
+}

@@ -3,14 +3,16 @@
 use schemars::schema_for;
 
 use crate::alert::AlertReceived;
-use crate::capacity::{CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted};
+use crate::capacity::{
+    CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted, ScaleOutRequested,
+};
 use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
 use crate::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
 use crate::remediation::{
     RemediationCommand, RemediationDecision, RemediationOutcome, RemediationPage,
 };
-use crate::replication::{ReplicationDiverged, ReplicationRun};
+use crate::replication::{ReplicationDiverged, ReplicationRequested, ReplicationRun};
 use crate::snapshot::{
     PreChangeReply, PreChangeRequest, SnapshotCheck, SnapshotTaken, SnapshotsPruned,
 };
@@ -59,6 +61,7 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<SnapshotCheck>(),
         SchemaDoc::of::<ReplicationRun>(),
         SchemaDoc::of::<ReplicationDiverged>(),
+        SchemaDoc::of::<ReplicationRequested>(),
         SchemaDoc::of::<AlertReceived>(),
         SchemaDoc::of::<RemediationDecision>(),
         SchemaDoc::of::<RemediationCommand>(),
@@ -68,5 +71,6 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<CapacityExceeded>(),
         SchemaDoc::of::<CapacityRecovered>(),
         SchemaDoc::of::<HostExhausted>(),
+        SchemaDoc::of::<ScaleOutRequested>(),
     ]
 }

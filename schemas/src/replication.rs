@@ -186,3 +186,33 @@ mod tests {
         assert_eq!(run.dedupe_id(), "replication/offsite/r1/completed");
     }
 }
+
+/// Run a replication job now (`pf.cmd.replicator.run`), e.g. a remediation of a lag alert. The run
+/// reports through the usual `replication.*` events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationRequested {
+    /// The job (`[[replication.jobs]] name`).
+    pub job: String,
+    /// The workflow that asks (dedupe: one run per asking workflow).
+    pub workflow_id: String,
+    /// Who and why, for the log.
+    pub reason: String,
+}
+
+impl Versioned for ReplicationRequested {
+    const SCHEMA: SchemaId = SchemaId {
+        name: "pf.cmd.replication_requested",
+        version: 1,
+    };
+}
+
+impl Message for ReplicationRequested {
+    fn subject(&self) -> String {
+        subject::cmd("replicator", "run")
+    }
+
+    fn dedupe_id(&self) -> String {
+        format!("{}/replicate", self.workflow_id)
+    }
+}

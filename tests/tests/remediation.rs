@@ -290,6 +290,133 @@ dry_run = false
     assert_eq!(count(&d, Verdict::Suppressed, Reason::RateLimit), 990);
     let limited = d.iter().find(|x| x.reason == Reason::RateLimit).unwrap();
     assert_eq!(limited.detail, "10 remediations within 1h (rate limit 10)");
+    // The audit API serves the same trail: bearer only, newest last, capped by `limit`.
+    let audit = |query: &str| {
+        r.http
+            .get(format!("{}/v1/remediations{query}", r.gateway))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let all: Vec<RemediationDecision> = audit("?limit=5000").await.unwrap().json().await.unwrap();
+    assert_eq!(all.len(), 1000);
+    assert_eq!(count(&all, Verdict::Acted, Reason::None), 10);
+    let last: Vec<RemediationDecision> = audit("?limit=3").await.unwrap().json().await.unwrap();
+    assert_eq!(last, all[997..].to_vec());
+    assert_eq!(audit("?since=soon").await.unwrap().status(), 422);
+    let anonymous = r
+        .http
+        .get(format!("{}/v1/remediations", r.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    // And the metric counts them by verdict and reason.
+    let metrics = r.ctx.metrics.encode();
+    assert!(
+        metrics.contains(
+            "proxflow_remediation_decisions_total{rule=\"node-exporter-down\",verdict=\"suppressed\",reason=\"rate_limit\"} 990"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_targets_per_window_holds_and_a_held_target_is_not_touched() {
+    let rules = RESTART.replace(
+        "cooldown = \"30m\"",
+        "cooldown = \"30m\"\nmax_targets = { count = 2, per = \"1h\" }",
+    );
+    let r = rig(&rules, |_| {}).await;
+    // Another remediation holds VM 103.
+    let leases = proxflow_runtime::lease::Leases::open(&r.ctx.bus.js)
+        .await
+        .unwrap();
+    let held = match leases
+        .acquire(
+            &proxflow_remediation::engine::lock_key("vm/103"),
+            "operator",
+            "manual fix",
+        )
+        .await
+        .unwrap()
+    {
+        proxflow_runtime::lease::Acquired::Held(l) => l,
+        proxflow_runtime::lease::Acquired::Busy(_) => panic!("free"),
+    };
+    r.post(vec![alert(
+        "VMDown",
+        &[("vmid", "103")],
+        "firing",
+        "2026-11-24T10:00:00Z",
+    )])
+    .await;
+    let d = r.settled().await;
+    assert_eq!(d[0].reason, Reason::Lock);
+    assert_eq!(d[0].detail, "vm/103 is held by operator (manual fix)");
+    held.release().await.unwrap();
+    // Three VMs down at once: two are restarted, the third is past the rule's max targets.
+    r.post(vec![
+        alert(
+            "VMDown",
+            &[("vmid", "101")],
+            "firing",
+            "2026-11-24T10:01:00Z",
+        ),
+        alert(
+            "VMDown",
+            &[("vmid", "102")],
+            "firing",
+            "2026-11-24T10:01:00Z",
+        ),
+        alert(
+            "VMDown",
+            &[("vmid", "103")],
+            "firing",
+            "2026-11-24T10:01:00Z",
+        ),
+    ])
+    .await;
+    let d = r.settled().await;
+    assert_eq!(count(&d, Verdict::Acted, Reason::None), 2);
+    let capped: Vec<_> = d
+        .iter()
+        .filter(|x| x.reason == Reason::MaxTargets)
+        .collect();
+    assert_eq!(capped.len(), 1);
+    assert_eq!(
+        capped[0].detail,
+        "rule vm-down-restart acted on 2 targets within 1h (max 2)"
+    );
+}
+
+#[test]
+fn the_shipped_rules_alerts_and_alertmanager_config_fit_together() {
+    let deploy = proxflow_testkit::project_dir().join("deploy");
+    let rules = Rules::load(&deploy.join("remediation/rules.toml")).unwrap();
+    assert_eq!(rules.len(), 5);
+    let alerts = std::fs::read_to_string(deploy.join("prometheus/proxflow-alerts.yml")).unwrap();
+    let text = std::fs::read_to_string(deploy.join("remediation/rules.toml")).unwrap();
+    // Every alert a rule waits for is one Prometheus raises.
+    for line in text.lines().filter_map(|l| l.strip_prefix("alertname = ")) {
+        let name = line.trim_matches('"');
+        assert!(
+            alerts.contains(&format!("- alert: {name}")),
+            "{name} is not in proxflow-alerts.yml"
+        );
+    }
+    // Alertmanager's own checker accepts the shipped config.
+    let am = deploy.join("alertmanager/alertmanager.yml");
+    let out = std::process::Command::new("amtool")
+        .args(["check-config"])
+        .arg(&am)
+        .output()
+        .expect("amtool (prometheus-alertmanager) runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

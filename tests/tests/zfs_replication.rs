@@ -172,15 +172,17 @@ async fn full_then_incremental_replication_lands_the_same_data_on_the_target() {
     let total = first.bytes + second.bytes;
     assert!(
         metrics.contains(&format!(
-            "proxflow_replication_bytes_total{{job=\"offsite\"}} {total}"
+            "proxflow_replication_bytes_total{{replication_job=\"offsite\"}} {total}"
         )),
         "{metrics}"
     );
     assert!(
-        metrics.contains("proxflow_replication_last_success_timestamp_seconds{job=\"offsite\"}"),
+        metrics.contains(
+            "proxflow_replication_last_success_timestamp_seconds{replication_job=\"offsite\"}"
+        ),
         "{metrics}"
     );
-    assert!(metrics.contains("proxflow_replication_lag_seconds{job=\"offsite\"}"));
+    assert!(metrics.contains("proxflow_replication_lag_seconds{replication_job=\"offsite\"}"));
     // Nothing new: up to date, no bytes.
     let again = r.run_job("offsite", &RunControl::default()).await.unwrap();
     assert_eq!(again.mode, TransferMode::UpToDate);
@@ -423,11 +425,9 @@ async fn a_diverged_target_is_refused_with_an_alert_and_nothing_destroyed() {
     );
     let failed: ReplicationRun = last_event(&ctx, "pf.evt.replication.failed").await;
     assert!(failed.error.unwrap().contains("diverged"));
-    assert!(
-        ctx.metrics
-            .encode()
-            .contains("proxflow_replication_failures_total{job=\"offsite\",reason=\"diverged\"} 1")
-    );
+    assert!(ctx.metrics.encode().contains(
+        "proxflow_replication_failures_total{replication_job=\"offsite\",reason=\"diverged\"} 1"
+    ));
 
     // A target with snapshots none of which the source has: no common base.
     zfs_fixture::zfs(&["create", &other.target]);

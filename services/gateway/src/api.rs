@@ -21,6 +21,7 @@ use proxflow_runtime::ops::CounterFamily;
 use proxflow_runtime::telemetry;
 use proxflow_runtime::workflow::WorkflowStoreError;
 use proxflow_schemas::provision::ProvisionRequested;
+use proxflow_schemas::remediation::RemediationDecision;
 use proxflow_schemas::workflow::{WorkflowRecord, WorkflowState};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -32,6 +33,8 @@ use crate::store::{self, Created, Store, StoreError};
 
 /// `POST` path of Alertmanager deliveries.
 pub const ALERTS_PATH: &str = "/v1/alerts/alertmanager";
+/// `GET` path of the remediation audit trail.
+pub const REMEDIATIONS_PATH: &str = "/v1/remediations";
 /// `POST` path of provisioning requests.
 pub const PROVISION_PATH: &str = "/v1/provision";
 /// Prefix of workflow status URLs; the workflow id follows.
@@ -108,6 +111,7 @@ pub(crate) fn routes(api: Arc<Api>) -> Router {
     Router::new()
         .route(PROVISION_PATH, post(provision))
         .route(ALERTS_PATH, post(alerts))
+        .route(REMEDIATIONS_PATH, get(remediations))
         .route(&format!("{WORKFLOWS_PATH}/{{id}}"), get(workflow))
         .with_state(api)
 }
@@ -260,6 +264,60 @@ async fn alerts(State(api): State<Arc<Api>>, request: Request) -> Response {
             tracing::info!(status = %rejection.status(), reason = %rejection, "alert delivery refused");
             rejection.into_response()
         }
+    }
+}
+
+/// `?since=24h&limit=100` of `GET /v1/remediations`.
+#[derive(Debug, Deserialize)]
+struct RemediationsQuery {
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The remediation decisions (acted or suppressed, with the guard and the numbers), newest last.
+async fn remediations(
+    State(api): State<Arc<Api>>,
+    axum::extract::Query(query): axum::extract::Query<RemediationsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        api.auth
+            .read(&headers)
+            .map_err(|_| Rejection::Unauthorized)?;
+        let since = match query.since.as_deref() {
+            None => std::time::Duration::from_secs(24 * 3600),
+            Some(text) => humantime_serde::re::humantime::parse_duration(text).map_err(|e| {
+                Rejection::Invalid(FieldErrors::from([(
+                    "since".into(),
+                    format!("{text:?} is not a duration like 24h or 30m: {e}"),
+                )]))
+            })?,
+        };
+        let limit = query.limit.unwrap_or(100);
+        if !(1..=10_000).contains(&limit) {
+            return Err(Rejection::Invalid(FieldErrors::from([(
+                "limit".into(),
+                "must be 1 to 10000".into(),
+            )])));
+        }
+        api.ensure_connected()?;
+        let from = Utc::now() - chrono::Duration::from_std(since).unwrap_or_default();
+        proxflow_runtime::bus::history::since::<RemediationDecision>(
+            &api.ctx.bus.js,
+            proxflow_schemas::names::stream::EVT,
+            &proxflow_schemas::names::subject::evt("remediation", "decision"),
+            from,
+            limit,
+        )
+        .await
+        .map_err(|e| Rejection::Unavailable(e.to_string()))
+    }
+    .await;
+    match result {
+        Ok(decisions) => axum::Json(decisions).into_response(),
+        Err(rejection) => rejection.into_response(),
     }
 }
 

@@ -10,6 +10,9 @@
 //! For capacity it turns a k3s cluster's `capacity.exceeded` into a guarded scale-out ([`scaleout`]):
 //! cap, cooldown, host-headroom veto, dry-run and one at a time, then one more node through the same
 //! provision path.
+//!
+//! For alerts it runs the remediation engine (`proxflow_remediation::run_engine`): a decision per
+//! alert and matching rule, every one audited, and the rules' circuit breakers.
 
 pub mod scaleout;
 
@@ -17,6 +20,7 @@ use std::time::Duration;
 
 use proxflow_capacity::CapacityConfig;
 use proxflow_provisioner::Profiles;
+use proxflow_remediation::{RemediationConfig, RemediationError, Rules};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::admission::{AdmissionError, Admissions, Caps, Decision};
 use proxflow_runtime::bus::consume::ConsumeError;
@@ -58,6 +62,9 @@ pub enum OrchestratorError {
     /// A consumer failed.
     #[error(transparent)]
     Consume(#[from] ConsumeError),
+    /// The remediation engine failed.
+    #[error(transparent)]
+    Remediation(#[from] RemediationError),
 }
 
 /// What the orchestrator works with.
@@ -71,6 +78,10 @@ pub struct Orchestration {
     pub capacity: CapacityConfig,
     /// Time for caps and cooldowns.
     pub clock: SharedClock,
+    /// `[remediation]`: rate limit, breaker, consumer.
+    pub remediation: RemediationConfig,
+    /// The remediation rules (loaded and validated before start).
+    pub rules: Rules,
 }
 
 impl Orchestration {
@@ -81,6 +92,8 @@ impl Orchestration {
             profiles,
             capacity: CapacityConfig::default(),
             clock: clock::system(),
+            remediation: RemediationConfig::default(),
+            rules: Rules::default(),
         }
     }
 }
@@ -153,29 +166,62 @@ pub async fn run(
             slots,
         },
     );
-    let scale_out = ConsumerLoop::new(
+    let scale_out_handler = |store: WorkflowStore| scaleout::ScaleOut {
+        js: ctx.bus.js.clone(),
+        store,
+        admissions: admissions.clone(),
+        cooldowns: cooldowns.clone(),
+        publisher: ctx.bus.publisher.clone(),
+        profiles: o.profiles.clone(),
+        capacity: o.capacity.clone(),
+        clock: o.clock.clone(),
+    };
+    let scale_out = ConsumerLoop::<proxflow_schemas::capacity::CapacityExceeded, _>::new(
         ctx.clone(),
         ConsumerSpec {
             stream: stream::EVT,
             durable: scaleout::DURABLE.into(),
             filter_subject: subject::evt("capacity", "exceeded"),
         },
-        o.consumer,
-        scaleout::ScaleOut {
-            store,
-            admissions,
-            cooldowns,
-            publisher: ctx.bus.publisher.clone(),
-            profiles: o.profiles,
-            capacity: o.capacity,
-            clock: o.clock,
+        o.consumer.clone(),
+        scale_out_handler(store.clone()),
+    );
+    let scale_out_requested = ConsumerLoop::<proxflow_schemas::capacity::ScaleOutRequested, _>::new(
+        ctx.clone(),
+        ConsumerSpec {
+            stream: stream::CMD,
+            durable: scaleout::REQUESTED_DURABLE.into(),
+            filter_subject: subject::cmd("orchestrator", "scale_out"),
         },
+        o.consumer.clone(),
+        scale_out_handler(store),
+    );
+    let remediation = proxflow_remediation::run_engine(
+        ctx.clone(),
+        o.remediation,
+        o.rules,
+        o.clock,
+        shutdown.clone(),
+    );
+    let (a, b, c, d, e) = (
+        shutdown.clone(),
+        shutdown.clone(),
+        shutdown.clone(),
+        shutdown.clone(),
+        shutdown,
     );
     tokio::try_join!(
-        admit.run(shutdown.clone()),
-        release.run(shutdown.clone()),
-        given_up.run(shutdown.clone()),
-        scale_out.run(shutdown)
+        async { admit.run(a).await.map_err(OrchestratorError::from) },
+        async { release.run(b).await.map_err(OrchestratorError::from) },
+        async { given_up.run(c).await.map_err(OrchestratorError::from) },
+        async { scale_out.run(d).await.map_err(OrchestratorError::from) },
+        async {
+            scale_out_requested
+                .run(e)
+                .await
+                .map_err(OrchestratorError::from)
+        },
+        async { remediation.await.map_err(OrchestratorError::from) },
     )?;
     Ok(())
 }

@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use proxflow_capacity::{CapacityConfig, ClusterConfig};
@@ -26,7 +27,10 @@ use proxflow_runtime::admission::{Admissions, Caps, Decision};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
-use proxflow_schemas::capacity::{CapacityExceeded, HostExhausted, Scope};
+use proxflow_schemas::capacity::{
+    CapacityExceeded, CapacitySample, HostExhausted, MetricId, ScaleOutRequested, Scope,
+};
+use proxflow_schemas::names::subject;
 use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
 use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
 use serde::{Deserialize, Serialize};
@@ -34,6 +38,8 @@ use serde_json::json;
 
 /// Durable consumer name for capacity events.
 pub const DURABLE: &str = "orchestrator-scaleout";
+/// Durable consumer name for scale-outs requested by remediation (`pf.cmd.orchestrator.scale_out`).
+pub const REQUESTED_DURABLE: &str = "orchestrator-scaleout-requested";
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -61,6 +67,7 @@ struct LastScaleOut {
 }
 
 pub(crate) struct ScaleOut {
+    pub(crate) js: async_nats::jetstream::Context,
     pub(crate) store: WorkflowStore,
     pub(crate) admissions: Admissions,
     pub(crate) cooldowns: kv::Store,
@@ -94,7 +101,94 @@ impl Handler<CapacityExceeded> for ScaleOut {
         if !so.enabled || !so.triggers.contains(&event.metric.metric) {
             return Outcome::Ack;
         }
-        let id = workflow_id(&event);
+        let origin = Origin {
+            source: "capacity".into(),
+            reference: event.firing_id(),
+            reason: format!(
+                "{} at {:.1} above {} for {}",
+                event.metric,
+                event.value,
+                event.threshold,
+                humantime_serde::re::humantime::format_duration(Duration::from_secs(
+                    event.window_secs
+                ))
+            ),
+        };
+        self.scale(&workflow_id(&event), &event, cluster, origin)
+            .await
+    }
+}
+
+/// A scale-out asked for by an alert remediation: decided on the newest `capacity.sample`, under
+/// the same guards as one the capacity detector starts.
+impl Handler<ScaleOutRequested> for ScaleOut {
+    async fn handle(&self, delivery: Delivery<ScaleOutRequested>) -> Outcome {
+        let request = delivery.message;
+        let Some(cluster) = self.capacity.clusters.get(&request.cluster) else {
+            return Outcome::poison(format!(
+                "no cluster {:?} in [capacity.clusters]",
+                request.cluster
+            ));
+        };
+        let sample = match self.latest_sample().await {
+            Ok(Some(sample)) => sample,
+            Ok(None) => {
+                return Outcome::poison(
+                    "no capacity.sample on the bus yet: is the capacity service running?",
+                );
+            }
+            Err(e) => return Outcome::retry(e),
+        };
+        let event = CapacityExceeded {
+            metric: MetricId::new(Scope::Cluster, &request.cluster, "requested"),
+            value: 0.0,
+            threshold: 0.0,
+            clear_below: 0.0,
+            window_secs: 0,
+            since: sample.at,
+            sequence: 0,
+            evidence: Vec::new(),
+            sample,
+        };
+        let origin = Origin {
+            source: "alert".into(),
+            reference: request.workflow_id.clone(),
+            reason: request.reason.clone(),
+        };
+        let id = format!("scaleout-{}-{}", request.cluster, request.workflow_id);
+        self.scale(&id, &event, cluster, origin).await
+    }
+}
+
+impl ScaleOut {
+    /// The newest `capacity.sample` in the event stream.
+    async fn latest_sample(&self) -> Result<Option<CapacitySample>, String> {
+        let stream = self
+            .js
+            .get_stream(proxflow_schemas::names::stream::EVT)
+            .await
+            .map_err(|e| e.to_string())?;
+        match stream
+            .get_last_raw_message_by_subject(&subject::evt("capacity", "sample"))
+            .await
+        {
+            Ok(message) => serde_json::from_slice(&message.payload)
+                .map(Some)
+                .map_err(|e| format!("the newest capacity sample does not decode: {e}")),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Records the scale-out workflow (once) and runs the guards and the dispatch.
+    async fn scale(
+        &self,
+        id: &str,
+        event: &CapacityExceeded,
+        cluster: &ClusterConfig,
+        origin: Origin,
+    ) -> Outcome {
+        let id = id.to_string();
         match self.store.get(&id).await {
             Ok(Some((record, _))) if record.state.is_terminal() => {
                 tracing::info!(workflow = %id, "scale-out already decided");
@@ -103,7 +197,7 @@ impl Handler<CapacityExceeded> for ScaleOut {
             Ok(Some(_)) => {}
             Ok(None) => {
                 let trace = proxflow_runtime::telemetry::trace_id(&tracing::Span::current());
-                let record = self.new_record(&id, &event, trace);
+                let record = self.new_record(&id, origin, trace);
                 if let Err(e) = self.store.create(&record).await {
                     return Outcome::retry(e.to_string());
                 }
@@ -113,7 +207,7 @@ impl Handler<CapacityExceeded> for ScaleOut {
             }
             Err(e) => return Outcome::retry(e.to_string()),
         }
-        match self.decide(&id, &event, cluster).await {
+        match self.decide(&id, event, cluster).await {
             Ok(Ok((node, provision))) => {
                 let data = json!({ "node": node, "provision_workflow": provision });
                 self.end(&id, WorkflowState::Succeeded, None, data).await
@@ -145,30 +239,13 @@ impl Handler<CapacityExceeded> for ScaleOut {
 }
 
 impl ScaleOut {
-    fn new_record(
-        &self,
-        id: &str,
-        event: &CapacityExceeded,
-        trace_id: Option<String>,
-    ) -> WorkflowRecord {
+    fn new_record(&self, id: &str, origin: Origin, trace_id: Option<String>) -> WorkflowRecord {
         let now = self.clock.now();
         WorkflowRecord {
             id: id.to_string(),
             kind: "scale_out".into(),
             state: WorkflowState::Running,
-            origin: Origin {
-                source: "capacity".into(),
-                reference: event.firing_id(),
-                reason: format!(
-                    "{} at {:.1} above {} for {}",
-                    event.metric,
-                    event.value,
-                    event.threshold,
-                    humantime_serde::re::humantime::format_duration(Duration::from_secs(
-                        event.window_secs
-                    ))
-                ),
-            },
+            origin,
             steps: Vec::new(),
             data: json!({}),
             error: None,

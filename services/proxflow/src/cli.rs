@@ -49,6 +49,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The remediation audit trail: every decision on an alert (acted, or suppressed and by which
+    /// guard), from the event stream.
+    Remediations {
+        /// How far back (`24h`, `30m`).
+        #[arg(long, default_value = "24h", value_parser = humantime_serde::re::humantime::parse_duration)]
+        since: std::time::Duration,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print the decision events as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the gateway for a new k3s node VM (a signed webhook request) and print its workflow.
     Provision(Box<ProvisionArgs>),
     /// Snapshot tools.
@@ -94,6 +107,8 @@ pub enum Service {
     Snapshotter,
     /// Incremental ZFS replication to the offsite target.
     Replicator,
+    /// Runs remediation actions (restart or snapshot a VM, notify, commands) the orchestrator decides.
+    Remediator,
 }
 
 impl Service {
@@ -105,6 +120,7 @@ impl Service {
         Service::Capacity,
         Service::Snapshotter,
         Service::Replicator,
+        Service::Remediator,
     ];
 
     /// Its name on the command line and in logs.
@@ -116,6 +132,7 @@ impl Service {
             Service::Capacity => "capacity",
             Service::Snapshotter => "snapshotter",
             Service::Replicator => "replicator",
+            Service::Remediator => "remediator",
         }
     }
 }
@@ -149,6 +166,9 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
         } => snapshot_plan(&settings).await,
         Command::Provision(args) => provision::run(&settings, *args).await,
         Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,
+        Command::Remediations { since, limit, json } => {
+            crate::remediations::run(&settings.nats, since, limit, json).await
+        }
         Command::Sim => {
             let telemetry = proxflow_runtime::telemetry::init(&settings.telemetry, "pve-sim")?;
             let result = sim::run(&settings.sim).await;

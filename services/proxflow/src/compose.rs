@@ -64,7 +64,18 @@ pub async fn run(
         settings.gateway.check_credentials()?;
     }
     // Checked before connecting: a Proxmox-facing service without credentials must not start half-way.
-    let pve = if services.contains(&Service::Provisioner) || services.contains(&Service::Capacity) {
+    // Refused before connecting too: a rules file that does not validate (exit 78, naming the rule).
+    let rules = if services.contains(&Service::Orchestrator) {
+        let rules = settings.remediation_rules()?;
+        tracing::info!(rules = rules.len(), "remediation rules loaded");
+        rules
+    } else {
+        proxflow_remediation::Rules::default()
+    };
+    let pve = if [Service::Provisioner, Service::Capacity, Service::Remediator]
+        .iter()
+        .any(|s| services.contains(s))
+    {
         settings.pve.validate()?;
         Some(proxflow_pve::PveClient::new(&settings.pve)?)
     } else {
@@ -129,6 +140,8 @@ pub async fn run(
                 let (ctx, stop) = (ctx.clone(), stop.clone());
                 let orchestration = proxflow_orchestrator::Orchestration {
                     capacity: settings.capacity.clone(),
+                    remediation: settings.remediation.clone(),
+                    rules: rules.clone(),
                     ..proxflow_orchestrator::Orchestration::new(
                         settings.orchestrator.consumer.clone(),
                         settings.provision.profiles.clone(),
@@ -138,6 +151,16 @@ pub async fn run(
                     proxflow_orchestrator::run(ctx, orchestration, stop)
                         .await
                         .context("orchestrator")
+                });
+            }
+            Service::Remediator => {
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                let config = settings.remediation.clone();
+                let pve = pve.clone().context("Proxmox client")?;
+                tasks.spawn(async move {
+                    proxflow_remediation::run_remediator(ctx, config, pve, stop)
+                        .await
+                        .context("remediator")
                 });
             }
             Service::Capacity => {

@@ -13,12 +13,14 @@
 //! - `pve`: `proxflow pve check`.
 //! - `provision`: `proxflow provision`, a signed provisioning request to the gateway.
 //! - `trace`: `proxflow trace`, a workflow's trace read back from the bus.
+//! - `remediations`: `proxflow remediations`, the remediation audit trail.
 
 mod cli;
 mod compose;
 mod dev;
 mod provision;
 mod pve;
+mod remediations;
 mod settings;
 mod sim;
 mod trace;

@@ -8,6 +8,7 @@ use proxflow_orchestrator::OrchestratorConfig;
 use proxflow_provisioner::ProvisionConfig;
 use proxflow_pve::PveConfig;
 use proxflow_pve_sim::SimConfig;
+use proxflow_remediation::{RemediationConfig, Rules};
 use proxflow_replicator::ReplicationConfig;
 use proxflow_runtime::config::{
     self, ConfigError, NatsConfig, OpsConfig, TelemetryConfig, Validate,
@@ -42,6 +43,9 @@ pub struct Settings {
     /// `[capacity]`: polling, sustained-threshold rules, k3s clusters and their scale-out guards
     /// (the capacity service measures, the orchestrator scales).
     pub capacity: CapacityConfig,
+    /// `[remediation]`: the alert rules file and the guardrails across rules (the orchestrator
+    /// decides, the remediator acts).
+    pub remediation: RemediationConfig,
     /// `[snapshot]`: snapshot policies of VMs and datasets, retention, pre-change TTLs, checks.
     pub snapshot: SnapshotConfig,
     /// `[replication]`: ZFS replication jobs to the offsite target.
@@ -88,6 +92,7 @@ impl Validate for Settings {
         self.sim.validate()?;
         self.provision.validate()?;
         self.capacity.validate()?;
+        self.remediation.validate()?;
         self.snapshot.validate()?;
         self.replication.validate()?;
         for (name, cluster) in &self.capacity.clusters {
@@ -110,6 +115,16 @@ impl Validate for Settings {
 }
 
 impl Settings {
+    /// The remediation rules: the file's, validated (an error names the rule and the field), or
+    /// none when no file is configured.
+    pub fn remediation_rules(&self) -> Result<Rules, ConfigError> {
+        match &self.remediation.rules_file {
+            Some(path) => Rules::load(path)
+                .map_err(|e| ConfigError::value("remediation.rules_file", e.to_string())),
+            None => Ok(Rules::default()),
+        }
+    }
+
     /// Loads and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         config::load(file)

@@ -20,6 +20,7 @@ use proxflow_runtime::admission::Admissions;
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::lease::Leases;
+use proxflow_runtime::ops::CounterFamily;
 use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::Message;
 use proxflow_schemas::alert::AlertReceived;
@@ -92,6 +93,8 @@ pub struct Engine {
     pub(crate) store: WorkflowStore,
     pub(crate) publisher: Publisher,
     pub(crate) clock: SharedClock,
+    /// `proxflow_remediation_decisions_total{rule, verdict, reason}`.
+    pub(crate) counts: CounterFamily<3>,
 }
 
 /// Why a decision could not be taken now (KV or bus trouble): the alert is retried.
@@ -131,6 +134,16 @@ impl Handler<AlertReceived> for Engine {
             if let Err(e) = self.publisher.publish(d).await {
                 return Outcome::retry(format!("auditing the decision: {e}"));
             }
+            let name = |v: serde_json::Result<serde_json::Value>| {
+                v.ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            };
+            self.counts.inc([
+                d.rule.as_deref().unwrap_or("-"),
+                &name(serde_json::to_value(d.verdict)),
+                &name(serde_json::to_value(d.reason)),
+            ]);
         }
         Outcome::Ack
     }

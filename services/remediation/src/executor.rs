@@ -10,7 +10,9 @@ use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::command::{self, CommandSpec};
 use proxflow_runtime::lease::{Acquired, Leases};
 use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::capacity::ScaleOutRequested;
 use proxflow_schemas::remediation::{RemediationAction, RemediationCommand, RemediationOutcome};
+use proxflow_schemas::replication::ReplicationRequested;
 use proxflow_schemas::workflow::WorkflowState;
 use serde_json::json;
 
@@ -122,12 +124,28 @@ impl Remediator {
                     Err(format!("{}: {}", argv.join(" "), out.summary()))
                 }
             }
-            RemediationAction::ScaleOut { cluster } => Err(format!(
-                "scale-out of {cluster} from an alert is not wired to the remediator yet"
-            )),
-            RemediationAction::Replicate { job } => Err(format!(
-                "re-running replication job {job} from an alert is not wired to the remediator yet"
-            )),
+            // Handed to the service that owns it, with its own guards and audit: the capacity
+            // scale-out (cap, cooldown, headroom veto) and the replicator's run.
+            RemediationAction::ScaleOut { cluster } => self
+                .publisher
+                .publish(&ScaleOutRequested {
+                    cluster: cluster.clone(),
+                    workflow_id: cmd.workflow_id.clone(),
+                    reason: format!("alert {} → rule {}", cmd.alert.name(), cmd.rule),
+                })
+                .await
+                .map(drop)
+                .map_err(|e| format!("requesting the scale-out: {e}")),
+            RemediationAction::Replicate { job } => self
+                .publisher
+                .publish(&ReplicationRequested {
+                    job: job.clone(),
+                    workflow_id: cmd.workflow_id.clone(),
+                    reason: format!("alert {} → rule {}", cmd.alert.name(), cmd.rule),
+                })
+                .await
+                .map(drop)
+                .map_err(|e| format!("requesting the replication run: {e}")),
         }
     }
 

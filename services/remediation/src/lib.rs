@@ -85,6 +85,11 @@ pub async fn run_engine(
             store: WorkflowStore::open(&ctx.bus.js).await.map_err(open_err)?,
             publisher: ctx.bus.publisher.clone(),
             clock: clock.clone(),
+            counts: ctx.metrics.counter_family(
+                "remediation_decisions",
+                "Remediation decisions by rule, verdict (acted, suppressed, ignored) and reason",
+                ["rule", "verdict", "reason"],
+            ),
         },
     );
     let breakers = ConsumerLoop::new(

@@ -25,13 +25,16 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use proxflow_runtime::ServiceContext;
-use proxflow_runtime::bus::Publisher;
+use proxflow_runtime::bus::topology::ConsumerSpec;
+use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{Acquired, LeaseError, Leases};
 use proxflow_runtime::ops::Metrics;
+use proxflow_schemas::names::{stream, subject};
 use proxflow_schemas::replication::{
-    DivergenceReason, ReplicationDiverged, ReplicationPhase, ReplicationRun, TransferMode,
+    DivergenceReason, ReplicationDiverged, ReplicationPhase, ReplicationRequested, ReplicationRun,
+    TransferMode,
 };
 use proxflow_snapshotter::schedule::Schedule;
 use proxflow_zfs::{PipeEnd, SendStream, SnapshotInfo, Transfer, Zfs, ZfsError, names};
@@ -152,7 +155,8 @@ struct JobState {
 type Labels = Vec<(String, String)>;
 
 fn job_label(job: &str) -> Labels {
-    vec![("job".to_owned(), job.to_owned())]
+    // Not `job`: Prometheus sets that label to the scrape job and would rename this one.
+    vec![("replication_job".to_owned(), job.to_owned())]
 }
 
 #[derive(Debug, Clone, Default)]
@@ -437,10 +441,11 @@ impl Replicator {
     fn failed_metric(&self, job: &str, reason: &str) {
         self.metrics
             .failures
-            .get_or_create(&vec![
-                ("job".to_owned(), job.to_owned()),
-                ("reason".to_owned(), reason.to_owned()),
-            ])
+            .get_or_create(&{
+                let mut labels = job_label(job);
+                labels.push(("reason".to_owned(), reason.to_owned()));
+                labels
+            })
             .inc();
     }
 
@@ -736,9 +741,45 @@ pub enum ServiceError {
     /// A job does not resolve.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The on-demand consumer failed.
+    #[error("on-demand runs: {0}")]
+    Consume(String),
 }
 
-/// Runs the replicator until `shutdown`.
+/// Durable consumer name of on-demand runs (`pf.cmd.replicator.run`).
+pub const RUN_DURABLE: &str = "replicator-run";
+
+/// Runs a job on request (a remediation of a lag alert). The run announces itself through the usual
+/// events and metrics; a failed run is not retried from here (the schedule retries it).
+struct OnDemand {
+    replicator: Arc<Replicator>,
+}
+
+impl Handler<ReplicationRequested> for OnDemand {
+    async fn handle(&self, delivery: Delivery<ReplicationRequested>) -> Outcome {
+        let request = delivery.message;
+        tracing::info!(job = %request.job, reason = %request.reason, "replication requested");
+        match self
+            .replicator
+            .run_job(&request.job, &RunControl::default())
+            .await
+        {
+            Ok(report) => {
+                tracing::info!(job = %request.job, run = %report.run_id, "requested replication done");
+                Outcome::Ack
+            }
+            Err(JobError::UnknownJob(job)) => {
+                Outcome::poison(format!("no replication job {job:?}"))
+            }
+            Err(e) => {
+                tracing::warn!(job = %request.job, error = %e, "requested replication failed");
+                Outcome::Ack
+            }
+        }
+    }
+}
+
+/// Runs the replicator until `shutdown`: every job on its schedule, and on request.
 pub async fn run(
     ctx: ServiceContext,
     config: ReplicationConfig,
@@ -746,18 +787,37 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let interval = config.interval;
-    let replicator = Replicator::new(&ctx, config, clock).await?;
+    // One request at a time, each a whole run: the default delivery settings fit.
+    let consumer = proxflow_runtime::config::ConsumerConfig::default();
+    let replicator = Arc::new(Replicator::new(&ctx, config, clock).await?);
+    let on_demand = ConsumerLoop::new(
+        ctx.clone(),
+        ConsumerSpec {
+            stream: stream::CMD,
+            durable: RUN_DURABLE.into(),
+            filter_subject: subject::cmd("replicator", "run"),
+        },
+        consumer,
+        OnDemand {
+            replicator: replicator.clone(),
+        },
+    );
     ctx.health.set("replicator", true);
-    loop {
-        for (job, result) in replicator.pass(&shutdown).await {
-            if let Err(e) = result {
-                tracing::warn!(job = %job, error = %e, "replication run failed; retried later");
+    let scheduled = async {
+        loop {
+            for (job, result) in replicator.pass(&shutdown).await {
+                if let Err(e) = result {
+                    tracing::warn!(job = %job, error = %e, "replication run failed; retried later");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-    Ok(())
+        Ok::<(), ServiceError>(())
+    };
+    let (scheduled, requested) = tokio::join!(scheduled, on_demand.run(shutdown.clone()));
+    scheduled?;
+    requested.map_err(|e| ServiceError::Consume(e.to_string()))
 }

@@ -1,6 +1,7 @@
-//! NATS and JetStream: connection, topology, publishing and the consumer loop.
+//! NATS and JetStream: connection, topology, publishing, the consumer loop, and reading events back.
 
 pub mod consume;
+pub mod history;
 pub mod publish;
 pub mod topology;
 

@@ -1,0 +1,79 @@
+//! Reading events back: the newest messages of one subject since a point in time, for the audit
+//! views (`GET /v1/remediations`, `proxflow remediations`). Read with an ordered consumer, so nothing
+//! is acknowledged away and no durable state is left behind.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+
+/// Why the history could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The stream or a consumer on it could not be had.
+    #[error("reading {subject}: {reason}")]
+    Api {
+        /// The subject.
+        subject: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server stopped delivering before the end.
+    #[error("reading {0}: no message within {1:?} although more were pending")]
+    Stalled(String, Duration),
+}
+
+/// Up to the `limit` newest messages on `subject` in `stream` published at or after `since`,
+/// oldest first. A message that does not decode as `T` is skipped (and logged): one bad record must
+/// not hide the rest of an audit trail.
+pub async fn since<T: DeserializeOwned>(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    since: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<T>, HistoryError> {
+    let api = |e: &dyn std::fmt::Display| HistoryError::Api {
+        subject: subject.to_string(),
+        reason: e.to_string(),
+    };
+    let stream = js.get_stream(stream).await.map_err(|e| api(&e))?;
+    let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
+        since.timestamp_nanos_opt().unwrap_or_default(),
+    ))
+    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| api(&e))?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut out = std::collections::VecDeque::new();
+    if pending == 0 {
+        return Ok(Vec::new());
+    }
+    let mut messages = consumer.messages().await.map_err(|e| api(&e))?;
+    let wait = Duration::from_secs(5);
+    while pending > 0 {
+        let message = match tokio::time::timeout(wait, messages.next()).await {
+            Ok(Some(m)) => m.map_err(|e| api(&e))?,
+            Ok(None) | Err(_) => return Err(HistoryError::Stalled(subject.to_string(), wait)),
+        };
+        pending = message.info().map(|i| i.pending).unwrap_or(0);
+        match serde_json::from_slice::<T>(&message.payload) {
+            Ok(item) => {
+                out.push_back(item);
+                if out.len() > limit {
+                    out.pop_front();
+                }
+            }
+            Err(e) => tracing::warn!(subject, error = %e, "skipping an undecodable event"),
+        }
+    }
+    Ok(out.into())
+}
