@@ -6,6 +6,8 @@
 //! layer installed. Raw and runtime alternate over `BENCH_ROUNDS` rounds (default 5) on fresh subjects,
 //! so a noisy neighbour hits both alike; it prints every round, the medians and the ratio of the
 //! medians. The target is runtime >= 0.5x raw. `BENCH_N` sets N per round (default 20000).
+//! Then, on the same server and beside the raw figure, alert ingest: deliveries through the gateway
+//! to a remediation decision (`BENCH_ALERTS`, default 5000), with throughput and p50/p99 latency.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -217,6 +219,169 @@ async fn main() -> anyhow::Result<()> {
         "runtime / raw end-to-end: {:.2}x (target >= 0.50x)",
         rt_median / raw_median
     );
+    alerts(&ctx, raw_median).await?;
     telemetry.shutdown().await;
     Ok(())
+}
+
+/// Alert ingest on the same server, beside the raw figure above: Alertmanager-shaped deliveries
+/// POSTed to the gateway, each alert published, consumed by the remediation engine and decided (a
+/// dry-run rule matching every alert, so the whole guard path runs and nothing is acted on). Two
+/// loads: a storm (deliveries of 10 alerts from 16 concurrent senders: throughput, and latency with
+/// the queue that builds) and a trickle (one sender, one alert per delivery, sequential POSTs: latency without a queue). Latency is from the
+/// start of an alert's POST to its decision event arriving; throughput is alerts over first POST to
+/// last decision.
+async fn alerts(ctx: &proxflow_runtime::ServiceContext, raw_median: f64) -> anyhow::Result<()> {
+    const TOKEN: &str = "bench-token-0123456789abcdef";
+    let total: usize = std::env::var("BENCH_ALERTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1/alerts/alertmanager", listener.local_addr()?);
+    tokio::spawn(proxflow_gateway::run(
+        ctx.clone(),
+        proxflow_gateway::GatewayConfig {
+            bearer_tokens: std::collections::BTreeMap::from([(
+                "bench".to_owned(),
+                proxflow_runtime::config::Secret::new(TOKEN),
+            )]),
+            ..proxflow_gateway::GatewayConfig::default()
+        },
+        proxflow_provisioner::Profiles::default(),
+        listener,
+        stop.clone(),
+    ));
+    let rules = proxflow_remediation::Rules::parse(
+        r#"
+[[rule]]
+name = "bench"
+target = "host/{labels.instance}"
+action = { kind = "notify", url = "http://127.0.0.1:9/" }
+"#,
+    )?;
+    tokio::spawn(proxflow_remediation::run_engine(
+        ctx.clone(),
+        proxflow_remediation::RemediationConfig::default(),
+        rules,
+        proxflow_runtime::clock::system(),
+        stop.clone(),
+    ));
+    let load = AlertLoad {
+        ctx,
+        http: reqwest::Client::new(),
+        url,
+        token: TOKEN,
+    };
+    let (rate, storm) = load.run(0, total, 10, 16).await?;
+    println!(
+        "alerts (storm): {total} alerts in deliveries of 10 from 16 senders: gateway -> bus -> decision \
+         {rate:.0} alerts/s (raw JetStream end-to-end above: {raw_median:.0} msg/s); POST -> decision \
+         p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&storm, 0.50),
+        percentile(&storm, 0.99)
+    );
+    let (_, trickle) = load.run(total, 300, 1, 1).await?;
+    println!(
+        "alerts (one at a time): 300 alerts: POST -> decision p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&trickle, 0.50),
+        percentile(&trickle, 0.99)
+    );
+    stop.cancel();
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+struct AlertLoad<'a> {
+    ctx: &'a proxflow_runtime::ServiceContext,
+    http: reqwest::Client,
+    url: String,
+    token: &'static str,
+}
+
+impl AlertLoad<'_> {
+    /// Sends `total` alerts (fingerprints from `first`) in deliveries of `per_delivery` from
+    /// `senders` concurrent senders; returns alerts/s and the sorted latencies in ms.
+    async fn run(
+        &self,
+        first: usize,
+        total: usize,
+        per_delivery: usize,
+        senders: usize,
+    ) -> anyhow::Result<(f64, Vec<f64>)> {
+        let mut decided = self
+            .ctx
+            .bus
+            .client
+            .subscribe(subject::evt("remediation", "decision"))
+            .await?;
+        let sent: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> =
+            Arc::default();
+        let started = Instant::now();
+        let deliveries = total / per_delivery;
+        let posting = futures::stream::iter(0..deliveries)
+            .map(|d| {
+                let sent = sent.clone();
+                async move {
+                    let alerts: Vec<serde_json::Value> = (0..per_delivery)
+                        .map(|i| {
+                            let fp = format!("{:x}", first + d * per_delivery + i + 1);
+                            serde_json::json!({"status": "firing", "fingerprint": fp,
+                                "labels": {"alertname": "BenchDown", "instance": fp},
+                                "startsAt": "2026-11-24T10:00:00Z"})
+                        })
+                        .collect();
+                    let now = Instant::now();
+                    if let Ok(mut sent) = sent.lock() {
+                        for a in &alerts {
+                            let fp = a["fingerprint"].as_str().unwrap_or_default();
+                            sent.insert(fp.to_owned(), now);
+                        }
+                    }
+                    let body =
+                        serde_json::json!({"version": "4", "receiver": "bench", "alerts": alerts});
+                    let r = self
+                        .http
+                        .post(&self.url)
+                        .bearer_auth(self.token)
+                        .json(&body)
+                        .send()
+                        .await?;
+                    anyhow::ensure!(r.status() == 200, "delivery refused: {}", r.status());
+                    Ok::<(), anyhow::Error>(())
+                }
+            })
+            .buffer_unordered(senders)
+            .try_collect::<Vec<()>>();
+        let collecting = async {
+            let mut latencies = Vec::with_capacity(total);
+            while latencies.len() < deliveries * per_delivery {
+                let message = tokio::time::timeout(Duration::from_secs(60), decided.next())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("decisions stopped at {}", latencies.len()))?
+                    .ok_or_else(|| anyhow::anyhow!("subscription closed"))?;
+                let at = Instant::now();
+                let d: proxflow_schemas::remediation::RemediationDecision =
+                    serde_json::from_slice(&message.payload)?;
+                if let Some(start) = sent
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.get(&d.fingerprint).copied())
+                {
+                    latencies.push((at - start).as_secs_f64() * 1000.0);
+                }
+            }
+            Ok::<Vec<f64>, anyhow::Error>(latencies)
+        };
+        let (posted, latencies) = tokio::join!(posting, collecting);
+        posted?;
+        let mut latencies = latencies?;
+        let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+        latencies.sort_by(f64::total_cmp);
+        Ok((rate, latencies))
+    }
 }

@@ -23,7 +23,8 @@ use proxflow_testkit::pve::start_sim;
 use proxflow_testkit::{TestNats, project_dir};
 use tokio_util::sync::CancellationToken;
 
-const PASSWORDS: [&str; 10] = [
+const PASSWORDS: [&str; 11] = [
+    "PF_REMEDIATOR_PASSWORD",
     "PF_ADMIN_PASSWORD",
     "PF_CAPACITY_PASSWORD",
     "PF_SNAPSHOTTER_PASSWORD",
@@ -105,6 +106,7 @@ fn accounts_server() -> (tempfile::TempDir, TestNats) {
         ("PF_CAPACITY_PASSWORD", "capacity-pw"),
         ("PF_SNAPSHOTTER_PASSWORD", "snapshotter-pw"),
         ("PF_REPLICATOR_PASSWORD", "replicator-pw"),
+        ("PF_REMEDIATOR_PASSWORD", "remediator-pw"),
         ("PF_SYS_PASSWORD", "sys-pw"),
     ];
     let nats = TestNats::start_with_config(&config, &env).expect("nats-server with accounts");
@@ -523,4 +525,115 @@ async fn the_snapshotter_and_replicator_users_work_and_nothing_more() {
         !matches!(heard, Ok(Some(_))),
         "the replicator heard a pre-change request"
     );
+}
+
+/// Gateway, orchestrator (the remediation engine) and remediator as their own users take an alert to
+/// a restarted VM, and the gateway user reads the audit trail back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_users_can_remediate_an_alert() {
+    let (_dir, nats) = accounts_server();
+    let admin = admin_declares(&nats).await;
+    let (sim, pve) = start_sim(|_| {}).await.expect("simulator");
+    let stop = CancellationToken::new();
+    let token = "alertmanager-token-0123456789";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let gateway_url = format!("http://{}", listener.local_addr().expect("address"));
+    let gateway = tokio::spawn(proxflow_gateway::run(
+        service_context(&nats, "gateway").await,
+        GatewayConfig {
+            bearer_tokens: std::collections::BTreeMap::from([(
+                "alertmanager".to_owned(),
+                Secret::new(token),
+            )]),
+            ..GatewayConfig::default()
+        },
+        proxflow_provisioner::Profiles::default(),
+        listener,
+        stop.clone(),
+    ));
+    let rules = proxflow_remediation::Rules::parse(
+        r#"
+[[rule]]
+name = "vm-down-restart"
+alertname = "VMDown"
+target = "vm/{labels.vmid}"
+action = { kind = "restart_vm", vmid = "{labels.vmid}", shutdown_timeout = "30s" }
+dry_run = false
+"#,
+    )
+    .expect("rules");
+    let orchestrator = tokio::spawn(proxflow_orchestrator::run(
+        service_context(&nats, "orchestrator").await,
+        proxflow_orchestrator::Orchestration {
+            rules,
+            ..proxflow_orchestrator::Orchestration::new(
+                test_consumer(Duration::from_secs(30)),
+                proxflow_provisioner::Profiles::default(),
+            )
+        },
+        stop.clone(),
+    ));
+    let remediator = tokio::spawn(proxflow_remediation::run_remediator(
+        service_context(&nats, "remediator").await,
+        proxflow_remediation::RemediationConfig::default(),
+        pve,
+        stop.clone(),
+    ));
+    let delivery = serde_json::json!({"version": "4", "receiver": "proxflow", "alerts": [{
+        "status": "firing", "labels": {"alertname": "VMDown", "vmid": "101"},
+        "startsAt": "2026-11-24T10:00:00Z", "fingerprint": "a1b2c3"}]});
+    let http = reqwest::Client::new();
+    let posted = http
+        .post(format!("{gateway_url}/v1/alerts/alertmanager"))
+        .bearer_auth(token)
+        .json(&delivery)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(posted.status(), 200);
+    let store = WorkflowStore::open(&admin.js).await.expect("store");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let decisions = loop {
+        let response = http
+            .get(format!("{gateway_url}/v1/remediations"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get");
+        let body = response.text().await.expect("body");
+        let trail: Vec<proxflow_schemas::remediation::RemediationDecision> =
+            serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("the gateway user reads the trail: {e}: {body}"));
+        if !trail.is_empty() {
+            break trail;
+        }
+        for (name, task) in [
+            ("gateway", gateway.is_finished()),
+            ("orchestrator", orchestrator.is_finished()),
+            ("remediator", remediator.is_finished()),
+        ] {
+            assert!(!task, "{name} stopped early");
+        }
+        assert!(std::time::Instant::now() < deadline, "no decision");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let id = decisions[0].workflow_id.clone().expect("acted");
+    let remediator_stopped = || remediator.is_finished();
+    let record = until_ended(&store, &id, &[("remediator", &remediator_stopped)]).await;
+    stop.cancel();
+    assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+    let calls: Vec<String> = sim
+        .handle()
+        .journal()
+        .into_iter()
+        .filter(|e| e.method == "POST")
+        .filter_map(|e| {
+            e.path
+                .strip_prefix("/nodes/pve1/qemu/101/status/")
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(calls, ["shutdown", "start"]);
 }

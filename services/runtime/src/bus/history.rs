@@ -44,8 +44,17 @@ pub async fn since<T: DeserializeOwned>(
         since.timestamp_nanos_opt().unwrap_or_default(),
     ))
     .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    // Named, so the create request's subject carries the filter
+    // (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`) and a least-privilege user can be allowed
+    // to read exactly this subject.
+    let name = format!(
+        "history-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    );
     let consumer = stream
         .create_consumer(OrderedConfig {
+            name: Some(name),
             filter_subject: subject.to_string(),
             deliver_policy: DeliverPolicy::ByStartTime { start_time },
             ..Default::default()
