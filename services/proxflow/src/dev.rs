@@ -132,7 +132,7 @@ fn print_summary(
     }
     if let Some(gateway) = listening.gateway {
         println!(
-            "  gateway  http://{gateway}  (/v1/provision, /v1/workflows/{{id}}, /healthz, /readyz, /metrics)"
+            "  gateway  http://{gateway}  (/v1/provision, /v1/alerts/alertmanager, /v1/workflows/{{id}}, /v1/remediations, /metrics)"
         );
     }
     if !credentials.is_empty() {
