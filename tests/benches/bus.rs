@@ -238,21 +238,10 @@ async fn alerts(ctx: &proxflow_runtime::ServiceContext, raw_median: f64) -> anyh
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000);
     let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/v1/alerts/alertmanager", listener.local_addr()?);
-    tokio::spawn(proxflow_gateway::run(
-        ctx.clone(),
-        proxflow_gateway::GatewayConfig {
-            bearer_tokens: std::collections::BTreeMap::from([(
-                "bench".to_owned(),
-                proxflow_runtime::config::Secret::new(TOKEN),
-            )]),
-            ..proxflow_gateway::GatewayConfig::default()
-        },
-        proxflow_provisioner::Profiles::default(),
-        listener,
-        stop.clone(),
-    ));
+    let url = format!(
+        "{}/v1/alerts/alertmanager",
+        proxflow_e2e::start_gateway(ctx, "bench", TOKEN, &stop).await
+    );
     let rules = proxflow_remediation::Rules::parse(
         r#"
 [[rule]]

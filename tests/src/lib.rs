@@ -221,3 +221,51 @@ pub async fn until_idle(ctx: &proxflow_runtime::ServiceContext, consumers: &[(&s
         }
     }
 }
+
+/// Waits until workflow `id` reaches a terminal state (60 s at most) and returns its record.
+pub async fn until_ended(
+    store: &proxflow_runtime::workflow::WorkflowStore,
+    id: &str,
+) -> proxflow_schemas::workflow::WorkflowRecord {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((r, _)) = store.get(id).await.expect("workflow store")
+            && r.state.is_terminal()
+        {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workflow {id} did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Serves the gateway on a free port for `ctx` with one bearer token (`name`, `token`) until `stop`;
+/// returns its base URL.
+pub async fn start_gateway(
+    ctx: &proxflow_runtime::ServiceContext,
+    name: &str,
+    token: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(proxflow_gateway::run(
+        ctx.clone(),
+        proxflow_gateway::GatewayConfig {
+            bearer_tokens: std::collections::BTreeMap::from([(
+                name.to_owned(),
+                proxflow_runtime::config::Secret::new(token),
+            )]),
+            ..proxflow_gateway::GatewayConfig::default()
+        },
+        proxflow_provisioner::Profiles::default(),
+        listener,
+        stop.clone(),
+    ));
+    url
+}

@@ -3,11 +3,9 @@
 //! own retries get every alert through once it is back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use proxflow_gateway::GatewayConfig;
-use proxflow_runtime::config::Secret;
 use proxflow_schemas::alert::AlertReceived;
 use proxflow_schemas::names::{stream, subject};
 use proxflow_testkit::TestNats;
@@ -28,19 +26,8 @@ struct Rig {
 async fn rig() -> Rig {
     let nats = TestNats::start().unwrap();
     let ctx = nats.context("alertmanager-e2e").await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    tokio::spawn(proxflow_gateway::run(
-        ctx.clone(),
-        GatewayConfig {
-            bearer_tokens: BTreeMap::from([("alertmanager".into(), Secret::new(TOKEN))]),
-            ..GatewayConfig::default()
-        },
-        proxflow_provisioner::Profiles::default(),
-        listener,
-        stop.clone(),
-    ));
+    let gateway = proxflow_e2e::start_gateway(&ctx, "alertmanager", TOKEN, &stop).await;
     let am = TestAlertmanager::start(
         &format!("{gateway}/v1/alerts/alertmanager"),
         TOKEN,

@@ -46,9 +46,14 @@ struct Scaling {
 
 impl Scaling {
     async fn start(config: CapacityConfig) -> Self {
+        Self::start_joining(config, JOIN_OK).await
+    }
+
+    /// With `join` as the k3s join command.
+    async fn start_joining(config: CapacityConfig, join: &str) -> Self {
         let clock = ManualClock::new(start_time());
         let p = Platform::start_orchestrated(
-            JOIN_OK,
+            join,
             |_| {},
             |_| {},
             |o| {
@@ -493,26 +498,7 @@ async fn one_scale_out_at_a_time_until_the_new_node_is_provisioned() {
         "cat > /dev/null; while [ ! -e {} ]; do sleep 0.05; done; echo joined {{name}} at {{ip}}",
         release.display()
     );
-    let config = capacity(|so| so.cooldown = Duration::ZERO);
-    let clock = ManualClock::new(start_time());
-    let p = Platform::start_orchestrated(
-        &join,
-        |_| {},
-        |_| {},
-        |o| {
-            o.capacity = config.clone();
-            o.clock = clock.shared();
-        },
-    )
-    .await;
-    let monitor = Scaling::monitor(&p, &config, &clock).await;
-    let mut s = Scaling {
-        p,
-        clock,
-        config,
-        monitor,
-        cpu: None,
-    };
+    let mut s = Scaling::start_joining(capacity(|so| so.cooldown = Duration::ZERO), &join).await;
     s.load(0.9);
     let first = s.cpu_avg_polls(16).await;
     let one = s.scale_out_of(&first[0]).await;

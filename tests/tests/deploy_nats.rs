@@ -536,23 +536,8 @@ async fn the_shipped_users_can_remediate_an_alert() {
     let (sim, pve) = start_sim(|_| {}).await.expect("simulator");
     let stop = CancellationToken::new();
     let token = "alertmanager-token-0123456789";
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("listener");
-    let gateway_url = format!("http://{}", listener.local_addr().expect("address"));
-    let gateway = tokio::spawn(proxflow_gateway::run(
-        service_context(&nats, "gateway").await,
-        GatewayConfig {
-            bearer_tokens: std::collections::BTreeMap::from([(
-                "alertmanager".to_owned(),
-                Secret::new(token),
-            )]),
-            ..GatewayConfig::default()
-        },
-        proxflow_provisioner::Profiles::default(),
-        listener,
-        stop.clone(),
-    ));
+    let gateway_ctx = service_context(&nats, "gateway").await;
+    let gateway_url = proxflow_e2e::start_gateway(&gateway_ctx, "alertmanager", token, &stop).await;
     let rules = proxflow_remediation::Rules::parse(
         r#"
 [[rule]]
@@ -610,7 +595,6 @@ dry_run = false
             break trail;
         }
         for (name, task) in [
-            ("gateway", gateway.is_finished()),
             ("orchestrator", orchestrator.is_finished()),
             ("remediator", remediator.is_finished()),
         ] {

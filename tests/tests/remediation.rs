@@ -3,15 +3,12 @@
 //! real Alertmanager for the delivery path. Guard time runs on a manual clock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use proxflow_gateway::GatewayConfig;
 use proxflow_pve_sim::RunningSim;
 use proxflow_remediation::{RemediationConfig, Rules};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::clock::ManualClock;
-use proxflow_runtime::config::Secret;
 use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::names::{stream, subject};
 use proxflow_schemas::remediation::{Reason, RemediationDecision, RemediationPage, Verdict};
@@ -49,19 +46,8 @@ async fn rig(rules: &str, tweak: impl FnOnce(&mut RemediationConfig)) -> Rig {
     let nats = TestNats::start().unwrap();
     let ctx = nats.context("remediation-e2e").await.unwrap();
     let (sim, pve) = start_sim(|_| {}).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    tokio::spawn(proxflow_gateway::run(
-        ctx.clone(),
-        GatewayConfig {
-            bearer_tokens: BTreeMap::from([("alertmanager".into(), Secret::new(TOKEN))]),
-            ..GatewayConfig::default()
-        },
-        proxflow_provisioner::Profiles::default(),
-        listener,
-        stop.clone(),
-    ));
+    let gateway = proxflow_e2e::start_gateway(&ctx, "alertmanager", TOKEN, &stop).await;
     let mut config = RemediationConfig::default();
     config.consumer.ack_wait = Duration::from_secs(30);
     tweak(&mut config);
@@ -149,16 +135,7 @@ impl Rig {
     }
 
     async fn until_ended(&self, id: &str) -> proxflow_schemas::workflow::WorkflowRecord {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some((r, _)) = self.store.get(id).await.unwrap()
-                && r.state.is_terminal()
-            {
-                return r;
-            }
-            assert!(Instant::now() < deadline, "workflow {id} did not end");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        proxflow_e2e::until_ended(&self.store, id).await
     }
 
     /// The power operations the simulator received for `vmid`, in order.

@@ -154,7 +154,7 @@ async fn run_inner(spec: &CommandSpec, program: &str) -> Result<CommandOutput, C
             (status.code(), false)
         }
         Err(_) => {
-            kill_group(&child);
+            kill_group(child.id());
             let _ = child.kill().await;
             (None, true)
         }
@@ -168,10 +168,11 @@ async fn run_inner(spec: &CommandSpec, program: &str) -> Result<CommandOutput, C
     })
 }
 
-/// SIGKILL to the whole process group (the child is its leader). A signal syscall, not the `kill`
-/// program: minimal hosts and containers often lack procps.
-fn kill_group(child: &tokio::process::Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+/// SIGKILL to the whole process group of a child spawned as its group's leader (`process_group(0)`;
+/// `pid` from `Child::id`, `None` once reaped). A signal syscall, not the `kill` program: minimal
+/// hosts and containers often lack procps.
+pub fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -179,8 +180,9 @@ fn kill_group(child: &tokio::process::Child) {
     }
 }
 
-/// Reads a stream to its end, keeping the last [`OUTPUT_TAIL_BYTES`].
-async fn tail(stream: Option<impl AsyncRead + Unpin>) -> String {
+/// Reads a stream to its end, keeping the last [`OUTPUT_TAIL_BYTES`] (lossy UTF-8): a child's
+/// output for error messages, bounded however much it writes.
+pub async fn tail(stream: Option<impl AsyncRead + Unpin>) -> String {
     let Some(mut stream) = stream else {
         return String::new();
     };

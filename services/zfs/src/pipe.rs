@@ -13,13 +13,13 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use proxflow_runtime::command::{kill_group, tail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Stderr kept per side: the last this many bytes.
-const STDERR_TAIL_BYTES: usize = 8 * 1024;
 /// Copy buffer; large enough that the copy is never the bottleneck of a local send.
 const BUFFER_BYTES: usize = 1 << 20;
 /// Kernel buffer of each of the two pipes.
@@ -132,39 +132,6 @@ fn spawn(argv: &[String], stdin: Stdio, stdout: Stdio) -> Result<Child, String> 
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))
-}
-
-/// SIGKILL to the child's whole process group (it is the leader).
-fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-async fn tail(stream: Option<impl AsyncRead + Unpin>) -> String {
-    let Some(mut stream) = stream else {
-        return String::new();
-    };
-    let mut kept: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > 2 * STDERR_TAIL_BYTES {
-                    kept.drain(..kept.len() - STDERR_TAIL_BYTES);
-                }
-            }
-        }
-    }
-    if kept.len() > STDERR_TAIL_BYTES {
-        kept.drain(..kept.len() - STDERR_TAIL_BYTES);
-    }
-    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// Runs `send` and `receive` (full argv each, prefixes included) with the sender's stdout copied

@@ -137,16 +137,7 @@ impl Platform {
     }
 
     pub async fn until_ended(&self, id: &str) -> WorkflowRecord {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some((r, _)) = self.store.get(id).await.unwrap()
-                && r.state.is_terminal()
-            {
-                return r;
-            }
-            assert!(Instant::now() < deadline, "workflow {id} did not end");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        proxflow_e2e::until_ended(&self.store, id).await
     }
 
     /// Waits until both consumers have nothing pending or unacknowledged: whatever the last request
