@@ -530,3 +530,109 @@ async fn a_rule_without_dry_run_false_only_records_what_it_would_do() {
     );
     assert!(r.power_calls(101).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_threshold_waits_for_the_nth_alert_and_notify_and_snapshot_act() {
+    // A webhook receiver for `notify`: answers 200 and hands over each body it got.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", receiver.local_addr().unwrap());
+    let (bodies, mut received) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = receiver.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let n = conn.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if rest.len() >= len {
+                        break Some(rest[..len].to_string());
+                    }
+                }
+            };
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+            if let Some(body) = body.and_then(|b| serde_json::from_str(&b).ok()) {
+                let _ = bodies.send(body);
+            }
+        }
+    });
+    let rules = format!(
+        r#"
+[[rule]]
+name = "disk-errors-snapshot"
+alertname = "DiskErrors"
+target = "vm/{{labels.vmid}}"
+action = {{ kind = "snapshot_vm", vmid = "{{labels.vmid}}" }}
+threshold = {{ count = 2, within = "10m" }}
+dry_run = false
+
+[[rule]]
+name = "page"
+alertname = "DiskErrors"
+target = "page/{{labels.vmid}}"
+action = {{ kind = "notify", url = "{hook}" }}
+dry_run = false
+"#
+    );
+    let r = rig(&rules, |_| {}).await;
+    let vm = [("vmid", "102")];
+    r.post(vec![alert(
+        "DiskErrors",
+        &vm,
+        "firing",
+        "2026-11-24T10:00:00Z",
+    )])
+    .await;
+    let d = r.settled().await;
+    let held: Vec<_> = d.iter().filter(|x| x.reason == Reason::Threshold).collect();
+    assert_eq!(held.len(), 1, "{d:#?}");
+    assert_eq!(held[0].detail, "1 of 2 alerts for vm/102 within 10m");
+    // The page went out with the alert and the decision.
+    let paged = tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(paged["rule"], "page");
+    assert_eq!(paged["alert"]["labels"]["vmid"], "102");
+    // A second alert for the same VM within 10 minutes: the snapshot is taken.
+    r.clock.advance(Duration::from_secs(120));
+    r.post(vec![alert(
+        "DiskErrors",
+        &vm,
+        "firing",
+        "2026-11-24T10:02:00Z",
+    )])
+    .await;
+    let d = r.settled().await;
+    let snap = d
+        .iter()
+        .find(|x| x.rule.as_deref() == Some("disk-errors-snapshot") && x.verdict == Verdict::Acted)
+        .expect("snapshot acted");
+    let record = r.until_ended(snap.workflow_id.as_deref().unwrap()).await;
+    assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+    let posted: Vec<String> = r
+        .sim
+        .handle()
+        .journal()
+        .into_iter()
+        .filter(|e| e.method == "POST" && e.path == "/nodes/pve1/qemu/102/snapshot")
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(posted.len(), 1);
+}

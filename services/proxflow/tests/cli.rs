@@ -469,3 +469,83 @@ fn sim_serves_and_pve_check_uses_it() {
     let _ = sim.kill();
     let _ = sim.wait();
 }
+
+#[test]
+fn a_rules_file_that_does_not_validate_stops_the_orchestrator_with_78_naming_the_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"restart\"\nalertname = \"VMDown\"\nlabels_regex = { vmid = \"^1[0-9\" }\n\
+         target = \"vm/{labels.vmid}\"\naction = { kind = \"restart_vm\", vmid = \"{labels.vmid}\" }\n",
+    )
+    .expect("write");
+    let out = proxflow()
+        .args(["serve", "orchestrator"])
+        .env("PROXFLOW_REMEDIATION__RULES_FILE", &rules)
+        // Refused before connecting: no server is needed to see it.
+        .env("PROXFLOW_NATS__URL", "nats://127.0.0.1:1")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("remediation.rules_file")
+            && stderr.contains("rule[0] \"restart\".labels_regex.vmid"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn remediations_lists_the_audit_trail_from_the_bus() {
+    use proxflow_schemas::alert::AlertStatus;
+    use proxflow_schemas::remediation::{Reason, RemediationDecision, Verdict};
+    let nats = proxflow_testkit::TestNats::start().expect("nats-server");
+    let ctx = nats.context("cli-test").await.expect("context");
+    let decision = |n: u32, verdict: Verdict, reason: Reason| RemediationDecision {
+        alert_id: format!("alert/f{n}/0/firing"),
+        fingerprint: format!("f{n}"),
+        alertname: "VMDown".into(),
+        status: AlertStatus::Firing,
+        rule: Some("vm-down-restart".into()),
+        target: Some(format!("vm/10{n}")),
+        verdict,
+        reason,
+        detail: format!("detail {n}"),
+        action: Some("restart_vm".into()),
+        workflow_id: None,
+        trace_id: None,
+        at: chrono::Utc::now(),
+    };
+    let published = [
+        decision(1, Verdict::Acted, Reason::None),
+        decision(2, Verdict::Suppressed, Reason::Cooldown),
+    ];
+    for d in &published {
+        ctx.bus.publisher.publish(d).await.expect("published");
+    }
+    let run = |args: &[&str]| {
+        proxflow()
+            .arg("remediations")
+            .args(args)
+            .env("PROXFLOW_NATS__URL", nats.url())
+            .output()
+            .expect("runs")
+    };
+    let json = run(&["--json"]);
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let listed: Vec<RemediationDecision> =
+        serde_json::from_slice(&json.stdout).expect("decision JSON");
+    assert_eq!(listed, published.to_vec());
+    let table = run(&["--limit", "1"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("suppressed") && text.contains("cooldown") && text.contains("vm/102"),
+        "{text}"
+    );
+}
