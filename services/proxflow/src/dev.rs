@@ -125,22 +125,24 @@ fn print_summary(
     credentials: &[String],
     listening: &Listening,
 ) {
-    println!("proxflow dev is up");
-    println!("  nats     {nats}");
+    let mut text = format!("proxflow dev is up\n  nats     {nats}\n");
     if let Some(sim) = simulator {
-        sim::print_endpoint(sim, "  ");
+        text.push_str(&sim::endpoint_line(sim, "  "));
     }
     if let Some(gateway) = listening.gateway {
-        println!(
-            "  gateway  http://{gateway}  (/v1/provision, /v1/alerts/alertmanager, /v1/workflows/{{id}}, /v1/remediations, /metrics)"
-        );
+        text.push_str(&format!(
+            "  gateway  http://{gateway}  (/v1/provision, /v1/alerts/alertmanager, /v1/workflows/{{id}}, /v1/remediations, /metrics)\n"
+        ));
     }
     if !credentials.is_empty() {
-        println!(
-            "  auth     export {}  (for proxflow provision)",
+        text.push_str(&format!(
+            "  auth     export {}  (for proxflow provision)\n",
             credentials.join(" ")
-        );
+        ));
     }
-    println!("  ops      http://{}/metrics", listening.ops);
-    println!("Ctrl-C stops everything.");
+    text.push_str(&format!(
+        "  ops      http://{}/metrics\nCtrl-C stops everything.\n",
+        listening.ops
+    ));
+    sim::say(&text);
 }
