@@ -32,7 +32,17 @@ async fn clone_next_free(client: &PveClient, name: &str) -> Result<(u32, Upid), 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_clones_under_lock_contention() {
-    let fx = Fixture::start().await;
+    let mut fx = Fixture::start().await;
+    // Each clone request is contended with probability 0.3, so a clone fails only if every attempt is:
+    // 0.3^8 with the fixture's 8 attempts is about 1 in 15,000 per request, and this test makes over a
+    // hundred requests (AlreadyExists races add more), which failed one CI run in several. With 20
+    // attempts it is 0.3^20, about 3e-11: the test checks contention handling, not luck.
+    let sim = fx.sim.as_ref().expect("simulator");
+    fx.client = proxflow_pve::PveClient::new(&proxflow_pve::PveConfig {
+        retry_attempts: 20,
+        ..proxflow_testkit::pve::client_config(sim)
+    })
+    .expect("client");
     let mut faults = Faults::default();
     faults.endpoints.insert(
         "POST /nodes/{node}/qemu/{vmid}/clone".into(),
