@@ -21,16 +21,13 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{Acquired, LeaseError, Leases};
-use proxflow_runtime::ops::Metrics;
+use proxflow_runtime::ops::{CounterFamily, GaugeFamily, Metrics};
 use proxflow_schemas::names::{stream, subject};
 use proxflow_schemas::replication::{
     DivergenceReason, ReplicationDiverged, ReplicationPhase, ReplicationRequested, ReplicationRun,
@@ -152,45 +149,40 @@ struct JobState {
     replicated_creation: Option<DateTime<Utc>>,
 }
 
-type Labels = Vec<(String, String)>;
-
-fn job_label(job: &str) -> Labels {
-    // Not `job`: Prometheus sets that label to the scrape job and would rename this one.
-    vec![("replication_job".to_owned(), job.to_owned())]
-}
-
-#[derive(Debug, Clone, Default)]
+/// The replicator's Prometheus metrics, per `replication_job` (not `job`: Prometheus sets that
+/// label to the scrape job and would rename this one).
+#[derive(Debug, Clone)]
 struct ReplicationMetrics {
-    last_success: Family<Labels, Gauge<f64, AtomicU64>>,
-    lag: Family<Labels, Gauge<f64, AtomicU64>>,
-    bytes: Family<Labels, Counter>,
-    failures: Family<Labels, Counter>,
+    last_success: GaugeFamily<1>,
+    lag: GaugeFamily<1>,
+    bytes: CounterFamily<1>,
+    failures: CounterFamily<2>,
 }
 
 impl ReplicationMetrics {
     fn register(metrics: &Metrics) -> Self {
-        let m = Self::default();
-        metrics.register(
-            "replication_last_success_timestamp_seconds",
-            "When each job last completed (Unix time)",
-            m.last_success.clone(),
-        );
-        metrics.register(
-            "replication_lag_seconds",
-            "Age of the newest snapshot the target holds, per job",
-            m.lag.clone(),
-        );
-        metrics.register(
-            "replication_bytes",
-            "Stream bytes replicated, per job",
-            m.bytes.clone(),
-        );
-        metrics.register(
-            "replication_failures",
-            "Failed replication runs, per job and reason",
-            m.failures.clone(),
-        );
-        m
+        Self {
+            last_success: metrics.gauge_family(
+                "replication_last_success_timestamp_seconds",
+                "When each job last completed (Unix time)",
+                ["replication_job"],
+            ),
+            lag: metrics.gauge_family(
+                "replication_lag_seconds",
+                "Age of the newest snapshot the target holds, per job",
+                ["replication_job"],
+            ),
+            bytes: metrics.counter_family(
+                "replication_bytes",
+                "Stream bytes replicated, per job",
+                ["replication_job"],
+            ),
+            failures: metrics.counter_family(
+                "replication_failures",
+                "Failed replication runs, per job and reason",
+                ["replication_job", "reason"],
+            ),
+        }
     }
 }
 
@@ -269,10 +261,10 @@ impl Replicator {
             let state = self.state().get(&name).cloned().unwrap_or_default();
             // The lag grows while nothing new arrives, also between runs.
             if let Some(created) = state.replicated_creation {
-                self.metrics
-                    .lag
-                    .get_or_create(&job_label(&name))
-                    .set((now - created).num_milliseconds() as f64 / 1e3);
+                self.metrics.lag.set(
+                    [name.as_str()],
+                    (now - created).num_milliseconds() as f64 / 1e3,
+                );
             }
             let Some(slot) = job.schedule.last_slot(job.tz, now) else {
                 continue;
@@ -402,20 +394,13 @@ impl Replicator {
                     tracing::info!(mode = ?report.mode, base = ?report.base, snapshot = ?report.snapshot, "dry run: would replicate");
                     return Ok(report);
                 }
-                let labels = job_label(name);
-                self.metrics
-                    .bytes
-                    .get_or_create(&labels)
-                    .inc_by(moved.bytes);
+                let job = [name.as_str()];
+                self.metrics.bytes.inc_by(job, moved.bytes);
                 self.metrics
                     .last_success
-                    .get_or_create(&labels)
-                    .set(self.clock.now().timestamp_millis() as f64 / 1e3);
+                    .set(job, self.clock.now().timestamp_millis() as f64 / 1e3);
                 if let Some(lag) = report.lag {
-                    self.metrics
-                        .lag
-                        .get_or_create(&labels)
-                        .set(lag.as_secs_f64());
+                    self.metrics.lag.set(job, lag.as_secs_f64());
                 }
                 self.state()
                     .entry(name.clone())
@@ -439,14 +424,7 @@ impl Replicator {
     }
 
     fn failed_metric(&self, job: &str, reason: &str) {
-        self.metrics
-            .failures
-            .get_or_create(&{
-                let mut labels = job_label(job);
-                labels.push(("reason".to_owned(), reason.to_owned()));
-                labels
-            })
-            .inc();
+        self.metrics.failures.inc([job, reason]);
     }
 
     async fn announce<M: proxflow_schemas::Message>(&self, event: &M) {

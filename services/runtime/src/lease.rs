@@ -164,11 +164,6 @@ struct LeaseInner {
 }
 
 impl Lease {
-    /// The lease key.
-    pub fn key(&self) -> &str {
-        &self.inner.key
-    }
-
     /// `false` once a renewal found the key taken over (this holder stalled past the lease length).
     pub fn is_held(&self) -> bool {
         self.inner.held.load(Ordering::SeqCst)

@@ -240,8 +240,13 @@ pub struct CounterFamily<const N: usize> {
 impl<const N: usize> CounterFamily<N> {
     /// Adds one to the counter of these label values, given in the order of the label names.
     pub fn inc(&self, values: [&str; N]) {
+        self.inc_by(values, 1);
+    }
+
+    /// Adds `n` to the counter of these label values.
+    pub fn inc_by(&self, values: [&str; N], n: u64) {
         let key = std::array::from_fn(|i| (self.labels[i], values[i].to_owned()));
-        self.family.get_or_create(&key).inc();
+        self.family.get_or_create(&key).inc_by(n);
     }
 }
 

@@ -8,23 +8,19 @@
 //! held snapshot is never destroyed.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use proxflow_pve::PveClient;
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::Publisher;
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{Acquired, LeaseError, Leases};
-use proxflow_runtime::ops::{Health, Metrics};
+use proxflow_runtime::ops::{CounterFamily, GaugeFamily, Health, Metrics};
 use proxflow_schemas::Versioned;
 use proxflow_schemas::names::{header, subject};
 use proxflow_schemas::snapshot::{
@@ -63,66 +59,55 @@ pub enum ServiceError {
     },
 }
 
-type Labels = Vec<(String, String)>;
-
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
 /// The snapshotter's Prometheus metrics.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct SnapshotMetrics {
-    newest_age: Family<Labels, Gauge<f64, AtomicU64>>,
-    expected: Family<Labels, Gauge>,
-    missing: Family<Labels, Gauge>,
-    taken: Family<Labels, Counter>,
-    pruned: Family<Labels, Counter>,
-    failures: Family<Labels, Counter>,
+    newest_age: GaugeFamily<2>,
+    expected: GaugeFamily<2>,
+    missing: GaugeFamily<2>,
+    taken: CounterFamily<2>,
+    pruned: CounterFamily<1>,
+    failures: CounterFamily<2>,
 }
 
 impl SnapshotMetrics {
     fn register(metrics: &Metrics) -> Self {
-        let m = Self::default();
-        metrics.register(
-            "snapshot_newest_age_seconds",
-            "Age of the newest scheduled snapshot, per policy and target",
-            m.newest_age.clone(),
-        );
-        metrics.register(
-            "snapshot_expected",
-            "Scheduled snapshots the policy says should exist now",
-            m.expected.clone(),
-        );
-        metrics.register(
-            "snapshot_missing",
-            "Expected scheduled snapshots that do not exist",
-            m.missing.clone(),
-        );
-        metrics.register(
-            "snapshots_taken",
-            "Snapshots taken, per policy (or prechange) and kind",
-            m.taken.clone(),
-        );
-        metrics.register(
-            "snapshots_pruned",
-            "Snapshots destroyed by retention, per policy",
-            m.pruned.clone(),
-        );
-        metrics.register(
-            "snapshot_failures",
-            "Failed snapshot operations, per policy and operation",
-            m.failures.clone(),
-        );
-        m
+        Self {
+            newest_age: metrics.gauge_family(
+                "snapshot_newest_age_seconds",
+                "Age of the newest scheduled snapshot, per policy and target",
+                ["policy", "target"],
+            ),
+            expected: metrics.gauge_family(
+                "snapshot_expected",
+                "Scheduled snapshots the policy says should exist now",
+                ["policy", "target"],
+            ),
+            missing: metrics.gauge_family(
+                "snapshot_missing",
+                "Expected scheduled snapshots that do not exist",
+                ["policy", "target"],
+            ),
+            taken: metrics.counter_family(
+                "snapshots_taken",
+                "Snapshots taken, per policy (or prechange) and kind",
+                ["policy", "kind"],
+            ),
+            pruned: metrics.counter_family(
+                "snapshots_pruned",
+                "Snapshots destroyed by retention, per policy",
+                ["policy"],
+            ),
+            failures: metrics.counter_family(
+                "snapshot_failures",
+                "Failed snapshot operations, per policy and operation",
+                ["policy", "operation"],
+            ),
+        }
     }
 
     fn failed(&self, policy: &str, operation: &str) {
-        self.failures
-            .get_or_create(&labels(&[("policy", policy), ("operation", operation)]))
-            .inc();
+        self.failures.inc([policy, operation]);
     }
 }
 
@@ -386,10 +371,7 @@ impl Snapshotter {
             {
                 Ok(()) => {
                     tracing::info!(snapshot = %name, "snapshot taken");
-                    self.metrics
-                        .taken
-                        .get_or_create(&labels(&[("policy", &policy.name), ("kind", "scheduled")]))
-                        .inc();
+                    self.metrics.taken.inc([&policy.name, "scheduled"]);
                     self.announce(&SnapshotTaken {
                         target: target.clone(),
                         snapshot: name.clone(),
@@ -494,8 +476,7 @@ impl Snapshotter {
         if !pruned.is_empty() {
             self.metrics
                 .pruned
-                .get_or_create(&labels(&[("policy", &policy.name)]))
-                .inc_by(pruned.len() as u64);
+                .inc_by([&policy.name], pruned.len() as u64);
             self.announce(&SnapshotsPruned {
                 target: target.clone(),
                 policy: policy.name.clone(),
@@ -529,19 +510,13 @@ impl Snapshotter {
     ) -> Option<SnapshotCheck> {
         let check = plan::check(rules, existing, now);
         let target_label = target.to_string();
-        let l = labels(&[("policy", &policy.name), ("target", &target_label)]);
-        self.metrics
-            .newest_age
-            .get_or_create(&l)
-            .set(check.newest_age.map_or(f64::INFINITY, |a| a.as_secs_f64()));
-        self.metrics
-            .expected
-            .get_or_create(&l)
-            .set(i64::try_from(check.expected.len()).unwrap_or(i64::MAX));
-        self.metrics
-            .missing
-            .get_or_create(&l)
-            .set(i64::try_from(check.missing.len()).unwrap_or(i64::MAX));
+        let l = [policy.name.as_str(), target_label.as_str()];
+        self.metrics.newest_age.set(
+            l,
+            check.newest_age.map_or(f64::INFINITY, |a| a.as_secs_f64()),
+        );
+        self.metrics.expected.set(l, check.expected.len() as f64);
+        self.metrics.missing.set(l, check.missing.len() as f64);
         if !publish {
             return None;
         }
@@ -656,10 +631,7 @@ impl Snapshotter {
             return refuse(format!("snapshot {name}: {e}"));
         }
         tracing::info!(snapshot = %name, expires = %expires, "pre-change snapshot taken");
-        self.metrics
-            .taken
-            .get_or_create(&labels(&[("policy", "prechange"), ("kind", "prechange")]))
-            .inc();
+        self.metrics.taken.inc(["prechange", "prechange"]);
         self.announce(&SnapshotTaken {
             target: request.target.clone(),
             snapshot: name.clone(),
