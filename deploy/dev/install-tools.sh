@@ -84,13 +84,31 @@ as_root() {
 # (FUSE), so it works in containers without the kernel module; it is an old ZFS (pool version 23: no
 # bookmarks, no resumable receive, no `list -p`), which the code detects. Idempotent: installs the
 # package when missing, starts the daemon when it does not answer, imports or creates the pools `tank`
-# and `offsite` on sparse files under .tools/zfs/ when they are absent.
+# and `offsite` on sparse files under .tools/zfs/ when they are absent, and proves each pool's root
+# takes a new directory, which is what every dataset created under it needs.
 ZFS_POOL_SIZE=4G
+
+# A FUSE mount whose daemon died (a session's processes ended, the daemon was killed) stays in the
+# mount table, answering "Transport endpoint is not connected". zfs then believes the dataset is
+# mounted, and creating a child fails with "failed to create mountpoint". Detach such dead mounts.
+clear_dead_zfs_mounts() {
+  local dev mnt fstype rest
+  while read -r dev mnt fstype rest; do
+    [ "$fstype" = fuse.zfs ] || continue
+    mnt="$(printf '%b' "$mnt")" # /proc/mounts writes a space as \040
+    stat "$mnt" >/dev/null 2>&1 && continue
+    say "detaching the dead zfs-fuse mount $mnt ($dev)"
+    as_root umount -l "$mnt" 2>/dev/null || as_root fusermount -u -z "$mnt"
+  done </proc/mounts
+}
+
 ensure_zfs() {
   apt_install zfs-fuse
-  local dir="$tools/zfs" zpool zfs_fuse
+  local dir="$tools/zfs" zpool zfs zfs_fuse
   zpool="$(command -v zpool || echo /usr/sbin/zpool)"
+  zfs="$(command -v zfs || echo /usr/sbin/zfs)"
   zfs_fuse="$(command -v zfs-fuse || echo /usr/sbin/zfs-fuse)"
+  clear_dead_zfs_mounts
   # `zpool list` talks to the daemon over its socket; it fails when no daemon runs.
   if ! as_root "$zpool" list >/dev/null 2>&1; then
     say "starting the zfs-fuse daemon"
@@ -115,7 +133,18 @@ ensure_zfs() {
   mkdir -p "$dir" "$dir/mnt"
   local pool
   for pool in tank offsite; do
-    as_root "$zpool" list "$pool" >/dev/null 2>&1 && continue
+    local health
+    health="$(as_root "$zpool" list -H -o health "$pool" 2>/dev/null || true)"
+    [ "$health" = ONLINE ] && continue
+    # Known to the daemon (its zpool.cache survives restarts) but not usable, e.g. its file was in a
+    # checkout that is gone: forget it, then import or create it below.
+    if [ -n "$health" ]; then
+      say "zfs pool $pool is $health: exporting it"
+      as_root "$zpool" export -f "$pool" >/dev/null 2>&1 || {
+        say "cannot export the $health pool $pool; fix it by hand (zpool status $pool)"
+        exit 1
+      }
+    fi
     # A pool whose file exists but that the (restarted) daemon does not know is imported, not
     # recreated: recreating would throw its data away.
     if [ -f "$dir/$pool.img" ] && as_root "$zpool" import -d "$dir" "$pool" >/dev/null 2>&1; then
@@ -126,6 +155,18 @@ ensure_zfs() {
     rm -f "$dir/$pool.img"
     truncate -s "$ZFS_POOL_SIZE" "$dir/$pool.img"
     as_root "$zpool" create -m "$dir/mnt/$pool" "$pool" "$dir/$pool.img" >/dev/null
+  done
+  # A pool imported from the daemon's cache is not always mounted; a dead mount was detached above.
+  as_root "$zfs" mount -a
+  local mountpoint probe
+  for pool in tank offsite; do
+    mountpoint="$(as_root "$zfs" get -H -o value mountpoint "$pool")"
+    probe="$mountpoint/.install-tools-probe-$$"
+    if ! as_root mkdir "$probe" 2>/dev/null; then
+      say "zfs pool $pool is not writable at $mountpoint (mounted: $(as_root "$zfs" get -H -o value mounted "$pool"))"
+      exit 1
+    fi
+    as_root rmdir "$probe"
   done
 }
 
