@@ -34,7 +34,7 @@ pip_install() {
   fi
   # --target installs beside the project, not into the system Python (and so is allowed on
   # Debian's externally managed Python too).
-  "$python" -m pip install --quiet --disable-pip-version-check --upgrade --target "$tools/pip/$name" "$spec"
+  "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --upgrade --target "$tools/pip/$name" "$spec"
   mkdir -p "$tools/bin"
   for bin in "$tools/pip/$name"/bin/*; do ln -sf "$bin" "$tools/bin/$(basename "$bin")"; done
 }
