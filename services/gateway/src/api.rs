@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
+use prometheus_client::metrics::gauge::Gauge;
 use proxflow_provisioner::Profiles;
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::ops::CounterFamily;
@@ -74,6 +75,8 @@ pub(crate) struct Api {
     /// One permit per alert being published, across deliveries (back-pressure).
     alert_permits: Arc<tokio::sync::Semaphore>,
     alert_max_in_flight: usize,
+    /// `proxflow_gateway_alerts_in_flight`: how close the gateway is to answering 503.
+    alerts_in_flight: Gauge,
 }
 
 impl Api {
@@ -91,6 +94,12 @@ impl Api {
             "Requests to the gateway's webhook endpoints, by outcome",
             ["endpoint", "outcome"],
         );
+        let alerts_in_flight = Gauge::default();
+        ctx.metrics.register(
+            "gateway_alerts_in_flight",
+            "Alerts being published now, across deliveries (503 at gateway.alerts.max_in_flight)",
+            alerts_in_flight.clone(),
+        );
         Self {
             ctx: ctx.clone(),
             auth,
@@ -102,6 +111,7 @@ impl Api {
             alert_max_body: alerts.max_body,
             alert_permits: Arc::new(tokio::sync::Semaphore::new(alerts.max_in_flight)),
             alert_max_in_flight: alerts.max_in_flight,
+            alerts_in_flight,
         }
     }
 }
@@ -427,10 +437,11 @@ impl Api {
             .map_err(Rejection::Malformed)?;
         self.ensure_connected()?;
         let wanted = u32::try_from(alerts.len().min(self.alert_max_in_flight)).unwrap_or(u32::MAX);
-        let _permits = self
+        let _in_flight = self
             .alert_permits
             .clone()
             .try_acquire_many_owned(wanted)
+            .map(|permits| InFlight::new(permits, &self.alerts_in_flight))
             .map_err(|_| {
                 Rejection::Unavailable(format!(
                     "{} alerts are being published already (gateway.alerts.max_in_flight {}); retry later",
@@ -465,6 +476,29 @@ impl Api {
     /// Reads the body up to `max_body`: a declared length over the limit is refused before reading.
     async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Rejection> {
         read_limited(headers, body, self.max_body).await
+    }
+}
+
+/// The permits of one delivery's alerts, counted in the in-flight gauge until they are returned.
+struct InFlight {
+    permits: tokio::sync::OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl InFlight {
+    fn new(permits: tokio::sync::OwnedSemaphorePermit, gauge: &Gauge) -> Self {
+        gauge.inc_by(i64::try_from(permits.num_permits()).unwrap_or(i64::MAX));
+        Self {
+            permits,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge
+            .dec_by(i64::try_from(self.permits.num_permits()).unwrap_or(i64::MAX));
     }
 }
 

@@ -51,6 +51,11 @@ struct Gateway {
 }
 
 async fn start() -> Gateway {
+    start_with(|_| {}).await
+}
+
+/// A gateway with the test's changes to the default test configuration.
+async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Gateway {
     telemetry();
     let nats = TestNats::start().expect("nats-server");
     let ctx = nats.context("gateway").await.expect("ctx");
@@ -66,6 +71,8 @@ async fn start() -> Gateway {
         },
         ..GatewayConfig::default()
     };
+    let mut config = config;
+    adjust(&mut config);
     let stop = CancellationToken::new();
     let server = tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
@@ -717,7 +724,7 @@ async fn the_gateway_refuses_to_start_without_credentials() {
     );
 }
 
-/// An Alertmanager v4 delivery of `n` alerts named `name` (fingerprints `f0`, `f1`, …).
+/// An Alertmanager v4 delivery of `n` alerts named `name` (hex fingerprints distinct per name and index).
 fn delivery(name: &str, n: usize, status: &str) -> Vec<u8> {
     let alerts: Vec<Value> = (0..n)
         .map(|i| {
@@ -728,7 +735,7 @@ fn delivery(name: &str, n: usize, status: &str) -> Vec<u8> {
                 "startsAt": "2026-11-24T10:00:00Z",
                 "endsAt": "0001-01-01T00:00:00Z",
                 "generatorURL": "http://prometheus:9090/graph",
-                "fingerprint": format!("f{i}")
+                "fingerprint": format!("{:08x}{i:08x}", name.bytes().map(u32::from).sum::<u32>())
             })
         })
         .collect();
@@ -869,4 +876,70 @@ async fn with_the_bus_down_an_alert_delivery_gets_503_and_its_retry_lands() {
     assert_eq!(up.status(), 200);
     assert_eq!(gw.published().await, 2);
     gw.shutdown().await;
+}
+
+/// Sends a signal to a process with procps' `kill`, as an operator would.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test]
+async fn past_max_in_flight_a_delivery_gets_503_and_nothing_is_lost() {
+    let gw = start_with(|config| config.alerts.max_in_flight = 4).await;
+    // A frozen nats-server keeps the connection open but acknowledges nothing, so the first
+    // delivery's four alerts stay in flight for as long as the test needs (no timing guess).
+    signal(gw.nats.pid(), "-STOP");
+    let first = tokio::spawn(
+        gw.post_alerts(&delivery("VMDown", 4, "firing"))
+            .bearer_auth(TOKEN)
+            .send(),
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gauge(&gw.metrics().await, "proxflow_gateway_alerts_in_flight") < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first delivery never took its permits"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = delivery("HostMemoryHigh", 2, "firing");
+    let refused = gw
+        .post_alerts(&second)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused.status(), 503, "back-pressure is a 5xx: Alertmanager retries it");
+    assert!(refused.headers().contains_key("retry-after"));
+    let reason: Value = refused.json().await.expect("json");
+    assert!(
+        reason.to_string().contains("gateway.alerts.max_in_flight 4"),
+        "{reason}"
+    );
+    signal(gw.nats.pid(), "-CONT");
+    let first = first.await.expect("joins").expect("post");
+    assert_eq!(first.status(), 200);
+    assert_eq!(gauge(&gw.metrics().await, "proxflow_gateway_alerts_in_flight"), 0);
+    // Alertmanager's retry of the refused delivery lands: nothing was lost.
+    let retried = gw
+        .post_alerts(&second)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(retried.status(), 200);
+    assert_eq!(gw.published().await, 6);
+    gw.shutdown().await;
+}
+
+/// The value of an unlabelled gauge in a Prometheus exposition (0 when absent).
+fn gauge(metrics: &str, name: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(0, |n| n.trim().parse().expect("a gauge value"))
 }

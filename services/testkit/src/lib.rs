@@ -117,6 +117,12 @@ impl TestNats {
         self.process.log_tail()
     }
 
+    /// The server's process id, for a test that freezes it (`kill -STOP`) to hold publishes
+    /// unacknowledged while the connection stays up.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Client settings for this server, tuned for tests (short timeouts).
     pub fn nats_config(&self) -> NatsConfig {
         NatsConfig {
