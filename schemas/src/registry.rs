@@ -14,7 +14,7 @@ use crate::remediation::{
 };
 use crate::replication::{ReplicationDiverged, ReplicationRequested, ReplicationRun};
 use crate::snapshot::{
-    PreChangeReply, PreChangeRequest, SnapshotCheck, SnapshotTaken, SnapshotsPruned,
+    PreChangeReply, PreChangeRequest, PruneRequested, SnapshotCheck, SnapshotTaken, SnapshotsPruned,
 };
 use crate::trace::SpanRecord;
 use crate::workflow::WorkflowRecord;
@@ -55,6 +55,7 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<WorkflowRecord>(),
         SchemaDoc::of::<SpanRecord>(),
         SchemaDoc::of::<PreChangeRequest>(),
+        SchemaDoc::of::<PruneRequested>(),
         SchemaDoc::of::<PreChangeReply>(),
         SchemaDoc::of::<SnapshotTaken>(),
         SchemaDoc::of::<SnapshotsPruned>(),

@@ -37,6 +37,11 @@ pub enum RemediationAction {
         /// Job name.
         job: String,
     },
+    /// Apply the snapshot policies' retention on a pool now.
+    PruneSnapshots {
+        /// Pool name.
+        pool: String,
+    },
     /// Post the alert and the decision to a webhook.
     Notify {
         /// Where.
@@ -59,6 +64,7 @@ impl RemediationAction {
             Self::SnapshotVm { .. } => "snapshot_vm",
             Self::ScaleOut { .. } => "scale_out",
             Self::Replicate { .. } => "replicate",
+            Self::PruneSnapshots { .. } => "prune_snapshots",
             Self::Notify { .. } => "notify",
             Self::Command { .. } => "command",
         }

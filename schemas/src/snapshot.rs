@@ -36,6 +36,54 @@ impl std::fmt::Display for SnapshotTarget {
     }
 }
 
+/// "Apply the retention of every policy on this pool now": what a remediation of a filling pool
+/// asks of the snapshotter (`pf.cmd.snapshotter.prune`). It prunes only what the policies' grids
+/// already let go (expired pre-change snapshots included) and never more; held snapshots and a
+/// replication target's newest common base stay, as in a scheduled pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneRequested {
+    /// The pool (`tank`): every policy target on it, the pool's own dataset included.
+    pub pool: String,
+    /// The workflow that asks (dedupe: one prune per asking workflow).
+    pub workflow_id: String,
+    /// Who and why, for the log.
+    pub reason: String,
+}
+
+impl PruneRequested {
+    /// Whether `target` lives on the requested pool (only datasets do: a VM's disks are on a
+    /// Proxmox storage, whose pool the snapshotter does not know).
+    pub fn covers(&self, target: &SnapshotTarget) -> bool {
+        match target {
+            SnapshotTarget::Dataset { dataset } => {
+                dataset == &self.pool
+                    || dataset
+                        .strip_prefix(self.pool.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+            SnapshotTarget::Vm { .. } => false,
+        }
+    }
+}
+
+impl Versioned for PruneRequested {
+    const SCHEMA: SchemaId = SchemaId {
+        name: "pf.cmd.prune_requested",
+        version: 1,
+    };
+}
+
+impl Message for PruneRequested {
+    fn subject(&self) -> String {
+        subject::cmd("snapshotter", "prune")
+    }
+
+    fn dedupe_id(&self) -> String {
+        format!("{}/prune", self.workflow_id)
+    }
+}
+
 /// "Snapshot this before a change": sent by patching and remediation before they touch a target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -487,6 +487,43 @@ async fn the_snapshotter_and_replicator_users_work_and_nothing_more() {
         .get_last_raw_message_by_subject("pf.evt.replication.completed")
         .await
         .expect("the replicator published its event");
+    // A remediation of a filling pool: the remediator asks, the snapshotter's prune consumer takes
+    // the request and acknowledges it (a pool its policy covers, so no dead letter).
+    let remediator = service_context(&nats, "remediator").await;
+    remediator
+        .bus
+        .publisher
+        .publish(&proxflow_schemas::snapshot::PruneRequested {
+            pool: "tank".into(),
+            workflow_id: "rem-accounts".into(),
+            reason: "accounts test".into(),
+        })
+        .await
+        .expect("the remediator may ask for a prune");
+    let mut prune: async_nats::jetstream::consumer::PullConsumer = admin
+        .js
+        .get_consumer_from_stream(proxflow_snapshotter::service::PRUNE_DURABLE, "PF_CMD")
+        .await
+        .expect("the snapshotter created its prune consumer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = prune.info().await.expect("consumer info");
+        if info.ack_floor.consumer_sequence >= 1 && info.num_ack_pending == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the prune request was never acknowledged: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        events
+            .get_last_raw_message_by_subject("pf.evt.deadletter.snapshotter-prune")
+            .await
+            .is_err(),
+        "the prune request was dead-lettered"
+    );
     stop.cancel();
     snapshotter
         .await

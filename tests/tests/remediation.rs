@@ -3,6 +3,10 @@
 //! real Alertmanager for the delivery path. Guard time runs on a manual clock.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/zfs.rs"]
+mod zfs_fixture;
+
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use proxflow_pve_sim::RunningSim;
@@ -370,7 +374,7 @@ async fn max_targets_per_window_holds_and_a_held_target_is_not_touched() {
 fn the_shipped_rules_alerts_and_alertmanager_config_fit_together() {
     let deploy = proxflow_testkit::project_dir().join("deploy");
     let rules = Rules::load(&deploy.join("remediation/rules.toml")).unwrap();
-    assert_eq!(rules.len(), 5);
+    assert_eq!(rules.len(), 6);
     let alerts = std::fs::read_to_string(deploy.join("prometheus/proxflow-alerts.yml")).unwrap();
     let text = std::fs::read_to_string(deploy.join("remediation/rules.toml")).unwrap();
     // Every alert a rule waits for is one Prometheus raises.
@@ -635,4 +639,159 @@ dry_run = false
         .map(|e| e.path)
         .collect();
     assert_eq!(posted.len(), 1);
+}
+
+/// One `[[rule]]` block of the shipped rules file, by name: the test runs the rule operators get.
+fn shipped_rule(name: &str) -> String {
+    let text = std::fs::read_to_string(
+        proxflow_testkit::project_dir().join("deploy/remediation/rules.toml"),
+    )
+    .unwrap();
+    let block = text
+        .split("[[rule]]")
+        .find(|b| b.contains(&format!("name = \"{name}\"")))
+        .unwrap_or_else(|| panic!("no rule {name} in the shipped rules"));
+    // Drop the comment lines of the next rule that trail the block.
+    let body: Vec<&str> = block.lines().filter(|l| !l.starts_with('#')).collect();
+    format!("[[rule]]{}\n", body.join("\n"))
+}
+
+/// The shipped "ZFS pool above 80 %" rule asks the snapshotter (its real service loop, on a real
+/// zfs-fuse dataset) to apply the retention now: exactly what the grid lets go is destroyed — not
+/// the held snapshot, not a foreign one, not the ones the grid keeps. A pool no policy covers is a
+/// dead letter with the reason, for a human.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filling_pool_alert_prunes_what_the_grid_lets_go_and_nothing_else() {
+    use proxflow_schemas::events::DeadLetter;
+    use proxflow_schemas::snapshot::SnapshotsPruned;
+    use proxflow_snapshotter::retention::Grid;
+    use proxflow_snapshotter::{PolicyConfig, SnapshotConfig, Targets};
+
+    let r = rig(&shipped_rule("zfs-pool-full-prune"), |_| {}).await;
+    let fx = zfs_fixture::ZfsFixture::new("prune-alert");
+    let daily = |day: u32| format!("pf-daily-202611{day:02}T030000Z");
+    for day in 1..=3 {
+        fx.snapshot(&fx.source, &daily(day));
+    }
+    fx.snapshot(&fx.source, "manual-before-upgrade");
+    zfs_fixture::zfs(&["hold", "keep", &format!("{}@{}", fx.source, daily(1))]);
+
+    // Day 3 after the daily slot: the service's first pass finds the grid (3 dailies) satisfied.
+    let clock = ManualClock::new(
+        chrono::DateTime::parse_from_rfc3339("2026-11-03T03:00:30Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc),
+    );
+    let config = SnapshotConfig {
+        policies: vec![PolicyConfig {
+            name: "data".into(),
+            targets: Targets {
+                datasets: vec![fx.source.clone()],
+                ..Targets::default()
+            },
+            schedule: "daily@03:00".into(),
+            retention: Grid {
+                hourly: 0,
+                daily: 3,
+                weekly: 0,
+                monthly: 0,
+            },
+            ..PolicyConfig::default()
+        }],
+        // One pass at start, the next an hour later: any pruning after the first pass is the
+        // alert's.
+        interval: Duration::from_secs(3600),
+        ..SnapshotConfig::default()
+    };
+    let snapshotter = tokio::spawn(proxflow_snapshotter::run(
+        r.ctx.clone(),
+        config,
+        None,
+        clock.shared(),
+        r.stop.clone(),
+    ));
+    let gauge = format!(
+        "proxflow_snapshot_expected{{policy=\"data\",target=\"zfs/{}\"}}",
+        fx.source
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !r.ctx.metrics.encode().contains(&gauge) {
+        assert!(!snapshotter.is_finished(), "the snapshotter stopped");
+        assert!(Instant::now() < deadline, "the first pass never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before: BTreeSet<String> = fx.names(&fx.source).into_iter().collect();
+    assert_eq!(before.len(), 4, "the first pass pruned nothing: {before:?}");
+
+    // Two days on, two more dailies: the grid now lets days 1 and 2 go, and day 1 is held.
+    fx.snapshot(&fx.source, &daily(4));
+    fx.snapshot(&fx.source, &daily(5));
+    clock.advance(Duration::from_secs(2 * 24 * 3600));
+    r.post(vec![alert(
+        "ZfsPoolAlmostFull",
+        &[("pool", "tank")],
+        "firing",
+        "2026-11-05T04:00:00Z",
+    )])
+    .await;
+    let pruned_subject = subject::evt("snapshot", "pruned");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pruned = loop {
+        let events: Vec<SnapshotsPruned> =
+            proxflow_e2e::stored(&r.ctx.bus.js, stream::EVT, &pruned_subject).await;
+        if let Some(e) = events.into_iter().next() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "nothing was pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(pruned.pruned, [daily(2)]);
+    let after: BTreeSet<String> = fx.names(&fx.source).into_iter().collect();
+    let expected: BTreeSet<String> = [1, 3, 4, 5]
+        .map(daily)
+        .into_iter()
+        .chain(["manual-before-upgrade".to_owned()])
+        .collect();
+    assert_eq!(after, expected);
+    let acted = r
+        .settled()
+        .await
+        .into_iter()
+        .find(|d| d.verdict == Verdict::Acted)
+        .expect("the rule acted");
+    assert_eq!(acted.rule.as_deref(), Some("zfs-pool-full-prune"));
+    let record = r.until_ended(acted.workflow_id.as_deref().unwrap()).await;
+    assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+
+    // No policy covers a dataset on `offsite`: nothing to free there, a human must look.
+    r.post(vec![alert(
+        "ZfsPoolAlmostFull",
+        &[("pool", "offsite")],
+        "firing",
+        "2026-11-05T04:05:00Z",
+    )])
+    .await;
+    let dead_subject = subject::evt("deadletter", proxflow_snapshotter::service::PRUNE_DURABLE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let letters: Vec<DeadLetter> =
+            proxflow_e2e::stored(&r.ctx.bus.js, stream::EVT, &dead_subject).await;
+        if let Some(d) = letters.into_iter().next() {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dead letter for the uncovered pool"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        dead.detail
+            .contains("no snapshot policy covers a dataset on pool \"offsite\""),
+        "{dead:?}"
+    );
+    assert_eq!(
+        fx.names(&fx.source).into_iter().collect::<BTreeSet<_>>(),
+        expected
+    );
 }

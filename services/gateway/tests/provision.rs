@@ -913,17 +913,26 @@ async fn past_max_in_flight_a_delivery_gets_503_and_nothing_is_lost() {
         .send()
         .await
         .expect("post");
-    assert_eq!(refused.status(), 503, "back-pressure is a 5xx: Alertmanager retries it");
+    assert_eq!(
+        refused.status(),
+        503,
+        "back-pressure is a 5xx: Alertmanager retries it"
+    );
     assert!(refused.headers().contains_key("retry-after"));
     let reason: Value = refused.json().await.expect("json");
     assert!(
-        reason.to_string().contains("gateway.alerts.max_in_flight 4"),
+        reason
+            .to_string()
+            .contains("gateway.alerts.max_in_flight 4"),
         "{reason}"
     );
     signal(gw.nats.pid(), "-CONT");
     let first = first.await.expect("joins").expect("post");
     assert_eq!(first.status(), 200);
-    assert_eq!(gauge(&gw.metrics().await, "proxflow_gateway_alerts_in_flight"), 0);
+    assert_eq!(
+        gauge(&gw.metrics().await, "proxflow_gateway_alerts_in_flight"),
+        0
+    );
     // Alertmanager's retry of the refused delivery lands: nothing was lost.
     let retried = gw
         .post_alerts(&second)

@@ -424,6 +424,9 @@ fn render(rule: &Rule, alert: &AlertReceived) -> Result<(String, RemediationActi
         Action::Replicate { job } => RemediationAction::Replicate {
             job: r(job, "action.job")?,
         },
+        Action::PruneSnapshots { pool } => RemediationAction::PruneSnapshots {
+            pool: r(pool, "action.pool")?,
+        },
         Action::Notify { url } => RemediationAction::Notify {
             url: r(url, "action.url")?,
         },
@@ -449,6 +452,9 @@ pub fn describe(action: &RemediationAction) -> String {
         RemediationAction::SnapshotVm { vmid } => format!("snapshot VM {vmid}"),
         RemediationAction::ScaleOut { cluster } => format!("scale out cluster {cluster}"),
         RemediationAction::Replicate { job } => format!("run replication job {job}"),
+        RemediationAction::PruneSnapshots { pool } => {
+            format!("apply the snapshot retention on pool {pool} now")
+        }
         RemediationAction::Notify { url } => format!("notify {url}"),
         RemediationAction::Command { argv, .. } => format!("run {}", argv.join(" ")),
     }

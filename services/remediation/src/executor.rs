@@ -10,13 +10,20 @@ use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::command::{self, CommandSpec};
 use proxflow_runtime::lease::{Acquired, Leases};
 use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::Message;
 use proxflow_schemas::capacity::ScaleOutRequested;
 use proxflow_schemas::remediation::{RemediationAction, RemediationCommand, RemediationOutcome};
 use proxflow_schemas::replication::ReplicationRequested;
+use proxflow_schemas::snapshot::PruneRequested;
 use proxflow_schemas::workflow::WorkflowState;
 use serde_json::json;
 
 use crate::engine::{describe, lock_key};
+
+/// Why a handed-off request was made, for the owning service's log and record.
+fn hand_off_reason(cmd: &RemediationCommand) -> String {
+    format!("alert {} → rule {}", cmd.alert.name(), cmd.rule)
+}
 
 /// Durable consumer name of the remediator.
 pub const DURABLE: &str = "remediator";
@@ -125,28 +132,42 @@ impl Remediator {
                 }
             }
             // Handed to the service that owns it, with its own guards and audit: the capacity
-            // scale-out (cap, cooldown, headroom veto) and the replicator's run.
-            RemediationAction::ScaleOut { cluster } => self
-                .publisher
-                .publish(&ScaleOutRequested {
+            // scale-out (cap, cooldown, headroom veto), the replicator's run, the snapshotter's
+            // retention.
+            RemediationAction::ScaleOut { cluster } => {
+                let request = ScaleOutRequested {
                     cluster: cluster.clone(),
                     workflow_id: cmd.workflow_id.clone(),
-                    reason: format!("alert {} → rule {}", cmd.alert.name(), cmd.rule),
-                })
-                .await
-                .map(drop)
-                .map_err(|e| format!("requesting the scale-out: {e}")),
-            RemediationAction::Replicate { job } => self
-                .publisher
-                .publish(&ReplicationRequested {
+                    reason: hand_off_reason(cmd),
+                };
+                self.hand_off(&request, "the scale-out").await
+            }
+            RemediationAction::Replicate { job } => {
+                let request = ReplicationRequested {
                     job: job.clone(),
                     workflow_id: cmd.workflow_id.clone(),
-                    reason: format!("alert {} → rule {}", cmd.alert.name(), cmd.rule),
-                })
-                .await
-                .map(drop)
-                .map_err(|e| format!("requesting the replication run: {e}")),
+                    reason: hand_off_reason(cmd),
+                };
+                self.hand_off(&request, "the replication run").await
+            }
+            RemediationAction::PruneSnapshots { pool } => {
+                let request = PruneRequested {
+                    pool: pool.clone(),
+                    workflow_id: cmd.workflow_id.clone(),
+                    reason: hand_off_reason(cmd),
+                };
+                self.hand_off(&request, "the prune").await
+            }
         }
+    }
+
+    /// Publishes a request to the service that owns the action; acknowledged by the stream is done.
+    async fn hand_off<M: Message>(&self, request: &M, what: &str) -> Result<(), String> {
+        self.publisher
+            .publish(request)
+            .await
+            .map(drop)
+            .map_err(|e| format!("requesting {what}: {e}"))
     }
 
     /// Shutdown within the timeout; a shutdown that fails or times out is followed by a hard stop;

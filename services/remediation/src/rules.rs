@@ -65,6 +65,12 @@ pub enum Action {
         /// Job name template.
         job: String,
     },
+    /// Apply the snapshot policies' retention on a ZFS pool now (a filling pool): prunes only what
+    /// the grids already let go.
+    PruneSnapshots {
+        /// Pool name template.
+        pool: String,
+    },
     /// Post the alert and the decision to a webhook (a pager, a chat).
     Notify {
         /// Where.
@@ -100,6 +106,7 @@ impl Action {
             Self::SnapshotVm { .. } => "snapshot_vm",
             Self::ScaleOut { .. } => "scale_out",
             Self::Replicate { .. } => "replicate",
+            Self::PruneSnapshots { .. } => "prune_snapshots",
             Self::Notify { .. } => "notify",
             Self::Command { .. } => "command",
         }
@@ -113,6 +120,7 @@ impl Action {
             }
             Self::ScaleOut { cluster } => vec![("cluster".into(), cluster.as_str())],
             Self::Replicate { job } => vec![("job".into(), job.as_str())],
+            Self::PruneSnapshots { pool } => vec![("pool".into(), pool.as_str())],
             Self::Notify { url } => vec![("url".into(), url.as_str())],
             Self::Command { argv, .. } => argv
                 .iter()

@@ -1,7 +1,8 @@
 //! The snapshotter service: every `snapshot.interval` it evaluates each policy on each of its
 //! targets (take the due snapshot, prune what the grid lets go under the target's lease, refresh the
-//! validity gauges, publish the validity check when its schedule says), and it answers pre-change
-//! requests on [`subject::RPC_SNAPSHOTTER_PRECHANGE`].
+//! validity gauges, publish the validity check when its schedule says), it answers pre-change
+//! requests on [`subject::RPC_SNAPSHOTTER_PRECHANGE`], and it applies the retention on a pool when a
+//! remediation asks (`pf.cmd.snapshotter.prune`, durable [`PRUNE_DURABLE`]).
 //!
 //! Pruning re-reads the target's snapshots after taking the lease: the replicator moves its hold to a
 //! new base while it holds the same lease, so the holds seen under the lease are current, and a
@@ -16,16 +17,17 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use proxflow_pve::PveClient;
 use proxflow_runtime::ServiceContext;
-use proxflow_runtime::bus::Publisher;
+use proxflow_runtime::bus::topology::ConsumerSpec;
+use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{Acquired, LeaseError, Leases};
 use proxflow_runtime::ops::{CounterFamily, GaugeFamily, Health, Metrics};
 use proxflow_schemas::Versioned;
-use proxflow_schemas::names::{header, subject};
+use proxflow_schemas::names::{header, stream, subject};
 use proxflow_schemas::snapshot::{
-    PreChangeReply, PreChangeRequest, SnapshotCheck, SnapshotKind, SnapshotTaken, SnapshotTarget,
-    SnapshotsPruned,
+    PreChangeReply, PreChangeRequest, PruneRequested, SnapshotCheck, SnapshotKind, SnapshotTaken,
+    SnapshotTarget, SnapshotsPruned,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,6 +51,9 @@ pub enum ServiceError {
     /// A policy does not resolve (validation should have caught it).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The prune-request consumer failed.
+    #[error("prune requests: {0}")]
+    Consume(String),
     /// The pre-change subject could not be subscribed.
     #[error("subscribing to {subject}: {reason}")]
     Subscribe {
@@ -279,7 +284,34 @@ impl Snapshotter {
             check_slot.is_some() && *last != check_slot
         };
         let mut report = PassReport::default();
+        for (policy, rules, target) in self.targets(&mut report).await {
+            let span = tracing::info_span!(
+                "snapshot.target",
+                otel.name = %format!("snapshot policy {} {target}", policy.name),
+                policy = %policy.name,
+                target = %target,
+            );
+            let (target_report, check) = self
+                .evaluate(policy, rules, &target, now, check_due)
+                .instrument(span)
+                .await;
+            report.targets.push(target_report);
+            report.checks.extend(check);
+        }
+        if check_due {
+            *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = check_slot;
+        }
+        report
+    }
+
+    /// Every policy's targets, each once: tags can name a VM another policy already covers, and the
+    /// first policy owns it. A policy whose targets do not resolve goes into `report.errors`.
+    async fn targets(
+        &self,
+        report: &mut PassReport,
+    ) -> Vec<(&PolicyConfig, &Rules, SnapshotTarget)> {
         let mut claimed = BTreeSet::new();
+        let mut out = Vec::new();
         for (policy, rules) in &self.policies {
             let targets = match self.backends.resolve(&policy.targets).await {
                 Ok(t) => t,
@@ -291,27 +323,62 @@ impl Snapshotter {
                 }
             };
             for target in targets {
-                // Tags can name a VM another policy already covers: the first policy owns it.
-                if !claimed.insert(target.clone()) {
+                if claimed.insert(target.clone()) {
+                    out.push((policy, rules, target));
+                } else {
                     tracing::warn!(policy = %policy.name, %target, "target already covered by an earlier policy; skipped");
-                    continue;
                 }
-                let span = tracing::info_span!(
-                    "snapshot.target",
-                    otel.name = %format!("snapshot policy {} {target}", policy.name),
-                    policy = %policy.name,
-                    target = %target,
-                );
-                let (target_report, check) = self
-                    .evaluate(policy, rules, &target, now, check_due)
-                    .instrument(span)
-                    .await;
-                report.targets.push(target_report);
-                report.checks.extend(check);
             }
         }
-        if check_due {
-            *self.last_check.lock().unwrap_or_else(|p| p.into_inner()) = check_slot;
+        out
+    }
+
+    /// Applies the retention of every policy target on the requested pool now, without taking
+    /// snapshots (a remediation of a filling pool). It prunes exactly what a scheduled pass would:
+    /// the same plan, under the same lease, honouring holds, the replication base and pre-change
+    /// TTLs. In dry-run it only logs the plan.
+    pub async fn prune_pool(&self, request: &PruneRequested) -> PassReport {
+        let now = self.clock.now();
+        let mut report = PassReport::default();
+        for (policy, rules, target) in self.targets(&mut report).await {
+            if !request.covers(&target) {
+                continue;
+            }
+            let span = tracing::info_span!(
+                "snapshot.prune_request",
+                otel.name = %format!("prune on request {} {target}", policy.name),
+                policy = %policy.name,
+                target = %target,
+                workflow = %request.workflow_id,
+            );
+            let mut target_report = TargetReport {
+                policy: policy.name.clone(),
+                target: target.clone(),
+                plan: Plan::default(),
+                created: None,
+                pruned: Vec::new(),
+                skipped: None,
+                errors: Vec::new(),
+            };
+            async {
+                if self.config.dry_run {
+                    match self.backends.list(&target).await {
+                        Ok(existing) => {
+                            target_report.plan = plan::plan(rules, &existing, now);
+                            tracing::info!(prune = ?target_report.plan.prune, "dry run: nothing pruned");
+                        }
+                        Err(e) => target_report.errors.push(e.to_string()),
+                    }
+                } else if let Err(e) = self
+                    .prune(policy, rules, &target, now, &mut target_report)
+                    .await
+                {
+                    target_report.errors.push(e);
+                }
+            }
+            .instrument(span)
+            .await;
+            report.targets.push(target_report);
         }
         report
     }
@@ -753,8 +820,44 @@ pub async fn request_prechange(
     serde_json::from_slice(&answer.payload).map_err(|e| RequestError::Decode(e.to_string()))
 }
 
-/// Runs the snapshotter until `shutdown`: a pass every `snapshot.interval`, pre-change requests
-/// answered meanwhile.
+/// Durable consumer name of prune requests (`pf.cmd.snapshotter.prune`).
+pub const PRUNE_DURABLE: &str = "snapshotter-prune";
+
+/// Prunes a pool on request (a remediation of a filling pool).
+struct PruneOnRequest {
+    snapshotter: Arc<Snapshotter>,
+}
+
+impl Handler<PruneRequested> for PruneOnRequest {
+    async fn handle(&self, delivery: Delivery<PruneRequested>) -> Outcome {
+        let request = delivery.message;
+        tracing::info!(pool = %request.pool, reason = %request.reason, "prune requested");
+        let report = self.snapshotter.prune_pool(&request).await;
+        if report.targets.is_empty() {
+            // A human must look: the pool fills and no policy here can free anything on it.
+            return Outcome::poison(format!(
+                "no snapshot policy covers a dataset on pool {:?}; nothing to prune",
+                request.pool
+            ));
+        }
+        // Pruning again is harmless (the plan is recomputed), so a busy target is retried.
+        if let Some(busy) = report.targets.iter().find_map(|t| t.skipped.clone()) {
+            return Outcome::retry(busy);
+        }
+        let pruned: usize = report.targets.iter().map(|t| t.pruned.len()).sum();
+        let errors: Vec<&String> = report.targets.iter().flat_map(|t| &t.errors).collect();
+        if errors.is_empty() {
+            tracing::info!(pool = %request.pool, pruned, "requested prune done");
+        } else {
+            // The failures are counted in the metrics; the next scheduled pass tries again.
+            tracing::warn!(pool = %request.pool, pruned, ?errors, "requested prune partly failed");
+        }
+        Outcome::Ack
+    }
+}
+
+/// Runs the snapshotter until `shutdown`: a pass every `snapshot.interval`, pre-change and prune
+/// requests answered meanwhile.
 pub async fn run(
     ctx: ServiceContext,
     config: SnapshotConfig,
@@ -769,6 +872,22 @@ pub async fn run(
         ctx.health.clone(),
         shutdown.clone(),
     ));
+    // One request at a time, each a short pass over one pool: the default delivery settings fit.
+    let prune = tokio::spawn(
+        ConsumerLoop::new(
+            ctx.clone(),
+            ConsumerSpec {
+                stream: stream::CMD,
+                durable: PRUNE_DURABLE.into(),
+                filter_subject: subject::cmd("snapshotter", "prune"),
+            },
+            proxflow_runtime::config::ConsumerConfig::default(),
+            PruneOnRequest {
+                snapshotter: snapshotter.clone(),
+            },
+        )
+        .run(shutdown.clone()),
+    );
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -782,6 +901,11 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+    match prune.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(ServiceError::Consume(e.to_string())),
+        Err(e) => tracing::error!(error = %e, "prune consumer panicked"),
     }
     match rpc.await {
         Ok(result) => result,
