@@ -346,3 +346,50 @@ async fn the_validity_check_reports_missing_and_stale_snapshots_and_dry_run_chan
     assert!(text.contains(&format!("prune   {}", daily(2))), "{text}");
     assert_eq!(fx.names(&fx.source), before);
 }
+
+/// Copies of one pre-change request arriving together — a caller's retry racing its original, at
+/// two snapshotter replicas — take one snapshot and all get its name. Without the pre-change lease
+/// each copy finds no snapshot and takes its own (or fails on the name the other just took).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_one_prechange_request_take_one_snapshot() {
+    let fx = ZfsFixture::new("prechange-race");
+    let nats = TestNats::start().expect("nats-server");
+    let ctx = nats.context("prechange-race-test").await.unwrap();
+    let clock = ManualClock::new(utc("2026-11-01T03:00:30Z"));
+    let replica = || async {
+        Snapshotter::new(
+            &ctx,
+            config(&fx.source, Grid::default()),
+            None,
+            clock.shared(),
+        )
+        .await
+        .unwrap()
+    };
+    let (one, two) = (replica().await, replica().await);
+    let request = PreChangeRequest {
+        request_id: "patch-run-49".into(),
+        target: SnapshotTarget::Dataset {
+            dataset: fx.source.clone(),
+        },
+        reason: "kernel update".into(),
+        ttl_secs: None,
+    };
+    let replies = futures::future::join_all(
+        (0..6).map(|i| if i % 2 == 0 { &one } else { &two }.prechange(&request)),
+    )
+    .await;
+    for reply in &replies {
+        assert_eq!(reply.error, None, "{replies:#?}");
+    }
+    let names: std::collections::BTreeSet<_> =
+        replies.iter().map(|r| r.snapshot.clone().unwrap()).collect();
+    assert_eq!(names.len(), 1, "{replies:#?}");
+    assert_eq!(replies.iter().filter(|r| !r.existing).count(), 1);
+    let on_disk: Vec<String> = fx
+        .names(&fx.source)
+        .into_iter()
+        .filter(|n| n.starts_with("pf-pre-"))
+        .collect();
+    assert_eq!(on_disk, names.into_iter().collect::<Vec<_>>());
+}

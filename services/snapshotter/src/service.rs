@@ -42,6 +42,12 @@ use crate::target::{self, Backends};
 /// Queue group of the pre-change responders: one instance answers each request.
 pub const QUEUE_GROUP: &str = "snapshotter";
 
+/// How long a pre-change request waits for another one on the same target (a snapshot takes
+/// seconds; callers time out after tens of seconds).
+const PRECHANGE_LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How often it looks again meanwhile.
+const PRECHANGE_LOCK_POLL: Duration = Duration::from_millis(50);
+
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -625,16 +631,7 @@ impl Snapshotter {
     }
 
     async fn prechange_inner(&self, request: &PreChangeRequest) -> PreChangeReply {
-        let refuse = |error: String| {
-            tracing::warn!(%error, "pre-change request refused");
-            PreChangeReply {
-                request_id: request.request_id.clone(),
-                snapshot: None,
-                expires_at: None,
-                existing: false,
-                error: Some(error),
-            }
-        };
+        let refuse = |error: String| refused(request, error);
         if request.request_id.trim().is_empty()
             || request.request_id.len() > 200
             || request.request_id.chars().any(char::is_control)
@@ -654,6 +651,42 @@ impl Snapshotter {
         if ttl.is_zero() {
             return refuse("ttl_secs must be above zero".into());
         }
+        // One pre-change snapshot of a target at a time, across replicas: otherwise two copies of
+        // one request (a retry racing the original) both find no snapshot and both take one. A
+        // lease of its own, not the target's: a replication holding the dataset for an hour must
+        // not delay a patch. The holder is unique per call, so requests within this process
+        // exclude each other too.
+        let key = format!("prechange/{}", target::lease_key(&request.target));
+        let holder = format!("{}/{:08x}", self.holder, rand::random::<u32>());
+        let purpose = format!("pre-change {}", request.request_id);
+        let deadline = tokio::time::Instant::now() + PRECHANGE_LOCK_WAIT;
+        let lease = loop {
+            match self.leases.acquire(&key, &holder, &purpose).await {
+                Ok(Acquired::Held(lease)) => break lease,
+                Ok(Acquired::Busy(by)) if tokio::time::Instant::now() >= deadline => {
+                    return refuse(format!(
+                        "another pre-change snapshot of {} is being taken ({}, {}); ask again",
+                        request.target, by.holder, by.purpose
+                    ));
+                }
+                Ok(Acquired::Busy(_)) => tokio::time::sleep(PRECHANGE_LOCK_POLL).await,
+                Err(e) => {
+                    self.metrics.failed("prechange", "lease");
+                    return refuse(e.to_string());
+                }
+            }
+        };
+        let reply = self.prechange_locked(request, ttl).await;
+        if let Err(e) = lease.release().await {
+            tracing::warn!(lease = %key, error = %e, "lease not released; it ages out");
+        }
+        reply
+    }
+
+    /// The pre-change snapshot under the target's pre-change lease: the existing one for this
+    /// request, or a new one.
+    async fn prechange_locked(&self, request: &PreChangeRequest, ttl: Duration) -> PreChangeReply {
+        let refuse = |error: String| refused(request, error);
         let prefix = &self.config.prefix;
         let existing = match self.backends.list(&request.target).await {
             Ok(e) => e,
@@ -818,6 +851,18 @@ pub async fn request_prechange(
     .map_err(|_| RequestError::NoAnswer(format!("timed out after {timeout:?}")))?
     .map_err(|e| RequestError::NoAnswer(e.to_string()))?;
     serde_json::from_slice(&answer.payload).map_err(|e| RequestError::Decode(e.to_string()))
+}
+
+/// A refused pre-change request's answer.
+fn refused(request: &PreChangeRequest, error: String) -> PreChangeReply {
+    tracing::warn!(%error, "pre-change request refused");
+    PreChangeReply {
+        request_id: request.request_id.clone(),
+        snapshot: None,
+        expires_at: None,
+        existing: false,
+        error: Some(error),
+    }
 }
 
 /// Durable consumer name of prune requests (`pf.cmd.snapshotter.prune`).
