@@ -269,3 +269,45 @@ pub async fn start_gateway(
     ));
     url
 }
+
+/// The gateway's Alertmanager bearer token in tests that post alerts.
+pub const ALERT_TOKEN: &str = "alertmanager-token-0123456789";
+
+/// One alert as Alertmanager posts it (webhook v4).
+pub fn alertmanager_alert(
+    name: &str,
+    labels: &[(&str, &str)],
+    status: &str,
+    starts: &str,
+) -> serde_json::Value {
+    let mut l: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+        .collect();
+    l.insert("alertname".into(), serde_json::json!(name));
+    // Alertmanager's fingerprint is a hash of the label set; any stable hash of it will do here.
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (name, labels).hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    serde_json::json!({"status": status, "labels": l, "annotations": {}, "startsAt": starts,
+           "endsAt": "0001-01-01T00:00:00Z", "fingerprint": fingerprint})
+}
+
+/// Posts `alerts` in one delivery to the gateway at `gateway` with [`ALERT_TOKEN`], as
+/// Alertmanager does; the delivery must be accepted.
+pub async fn post_alerts(gateway: &str, alerts: Vec<serde_json::Value>) {
+    let body = serde_json::json!({"version": "4", "receiver": "proxflow", "status": "firing",
+                                  "alerts": alerts});
+    let r = reqwest::Client::new()
+        .post(format!("{gateway}/v1/alerts/alertmanager"))
+        .bearer_auth(ALERT_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("the gateway answers");
+    let status = r.status();
+    assert_eq!(status, 200, "{:?}", r.text().await);
+}

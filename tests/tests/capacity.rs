@@ -10,11 +10,14 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use proxflow_capacity::{CapacityConfig, Monitor};
 use proxflow_e2e::JOIN_OK;
+use proxflow_orchestrator::Orchestration;
 use proxflow_pve::PveClient;
 use proxflow_pve_sim::load::Load;
+use proxflow_remediation::{RemediationConfig, Rules};
 use proxflow_runtime::clock::ManualClock;
 use proxflow_schemas::capacity::{CapacityExceeded, HostExhausted};
 use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::remediation::{RemediationDecision, Verdict};
 use proxflow_schemas::workflow::{WorkflowRecord, WorkflowState};
 use proxflow_testkit::pve::client_config;
 
@@ -42,6 +45,8 @@ struct Scaling {
     monitor: Monitor,
     /// CPU busy of every k3s node, new ones included (applied before each poll).
     cpu: Option<f64>,
+    /// The gateway's base URL, when started with remediation.
+    gateway: Option<String>,
 }
 
 impl Scaling {
@@ -51,6 +56,15 @@ impl Scaling {
 
     /// With `join` as the k3s join command.
     async fn start_joining(config: CapacityConfig, join: &str) -> Self {
+        Self::start_tweaked(config, join, |_| {}).await
+    }
+
+    /// With `join` as the k3s join command and the orchestration adjusted by `tweak`.
+    async fn start_tweaked(
+        config: CapacityConfig,
+        join: &str,
+        tweak: impl FnOnce(&mut Orchestration),
+    ) -> Self {
         let clock = ManualClock::new(start_time());
         let p = Platform::start_orchestrated(
             join,
@@ -59,6 +73,7 @@ impl Scaling {
             |o| {
                 o.capacity = config.clone();
                 o.clock = clock.shared();
+                tweak(o);
             },
         )
         .await;
@@ -69,6 +84,70 @@ impl Scaling {
             config,
             monitor,
             cpu: None,
+            gateway: None,
+        }
+    }
+
+    /// With alert remediation on: the orchestrator runs the remediation engine with `rules` (on the
+    /// rig's manual clock), the remediator runs against the simulator, and a gateway takes
+    /// Alertmanager's webhooks ([`Scaling::alert`]).
+    async fn start_remediating(config: CapacityConfig, rules: &str) -> Self {
+        let rules = Rules::parse(rules).unwrap();
+        let mut s = Self::start_tweaked(config, JOIN_OK, |o| {
+            o.rules = rules;
+            o.remediation = RemediationConfig::default();
+        })
+        .await;
+        let pve = PveClient::new(&client_config(&s.p.sim)).unwrap();
+        tokio::spawn(proxflow_remediation::run_remediator(
+            s.p.ctx.clone(),
+            RemediationConfig::default(),
+            pve,
+            s.p.stop.clone(),
+        ));
+        s.gateway = Some(
+            proxflow_e2e::start_gateway(
+                &s.p.ctx,
+                "alertmanager",
+                proxflow_e2e::ALERT_TOKEN,
+                &s.p.stop,
+            )
+            .await,
+        );
+        s
+    }
+
+    /// Posts one firing alert `name` with `labels`, as Alertmanager does, to the gateway.
+    async fn alert(&self, name: &str, labels: &[(&str, &str)], starts: &str) {
+        let gateway = self.gateway.as_deref().expect("started with remediation");
+        let alert = proxflow_e2e::alertmanager_alert(name, labels, "firing", starts);
+        proxflow_e2e::post_alerts(gateway, vec![alert]).await;
+    }
+
+    /// Waits until the engine has recorded `n` acted remediation decisions; returns them, oldest
+    /// first.
+    async fn acted(&self, n: usize) -> Vec<RemediationDecision> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let all: Vec<RemediationDecision> = proxflow_e2e::stored(
+                &self.p.ctx.bus.js,
+                stream::EVT,
+                &subject::evt("remediation", "decision"),
+            )
+            .await;
+            let acted: Vec<RemediationDecision> = all
+                .iter()
+                .filter(|d| d.verdict == Verdict::Acted)
+                .cloned()
+                .collect();
+            if acted.len() >= n {
+                return acted;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} acted decisions expected within 30 s; the decisions so far: {all:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -538,4 +617,86 @@ async fn one_scale_out_at_a_time_until_the_new_node_is_provisioned() {
     let three = s.scale_out_of(&third[0]).await;
     assert_eq!(three.state, WorkflowState::Succeeded, "{three:#?}");
     assert_eq!(three.data["node"], "k3s-5");
+}
+
+/// `K3sClusterCpuHigh` scales the cluster out; the rule's own cooldown (1 min) is far shorter than
+/// the scale-out's (10 min by default), so only the capacity guards can hold a second alert back.
+const SCALE_OUT_RULE: &str = r#"
+[[rule]]
+name = "cluster-hot-scale-out"
+alertname = "K3sClusterCpuHigh"
+target = "cluster/{labels.cluster}"
+action = { kind = "scale_out", cluster = "{labels.cluster}" }
+cooldown = "1m"
+dry_run = false
+"#;
+
+/// An alert's remediation hands the scale-out to the orchestrator, which decides it on the newest
+/// `capacity.sample` and provisions one more node, and a second alert once the rule's cooldown has
+/// passed is refused by the scale-out cooldown: the alert path goes through the same guards as a
+/// capacity firing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_remediation_scales_out_through_the_capacity_guards() {
+    let mut s = Scaling::start_remediating(capacity(|_| {}), SCALE_OUT_RULE).await;
+    // A sample on the bus for the scale-out to be decided on; at 50 % nothing fires by itself.
+    s.load(0.5);
+    assert!(s.polls(1).await.is_empty());
+    assert_eq!(s.count(&subject::evt("capacity", "sample")).await, 1);
+
+    let cluster = [("cluster", "k3s")];
+    s.alert("K3sClusterCpuHigh", &cluster, "2026-11-24T08:01:00Z")
+        .await;
+    let acted = s.acted(1).await;
+    assert_eq!(acted.len(), 1, "{acted:#?}");
+    assert_eq!(acted[0].rule.as_deref(), Some("cluster-hot-scale-out"));
+    assert_eq!(acted[0].target.as_deref(), Some("cluster/k3s"));
+    assert_eq!(acted[0].action.as_deref(), Some("scale_out"));
+    let remediation = acted[0].workflow_id.clone().unwrap();
+    let record = s.p.until_ended(&remediation).await;
+    assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+    let first = format!("scaleout-k3s-{remediation}");
+    let one = s.p.until_ended(&first).await;
+    assert_eq!(one.state, WorkflowState::Succeeded, "{one:#?}");
+    assert_eq!(one.origin.source, "alert");
+    assert_eq!(one.origin.reference, remediation);
+    assert_eq!(one.data["node"], "k3s-4");
+    let provision = one.data["provision_workflow"].as_str().unwrap().to_string();
+    let provisioned = s.p.until_ended(&provision).await;
+    assert_eq!(
+        provisioned.state,
+        WorkflowState::Succeeded,
+        "{provisioned:#?}"
+    );
+    s.p.until_idle().await;
+    assert_eq!(s.tagged_vms(), 4);
+
+    // Past the rule's cooldown, within the scale-out's: the remediation acts, the scale-out refuses.
+    s.clock.advance(Duration::from_secs(120));
+    s.alert("K3sClusterCpuHigh", &cluster, "2026-11-24T08:03:00Z")
+        .await;
+    let acted = s.acted(2).await;
+    assert_eq!(acted.len(), 2, "{acted:#?}");
+    let again = acted[1].workflow_id.clone().unwrap();
+    assert_ne!(again, remediation, "a new alert, a new remediation");
+    let record = s.p.until_ended(&again).await;
+    assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+    let two = s.p.until_ended(&format!("scaleout-k3s-{again}")).await;
+    assert_eq!(two.state, WorkflowState::Cancelled, "{two:#?}");
+    let reason = two.error.clone().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "cooldown: the last scale-out of k3s ({first}, node k3s-4) started at "
+        )),
+        "{reason}"
+    );
+    assert!(
+        s.p.store
+            .get(&format!("{}-node", two.id))
+            .await
+            .unwrap()
+            .is_none(),
+        "no provision for a refused scale-out"
+    );
+    s.p.until_idle().await;
+    assert_eq!(s.tagged_vms(), 4, "one node in all");
 }

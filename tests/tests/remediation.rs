@@ -23,7 +23,7 @@ use proxflow_testkit::pve::start_sim;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-const TOKEN: &str = "alertmanager-token-0123456789";
+use proxflow_e2e::ALERT_TOKEN as TOKEN;
 
 const RESTART: &str = r#"
 [[rule]]
@@ -82,37 +82,11 @@ async fn rig(rules: &str, tweak: impl FnOnce(&mut RemediationConfig)) -> Rig {
     }
 }
 
-/// One alert as Alertmanager posts it.
-fn alert(name: &str, labels: &[(&str, &str)], status: &str, starts: &str) -> Value {
-    let mut l: serde_json::Map<String, Value> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect();
-    l.insert("alertname".into(), json!(name));
-    // Alertmanager's fingerprint is a hash of the label set; any stable hash of it will do here.
-    let fingerprint = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (name, labels).hash(&mut h);
-        format!("{:016x}", h.finish())
-    };
-    json!({"status": status, "labels": l, "annotations": {}, "startsAt": starts,
-           "endsAt": "0001-01-01T00:00:00Z", "fingerprint": fingerprint})
-}
+use proxflow_e2e::alertmanager_alert as alert;
 
 impl Rig {
     async fn post(&self, alerts: Vec<Value>) {
-        let body =
-            json!({"version": "4", "receiver": "proxflow", "status": "firing", "alerts": alerts});
-        let r = self
-            .http
-            .post(format!("{}/v1/alerts/alertmanager", self.gateway))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        proxflow_e2e::post_alerts(&self.gateway, alerts).await;
     }
 
     async fn decisions(&self) -> Vec<RemediationDecision> {

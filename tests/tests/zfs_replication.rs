@@ -12,13 +12,18 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use proxflow_remediation::{RemediationConfig, Rules};
 use proxflow_replicator::{JobConfig, JobError, ReplicationConfig, Replicator, RunControl};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::clock::ManualClock;
 use proxflow_runtime::lease::{Acquired, Leases};
+use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::remediation::{RemediationDecision, Verdict};
 use proxflow_schemas::replication::{
-    DivergenceReason, ReplicationDiverged, ReplicationPhase, ReplicationRun, TransferMode,
+    DivergenceReason, ReplicationDiverged, ReplicationPhase, ReplicationRequested, ReplicationRun,
+    TransferMode,
 };
+use proxflow_schemas::workflow::WorkflowState;
 use proxflow_snapshotter::retention::Grid;
 use proxflow_snapshotter::{PolicyConfig, SnapshotConfig, Snapshotter, Targets};
 use proxflow_testkit::TestNats;
@@ -494,4 +499,175 @@ async fn ten_runs_leave_exactly_one_hold_per_side() {
     assert!(!zfs.hold(&tag, &fx.target, "s10").await.unwrap());
     assert!(zfs.release("keep", &fx.source, "s01").await.unwrap());
     assert!(!zfs.release("keep", &fx.source, "s01").await.unwrap());
+}
+
+/// `ReplicationLagging` re-runs the job its `replication_job` label names.
+const REPLICATE_RULE: &str = r#"
+[[rule]]
+name = "replication-lag-rerun"
+alertname = "ReplicationLagging"
+target = "replication/{labels.replication_job}"
+action = { kind = "replicate", job = "{labels.replication_job}" }
+cooldown = "2h"
+dry_run = false
+"#;
+
+/// Every event stored on `subject`, oldest first.
+async fn stored<T: serde::de::DeserializeOwned>(ctx: &ServiceContext, subject: &str) -> Vec<T> {
+    proxflow_e2e::stored(&ctx.bus.js, stream::EVT, subject).await
+}
+
+/// Polls `probe` until it yields something, failing the test with `what` after 60 s.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{what} within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A lag alert goes gateway → remediation engine → remediator → `pf.cmd.replicator.run` → the
+/// replicator service, which runs the job: the snapshot taken after the service's catch-up pass
+/// (which failed, nothing to send then) lands on the target with its data and guid. The schedule
+/// cannot have sent it: its retry waits 15 minutes of a manual clock that never moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_lag_alert_reruns_the_job_and_the_data_lands() {
+    let fx = ZfsFixture::new("lagalert").with_job("offsite");
+    let nats = TestNats::start().expect("nats-server");
+    let ctx = nats.context("lag-alert-test").await.unwrap();
+    let (_sim, pve) = proxflow_testkit::pve::start_sim(|_| {}).await.unwrap();
+    let clock = ManualClock::new(utc("2026-11-24T04:00:00Z"));
+    let stop = CancellationToken::new();
+    // Should an assertion fail, the services stop before the fixture destroys the datasets.
+    let _stop_on_exit = stop.clone().drop_guard();
+    let gateway =
+        proxflow_e2e::start_gateway(&ctx, "alertmanager", proxflow_e2e::ALERT_TOKEN, &stop).await;
+    let engine = tokio::spawn(proxflow_remediation::run_engine(
+        ctx.clone(),
+        RemediationConfig::default(),
+        Rules::parse(REPLICATE_RULE).unwrap(),
+        clock.shared(),
+        stop.clone(),
+    ));
+    let remediator = tokio::spawn(proxflow_remediation::run_remediator(
+        ctx.clone(),
+        RemediationConfig::default(),
+        pve,
+        stop.clone(),
+    ));
+    // The schedule is looked at every 100 ms, so a scheduled run would have every chance to race
+    // the alert's.
+    let replicator = tokio::spawn(proxflow_replicator::run(
+        ctx.clone(),
+        ReplicationConfig {
+            jobs: vec![job(&fx, "offsite")],
+            interval: Duration::from_millis(100),
+            ..ReplicationConfig::default()
+        },
+        clock.shared(),
+        stop.clone(),
+    ));
+
+    // The catch-up pass at start (daily@03:30 is due at 04:00) finds no snapshot and fails.
+    let failed: ReplicationRun = eventually("the start pass's failure", || async {
+        stored::<ReplicationRun>(&ctx, "pf.evt.replication.failed")
+            .await
+            .into_iter()
+            .find(|r| r.job == "offsite")
+    })
+    .await;
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .ends_with("has no snapshot to send"),
+        "{failed:?}"
+    );
+    assert!(!fx.exists(&fx.target));
+
+    // Watches the replicator's requests (PF_CMD is a work queue: read it on the wire, not stored).
+    let mut requests = ctx
+        .bus
+        .client
+        .subscribe(subject::cmd("replicator", "run"))
+        .await
+        .unwrap();
+    fx.write_random("lagging.bin", 1 << 20);
+    fx.snapshot(&fx.source, "s1");
+    let alert = proxflow_e2e::alertmanager_alert(
+        "ReplicationLagging",
+        &[("replication_job", "offsite")],
+        "firing",
+        "2026-11-24T04:00:00Z",
+    );
+    proxflow_e2e::post_alerts(&gateway, vec![alert]).await;
+
+    let acted: RemediationDecision = eventually("an acted remediation decision", || async {
+        stored::<RemediationDecision>(&ctx, &subject::evt("remediation", "decision"))
+            .await
+            .into_iter()
+            .find(|d| d.verdict == Verdict::Acted)
+    })
+    .await;
+    assert_eq!(acted.rule.as_deref(), Some("replication-lag-rerun"));
+    assert_eq!(acted.target.as_deref(), Some("replication/offsite"));
+    let remediation = acted.workflow_id.clone().unwrap();
+    let store = proxflow_runtime::workflow::WorkflowStore::open(&ctx.bus.js)
+        .await
+        .unwrap();
+    let record = proxflow_e2e::until_ended(&store, &remediation).await;
+    assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+    // The remediator handed the run to the replicator, naming the job and the remediation.
+    let requested: ReplicationRequested =
+        proxflow_e2e::next_event(&mut requests, Duration::from_secs(30)).await;
+    assert_eq!(requested.job, "offsite");
+    assert_eq!(requested.workflow_id, remediation);
+
+    let done: ReplicationRun = eventually("the job's completed run", || async {
+        stored::<ReplicationRun>(&ctx, "pf.evt.replication.completed")
+            .await
+            .into_iter()
+            .find(|r| r.job == "offsite")
+    })
+    .await;
+    assert_eq!(done.snapshot.as_deref(), Some("s1"), "{done:?}");
+    assert_eq!(done.mode, Some(TransferMode::Full));
+    assert!(
+        done.bytes > 1 << 20,
+        "the stream carries the file: {done:?}"
+    );
+    // The request was consumed once and acknowledged; one run completed, after the one that failed.
+    proxflow_e2e::until_idle(
+        &ctx,
+        &[("PF_CMD", proxflow_replicator::service::RUN_DURABLE)],
+    )
+    .await;
+    let completed: Vec<ReplicationRun> = stored(&ctx, "pf.evt.replication.completed").await;
+    assert_eq!(completed.len(), 1, "{completed:#?}");
+    assert_ne!(completed[0].run_id, failed.run_id);
+
+    // The data landed: the file reads back the same, the snapshot is the source's (same guid).
+    let want = fx.checksum(&fx.source, "lagging.bin");
+    assert!(want.is_some());
+    assert_eq!(fx.checksum(&fx.target, "lagging.bin"), want);
+    assert_eq!(fx.names(&fx.target), ["s1"]);
+    assert_eq!(fx.guid(&fx.target, "s1"), fx.guid(&fx.source, "s1"));
+
+    // A clean shutdown: every service ends, without error, when the token is cancelled.
+    stop.cancel();
+    let (engine, remediator, replicator) = tokio::time::timeout(Duration::from_secs(30), async {
+        (engine.await, remediator.await, replicator.await)
+    })
+    .await
+    .expect("the services stop on cancellation");
+    engine.unwrap().unwrap();
+    remediator.unwrap().unwrap();
+    replicator.unwrap().unwrap();
 }

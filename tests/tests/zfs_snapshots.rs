@@ -382,8 +382,10 @@ async fn concurrent_copies_of_one_prechange_request_take_one_snapshot() {
     for reply in &replies {
         assert_eq!(reply.error, None, "{replies:#?}");
     }
-    let names: std::collections::BTreeSet<_> =
-        replies.iter().map(|r| r.snapshot.clone().unwrap()).collect();
+    let names: std::collections::BTreeSet<_> = replies
+        .iter()
+        .map(|r| r.snapshot.clone().unwrap())
+        .collect();
     assert_eq!(names.len(), 1, "{replies:#?}");
     assert_eq!(replies.iter().filter(|r| !r.existing).count(), 1);
     let on_disk: Vec<String> = fx

@@ -728,9 +728,11 @@ pub enum ServiceError {
 pub const RUN_DURABLE: &str = "replicator-run";
 
 /// Runs a job on request (a remediation of a lag alert). The run announces itself through the usual
-/// events and metrics; a failed run is not retried from here (the schedule retries it).
+/// events and metrics; a failed run is not retried from here (the schedule retries it). Shutdown
+/// kills its transfer, as it does a scheduled one's.
 struct OnDemand {
     replicator: Arc<Replicator>,
+    shutdown: CancellationToken,
 }
 
 impl Handler<ReplicationRequested> for OnDemand {
@@ -739,7 +741,13 @@ impl Handler<ReplicationRequested> for OnDemand {
         tracing::info!(job = %request.job, reason = %request.reason, "replication requested");
         match self
             .replicator
-            .run_job(&request.job, &RunControl::default())
+            .run_job(
+                &request.job,
+                &RunControl {
+                    cancel: self.shutdown.child_token(),
+                    ..RunControl::default()
+                },
+            )
             .await
         {
             Ok(report) => {
@@ -748,6 +756,11 @@ impl Handler<ReplicationRequested> for OnDemand {
             }
             Err(JobError::UnknownJob(job)) => {
                 Outcome::poison(format!("no replication job {job:?}"))
+            }
+            // Transient: the snapshotter is pruning the dataset, or shutdown interrupted the
+            // transfer. Redelivered (after a restart, in the second case), not dropped.
+            Err(e) if matches!(e, JobError::Busy { .. }) || e.reason() == "cancelled" => {
+                Outcome::retry(e.to_string())
             }
             Err(e) => {
                 tracing::warn!(job = %request.job, error = %e, "requested replication failed");
@@ -778,6 +791,7 @@ pub async fn run(
         consumer,
         OnDemand {
             replicator: replicator.clone(),
+            shutdown: shutdown.clone(),
         },
     );
     ctx.health.set("replicator", true);
