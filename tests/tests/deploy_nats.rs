@@ -372,7 +372,6 @@ async fn the_snapshotter_and_replicator_users_work_and_nothing_more() {
     use proxflow_replicator::{JobConfig, ReplicationConfig, Replicator, RunControl};
     use proxflow_runtime::clock::system;
     use proxflow_schemas::snapshot::{PreChangeRequest, SnapshotTarget};
-    use proxflow_snapshotter::{PolicyConfig, SnapshotConfig, Targets};
 
     let (_dir, nats) = accounts_server();
     let admin = admin_declares(&nats).await;
@@ -380,17 +379,7 @@ async fn the_snapshotter_and_replicator_users_work_and_nothing_more() {
     let fx = zfs_fixture::ZfsFixture::new("accounts").with_job("offsite");
 
     let snapshotter_ctx = service_context(&nats, "snapshotter").await;
-    let config = SnapshotConfig {
-        policies: vec![PolicyConfig {
-            name: "data".into(),
-            targets: Targets {
-                datasets: vec![fx.source.clone()],
-                ..Targets::default()
-            },
-            ..PolicyConfig::default()
-        }],
-        ..SnapshotConfig::default()
-    };
+    let config = zfs_fixture::snapshot_config(&fx.source, Default::default());
     let stop = CancellationToken::new();
     let snapshotter = tokio::spawn(proxflow_snapshotter::run(
         snapshotter_ctx.clone(),

@@ -638,8 +638,8 @@ fn shipped_rule(name: &str) -> String {
 async fn a_filling_pool_alert_prunes_what_the_grid_lets_go_and_nothing_else() {
     use proxflow_schemas::events::DeadLetter;
     use proxflow_schemas::snapshot::SnapshotsPruned;
+    use proxflow_snapshotter::SnapshotConfig;
     use proxflow_snapshotter::retention::Grid;
-    use proxflow_snapshotter::{PolicyConfig, SnapshotConfig, Targets};
 
     let r = rig(&shipped_rule("zfs-pool-full-prune"), |_| {}).await;
     let fx = zfs_fixture::ZfsFixture::new("prune-alert");
@@ -656,26 +656,18 @@ async fn a_filling_pool_alert_prunes_what_the_grid_lets_go_and_nothing_else() {
             .unwrap()
             .with_timezone(&chrono::Utc),
     );
+    // One pass at start, the next an hour later: any pruning after the first pass is the alert's.
     let config = SnapshotConfig {
-        policies: vec![PolicyConfig {
-            name: "data".into(),
-            targets: Targets {
-                datasets: vec![fx.source.clone()],
-                ..Targets::default()
-            },
-            schedule: "daily@03:00".into(),
-            retention: Grid {
+        interval: Duration::from_secs(3600),
+        ..zfs_fixture::snapshot_config(
+            &fx.source,
+            Grid {
                 hourly: 0,
                 daily: 3,
                 weekly: 0,
                 monthly: 0,
             },
-            ..PolicyConfig::default()
-        }],
-        // One pass at start, the next an hour later: any pruning after the first pass is the
-        // alert's.
-        interval: Duration::from_secs(3600),
-        ..SnapshotConfig::default()
+        )
     };
     let snapshotter = tokio::spawn(proxflow_snapshotter::run(
         r.ctx.clone(),

@@ -24,8 +24,8 @@ use proxflow_schemas::replication::{
     TransferMode,
 };
 use proxflow_schemas::workflow::WorkflowState;
+use proxflow_snapshotter::Snapshotter;
 use proxflow_snapshotter::retention::Grid;
-use proxflow_snapshotter::{PolicyConfig, SnapshotConfig, Snapshotter, Targets};
 use proxflow_testkit::TestNats;
 use proxflow_zfs::Zfs;
 use tokio_util::sync::CancellationToken;
@@ -202,25 +202,16 @@ async fn pruning_on_the_source_keeps_the_common_base_and_waits_for_a_send() {
     let clock = ManualClock::new(utc("2026-11-20T03:10:00Z"));
     let snapshots = Snapshotter::new(
         &ctx,
-        SnapshotConfig {
-            policies: vec![PolicyConfig {
-                name: "data".into(),
-                targets: Targets {
-                    datasets: vec![fx.source.clone()],
-                    ..Targets::default()
-                },
-                schedule: "daily@03:00".into(),
-                // Keep only the newest daily: everything older is a pruning candidate.
-                retention: Grid {
-                    hourly: 0,
-                    daily: 1,
-                    weekly: 0,
-                    monthly: 0,
-                },
-                ..PolicyConfig::default()
-            }],
-            ..SnapshotConfig::default()
-        },
+        // Keep only the newest daily: everything older is a pruning candidate.
+        zfs_fixture::snapshot_config(
+            &fx.source,
+            Grid {
+                hourly: 0,
+                daily: 1,
+                weekly: 0,
+                monthly: 0,
+            },
+        ),
         None,
         clock.shared(),
     )

@@ -18,7 +18,7 @@ use proxflow_schemas::snapshot::{
 };
 use proxflow_snapshotter::retention::Grid;
 use proxflow_snapshotter::service::{plan_all, render_plans};
-use proxflow_snapshotter::{PolicyConfig, SnapshotConfig, Snapshotter, Targets, request_prechange};
+use proxflow_snapshotter::{SnapshotConfig, Snapshotter, request_prechange};
 use proxflow_testkit::TestNats;
 use tokio_util::sync::CancellationToken;
 use zfs_fixture::ZfsFixture;
@@ -29,21 +29,7 @@ fn utc(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn config(dataset: &str, retention: Grid) -> SnapshotConfig {
-    SnapshotConfig {
-        policies: vec![PolicyConfig {
-            name: "data".into(),
-            targets: Targets {
-                datasets: vec![dataset.to_owned()],
-                ..Targets::default()
-            },
-            schedule: "daily@03:00".into(),
-            retention,
-            ..PolicyConfig::default()
-        }],
-        ..SnapshotConfig::default()
-    }
-}
+use zfs_fixture::snapshot_config as config;
 
 async fn last_event<T: serde::de::DeserializeOwned>(
     ctx: &ServiceContext,

@@ -141,6 +141,21 @@ pub struct TargetReport {
     pub errors: Vec<String>,
 }
 
+impl TargetReport {
+    /// Nothing done yet.
+    fn new(policy: &PolicyConfig, target: &SnapshotTarget) -> Self {
+        Self {
+            policy: policy.name.clone(),
+            target: target.clone(),
+            plan: Plan::default(),
+            created: None,
+            pruned: Vec::new(),
+            skipped: None,
+            errors: Vec::new(),
+        }
+    }
+}
+
 /// What one pass did.
 #[derive(Debug, Clone, Default)]
 pub struct PassReport {
@@ -357,15 +372,7 @@ impl Snapshotter {
                 target = %target,
                 workflow = %request.workflow_id,
             );
-            let mut target_report = TargetReport {
-                policy: policy.name.clone(),
-                target: target.clone(),
-                plan: Plan::default(),
-                created: None,
-                pruned: Vec::new(),
-                skipped: None,
-                errors: Vec::new(),
-            };
+            let mut target_report = TargetReport::new(policy, &target);
             async {
                 if self.config.dry_run {
                     match self.backends.list(&target).await {
@@ -397,15 +404,7 @@ impl Snapshotter {
         now: DateTime<Utc>,
         check_due: bool,
     ) -> (TargetReport, Option<SnapshotCheck>) {
-        let mut report = TargetReport {
-            policy: policy.name.clone(),
-            target: target.clone(),
-            plan: Plan::default(),
-            created: None,
-            pruned: Vec::new(),
-            skipped: None,
-            errors: Vec::new(),
-        };
+        let mut report = TargetReport::new(policy, target);
         let existing = match self.backends.list(target).await {
             Ok(e) => e,
             Err(e) => {

@@ -20,6 +20,26 @@ const HINT: &str = "a real ZFS with pools `tank` and `offsite` is needed: run \
                     `deploy/dev/install-tools.sh zfs` as root (installs zfs-fuse, starts its daemon, \
                     creates file-backed pools under .tools/zfs/)";
 
+/// One snapshot policy, `data`, over `dataset`: daily at 03:00 UTC, keeping `retention`.
+pub fn snapshot_config(
+    dataset: &str,
+    retention: proxflow_snapshotter::retention::Grid,
+) -> proxflow_snapshotter::SnapshotConfig {
+    proxflow_snapshotter::SnapshotConfig {
+        policies: vec![proxflow_snapshotter::PolicyConfig {
+            name: "data".into(),
+            targets: proxflow_snapshotter::Targets {
+                datasets: vec![dataset.to_owned()],
+                ..proxflow_snapshotter::Targets::default()
+            },
+            schedule: "daily@03:00".into(),
+            retention,
+            ..proxflow_snapshotter::PolicyConfig::default()
+        }],
+        ..proxflow_snapshotter::SnapshotConfig::default()
+    }
+}
+
 /// Runs `zfs`/`zpool` and returns stdout, panicking with stderr on failure.
 pub fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
