@@ -311,3 +311,18 @@ pub async fn post_alerts(gateway: &str, alerts: Vec<serde_json::Value>) {
     let status = r.status();
     assert_eq!(status, 200, "{:?}", r.text().await);
 }
+
+/// Polls `probe` until it yields something, failing the test with `what` after 60 s.
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -127,8 +127,8 @@ impl Scaling {
     /// Waits until the engine has recorded `n` acted remediation decisions; returns them, oldest
     /// first.
     async fn acted(&self, n: usize) -> Vec<RemediationDecision> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("{n} acted remediation decisions");
+        proxflow_e2e::eventually(&what, || async {
             let all: Vec<RemediationDecision> = proxflow_e2e::stored(
                 &self.p.ctx.bus.js,
                 stream::EVT,
@@ -136,19 +136,12 @@ impl Scaling {
             )
             .await;
             let acted: Vec<RemediationDecision> = all
-                .iter()
+                .into_iter()
                 .filter(|d| d.verdict == Verdict::Acted)
-                .cloned()
                 .collect();
-            if acted.len() >= n {
-                return acted;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{n} acted decisions expected within 30 s; the decisions so far: {all:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            (acted.len() >= n).then_some(acted)
+        })
+        .await
     }
 
     async fn monitor(p: &Platform, config: &CapacityConfig, clock: &ManualClock) -> Monitor {

@@ -701,16 +701,12 @@ async fn a_filling_pool_alert_prunes_what_the_grid_lets_go_and_nothing_else() {
     )])
     .await;
     let pruned_subject = subject::evt("snapshot", "pruned");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pruned = loop {
+    let pruned: SnapshotsPruned = proxflow_e2e::eventually("a prune", || async {
         let events: Vec<SnapshotsPruned> =
             proxflow_e2e::stored(&r.ctx.bus.js, stream::EVT, &pruned_subject).await;
-        if let Some(e) = events.into_iter().next() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "nothing was pruned");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        events.into_iter().next()
+    })
+    .await;
     assert_eq!(pruned.pruned, [daily(2)]);
     let after: BTreeSet<String> = fx.names(&fx.source).into_iter().collect();
     let expected: BTreeSet<String> = [1, 3, 4, 5]
@@ -738,19 +734,13 @@ async fn a_filling_pool_alert_prunes_what_the_grid_lets_go_and_nothing_else() {
     )])
     .await;
     let dead_subject = subject::evt("deadletter", proxflow_snapshotter::service::PRUNE_DURABLE);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        let letters: Vec<DeadLetter> =
-            proxflow_e2e::stored(&r.ctx.bus.js, stream::EVT, &dead_subject).await;
-        if let Some(d) = letters.into_iter().next() {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no dead letter for the uncovered pool"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let dead: DeadLetter =
+        proxflow_e2e::eventually("a dead letter for the uncovered pool", || async {
+            let letters: Vec<DeadLetter> =
+                proxflow_e2e::stored(&r.ctx.bus.js, stream::EVT, &dead_subject).await;
+            letters.into_iter().next()
+        })
+        .await;
     assert!(
         dead.detail
             .contains("no snapshot policy covers a dataset on pool \"offsite\""),

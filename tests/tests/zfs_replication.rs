@@ -508,21 +508,6 @@ async fn stored<T: serde::de::DeserializeOwned>(ctx: &ServiceContext, subject: &
     proxflow_e2e::stored(&ctx.bus.js, stream::EVT, subject).await
 }
 
-/// Polls `probe` until it yields something, failing the test with `what` after 60 s.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut probe: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "{what} within 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A lag alert goes gateway → remediation engine → remediator → `pf.cmd.replicator.run` → the
 /// replicator service, which runs the job: the snapshot taken after the service's catch-up pass
 /// (which failed, nothing to send then) lands on the target with its data and guid. The schedule
@@ -566,7 +551,7 @@ async fn a_replication_lag_alert_reruns_the_job_and_the_data_lands() {
     ));
 
     // The catch-up pass at start (daily@03:30 is due at 04:00) finds no snapshot and fails.
-    let failed: ReplicationRun = eventually("the start pass's failure", || async {
+    let failed: ReplicationRun = proxflow_e2e::eventually("the start pass's failure", || async {
         stored::<ReplicationRun>(&ctx, "pf.evt.replication.failed")
             .await
             .into_iter()
@@ -600,13 +585,14 @@ async fn a_replication_lag_alert_reruns_the_job_and_the_data_lands() {
     );
     proxflow_e2e::post_alerts(&gateway, vec![alert]).await;
 
-    let acted: RemediationDecision = eventually("an acted remediation decision", || async {
-        stored::<RemediationDecision>(&ctx, &subject::evt("remediation", "decision"))
-            .await
-            .into_iter()
-            .find(|d| d.verdict == Verdict::Acted)
-    })
-    .await;
+    let acted: RemediationDecision =
+        proxflow_e2e::eventually("an acted remediation decision", || async {
+            stored::<RemediationDecision>(&ctx, &subject::evt("remediation", "decision"))
+                .await
+                .into_iter()
+                .find(|d| d.verdict == Verdict::Acted)
+        })
+        .await;
     assert_eq!(acted.rule.as_deref(), Some("replication-lag-rerun"));
     assert_eq!(acted.target.as_deref(), Some("replication/offsite"));
     let remediation = acted.workflow_id.clone().unwrap();
@@ -621,7 +607,7 @@ async fn a_replication_lag_alert_reruns_the_job_and_the_data_lands() {
     assert_eq!(requested.job, "offsite");
     assert_eq!(requested.workflow_id, remediation);
 
-    let done: ReplicationRun = eventually("the job's completed run", || async {
+    let done: ReplicationRun = proxflow_e2e::eventually("the job's completed run", || async {
         stored::<ReplicationRun>(&ctx, "pf.evt.replication.completed")
             .await
             .into_iter()

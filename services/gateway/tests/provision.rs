@@ -746,6 +746,15 @@ fn delivery(name: &str, n: usize, status: &str) -> Vec<u8> {
 }
 
 impl Gateway {
+    /// Posts an alert delivery with the bearer token.
+    async fn deliver(&self, body: &[u8]) -> reqwest::Response {
+        self.post_alerts(body)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("post")
+    }
+
     fn post_alerts(&self, body: &[u8]) -> reqwest::RequestBuilder {
         self.http
             .post(format!("{}/v1/alerts/alertmanager", self.base))
@@ -758,12 +767,7 @@ impl Gateway {
 async fn alert_deliveries_become_one_deduplicated_message_per_alert() {
     let gw = start().await;
     let three = delivery("VMDown", 3, "firing");
-    let r = gw
-        .post_alerts(&three)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("post");
+    let r = gw.deliver(&three).await;
     assert_eq!(r.status(), 200);
     let accepted: Value = r.json().await.expect("json");
     assert_eq!(accepted, json!({"alerts": 3, "duplicates": 0}));
@@ -852,12 +856,7 @@ async fn with_the_bus_down_an_alert_delivery_gets_503_and_its_retry_lands() {
     let two = delivery("HostMemoryHigh", 2, "firing");
     gw.nats.stop();
     gw.wait_ready(503).await;
-    let down = gw
-        .post_alerts(&two)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("post");
+    let down = gw.deliver(&two).await;
     assert_eq!(
         down.status(),
         503,
@@ -867,12 +866,7 @@ async fn with_the_bus_down_an_alert_delivery_gets_503_and_its_retry_lands() {
         .restart()
         .unwrap_or_else(|e| panic!("restart: {e}\n{}", gw.nats.log_tail()));
     gw.wait_ready(200).await;
-    let up = gw
-        .post_alerts(&two)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("post");
+    let up = gw.deliver(&two).await;
     assert_eq!(up.status(), 200);
     assert_eq!(gw.published().await, 2);
     gw.shutdown().await;
@@ -907,12 +901,7 @@ async fn past_max_in_flight_a_delivery_gets_503_and_nothing_is_lost() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let second = delivery("HostMemoryHigh", 2, "firing");
-    let refused = gw
-        .post_alerts(&second)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("post");
+    let refused = gw.deliver(&second).await;
     assert_eq!(
         refused.status(),
         503,
@@ -934,12 +923,7 @@ async fn past_max_in_flight_a_delivery_gets_503_and_nothing_is_lost() {
         0
     );
     // Alertmanager's retry of the refused delivery lands: nothing was lost.
-    let retried = gw
-        .post_alerts(&second)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("post");
+    let retried = gw.deliver(&second).await;
     assert_eq!(retried.status(), 200);
     assert_eq!(gw.published().await, 6);
     gw.shutdown().await;
