@@ -105,7 +105,7 @@ pub enum Reason {
     MaxTargets,
     /// The global rate limit is used up.
     RateLimit,
-    /// Another remediation holds the target.
+    /// Another remediation (or an operator) holds the target: busy.
     Lock,
     /// The rule is in dry-run.
     DryRun,
@@ -203,6 +203,23 @@ impl Message for RemediationCommand {
     }
 }
 
+/// How a remediation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RemediationResult {
+    /// The action ran (or its owner finished the handed-off work) and succeeded.
+    Succeeded,
+    /// The action or the owner's work failed; `error` says why.
+    Failed,
+    /// The owner of a handed-off action refused it by its own guard (cooldown, cap, veto); `error`
+    /// carries its reason. The breaker counts it: an automation whose requests keep being refused
+    /// is misconfigured.
+    Refused,
+    /// The target was held by someone else when the work order arrived; nothing ran. Never counted
+    /// by the breaker.
+    Busy,
+}
+
 /// How a remediation went (`pf.evt.remediation.outcome`); feeds the rule's circuit breaker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -218,14 +235,28 @@ pub struct RemediationOutcome {
     /// Absent on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How it ended (v2; absent in v1 outcomes, which were succeeded or failed by `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RemediationResult>,
     /// When it ended.
     pub at: DateTime<Utc>,
+}
+
+impl RemediationOutcome {
+    /// How it ended, for v1 outcomes too.
+    pub fn result(&self) -> RemediationResult {
+        self.result.unwrap_or(if self.error.is_some() {
+            RemediationResult::Failed
+        } else {
+            RemediationResult::Succeeded
+        })
+    }
 }
 
 impl Versioned for RemediationOutcome {
     const SCHEMA: SchemaId = SchemaId {
         name: "pf.evt.remediation.outcome",
-        version: 1,
+        version: 2,
     };
 }
 

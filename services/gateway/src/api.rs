@@ -20,7 +20,6 @@ use proxflow_provisioner::Profiles;
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::ops::CounterFamily;
 use proxflow_runtime::telemetry;
-use proxflow_runtime::workflow::WorkflowStoreError;
 use proxflow_schemas::provision::ProvisionRequested;
 use proxflow_schemas::remediation::RemediationDecision;
 use proxflow_schemas::workflow::{WorkflowRecord, WorkflowState};
@@ -206,9 +205,10 @@ impl IntoResponse for Rejection {
 impl From<StoreError> for Rejection {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Open { .. }
-            | StoreError::Unavailable { .. }
-            | StoreError::Workflow(WorkflowStoreError::Kv(_)) => Self::Unavailable(e.to_string()),
+            StoreError::Open { .. } | StoreError::Unavailable { .. } => {
+                Self::Unavailable(e.to_string())
+            }
+            StoreError::Workflow(ref w) if w.is_transient() => Self::Unavailable(e.to_string()),
             StoreError::Workflow(_) => Self::Internal(e.to_string()),
         }
     }

@@ -93,11 +93,10 @@ impl Store {
         match self.workflow(&record.id).await? {
             Some(existing) => Ok(Created::Existing(Box::new(existing))),
             // Deleted between the two calls: the record cannot be trusted either way.
-            None => Err(WorkflowStoreError::Kv(format!(
-                "record {} vanished while being read",
-                record.id
-            ))
-            .into()),
+            None => Err(StoreError::Unavailable {
+                bucket: proxflow_schemas::names::bucket::WORKFLOWS,
+                message: format!("record {} vanished while being read", record.id),
+            }),
         }
     }
 

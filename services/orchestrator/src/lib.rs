@@ -120,10 +120,7 @@ pub async fn run(
         .js
         .get_key_value(bucket::COOLDOWNS)
         .await
-        .map_err(|e| AdmissionError::Kv {
-            key: bucket::COOLDOWNS.into(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| AdmissionError::Open(format!("{}: {e}", bucket::COOLDOWNS)))?;
     let admit = ConsumerLoop::new(
         ctx.clone(),
         ConsumerSpec {
@@ -272,9 +269,7 @@ impl Handler<ProvisionRequested> for Admit {
                 }
                 record
             }
-            Err(WorkflowStoreError::Corrupt { id, reason }) => {
-                return Outcome::poison(format!("workflow {id} is unreadable: {reason}"));
-            }
+            Err(e) if !e.is_transient() => return Outcome::poison(e.to_string()),
             Err(e) => return Outcome::retry(e.to_string()),
         };
         if record.state.is_terminal() {

@@ -26,7 +26,7 @@ use proxflow_provisioner::Profiles;
 use proxflow_runtime::admission::{Admissions, Caps, Decision};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
-use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
+use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::capacity::{
     CapacityExceeded, CapacitySample, HostExhausted, MetricId, ScaleOutRequested, Scope,
 };
@@ -202,9 +202,7 @@ impl ScaleOut {
                     return Outcome::retry(e.to_string());
                 }
             }
-            Err(WorkflowStoreError::Corrupt { id, reason }) => {
-                return Outcome::poison(format!("workflow {id} is unreadable: {reason}"));
-            }
+            Err(e) if !e.is_transient() => return Outcome::poison(e.to_string()),
             Err(e) => return Outcome::retry(e.to_string()),
         }
         match self.decide(&id, event, cluster).await {

@@ -14,19 +14,20 @@
 //! instead of acting twice.
 
 use async_nats::jetstream::kv;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use proxflow_runtime::admission::Admissions;
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
-use proxflow_runtime::lease::Leases;
+use proxflow_runtime::guard::{self, Claimed, CooldownClaim, key_part, target_key};
+use proxflow_runtime::kv::{self as cas, Change};
+use proxflow_runtime::lease::{Acquired, Lease, LeaseRecord, Leases};
 use proxflow_runtime::ops::CounterFamily;
 use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::Message;
 use proxflow_schemas::alert::AlertReceived;
 use proxflow_schemas::remediation::{
     Reason, RemediationAction, RemediationCommand, RemediationDecision, RemediationOutcome,
-    RemediationPage, Verdict,
+    RemediationPage, RemediationResult, Verdict,
 };
 use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
 use serde::{Deserialize, Serialize};
@@ -41,22 +42,10 @@ pub const DURABLE: &str = "orchestrator-alerts";
 /// Durable consumer name for remediation outcomes (the breakers).
 pub const OUTCOMES_DURABLE: &str = "orchestrator-remediation-outcomes";
 
-/// A KV-safe form of a name or target (`vm/104` stays, anything else becomes `_`).
-pub fn key_part(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_=/".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// The lease key of a remediation target, shared by the engine (checks) and the remediator (takes).
+/// The lease key of a remediation target, shared by the engine (claims it) and the remediator
+/// (adopts and releases it). Canonical: `vm/0103` and `vm/103` are one lock.
 pub fn lock_key(target: &str) -> String {
-    format!("remediation/{}", key_part(target))
+    format!("remediation/{}", target_key(target))
 }
 
 /// The remediation workflow of (alert, rule).
@@ -66,12 +55,6 @@ pub fn workflow_id(alert: &AlertReceived, rule: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (alert.dedupe_id(), rule).hash(&mut h);
     format!("remed-{}-{:016x}", key_part(rule), h.finish())
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LastAction {
-    workflow_id: String,
-    at: DateTime<Utc>,
 }
 
 /// A rule's breaker state, kept in `pf_cooldowns` under `remediation.breaker.<rule>`.
@@ -217,7 +200,7 @@ impl Engine {
         let t = Some(target.clone());
         let id = workflow_id(alert, &spec.name);
         let name = key_part(&spec.name);
-        let tkey = key_part(&target);
+        let tkey = target_key(&target);
 
         let breaker = self.breaker(&spec.name).await?;
         if let Some(until) = breaker.open_until.filter(|u| *u > now) {
@@ -255,93 +238,98 @@ impl Engine {
                 );
             }
         }
+        // Cooldown, lock and quotas are claimed, each in one compare-and-set or create, so of N
+        // concurrent decisions for one target exactly one acts. A claim that a later guard makes
+        // pointless is given back (compensated) before the decision is recorded.
         let cooldown_key = format!("remediation.cooldown.{name}.{tkey}");
-        let last: Option<LastAction> = self
-            .kv
-            .get(&cooldown_key)
-            .await?
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let resumed = last.as_ref().is_some_and(|l| l.workflow_id == id);
-        if !resumed {
-            if let Some(l) = last.as_ref() {
-                let until = l.at + chrono::Duration::from_std(spec.cooldown).unwrap_or_default();
-                if now < until {
-                    return no(
-                        Reason::Cooldown,
-                        format!(
-                            "rule {} acted on {target} at {} ({}); cooldown until {}",
-                            spec.name,
-                            l.at.to_rfc3339(),
-                            l.workflow_id,
-                            until.to_rfc3339()
-                        ),
-                        t,
-                    );
-                }
+        let until = now + chrono::Duration::from_std(spec.cooldown).unwrap_or_default();
+        let cooled = |c: &CooldownClaim| {
+            format!(
+                "rule {} acted on {target} at {} ({}); cooldown until {}",
+                spec.name,
+                c.at.to_rfc3339(),
+                c.workflow_id,
+                c.until.to_rfc3339()
+            )
+        };
+        let held = |l: &LeaseRecord| format!("{target} is held by {} ({})", l.holder, l.purpose);
+        if spec.dry_run {
+            // Dry-run claims nothing: it reports what the live rule would meet.
+            let last = cas::read::<CooldownClaim>(&self.kv, &cooldown_key).await?;
+            if let Some(c) = last.value.filter(|c| c.until > now && c.workflow_id != id) {
+                return no(Reason::Cooldown, cooled(&c), t);
             }
             if let Some(holder) = self.leases.holder(&lock_key(&target)).await? {
-                return no(
-                    Reason::Lock,
-                    format!("{target} is held by {} ({})", holder.holder, holder.purpose),
-                    t,
-                );
+                return no(Reason::Lock, held(&holder), t);
             }
-            if spec.dry_run {
-                return no(
-                    Reason::DryRun,
-                    format!("dry-run: would {} ({target})", describe(&action)),
-                    t,
-                );
+            return no(
+                Reason::DryRun,
+                format!("dry-run: would {} ({target})", describe(&action)),
+                t,
+            );
+        }
+        let claim = guard::claim_cooldown(&self.kv, &cooldown_key, &id, now, until).await?;
+        if let Claimed::Held(c) = &claim {
+            return no(Reason::Cooldown, cooled(c), t);
+        }
+        let lease = match self
+            .leases
+            .acquire(&lock_key(&target), &id, &describe(&action))
+            .await?
+        {
+            Acquired::Held(lease) => lease,
+            Acquired::Busy(other) => {
+                self.give_back(&cooldown_key, &id, None).await?;
+                return no(Reason::Lock, held(&other), t);
             }
-            if let Some(m) = spec.max_targets {
-                let targets = self
-                    .admissions
-                    .occur(
-                        &format!("remediation.targets.{name}"),
-                        &tkey,
-                        m.per,
-                        Some(m.count),
-                        now,
-                    )
-                    .await?;
-                if !targets.counted {
-                    return no(
-                        Reason::MaxTargets,
-                        format!(
-                            "rule {} acted on {} targets within {} (max {})",
-                            spec.name,
-                            targets.count,
-                            humantime_serde::re::humantime::format_duration(m.per),
-                            m.count
-                        ),
-                        t,
-                    );
-                }
-            }
-            let rate = self.config.rate_limit;
-            let used = self
+        };
+        if let Some(m) = spec.max_targets {
+            let targets = self
                 .admissions
-                .occur("remediation.rate", &id, rate.per, Some(rate.count), now)
+                .occur(
+                    &format!("remediation.targets.{name}"),
+                    &tkey,
+                    m.per,
+                    Some(m.count),
+                    now,
+                )
                 .await?;
-            if !used.counted {
+            if !targets.counted {
+                self.give_back(&cooldown_key, &id, Some(lease)).await?;
                 return no(
-                    Reason::RateLimit,
+                    Reason::MaxTargets,
                     format!(
-                        "{} remediations within {} (rate limit {})",
-                        used.count,
-                        humantime_serde::re::humantime::format_duration(rate.per),
-                        rate.count
+                        "rule {} acted on {} targets within {} (max {})",
+                        spec.name,
+                        targets.count,
+                        humantime_serde::re::humantime::format_duration(m.per),
+                        m.count
                     ),
                     t,
                 );
             }
-            let stamp = serde_json::to_vec(&LastAction {
-                workflow_id: id.clone(),
-                at: now,
-            })
-            .map(Bytes::from)?;
-            self.kv.put(&cooldown_key, stamp).await?;
         }
+        let rate = self.config.rate_limit;
+        let used = self
+            .admissions
+            .occur("remediation.rate", &id, rate.per, Some(rate.count), now)
+            .await?;
+        if !used.counted {
+            self.give_back(&cooldown_key, &id, Some(lease)).await?;
+            return no(
+                Reason::RateLimit,
+                format!(
+                    "{} remediations within {} (rate limit {})",
+                    used.count,
+                    humantime_serde::re::humantime::format_duration(rate.per),
+                    rate.count
+                ),
+                t,
+            );
+        }
+        // The remediator adopts the lease (same holder) and releases it when done; until then it
+        // is not renewed here, so a lost work order frees the target with the bucket's max age.
+        drop(lease);
         let record = WorkflowRecord {
             id: id.clone(),
             kind: "remediate".into(),
@@ -382,6 +370,20 @@ impl Engine {
             t,
             trace,
         ))
+    }
+
+    /// Gives back the cooldown claim (and the lease) of a decision a later guard refused.
+    async fn give_back(
+        &self,
+        cooldown_key: &str,
+        id: &str,
+        lease: Option<Lease>,
+    ) -> Result<(), Retry> {
+        if let Some(lease) = lease {
+            lease.release().await?;
+        }
+        guard::release_cooldown(&self.kv, cooldown_key, id).await?;
+        Ok(())
     }
 
     async fn breaker(&self, rule: &str) -> Result<BreakerState, Retry> {
@@ -469,38 +471,32 @@ pub struct Breakers {
     pub(crate) clock: SharedClock,
 }
 
-/// Conflicting writers tolerated per outcome.
-const CAS_ATTEMPTS: usize = 20;
-
 impl Handler<RemediationOutcome> for Breakers {
     async fn handle(&self, delivery: Delivery<RemediationOutcome>) -> Outcome {
         let outcome = delivery.message;
+        // A target found busy is not a remediation that ran: the breaker never counts it.
+        let succeeded = match outcome.result() {
+            RemediationResult::Busy => return Outcome::Ack,
+            RemediationResult::Succeeded => true,
+            RemediationResult::Failed | RemediationResult::Refused => false,
+        };
         let key = breaker_key(&outcome.rule);
         let b = self.config.breaker;
         let window = chrono::Duration::from_std(b.window).unwrap_or(chrono::Duration::hours(1));
-        for _ in 0..CAS_ATTEMPTS {
-            let entry = match self.kv.entry(&key).await {
-                Ok(e) => e.filter(|e| e.operation == kv::Operation::Put),
-                Err(e) => return Outcome::retry(e.to_string()),
-            };
-            let mut state: BreakerState = entry
-                .as_ref()
-                .and_then(|e| serde_json::from_slice(&e.value).ok())
-                .unwrap_or_default();
-            let now = self.clock.now();
+        let now = self.clock.now();
+        let changed = cas::change(&self.kv, &key, |current: Option<BreakerState>| {
+            let mut state = current.unwrap_or_default();
             state.outcomes.retain(|(t, _, _)| now - *t < window);
             if state
                 .outcomes
                 .iter()
                 .any(|(_, _, w)| *w == outcome.workflow_id)
             {
-                return Outcome::Ack;
+                return Change::Keep(None);
             }
-            state.outcomes.push((
-                outcome.at,
-                outcome.error.is_none(),
-                outcome.workflow_id.clone(),
-            ));
+            state
+                .outcomes
+                .push((outcome.at, succeeded, outcome.workflow_id.clone()));
             let total = u32::try_from(state.outcomes.len()).unwrap_or(u32::MAX);
             let failures = u32::try_from(state.outcomes.iter().filter(|(_, ok, _)| !ok).count())
                 .unwrap_or(u32::MAX);
@@ -512,52 +508,37 @@ impl Handler<RemediationOutcome> for Breakers {
                 state.open_until =
                     Some(now + chrono::Duration::from_std(b.open_for).unwrap_or_default());
             }
-            let Ok(bytes) = serde_json::to_vec(&state).map(Bytes::from) else {
-                return Outcome::poison("breaker state does not encode");
-            };
-            let written = match entry {
-                Some(e) => self
-                    .kv
-                    .update(&key, bytes, e.revision)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
-                None => self
-                    .kv
-                    .create(&key, bytes)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
-            };
-            match written {
-                Ok(()) => {
-                    if opens && let Some(until) = state.open_until {
-                        let page = RemediationPage {
-                            rule: outcome.rule.clone(),
-                            reason: format!(
-                                "{failures} of {total} remediations by rule {} failed within {} (breaker at {:.0} %); the rule is suppressed until {}; last error: {}",
-                                outcome.rule,
-                                humantime_serde::re::humantime::format_duration(b.window),
-                                b.failure_ratio * 100.0,
-                                until.to_rfc3339(),
-                                outcome.error.as_deref().unwrap_or("-")
-                            ),
-                            failures,
-                            outcomes: total,
-                            open_until: until,
-                            at: now,
-                        };
-                        tracing::error!(rule = %outcome.rule, reason = %page.reason, "remediation breaker opened");
-                        if let Err(e) = self.publisher.publish(&page).await {
-                            return Outcome::retry(format!("paging: {e}"));
-                        }
-                    }
-                    return Outcome::Ack;
-                }
-                Err(true) => continue,
-                Err(false) => return Outcome::retry("breaker state could not be written"),
-            }
+            let opened = state
+                .open_until
+                .filter(|_| opens)
+                .map(|until| (until, failures, total));
+            Change::Write(state, opened)
+        })
+        .await;
+        let (until, failures, total) = match changed {
+            Ok((Some(opened), _)) => opened,
+            Ok((None, _)) => return Outcome::Ack,
+            Err(e) => return Outcome::retry(e.to_string()),
+        };
+        let page = RemediationPage {
+            rule: outcome.rule.clone(),
+            reason: format!(
+                "{failures} of {total} remediations by rule {} failed within {} (breaker at {:.0} %); the rule is suppressed until {}; last error: {}",
+                outcome.rule,
+                humantime_serde::re::humantime::format_duration(b.window),
+                b.failure_ratio * 100.0,
+                until.to_rfc3339(),
+                outcome.error.as_deref().unwrap_or("-")
+            ),
+            failures,
+            outcomes: total,
+            open_until: until,
+            at: now,
+        };
+        tracing::error!(rule = %outcome.rule, reason = %page.reason, "remediation breaker opened");
+        match self.publisher.publish(&page).await {
+            Ok(_) => Outcome::Ack,
+            Err(e) => Outcome::retry(format!("paging: {e}")),
         }
-        Outcome::retry("breaker state contended")
     }
 }

@@ -12,7 +12,9 @@ use proxflow_runtime::lease::{Acquired, Leases};
 use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::Message;
 use proxflow_schemas::capacity::ScaleOutRequested;
-use proxflow_schemas::remediation::{RemediationAction, RemediationCommand, RemediationOutcome};
+use proxflow_schemas::remediation::{
+    RemediationAction, RemediationCommand, RemediationOutcome, RemediationResult,
+};
 use proxflow_schemas::replication::ReplicationRequested;
 use proxflow_schemas::snapshot::PruneRequested;
 use proxflow_schemas::workflow::WorkflowState;
@@ -42,7 +44,12 @@ impl Handler<RemediationCommand> for Remediator {
         let cmd = delivery.message;
         match self.store.get(&cmd.workflow_id).await {
             Ok(Some((record, _))) if record.state.is_terminal() => {
-                return self.report(&cmd, record.error).await;
+                let result = match record.state {
+                    WorkflowState::Succeeded => RemediationResult::Succeeded,
+                    WorkflowState::Cancelled => RemediationResult::Busy,
+                    _ => RemediationResult::Failed,
+                };
+                return self.report(&cmd, result, record.error).await;
             }
             Ok(_) => {}
             Err(e) => return Outcome::retry(e.to_string()),
@@ -58,11 +65,15 @@ impl Handler<RemediationCommand> for Remediator {
         {
             Ok(Acquired::Held(lease)) => lease,
             Ok(Acquired::Busy(other)) => {
+                // Someone took the target after the engine's claim (an operator, or the claim aged
+                // out): nothing ran, so the workflow ends cancelled and the breaker ignores it.
                 let error = format!(
                     "{} is held by {} ({})",
                     cmd.target, other.holder, other.purpose
                 );
-                return self.finish(&cmd, Some(error)).await;
+                return self
+                    .finish(&cmd, RemediationResult::Busy, Some(error))
+                    .await;
             }
             Err(e) => return Outcome::retry(e.to_string()),
         };
@@ -71,7 +82,10 @@ impl Handler<RemediationCommand> for Remediator {
         if let Err(e) = lease.release().await {
             tracing::warn!(error = %e, "lease release failed; it ages out");
         }
-        self.finish(&cmd, result.err()).await
+        match result {
+            Ok(()) => self.finish(&cmd, RemediationResult::Succeeded, None).await,
+            Err(e) => self.finish(&cmd, RemediationResult::Failed, Some(e)).await,
+        }
     }
 }
 
@@ -216,11 +230,16 @@ impl Remediator {
             .map_err(|e| e.to_string())
     }
 
-    async fn finish(&self, cmd: &RemediationCommand, error: Option<String>) -> Outcome {
-        let state = if error.is_none() {
-            WorkflowState::Succeeded
-        } else {
-            WorkflowState::Failed
+    async fn finish(
+        &self,
+        cmd: &RemediationCommand,
+        result: RemediationResult,
+        error: Option<String>,
+    ) -> Outcome {
+        let state = match result {
+            RemediationResult::Succeeded => WorkflowState::Succeeded,
+            RemediationResult::Failed => WorkflowState::Failed,
+            RemediationResult::Refused | RemediationResult::Busy => WorkflowState::Cancelled,
         };
         if let Err(e) = self
             .store
@@ -234,16 +253,22 @@ impl Remediator {
         {
             return Outcome::retry(e.to_string());
         }
-        self.report(cmd, error).await
+        self.report(cmd, result, error).await
     }
 
-    async fn report(&self, cmd: &RemediationCommand, error: Option<String>) -> Outcome {
+    async fn report(
+        &self,
+        cmd: &RemediationCommand,
+        result: RemediationResult,
+        error: Option<String>,
+    ) -> Outcome {
         let outcome = RemediationOutcome {
             workflow_id: cmd.workflow_id.clone(),
             rule: cmd.rule.clone(),
             target: cmd.target.clone(),
             action: cmd.action.kind().to_string(),
             error,
+            result: Some(result),
             at: Utc::now(),
         };
         match self.publisher.publish(&outcome).await {

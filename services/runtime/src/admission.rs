@@ -8,14 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
-use bytes::Bytes;
+use async_nats::jetstream::{self, kv::Store};
 use chrono::{DateTime, Utc};
 use proxflow_schemas::names::bucket;
 use serde::{Deserialize, Serialize};
 
-/// Conflicting writers tolerated before giving up on one change.
-const CAS_ATTEMPTS: usize = 50;
+use crate::kv::{self, CasError, Change};
 
 /// The caps of one kind of work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,14 +38,12 @@ pub enum Decision {
 /// Why the ledger could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
-    /// KV failed.
-    #[error("admission ledger {key}: {reason}")]
-    Kv {
-        /// Ledger key.
-        key: String,
-        /// What failed.
-        reason: String,
-    },
+    /// The bucket is missing (topology not declared) or KV is unreachable.
+    #[error("admission ledgers: {0}")]
+    Open(String),
+    /// Reading or writing a ledger failed (KV down, unreadable, contended past the deadline).
+    #[error("admission ledger: {0}")]
+    Ledger(#[from] CasError),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -73,7 +69,7 @@ pub struct Occurrences {
 /// Handle on the admissions bucket.
 #[derive(Clone)]
 pub struct Admissions {
-    kv: kv::Store,
+    kv: Store,
 }
 
 impl Admissions {
@@ -82,10 +78,7 @@ impl Admissions {
         js.get_key_value(bucket::ADMISSIONS)
             .await
             .map(|kv| Self { kv })
-            .map_err(|e| AdmissionError::Kv {
-                key: bucket::ADMISSIONS.into(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| AdmissionError::Open(e.to_string()))
     }
 
     /// Admits `id` under `key` if both caps allow it at `now`.
@@ -187,57 +180,21 @@ impl Admissions {
         .await
     }
 
-    /// Reads the ledger, applies `f` (which says whether it changed it) and writes it back by CAS.
+    /// Reads the ledger, applies `f` (which says whether it changed it) and writes it back by
+    /// compare-and-set; conflicts are retried within [`crate::kv::change`]'s deadline.
     async fn change<T>(
         &self,
         key: &str,
         mut f: impl FnMut(&mut Ledger) -> (T, bool),
     ) -> Result<T, AdmissionError> {
-        let err = |reason: String| AdmissionError::Kv {
-            key: key.to_string(),
-            reason,
-        };
-        for _ in 0..CAS_ATTEMPTS {
-            let entry = self.kv.entry(key).await.map_err(|e| err(e.to_string()))?;
-            let (mut ledger, revision) = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => (
-                    serde_json::from_slice(&e.value).map_err(|e| err(e.to_string()))?,
-                    Some(e.revision),
-                ),
-                _ => (Ledger::default(), None),
-            };
-            let (result, changed) = f(&mut ledger);
-            if !changed {
-                return Ok(result);
+        let (result, _) = kv::change(&self.kv, key, |current: Option<Ledger>| {
+            let mut ledger = current.unwrap_or_default();
+            match f(&mut ledger) {
+                (result, true) => Change::Write(ledger, result),
+                (result, false) => Change::Keep(result),
             }
-            let value = Bytes::from(serde_json::to_vec(&ledger).map_err(|e| err(e.to_string()))?);
-            let written = match revision {
-                Some(rev) => self
-                    .kv
-                    .update(key, value, rev)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| {
-                        (
-                            e.kind() == kv::UpdateErrorKind::WrongLastRevision,
-                            e.to_string(),
-                        )
-                    }),
-                None => self.kv.create(key, value).await.map(|_| ()).map_err(|e| {
-                    (
-                        e.kind() == kv::CreateErrorKind::AlreadyExists,
-                        e.to_string(),
-                    )
-                }),
-            };
-            match written {
-                Ok(()) => return Ok(result),
-                Err((true, _)) => continue,
-                Err((false, reason)) => return Err(err(reason)),
-            }
-        }
-        Err(err(format!(
-            "gave up after {CAS_ATTEMPTS} conflicting writes"
-        )))
+        })
+        .await?;
+        Ok(result)
     }
 }

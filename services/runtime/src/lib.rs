@@ -4,6 +4,9 @@
 //!
 //! ## Layout
 //! - [`admission`] — caps (max running, max per window) kept in KV by compare-and-set.
+//! - [`backoff`] — the one retry spacing: full-jitter exponential, bounded by attempts and a deadline.
+//! - [`kv`] — compare-and-set on one KV key with conflicts retried in the handler.
+//! - [`guard`] — canonical target keys and guards claimed atomically (cooldowns).
 //! - [`clock`] — time as a dependency ([`clock::ManualClock`] for tests).
 //! - [`command`] — external commands with a deadline (the whole process group killed) and bounded output.
 //! - [`config`] — figment loading (defaults < TOML < `PROXFLOW_*` env), the shared config sections,
@@ -21,10 +24,13 @@
 //! - [`nats_server`] — a nats-server child process, for `proxflow dev` and the test harness.
 
 pub mod admission;
+pub mod backoff;
 pub mod bus;
 pub mod clock;
 pub mod command;
 pub mod config;
+pub mod guard;
+pub mod kv;
 pub mod lease;
 pub mod nats_server;
 pub mod ops;

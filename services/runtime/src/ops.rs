@@ -131,6 +131,16 @@ impl Metrics {
             "Publishes acknowledged by a stream (duplicate = dropped by dedupe) or failed",
             published.clone(),
         );
+        registry.register(
+            "kv_cas_conflicts",
+            "Compare-and-set conflicts on a KV key, retried within the handler (contention, not failure)",
+            crate::kv::COUNTERS.conflicts.clone(),
+        );
+        registry.register(
+            "kv_cas_exhausted",
+            "Compare-and-set changes given up for contention (each one spends a message delivery)",
+            crate::kv::COUNTERS.exhausted.clone(),
+        );
         Self {
             registry: Arc::new(Mutex::new(registry)),
             handled,

@@ -1,0 +1,241 @@
+//! Compare-and-set on one KV key, the one way every shared record here changes (workflow records,
+//! admission ledgers, breakers, guards).
+//!
+//! A change reads the value with its revision, applies a pure function and writes back only if
+//! nobody wrote in between. A conflict is *contention*, not failure: it is retried here, inside the
+//! handler, with jittered backoff ([`Backoff::CONTENTION`]) until a deadline, so a burst of writers
+//! on one key never spends a message delivery (on a 3-node R3 cluster a conflict used to be a NAK
+//! with a back-off of seconds to minutes). Conflicts and the rare give-ups are counted in
+//! `proxflow_kv_cas_conflicts_total{bucket}` and `proxflow_kv_cas_exhausted_total{bucket}`.
+
+use std::sync::LazyLock;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backoff::{Backoff, Retries};
+
+/// What a change function decided.
+#[derive(Debug)]
+pub enum Change<T, R> {
+    /// Write this value, then return `R`.
+    Write(T, R),
+    /// Delete the key (if present), then return `R`.
+    Delete(R),
+    /// Leave the key as it is and return `R`.
+    Keep(R),
+}
+
+/// Why a compare-and-set change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    /// KV failed (bucket missing, server unavailable, timeout).
+    #[error("kv {key}: {source}")]
+    Kv {
+        /// The key.
+        key: String,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The stored value does not decode.
+    #[error("kv {key}: stored value is unreadable: {source}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The decode error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The value does not encode.
+    #[error("kv {key}: value does not encode: {source}")]
+    Encode {
+        /// The key.
+        key: String,
+        /// The encode error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Conflicting writers kept winning until the deadline.
+    #[error("kv {key}: still contended after {attempts} attempts")]
+    Contended {
+        /// The key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+impl CasError {
+    /// The KV error of `key`.
+    pub fn kv(key: &str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Kv {
+            key: key.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct BucketLabel {
+    bucket: String,
+}
+
+/// Process-wide CAS counters; every [`crate::ops::Metrics`] registry exposes them.
+#[derive(Debug, Default)]
+pub(crate) struct CasCounters {
+    pub(crate) conflicts: Family<BucketLabel, Counter>,
+    pub(crate) exhausted: Family<BucketLabel, Counter>,
+}
+
+pub(crate) static COUNTERS: LazyLock<CasCounters> = LazyLock::new(CasCounters::default);
+
+/// Conflicts retried so far in this process on `bucket` (for tests and benchmarks).
+pub fn conflicts(bucket: &str) -> u64 {
+    COUNTERS
+        .conflicts
+        .get_or_create(&BucketLabel {
+            bucket: bucket.to_string(),
+        })
+        .get()
+}
+
+/// Changes this process gave up on for contention on `bucket` (each one a redelivery).
+pub fn exhausted(bucket: &str) -> u64 {
+    COUNTERS
+        .exhausted
+        .get_or_create(&BucketLabel {
+            bucket: bucket.to_string(),
+        })
+        .get()
+}
+
+/// A value and the revision it was read at (`None`: the key is absent or deleted).
+#[derive(Debug, Clone)]
+pub struct Read<T> {
+    /// The decoded value.
+    pub value: Option<T>,
+    /// Its revision.
+    pub revision: Option<u64>,
+}
+
+/// Reads `key` and decodes it.
+pub async fn read<T: DeserializeOwned>(store: &kv::Store, key: &str) -> Result<Read<T>, CasError> {
+    let entry = store.entry(key).await.map_err(|e| CasError::kv(key, e))?;
+    match entry {
+        Some(e) if e.operation == kv::Operation::Put => {
+            let value = serde_json::from_slice(&e.value).map_err(|source| CasError::Corrupt {
+                key: key.to_string(),
+                source,
+            })?;
+            Ok(Read {
+                value: Some(value),
+                revision: Some(e.revision),
+            })
+        }
+        // A tombstone's revision is what a re-create must follow; `create` handles that itself.
+        _ => Ok(Read {
+            value: None,
+            revision: None,
+        }),
+    }
+}
+
+/// The outcome of one write attempt.
+enum Written {
+    Done(Option<u64>),
+    Conflict,
+}
+
+/// Applies `change` to the value under `key` by compare-and-set, retrying conflicts with
+/// [`Backoff::CONTENTION`]. `change` must be a pure function of what it is given: it runs again on
+/// every conflict. Returns `R` and the new revision (`None` when nothing was written or it was
+/// deleted).
+pub async fn change<T, R>(
+    store: &kv::Store,
+    key: &str,
+    mut change: impl FnMut(Option<T>) -> Change<T, R>,
+) -> Result<(R, Option<u64>), CasError>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let bucket = store.name.clone();
+    let mut retries: Retries = Backoff::CONTENTION.start();
+    while retries.next().await.is_some() {
+        let current = read::<T>(store, key).await?;
+        let (written, result) = match change(current.value) {
+            Change::Keep(r) => return Ok((r, current.revision)),
+            Change::Write(value, r) => {
+                let bytes = serde_json::to_vec(&value)
+                    .map(Bytes::from)
+                    .map_err(|source| CasError::Encode {
+                        key: key.to_string(),
+                        source,
+                    })?;
+                (write(store, key, bytes, current.revision).await?, r)
+            }
+            Change::Delete(r) => match current.revision {
+                None => return Ok((r, None)),
+                Some(rev) => (delete(store, key, rev).await?, r),
+            },
+        };
+        match written {
+            Written::Done(revision) => return Ok((result, revision)),
+            Written::Conflict => {
+                COUNTERS
+                    .conflicts
+                    .get_or_create(&BucketLabel {
+                        bucket: bucket.clone(),
+                    })
+                    .inc();
+            }
+        }
+    }
+    COUNTERS
+        .exhausted
+        .get_or_create(&BucketLabel { bucket })
+        .inc();
+    Err(CasError::Contended {
+        key: key.to_string(),
+        attempts: retries.attempts(),
+    })
+}
+
+/// Writes `bytes` after `revision` (`None`: the key must not exist).
+async fn write(
+    store: &kv::Store,
+    key: &str,
+    bytes: Bytes,
+    revision: Option<u64>,
+) -> Result<Written, CasError> {
+    match revision {
+        Some(rev) => match store.update(key, bytes, rev).await {
+            Ok(next) => Ok(Written::Done(Some(next))),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Written::Conflict),
+            Err(e) => Err(CasError::kv(key, e)),
+        },
+        None => match store.create(key, bytes).await {
+            Ok(next) => Ok(Written::Done(Some(next))),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Written::Conflict),
+            Err(e) => Err(CasError::kv(key, e)),
+        },
+    }
+}
+
+/// Deletes `key` if it is still at `revision`.
+async fn delete(store: &kv::Store, key: &str, revision: u64) -> Result<Written, CasError> {
+    match store.delete_expect_revision(key, Some(revision)).await {
+        Ok(()) => Ok(Written::Done(None)),
+        // The client reports a revision mismatch as a generic error: look whether the key moved on.
+        Err(e) => match store.entry(key).await {
+            Ok(Some(entry)) if entry.revision == revision => Err(CasError::kv(key, e)),
+            Ok(_) => Ok(Written::Conflict),
+            Err(_) => Err(CasError::kv(key, e)),
+        },
+    }
+}
