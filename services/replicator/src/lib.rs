@@ -14,6 +14,8 @@
 //!   schedule, timeouts), retry delay, dry-run.
 //! - [`plan`] — full / incremental / up to date / diverged, from both snapshot lists (pure).
 //! - [`service`] — runs, holds, events, metrics, the schedule loop.
+//!
+//! Schedules (`daily@03:30`, ...) are [`proxflow_runtime::schedule`]'s, shared with the snapshotter.
 
 pub mod config;
 pub mod plan;

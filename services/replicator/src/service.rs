@@ -28,12 +28,12 @@ use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{Acquired, LeaseError, Leases};
 use proxflow_runtime::ops::{CounterFamily, GaugeFamily, Metrics};
+use proxflow_runtime::schedule::Schedule;
 use proxflow_schemas::names::{stream, subject};
 use proxflow_schemas::replication::{
     DivergenceReason, ReplicationDiverged, ReplicationPhase, ReplicationRequested, ReplicationRun,
     TransferMode,
 };
-use proxflow_snapshotter::schedule::Schedule;
 use proxflow_zfs::{PipeEnd, SendStream, SnapshotInfo, Transfer, Zfs, ZfsError, names};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;

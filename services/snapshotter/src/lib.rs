@@ -10,7 +10,8 @@
 //!
 //! ## Layout
 //! - [`config`] — `[snapshot]`: prefix, policies, TTLs, check schedule, dry-run.
-//! - [`schedule`] — `daily@03:00` / `weekly@sun 03:00` / `monthly@1 03:00` in a time zone, as slots.
+//! - Schedules (`daily@03:00`, `weekly@sun 03:00`, ...) are [`proxflow_runtime::schedule`]'s, shared
+//!   with the replicator.
 //! - [`naming`] — snapshot names (valid Proxmox and ZFS names), parsed back.
 //! - [`retention`] — the grid (pure).
 //! - [`plan`] — what to create, prune and protect on one target; the validity check (pure).
@@ -21,7 +22,6 @@ pub mod config;
 pub mod naming;
 pub mod plan;
 pub mod retention;
-pub mod schedule;
 pub mod service;
 pub mod target;
 

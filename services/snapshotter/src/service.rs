@@ -36,8 +36,8 @@ use tracing::Instrument;
 use crate::config::{PolicyConfig, SnapshotConfig};
 use crate::naming::{self, NameKind};
 use crate::plan::{self, Plan, Rules};
-use crate::schedule::Schedule;
 use crate::target::{self, Backends};
+use proxflow_runtime::schedule::Schedule;
 
 /// Queue group of the pre-change responders: one instance answers each request.
 pub const QUEUE_GROUP: &str = "snapshotter";
