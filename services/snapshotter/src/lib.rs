@@ -16,11 +16,19 @@
 //! - [`retention`] — the grid (pure).
 //! - [`plan`] — what to create, prune and protect on one target; the validity check (pure).
 //! - [`target`] — VMs and datasets behind one interface.
-//! - [`service`] — the pass loop, the pre-change responder and its client side, metrics, events.
+//! - [`service`] — the service's state and [`run()`], which wires the tasks below together.
+//! - [`pass`] — a scheduled pass over every policy's targets; dry-run plans.
+//! - [`prune`] — pruning a target under its lease; prune requests from remediations.
+//! - [`prechange`] — the pre-change responder and its client side ([`request_prechange`]).
+//! - `metrics` — the Prometheus metrics.
 
 pub mod config;
+mod metrics;
 pub mod naming;
+pub mod pass;
 pub mod plan;
+pub mod prechange;
+pub mod prune;
 pub mod retention;
 pub mod service;
 pub mod target;
