@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 use proxflow_runtime::config::{ConfigError, Validate};
-use proxflow_snapshotter::schedule::Schedule;
+use proxflow_runtime::schedule::Schedule;
 use proxflow_zfs::names;
 use serde::{Deserialize, Serialize};
 

@@ -17,6 +17,8 @@
 //! - [`telemetry`] — subscriber, spans recorded on the bus (`pf.trace.*`) and read back, OTLP export,
 //!   trace context over NATS and HTTP headers.
 //! - [`lease`] — one holder at a time per target, in KV, renewed while held.
+//! - [`schedule`] — periodic schedules (`daily@03:00`, `weekly@sun 03:00`, `monthly@1 03:00`) in a time
+//!   zone, as slots; shared by the snapshotter and the replicator.
 //! - [`ops`] — `/healthz`, `/readyz`, `/metrics`, the [`ops::Health`] and [`ops::Metrics`] handles.
 //! - [`service`] — [`ServiceContext`], what each service's `run` receives.
 //! - [`shutdown`] — SIGINT/SIGTERM to a cancellation token.
@@ -34,6 +36,7 @@ pub mod kv;
 pub mod lease;
 pub mod nats_server;
 pub mod ops;
+pub mod schedule;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

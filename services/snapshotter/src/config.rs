@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::naming;
 use crate::plan::Rules;
 use crate::retention::Grid;
-use crate::schedule::Schedule;
+use proxflow_runtime::schedule::Schedule;
 
 /// `[snapshot]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,18 +10,26 @@
 //!
 //! ## Layout
 //! - [`config`] — `[snapshot]`: prefix, policies, TTLs, check schedule, dry-run.
-//! - [`schedule`] — `daily@03:00` / `weekly@sun 03:00` / `monthly@1 03:00` in a time zone, as slots.
+//! - Schedules (`daily@03:00`, `weekly@sun 03:00`, ...) are [`proxflow_runtime::schedule`]'s, shared
+//!   with the replicator.
 //! - [`naming`] — snapshot names (valid Proxmox and ZFS names), parsed back.
 //! - [`retention`] — the grid (pure).
 //! - [`plan`] — what to create, prune and protect on one target; the validity check (pure).
 //! - [`target`] — VMs and datasets behind one interface.
-//! - [`service`] — the pass loop, the pre-change responder and its client side, metrics, events.
+//! - [`service`] — the service's state and [`run()`], which wires the tasks below together.
+//! - [`pass`] — a scheduled pass over every policy's targets; dry-run plans.
+//! - [`prune`] — pruning a target under its lease; prune requests from remediations.
+//! - [`prechange`] — the pre-change responder and its client side ([`request_prechange`]).
+//! - `metrics` — the Prometheus metrics.
 
 pub mod config;
+mod metrics;
 pub mod naming;
+pub mod pass;
 pub mod plan;
+pub mod prechange;
+pub mod prune;
 pub mod retention;
-pub mod schedule;
 pub mod service;
 pub mod target;
 

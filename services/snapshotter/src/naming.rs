@@ -8,7 +8,7 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::schedule::Cadence;
+use proxflow_runtime::schedule::Cadence;
 
 /// The timestamp format in names.
 pub const TIMESTAMP_FORMAT: &str = "%Y%m%dT%H%M%SZ";

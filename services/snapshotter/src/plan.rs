@@ -17,7 +17,7 @@ use chrono_tz::Tz;
 
 use crate::naming::{self, NameKind};
 use crate::retention::{self, Grid};
-use crate::schedule::Schedule;
+use proxflow_runtime::schedule::Schedule;
 
 /// One snapshot as a target reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +147,7 @@ pub struct Check {
 }
 
 /// Checks a target: the expected set is what the grid would keep had every slot since the oldest
-/// scheduled snapshot (at most [`crate::schedule::MAX_SLOTS`] slots back) produced its snapshot,
+/// scheduled snapshot (at most [`proxflow_runtime::schedule::MAX_SLOTS`] slots back) produced its snapshot,
 /// counting only slots older than `check_grace`; the newest scheduled snapshot must be younger than
 /// the SLO. Expected names come out oldest first.
 pub fn check(rules: &Rules, existing: &[Existing], now: DateTime<Utc>) -> Check {

@@ -1,4 +1,5 @@
-//! Schedules: `daily@03:00`, `weekly@sun 03:00`, `monthly@1 03:00`, in a policy's time zone.
+//! The shared periodic-schedule helper (snapshotter, replicator, later patcher): `daily@03:00`,
+//! `weekly@sun 03:00`, `monthly@1 03:00`, in a configured time zone.
 //!
 //! A schedule is a series of *slots* (instants). What is due is decided from the slots, not from
 //! timers: the most recent slot at or before now ([`Schedule::last_slot`]) is due when nothing was
