@@ -36,11 +36,6 @@ use crate::config::RemediationConfig;
 use crate::rules::{Action, Rule, Rules};
 use crate::template;
 
-/// Durable consumer name for alerts.
-pub const DURABLE: &str = "orchestrator-alerts";
-/// Durable consumer name for remediation outcomes (the breakers).
-pub const OUTCOMES_DURABLE: &str = "orchestrator-remediation-outcomes";
-
 /// A KV-safe form of a name or target (`vm/104` stays, anything else becomes `_`).
 pub fn key_part(s: &str) -> String {
     s.chars()

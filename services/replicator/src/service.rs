@@ -28,7 +28,7 @@ use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{Acquired, LeaseError, Leases};
 use proxflow_runtime::ops::{CounterFamily, GaugeFamily, Metrics};
-use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::names::{durable, stream, subject};
 use proxflow_schemas::replication::{
     DivergenceReason, ReplicationDiverged, ReplicationPhase, ReplicationRequested, ReplicationRun,
     TransferMode,
@@ -724,9 +724,6 @@ pub enum ServiceError {
     Consume(String),
 }
 
-/// Durable consumer name of on-demand runs (`pf.cmd.replicator.run`).
-pub const RUN_DURABLE: &str = "replicator-run";
-
 /// Runs a job on request (a remediation of a lag alert). The run announces itself through the usual
 /// events and metrics; a failed run is not retried from here (the schedule retries it). Shutdown
 /// kills its transfer, as it does a scheduled one's.
@@ -785,7 +782,7 @@ pub async fn run(
         ctx.clone(),
         ConsumerSpec {
             stream: stream::CMD,
-            durable: RUN_DURABLE.into(),
+            durable: durable::REPLICATOR_RUN.into(),
             filter_subject: subject::cmd("replicator", "run"),
         },
         consumer,

@@ -2,7 +2,7 @@
 //! targets (take the due snapshot, prune what the grid lets go under the target's lease, refresh the
 //! validity gauges, publish the validity check when its schedule says), it answers pre-change
 //! requests on [`subject::RPC_SNAPSHOTTER_PRECHANGE`], and it applies the retention on a pool when a
-//! remediation asks (`pf.cmd.snapshotter.prune`, durable [`PRUNE_DURABLE`]).
+//! remediation asks (`pf.cmd.snapshotter.prune`, durable [`durable::SNAPSHOTTER_PRUNE`]).
 //!
 //! Pruning re-reads the target's snapshots after taking the lease: the replicator moves its hold to a
 //! new base while it holds the same lease, so the holds seen under the lease are current, and a
@@ -24,7 +24,7 @@ use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{Acquired, LeaseError, Leases};
 use proxflow_runtime::ops::{CounterFamily, GaugeFamily, Health, Metrics};
 use proxflow_schemas::Versioned;
-use proxflow_schemas::names::{header, stream, subject};
+use proxflow_schemas::names::{durable, header, stream, subject};
 use proxflow_schemas::snapshot::{
     PreChangeReply, PreChangeRequest, PruneRequested, SnapshotCheck, SnapshotKind, SnapshotTaken,
     SnapshotTarget, SnapshotsPruned,
@@ -864,9 +864,6 @@ fn refused(request: &PreChangeRequest, error: String) -> PreChangeReply {
     }
 }
 
-/// Durable consumer name of prune requests (`pf.cmd.snapshotter.prune`).
-pub const PRUNE_DURABLE: &str = "snapshotter-prune";
-
 /// Prunes a pool on request (a remediation of a filling pool).
 struct PruneOnRequest {
     snapshotter: Arc<Snapshotter>,
@@ -922,7 +919,7 @@ pub async fn run(
             ctx.clone(),
             ConsumerSpec {
                 stream: stream::CMD,
-                durable: PRUNE_DURABLE.into(),
+                durable: durable::SNAPSHOTTER_PRUNE.into(),
                 filter_subject: subject::cmd("snapshotter", "prune"),
             },
             proxflow_runtime::config::ConsumerConfig::default(),
