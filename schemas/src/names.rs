@@ -97,6 +97,32 @@ pub mod bucket {
 /// into the future so that a signature always expires before its id record does).
 pub const WEBHOOK_ID_TTL_SECS: u64 = 15 * 60;
 
+/// Durable consumer names another crate reads (a service filtering another's dead letters, the tests
+/// and tooling inspecting a consumer). Each owning service consumes under the constant from here.
+pub mod durable {
+    /// The provisioner's provision commands (`pf.cmd.provisioner.provision`).
+    pub const PROVISIONER: &str = "provisioner";
+    /// The orchestrator's provisioning requests (`pf.ingest.webhook.provision`).
+    pub const ORCHESTRATOR_PROVISION: &str = "orchestrator-provision";
+    /// The orchestrator's provisioning outcomes (`pf.evt.vm.*`), which free admission slots.
+    pub const ORCHESTRATOR_OUTCOMES: &str = "orchestrator-outcomes";
+    /// The orchestrator's view of provision commands the provisioner gave up on (its dead letters).
+    pub const ORCHESTRATOR_GIVEN_UP: &str = "orchestrator-givenup";
+    /// The orchestrator's capacity events (`pf.evt.capacity.exceeded`), which start scale-outs.
+    pub const ORCHESTRATOR_SCALE_OUT: &str = "orchestrator-scaleout";
+    /// The remediation engine's alerts (`pf.ingest.alertmanager.alert`), run inside the orchestrator.
+    pub const ORCHESTRATOR_ALERTS: &str = "orchestrator-alerts";
+    /// The remediation engine's remediation outcomes (`pf.evt.remediation.outcome`, the circuit
+    /// breakers).
+    pub const ORCHESTRATOR_REMEDIATION_OUTCOMES: &str = "orchestrator-remediation-outcomes";
+    /// The remediator's work orders (`pf.cmd.remediator.act`).
+    pub const REMEDIATOR: &str = "remediator";
+    /// The snapshotter's prune requests (`pf.cmd.snapshotter.prune`).
+    pub const SNAPSHOTTER_PRUNE: &str = "snapshotter-prune";
+    /// The replicator's on-demand runs (`pf.cmd.replicator.run`).
+    pub const REPLICATOR_RUN: &str = "replicator-run";
+}
+
 /// Message headers. NATS header names are case-sensitive; these are the exact spellings sent.
 pub mod header {
     /// JetStream dedupe key, derived from a domain key.

@@ -263,7 +263,7 @@ pub async fn start_gateway(
             )]),
             ..proxflow_gateway::GatewayConfig::default()
         },
-        proxflow_provisioner::Profiles::default(),
+        proxflow_platform::Profiles::default(),
         listener,
         stop.clone(),
     ));

@@ -32,7 +32,7 @@ fn start_time() -> DateTime<Utc> {
 }
 
 /// The defaults (70 % for 15 min, clear below 60 %, 90 s max gap), a 10-minute cooldown, with `tweak`.
-fn capacity(tweak: impl FnOnce(&mut proxflow_capacity::ScaleOutConfig)) -> CapacityConfig {
+fn capacity(tweak: impl FnOnce(&mut proxflow_platform::ScaleOutConfig)) -> CapacityConfig {
     let mut c = CapacityConfig::default();
     tweak(&mut c.clusters.get_mut("k3s").unwrap().scale_out);
     c
@@ -71,7 +71,7 @@ impl Scaling {
             |_| {},
             |_| {},
             |o| {
-                o.capacity = config.clone();
+                o.clusters = config.clusters.clone();
                 o.clock = clock.shared();
                 tweak(o);
             },

@@ -18,6 +18,7 @@ use proxflow_runtime::nats_server;
 use proxflow_runtime::ops::Health;
 use proxflow_runtime::ops::Metrics;
 use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::names::durable;
 use proxflow_schemas::workflow::WorkflowState;
 use proxflow_testkit::pve::start_sim;
 use proxflow_testkit::{TestNats, project_dir};
@@ -244,7 +245,7 @@ async fn the_shipped_users_can_run_a_provision() {
         .await
         .expect("listener");
     let gateway_url = format!("http://{}", listener.local_addr().expect("address"));
-    let profiles = proxflow_provisioner::Profiles::default();
+    let profiles = proxflow_platform::Profiles::default();
     let gateway = tokio::spawn(proxflow_gateway::run(
         service_context(&nats, "gateway").await,
         gateway_config,
@@ -309,11 +310,11 @@ async fn the_shipped_users_can_scale_out() {
         },
     );
     let clock = proxflow_runtime::clock::ManualClock::new(chrono::Utc::now());
-    let profiles = proxflow_provisioner::Profiles::default();
+    let profiles = proxflow_platform::Profiles::default();
     let orchestrator = tokio::spawn(proxflow_orchestrator::run(
         service_context(&nats, "orchestrator").await,
         proxflow_orchestrator::Orchestration {
-            capacity: capacity.clone(),
+            clusters: capacity.clusters.clone(),
             clock: clock.shared(),
             ..proxflow_orchestrator::Orchestration::new(
                 test_consumer(Duration::from_secs(30)),
@@ -491,7 +492,7 @@ async fn the_snapshotter_and_replicator_users_work_and_nothing_more() {
         .expect("the remediator may ask for a prune");
     let mut prune: async_nats::jetstream::consumer::PullConsumer = admin
         .js
-        .get_consumer_from_stream(proxflow_snapshotter::service::PRUNE_DURABLE, "PF_CMD")
+        .get_consumer_from_stream(durable::SNAPSHOTTER_PRUNE, "PF_CMD")
         .await
         .expect("the snapshotter created its prune consumer");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -581,7 +582,7 @@ dry_run = false
             rules,
             ..proxflow_orchestrator::Orchestration::new(
                 test_consumer(Duration::from_secs(30)),
-                proxflow_provisioner::Profiles::default(),
+                proxflow_platform::Profiles::default(),
             )
         },
         stop.clone(),

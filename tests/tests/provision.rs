@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 
 use proxflow_e2e::JOIN_OK;
+use proxflow_schemas::names::durable;
 use proxflow_schemas::workflow::{StepState, WorkflowState};
 
 mod support;
@@ -267,7 +268,7 @@ async fn a_dead_lettered_command_fails_its_workflow_and_frees_its_slot() {
         request,
     };
     let letter = DeadLetter {
-        consumer: proxflow_provisioner::service::DURABLE.into(),
+        consumer: durable::PROVISIONER.into(),
         stream: "PF_CMD".into(),
         stream_sequence: 1,
         deliveries: 5,

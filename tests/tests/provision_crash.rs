@@ -65,7 +65,7 @@ async fn killed_during(phase: &str) {
         ctx.clone(),
         proxflow_orchestrator::Orchestration::new(
             test_consumer(ACK_WAIT),
-            proxflow_provisioner::Profiles::default(),
+            proxflow_platform::Profiles::default(),
         ),
         stop.clone(),
     ));

@@ -35,7 +35,7 @@ async fn one_request_is_one_trace_from_the_gateway_to_proxmox() {
             webhook_secrets: vec![secret.clone()],
             ..GatewayConfig::default()
         },
-        proxflow_provisioner::Profiles::default(),
+        proxflow_platform::Profiles::default(),
         listener,
         p.stop.clone(),
     ));

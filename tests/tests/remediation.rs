@@ -14,7 +14,7 @@ use proxflow_remediation::{RemediationConfig, Rules};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::clock::ManualClock;
 use proxflow_runtime::workflow::WorkflowStore;
-use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::names::{durable, stream, subject};
 use proxflow_schemas::remediation::{Reason, RemediationDecision, RemediationPage, Verdict};
 use proxflow_schemas::workflow::WorkflowState;
 use proxflow_testkit::TestNats;
@@ -103,9 +103,9 @@ impl Rig {
         proxflow_e2e::until_idle(
             &self.ctx,
             &[
-                ("PF_INGEST", proxflow_remediation::engine::DURABLE),
-                ("PF_CMD", proxflow_remediation::executor::DURABLE),
-                ("PF_EVT", proxflow_remediation::engine::OUTCOMES_DURABLE),
+                ("PF_INGEST", durable::ORCHESTRATOR_ALERTS),
+                ("PF_CMD", durable::REMEDIATOR),
+                ("PF_EVT", durable::ORCHESTRATOR_REMEDIATION_OUTCOMES),
             ],
         )
         .await;
@@ -733,7 +733,7 @@ async fn a_filling_pool_alert_prunes_what_the_grid_lets_go_and_nothing_else() {
         "2026-11-05T04:05:00Z",
     )])
     .await;
-    let dead_subject = subject::evt("deadletter", proxflow_snapshotter::service::PRUNE_DURABLE);
+    let dead_subject = subject::evt("deadletter", durable::SNAPSHOTTER_PRUNE);
     let dead: DeadLetter =
         proxflow_e2e::eventually("a dead letter for the uncovered pool", || async {
             let letters: Vec<DeadLetter> =

@@ -17,7 +17,7 @@ use proxflow_replicator::{JobConfig, JobError, ReplicationConfig, Replicator, Ru
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::clock::ManualClock;
 use proxflow_runtime::lease::{Acquired, Leases};
-use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::names::{durable, stream, subject};
 use proxflow_schemas::remediation::{RemediationDecision, Verdict};
 use proxflow_schemas::replication::{
     DivergenceReason, ReplicationDiverged, ReplicationPhase, ReplicationRequested, ReplicationRun,
@@ -621,11 +621,7 @@ async fn a_replication_lag_alert_reruns_the_job_and_the_data_lands() {
         "the stream carries the file: {done:?}"
     );
     // The request was consumed once and acknowledged; one run completed, after the one that failed.
-    proxflow_e2e::until_idle(
-        &ctx,
-        &[("PF_CMD", proxflow_replicator::service::RUN_DURABLE)],
-    )
-    .await;
+    proxflow_e2e::until_idle(&ctx, &[("PF_CMD", durable::REPLICATOR_RUN)]).await;
     let completed: Vec<ReplicationRun> = stored(&ctx, "pf.evt.replication.completed").await;
     assert_eq!(completed.len(), 1, "{completed:#?}");
     assert_ne!(completed[0].run_id, failed.run_id);

@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use proxflow_platform::ClusterConfig;
 use proxflow_pve::types::{ClusterResource, NodeStatus, StorageStatus, VmSummary, ZfsPool};
 use proxflow_schemas::capacity::{
     CapacitySample, ClusterSample, HostSample, MetricId, Scope, StorageUse,
 };
 
-use crate::config::{CapacityConfig, ClusterConfig};
+use crate::config::CapacityConfig;
 
 /// Everything one poll reads from Proxmox.
 #[derive(Debug, Clone)]

@@ -1,9 +1,11 @@
 //! `[capacity]`: how often to poll, the detector rule of each metric kind, and the k3s clusters with
-//! their scale-out settings (read by the orchestrator, which runs the scale-out).
+//! their scale-out settings ([`proxflow_platform::cluster`], shared with the orchestrator, which runs
+//! the scale-out).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use proxflow_platform::Clusters;
 use proxflow_runtime::config::{ConfigError, Validate};
 use serde::{Deserialize, Serialize};
 
@@ -36,8 +38,8 @@ pub struct CapacityConfig {
     /// Detector rule per metric kind (`[capacity.rules.cluster_cpu_avg]`). A configured table
     /// replaces the defaults; kinds left out of it keep their built-in rule.
     pub rules: BTreeMap<String, Rule>,
-    /// k3s clusters by name (`[capacity.clusters.k3s]`).
-    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// k3s clusters by name (`[capacity.clusters.k3s]`), with the orchestrator's scale-out settings.
+    pub clusters: Clusters,
 }
 
 impl Default for CapacityConfig {
@@ -49,7 +51,7 @@ impl Default for CapacityConfig {
                 .iter()
                 .map(|k| (k.to_string(), default_rule(k)))
                 .collect(),
-            clusters: BTreeMap::from([("k3s".to_string(), ClusterConfig::default())]),
+            clusters: Clusters::default(),
         }
     }
 }
@@ -110,80 +112,6 @@ pub fn default_rule(kind: &str) -> Rule {
     }
 }
 
-/// One k3s cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// The Proxmox tag its node VMs carry (the `k8s-node` profile sets it).
-    pub tag: String,
-    /// `[capacity.clusters.<name>.scale_out]`.
-    pub scale_out: ScaleOutConfig,
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        Self {
-            tag: "k8s-node".into(),
-            scale_out: ScaleOutConfig::default(),
-        }
-    }
-}
-
-/// What the orchestrator does when one of the cluster's trigger metrics is exceeded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScaleOutConfig {
-    /// `false`: exceeded events are only published, nothing scales.
-    pub enabled: bool,
-    /// Record what would be done and do nothing.
-    pub dry_run: bool,
-    /// Cluster metrics whose `capacity.exceeded` starts a scale-out.
-    pub triggers: Vec<String>,
-    /// Provision profile of a new node (`[provision.profiles.<name>]`).
-    pub profile: String,
-    /// New nodes are named `<name_prefix><n>`, n one above the highest existing.
-    pub name_prefix: String,
-    /// No scale-out when the cluster has this many nodes.
-    pub max_nodes: u32,
-    /// No new scale-out within this time of the last one's start.
-    #[serde(with = "humantime_serde")]
-    pub cooldown: Duration,
-    /// Veto when the host's memory commitment with the new node would exceed this (1.5 = 1.5:1).
-    pub memory_commitment_budget: f64,
-    /// Storage the new node's disk lands on.
-    pub storage: String,
-    /// Veto when that storage would be fuller than this, percent.
-    pub storage_limit_percent: f64,
-    /// OpenSSH public keys for the new node's cloud-init user (the join playbook logs in with them).
-    pub ssh_keys: Vec<String>,
-}
-
-impl Default for ScaleOutConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            dry_run: false,
-            triggers: vec!["cpu_avg".into(), "memory_avg".into()],
-            profile: "k8s-node".into(),
-            name_prefix: "k3s-".into(),
-            max_nodes: 10,
-            cooldown: Duration::from_secs(10 * 60),
-            memory_commitment_budget: 1.5,
-            storage: "local-zfs".into(),
-            storage_limit_percent: 80.0,
-            ssh_keys: Vec::new(),
-        }
-    }
-}
-
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.starts_with('-')
-}
-
 impl Validate for CapacityConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.interval.is_zero() {
@@ -231,48 +159,7 @@ impl Validate for CapacityConfig {
                 ));
             }
         }
-        for (name, cluster) in &self.clusters {
-            let at = format!("capacity.clusters.{name}");
-            if !is_name(name) {
-                return Err(ConfigError::value(
-                    at,
-                    "cluster names are lower-case letters, digits and '-'",
-                ));
-            }
-            if cluster.tag.is_empty() {
-                return Err(ConfigError::value(format!("{at}.tag"), "must not be empty"));
-            }
-            let s = &cluster.scale_out;
-            for t in &s.triggers {
-                if !["cpu_avg", "cpu_max", "memory_avg", "memory_max"].contains(&t.as_str()) {
-                    return Err(ConfigError::value(
-                        format!("{at}.scale_out.triggers"),
-                        format!(
-                            "{t:?} is not a cluster metric (cpu_avg, cpu_max, memory_avg, memory_max)"
-                        ),
-                    ));
-                }
-            }
-            if s.name_prefix.is_empty() || !is_name(&s.name_prefix) {
-                return Err(ConfigError::value(
-                    format!("{at}.scale_out.name_prefix"),
-                    "must be a DNS label prefix (lower-case letters, digits, '-')",
-                ));
-            }
-            if !(s.memory_commitment_budget.is_finite() && s.memory_commitment_budget > 0.0) {
-                return Err(ConfigError::value(
-                    format!("{at}.scale_out.memory_commitment_budget"),
-                    "must be a positive ratio (1.5 = 1.5:1)",
-                ));
-            }
-            if !(0.0..=100.0).contains(&s.storage_limit_percent) {
-                return Err(ConfigError::value(
-                    format!("{at}.scale_out.storage_limit_percent"),
-                    "must be a percentage",
-                ));
-            }
-        }
-        Ok(())
+        self.clusters.validate_at("capacity.clusters")
     }
 }
 

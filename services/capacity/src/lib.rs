@@ -11,7 +11,8 @@
 //! the orchestrator turns a cluster's `capacity.exceeded` into a guarded scale-out.
 //!
 //! ## Layout
-//! - [`config`] — `[capacity]`: interval, rules per metric kind, clusters and their scale-out settings.
+//! - [`config`] — `[capacity]`: interval, rules per metric kind, clusters and their scale-out settings
+//!   (the cluster types are [`proxflow_platform`]'s).
 //! - [`compute`] — Proxmox responses to a [`proxflow_schemas::capacity::CapacitySample`] (pure).
 //! - [`detector`] — the sustained-threshold state machine (pure, persisted as is).
 //! - [`monitor`] — one poll: fetch, compute, gauges, events, detector state in KV.
@@ -28,7 +29,7 @@ use proxflow_runtime::ServiceContext;
 use proxflow_runtime::clock::SharedClock;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CapacityConfig, ClusterConfig, Rule, ScaleOutConfig};
+pub use config::{CapacityConfig, Rule};
 pub use monitor::{Monitor, MonitorError, PollReport};
 
 /// Polls every `config.interval` until `shutdown`. A failed poll is logged and counted (and breaks

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use prometheus_client::metrics::gauge::Gauge;
-use proxflow_provisioner::Profiles;
+use proxflow_platform::Profiles;
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::ops::CounterFamily;
 use proxflow_runtime::telemetry;

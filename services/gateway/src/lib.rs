@@ -27,7 +27,7 @@ pub mod webhook;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proxflow_provisioner::Profiles;
+use proxflow_platform::Profiles;
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::config::{ConfigError, Validate};
 use proxflow_schemas::names::WEBHOOK_ID_TTL_SECS;

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use proxflow_provisioner::Profiles;
+use proxflow_platform::Profiles;
 use proxflow_schemas::provision::{IpConfig, VmOverrides};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -24,7 +24,7 @@ async fn health_readiness_metrics_and_trace_echo() {
     let server = tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
         config,
-        proxflow_provisioner::Profiles::default(),
+        proxflow_platform::Profiles::default(),
         listener,
         stop.clone(),
     ));

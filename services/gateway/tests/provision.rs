@@ -11,7 +11,7 @@ use async_nats::jetstream::stream::Stream;
 use proxflow_gateway::api::workflow_id;
 use proxflow_gateway::webhook::{self, SignedHeaders, WebhookKey};
 use proxflow_gateway::{GatewayConfig, WorkflowAccepted};
-use proxflow_provisioner::Profiles;
+use proxflow_platform::Profiles;
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::config::{Secret, TelemetryConfig};
 use proxflow_runtime::telemetry::TelemetryGuard;

@@ -18,8 +18,7 @@ pub mod scaleout;
 
 use std::time::Duration;
 
-use proxflow_capacity::CapacityConfig;
-use proxflow_provisioner::Profiles;
+use proxflow_platform::{Clusters, Profiles};
 use proxflow_remediation::{RemediationConfig, RemediationError, Rules};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::admission::{AdmissionError, Admissions, Caps, Decision};
@@ -30,7 +29,7 @@ use proxflow_runtime::clock::{self, SharedClock};
 use proxflow_runtime::config::ConsumerConfig;
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
 use proxflow_schemas::events::DeadLetter;
-use proxflow_schemas::names::{bucket, stream, subject};
+use proxflow_schemas::names::{bucket, durable, stream, subject};
 use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
 use proxflow_schemas::workflow::WorkflowState;
 use tokio_util::sync::CancellationToken;
@@ -42,13 +41,6 @@ pub struct OrchestratorConfig {
     /// Delivery settings of its consumers (requests and outcomes).
     pub consumer: ConsumerConfig,
 }
-
-/// Durable consumer name for provisioning requests.
-pub const DURABLE: &str = "orchestrator-provision";
-/// Durable consumer name for provisioning outcomes.
-pub const OUTCOMES_DURABLE: &str = "orchestrator-outcomes";
-/// Durable consumer name for provision commands the provisioner gave up on.
-pub const GIVEN_UP_DURABLE: &str = "orchestrator-givenup";
 
 /// Why the orchestrator stopped.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +66,8 @@ pub struct Orchestration {
     pub consumer: ConsumerConfig,
     /// Provision profiles and their caps.
     pub profiles: Profiles,
-    /// Clusters and their scale-out settings.
-    pub capacity: CapacityConfig,
+    /// Clusters and their scale-out settings (`[capacity.clusters]`).
+    pub clusters: Clusters,
     /// Time for caps and cooldowns.
     pub clock: SharedClock,
     /// `[remediation]`: rate limit, breaker, consumer.
@@ -85,12 +77,12 @@ pub struct Orchestration {
 }
 
 impl Orchestration {
-    /// Default capacity settings and the wall clock.
+    /// The default cluster and remediation settings, no remediation rules, the wall clock.
     pub fn new(consumer: ConsumerConfig, profiles: Profiles) -> Self {
         Self {
             consumer,
             profiles,
-            capacity: CapacityConfig::default(),
+            clusters: Clusters::default(),
             clock: clock::system(),
             remediation: RemediationConfig::default(),
             rules: Rules::default(),
@@ -108,12 +100,7 @@ pub async fn run(
     let admissions = Admissions::open(&ctx.bus.js).await?;
     let slots = Slots {
         admissions: admissions.clone(),
-        scale_out: o
-            .capacity
-            .clusters
-            .keys()
-            .map(|c| scaleout::slot_key(c))
-            .collect(),
+        scale_out: o.clusters.names().map(scaleout::slot_key).collect(),
     };
     let cooldowns = ctx
         .bus
@@ -125,7 +112,7 @@ pub async fn run(
         ctx.clone(),
         ConsumerSpec {
             stream: stream::INGEST,
-            durable: DURABLE.into(),
+            durable: durable::ORCHESTRATOR_PROVISION.into(),
             filter_subject: subject::ingest("webhook", "provision"),
         },
         o.consumer.clone(),
@@ -142,7 +129,7 @@ pub async fn run(
         ctx.clone(),
         ConsumerSpec {
             stream: stream::EVT,
-            durable: OUTCOMES_DURABLE.into(),
+            durable: durable::ORCHESTRATOR_OUTCOMES.into(),
             filter_subject: subject::evt("vm", "*"),
         },
         o.consumer.clone(),
@@ -154,8 +141,8 @@ pub async fn run(
         ctx.clone(),
         ConsumerSpec {
             stream: stream::EVT,
-            durable: GIVEN_UP_DURABLE.into(),
-            filter_subject: subject::dead_letter(proxflow_provisioner::service::DURABLE),
+            durable: durable::ORCHESTRATOR_GIVEN_UP.into(),
+            filter_subject: subject::dead_letter(durable::PROVISIONER),
         },
         o.consumer.clone(),
         GivenUp {
@@ -170,14 +157,14 @@ pub async fn run(
         cooldowns: cooldowns.clone(),
         publisher: ctx.bus.publisher.clone(),
         profiles: o.profiles.clone(),
-        capacity: o.capacity.clone(),
+        clusters: o.clusters.clone(),
         clock: o.clock.clone(),
     };
     let scale_out = ConsumerLoop::<proxflow_schemas::capacity::CapacityExceeded, _>::new(
         ctx.clone(),
         ConsumerSpec {
             stream: stream::EVT,
-            durable: scaleout::DURABLE.into(),
+            durable: durable::ORCHESTRATOR_SCALE_OUT.into(),
             filter_subject: subject::evt("capacity", "exceeded"),
         },
         o.consumer.clone(),

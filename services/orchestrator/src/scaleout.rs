@@ -21,8 +21,7 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use proxflow_capacity::{CapacityConfig, ClusterConfig};
-use proxflow_provisioner::Profiles;
+use proxflow_platform::{ClusterConfig, Clusters, Profile, Profiles};
 use proxflow_runtime::admission::{Admissions, Caps, Decision};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
@@ -36,8 +35,6 @@ use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// Durable consumer name for capacity events.
-pub const DURABLE: &str = "orchestrator-scaleout";
 /// Durable consumer name for scale-outs requested by remediation (`pf.cmd.orchestrator.scale_out`).
 pub const REQUESTED_DURABLE: &str = "orchestrator-scaleout-requested";
 
@@ -73,7 +70,7 @@ pub(crate) struct ScaleOut {
     pub(crate) cooldowns: kv::Store,
     pub(crate) publisher: Publisher,
     pub(crate) profiles: Profiles,
-    pub(crate) capacity: CapacityConfig,
+    pub(crate) clusters: Clusters,
     pub(crate) clock: SharedClock,
 }
 
@@ -93,7 +90,7 @@ impl Handler<CapacityExceeded> for ScaleOut {
         if event.metric.scope != Scope::Cluster {
             return Outcome::Ack;
         }
-        let Some(cluster) = self.capacity.clusters.get(&event.metric.name) else {
+        let Some(cluster) = self.clusters.get(&event.metric.name) else {
             tracing::info!(metric = %event.metric, "exceeded metric of an unconfigured cluster; not scaling");
             return Outcome::Ack;
         };
@@ -124,7 +121,7 @@ impl Handler<CapacityExceeded> for ScaleOut {
 impl Handler<ScaleOutRequested> for ScaleOut {
     async fn handle(&self, delivery: Delivery<ScaleOutRequested>) -> Outcome {
         let request = delivery.message;
-        let Some(cluster) = self.capacity.clusters.get(&request.cluster) else {
+        let Some(cluster) = self.clusters.get(&request.cluster) else {
             return Outcome::poison(format!(
                 "no cluster {:?} in [capacity.clusters]",
                 request.cluster
@@ -430,7 +427,7 @@ fn headroom(
     cluster_name: &str,
     event: &CapacityExceeded,
     cluster: &ClusterConfig,
-    profile: &proxflow_provisioner::profile::Profile,
+    profile: &Profile,
     now: DateTime<Utc>,
 ) -> Option<HostExhausted> {
     let so = &cluster.scale_out;

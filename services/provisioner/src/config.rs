@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use proxflow_platform::Profiles;
 use proxflow_runtime::config::{ConfigError, ConsumerConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 use crate::join::JoinConfig;
-use crate::profile::Profiles;
 
 /// `[provision]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome};
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
-use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::names::{durable, stream, subject};
 use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome};
 use proxflow_schemas::workflow::{StepRecord, StepState, WorkflowRecord, WorkflowState};
 use serde_json::{Value, json};
@@ -41,9 +41,6 @@ pub const STEPS: [&str; 8] = [
     "join",
     "onboard",
 ];
-
-/// Durable consumer name.
-pub const DURABLE: &str = "provisioner";
 
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +74,7 @@ pub async fn run(
     };
     let spec = ConsumerSpec {
         stream: stream::CMD,
-        durable: DURABLE.into(),
+        durable: durable::PROVISIONER.into(),
         filter_subject: subject::cmd("provisioner", "provision"),
     };
     ConsumerLoop::new(ctx, spec, config.consumer, handler)

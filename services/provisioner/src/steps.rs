@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use proxflow_platform::{Profile, VmShape};
 use proxflow_pve::types::VmConfig;
 use proxflow_pve::{CloneSpec, ConfigChange, ErrorKind, PveClient, PveError, encode_sshkeys};
 use proxflow_schemas::provision::{IpConfig, ProvisionRequested};
-
-use crate::profile::{Profile, VmShape};
 
 /// Why a step failed.
 #[derive(Debug, thiserror::Error)]

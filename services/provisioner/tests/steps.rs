@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use proxflow_provisioner::Profile;
+use proxflow_platform::Profile;
 use proxflow_provisioner::steps::{self, StepError};
 use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
 use proxflow_testkit::pve::start_sim;

@@ -139,7 +139,7 @@ pub async fn run(
             Service::Orchestrator => {
                 let (ctx, stop) = (ctx.clone(), stop.clone());
                 let orchestration = proxflow_orchestrator::Orchestration {
-                    capacity: settings.capacity.clone(),
+                    clusters: settings.capacity.clusters.clone(),
                     remediation: settings.remediation.clone(),
                     rules: rules.clone(),
                     ..proxflow_orchestrator::Orchestration::new(

@@ -95,18 +95,9 @@ impl Validate for Settings {
         self.remediation.validate()?;
         self.snapshot.validate()?;
         self.replication.validate()?;
-        for (name, cluster) in &self.capacity.clusters {
-            let profile = &cluster.scale_out.profile;
-            if cluster.scale_out.enabled && self.provision.profiles.get(profile).is_none() {
-                return Err(ConfigError::value(
-                    format!("capacity.clusters.{name}.scale_out.profile"),
-                    format!(
-                        "no profile '{profile}' in [provision.profiles] (known: {})",
-                        self.provision.profiles.names().join(", ")
-                    ),
-                ));
-            }
-        }
+        self.capacity
+            .clusters
+            .check_profiles("capacity.clusters", &self.provision.profiles)?;
         self.orchestrator
             .consumer
             .validate_at("orchestrator.consumer")?;

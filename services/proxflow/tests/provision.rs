@@ -11,7 +11,7 @@ use std::time::Duration;
 use proxflow_gateway::GatewayConfig;
 use proxflow_gateway::api::workflow_id;
 use proxflow_gateway::webhook::{self, WebhookKey};
-use proxflow_provisioner::Profiles;
+use proxflow_platform::Profiles;
 use proxflow_runtime::config::Secret;
 use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::names::stream;

@@ -37,11 +37,6 @@ use crate::config::RemediationConfig;
 use crate::rules::{Action, Rule, Rules};
 use crate::template;
 
-/// Durable consumer name for alerts.
-pub const DURABLE: &str = "orchestrator-alerts";
-/// Durable consumer name for remediation outcomes (the breakers).
-pub const OUTCOMES_DURABLE: &str = "orchestrator-remediation-outcomes";
-
 /// The lease key of a remediation target, shared by the engine (claims it) and the remediator
 /// (adopts and releases it). Canonical: `vm/0103` and `vm/103` are one lock.
 pub fn lock_key(target: &str) -> String {

@@ -27,9 +27,6 @@ fn hand_off_reason(cmd: &RemediationCommand) -> String {
     format!("alert {} → rule {}", cmd.alert.name(), cmd.rule)
 }
 
-/// Durable consumer name of the remediator.
-pub const DURABLE: &str = "remediator";
-
 /// Runs remediation work orders.
 pub struct Remediator {
     pub(crate) pve: PveClient,

@@ -33,7 +33,7 @@ use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::lease::Leases;
 use proxflow_runtime::workflow::WorkflowStore;
-use proxflow_schemas::names::{bucket, stream, subject};
+use proxflow_schemas::names::{bucket, durable, stream, subject};
 use tokio_util::sync::CancellationToken;
 
 pub use config::RemediationConfig;
@@ -72,7 +72,7 @@ pub async fn run_engine(
         ctx.clone(),
         ConsumerSpec {
             stream: stream::INGEST,
-            durable: engine::DURABLE.into(),
+            durable: durable::ORCHESTRATOR_ALERTS.into(),
             filter_subject: subject::ingest("alertmanager", "alert"),
         },
         config.consumer.clone(),
@@ -96,7 +96,7 @@ pub async fn run_engine(
         ctx.clone(),
         ConsumerSpec {
             stream: stream::EVT,
-            durable: engine::OUTCOMES_DURABLE.into(),
+            durable: durable::ORCHESTRATOR_REMEDIATION_OUTCOMES.into(),
             filter_subject: subject::evt("remediation", "outcome"),
         },
         config.consumer.clone(),
@@ -122,7 +122,7 @@ pub async fn run_remediator(
         ctx.clone(),
         ConsumerSpec {
             stream: stream::CMD,
-            durable: executor::DURABLE.into(),
+            durable: durable::REMEDIATOR.into(),
             filter_subject: subject::cmd("remediator", "act"),
         },
         config.consumer,

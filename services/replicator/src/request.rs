@@ -10,9 +10,6 @@ use crate::job::JobError;
 use crate::run::RunControl;
 use crate::service::Replicator;
 
-/// Durable consumer name of on-demand runs (`pf.cmd.replicator.run`).
-pub const RUN_DURABLE: &str = "replicator-run";
-
 /// Runs a job on request (a remediation of a lag alert). The run announces itself through the usual
 /// events and metrics; a failed run is not retried from here (the schedule retries it). Shutdown
 /// kills its transfer, as it does a scheduled one's.

@@ -1,6 +1,6 @@
 //! The replicator service: runs each job when its schedule says (and once at start, to catch up),
 //! retrying a failed job after `replication.retry_after` ([`crate::job`]), and on request
-//! (`pf.cmd.replicator.run`, durable [`RUN_DURABLE`], [`crate::request`]). This module holds the
+//! (`pf.cmd.replicator.run`, durable [`durable::REPLICATOR_RUN`], [`crate::request`]). This module holds the
 //! service's state and [`run`], which wires the scheduled loop and the request consumer together;
 //! one replication run is [`crate::run`](mod@crate::run).
 
@@ -13,7 +13,7 @@ use proxflow_runtime::bus::{ConsumerLoop, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{LeaseError, Leases};
-use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::names::{durable, stream, subject};
 use proxflow_zfs::Zfs;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,6 @@ use crate::request::OnDemand;
 
 // The paths other crates and the tests import from here, from before the service was split.
 pub use crate::job::JobError;
-pub use crate::request::RUN_DURABLE;
 pub use crate::run::{RunControl, RunReport};
 
 /// Why the service could not start.
@@ -122,7 +121,7 @@ pub async fn run(
         ctx.clone(),
         ConsumerSpec {
             stream: stream::CMD,
-            durable: RUN_DURABLE.into(),
+            durable: durable::REPLICATOR_RUN.into(),
             filter_subject: subject::cmd("replicator", "run"),
         },
         consumer,

@@ -20,9 +20,6 @@ use crate::plan::{self, Plan, Rules};
 use crate::service::Snapshotter;
 use crate::target;
 
-/// Durable consumer name of prune requests (`pf.cmd.snapshotter.prune`).
-pub const PRUNE_DURABLE: &str = "snapshotter-prune";
-
 /// Prunes a pool on request (a remediation of a filling pool).
 pub(crate) struct PruneOnRequest {
     pub(crate) snapshotter: Arc<Snapshotter>,

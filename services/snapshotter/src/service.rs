@@ -1,7 +1,7 @@
 //! The snapshotter service: every `snapshot.interval` it evaluates each policy on each of its
 //! targets ([`crate::pass`]), it answers pre-change requests on
 //! [`subject::RPC_SNAPSHOTTER_PRECHANGE`] ([`crate::prechange`]), and it applies the retention on a
-//! pool when a remediation asks (`pf.cmd.snapshotter.prune`, durable [`PRUNE_DURABLE`],
+//! pool when a remediation asks (`pf.cmd.snapshotter.prune`, durable [`durable::SNAPSHOTTER_PRUNE`],
 //! [`crate::prune`]). This module holds the service's state and [`run`], which wires those tasks
 //! together.
 
@@ -16,7 +16,7 @@ use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{LeaseError, Leases};
 use proxflow_runtime::schedule::Schedule;
-use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::names::{durable, stream, subject};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{PolicyConfig, SnapshotConfig};
@@ -28,7 +28,6 @@ use crate::target::Backends;
 // The paths other crates and the tests import from here, from before the service was split.
 pub use crate::pass::{PassReport, TargetPlan, TargetReport, plan_all, render_plans};
 pub use crate::prechange::{QUEUE_GROUP, RequestError, request_prechange};
-pub use crate::prune::PRUNE_DURABLE;
 
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +131,7 @@ pub async fn run(
             ctx.clone(),
             ConsumerSpec {
                 stream: stream::CMD,
-                durable: PRUNE_DURABLE.into(),
+                durable: durable::SNAPSHOTTER_PRUNE.into(),
                 filter_subject: subject::cmd("snapshotter", "prune"),
             },
             proxflow_runtime::config::ConsumerConfig::default(),

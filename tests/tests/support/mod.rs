@@ -13,7 +13,7 @@ use proxflow_provisioner::file_sd::FileSd;
 use proxflow_pve_sim::{RunningSim, SimConfig};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::workflow::WorkflowStore;
-use proxflow_schemas::names::bucket;
+use proxflow_schemas::names::{bucket, durable};
 use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
 use proxflow_schemas::workflow::WorkflowRecord;
 use proxflow_testkit::TestNats;
@@ -146,11 +146,11 @@ impl Platform {
         proxflow_e2e::until_idle(
             &self.ctx,
             &[
-                ("PF_INGEST", proxflow_orchestrator::DURABLE),
-                ("PF_CMD", proxflow_provisioner::service::DURABLE),
-                ("PF_EVT", proxflow_orchestrator::OUTCOMES_DURABLE),
-                ("PF_EVT", proxflow_orchestrator::GIVEN_UP_DURABLE),
-                ("PF_EVT", proxflow_orchestrator::scaleout::DURABLE),
+                ("PF_INGEST", durable::ORCHESTRATOR_PROVISION),
+                ("PF_CMD", durable::PROVISIONER),
+                ("PF_EVT", durable::ORCHESTRATOR_OUTCOMES),
+                ("PF_EVT", durable::ORCHESTRATOR_GIVEN_UP),
+                ("PF_EVT", durable::ORCHESTRATOR_SCALE_OUT),
             ],
         )
         .await;
