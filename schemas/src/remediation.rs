@@ -57,6 +57,26 @@ pub enum RemediationAction {
 }
 
 impl RemediationAction {
+    /// An action in words, for audit details.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::RestartVm {
+                vmid,
+                shutdown_timeout_secs,
+            } => {
+                format!("restart VM {vmid} (shutdown within {shutdown_timeout_secs} s, else stop)")
+            }
+            Self::SnapshotVm { vmid } => format!("snapshot VM {vmid}"),
+            Self::ScaleOut { cluster } => format!("scale out cluster {cluster}"),
+            Self::Replicate { job } => format!("run replication job {job}"),
+            Self::PruneSnapshots { pool } => {
+                format!("apply the snapshot retention on pool {pool} now")
+            }
+            Self::Notify { url } => format!("notify {url}"),
+            Self::Command { argv, .. } => format!("run {}", argv.join(" ")),
+        }
+    }
+
     /// `restart_vm`, `snapshot_vm`, ...
     pub fn kind(&self) -> &'static str {
         match self {

@@ -250,7 +250,7 @@ target = "host/{labels.instance}"
 action = { kind = "notify", url = "http://127.0.0.1:9/" }
 "#,
     )?;
-    tokio::spawn(proxflow_remediation::run_engine(
+    tokio::spawn(proxflow_orchestrator::remediation::run_engine(
         ctx.clone(),
         proxflow_remediation::RemediationConfig::default(),
         rules,

@@ -99,7 +99,7 @@ impl Scaling {
         })
         .await;
         let pve = PveClient::new(&client_config(&s.p.sim)).unwrap();
-        tokio::spawn(proxflow_remediation::run_remediator(
+        tokio::spawn(proxflow_remediator::run(
             s.p.ctx.clone(),
             RemediationConfig::default(),
             pve,

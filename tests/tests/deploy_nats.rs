@@ -587,7 +587,7 @@ dry_run = false
         },
         stop.clone(),
     ));
-    let remediator = tokio::spawn(proxflow_remediation::run_remediator(
+    let remediator = tokio::spawn(proxflow_remediator::run(
         service_context(&nats, "remediator").await,
         proxflow_remediation::RemediationConfig::default(),
         pve,

@@ -56,14 +56,14 @@ async fn rig(rules: &str, tweak: impl FnOnce(&mut RemediationConfig)) -> Rig {
     config.consumer.ack_wait = Duration::from_secs(30);
     tweak(&mut config);
     let clock = ManualClock::new(chrono::Utc::now());
-    tokio::spawn(proxflow_remediation::run_engine(
+    tokio::spawn(proxflow_orchestrator::remediation::run_engine(
         ctx.clone(),
         config.clone(),
         Rules::parse(rules).unwrap(),
         clock.shared(),
         stop.clone(),
     ));
-    tokio::spawn(proxflow_remediation::run_remediator(
+    tokio::spawn(proxflow_remediator::run(
         ctx.clone(),
         config,
         pve,
@@ -288,7 +288,7 @@ async fn max_targets_per_window_holds_and_a_held_target_is_not_touched() {
         .unwrap();
     let held = match leases
         .acquire(
-            &proxflow_remediation::engine::lock_key("vm/103"),
+            &proxflow_schemas::names::key::remediation_lock("vm/103"),
             "operator",
             "manual fix",
         )
@@ -749,5 +749,169 @@ async fn a_filling_pool_alert_prunes_what_the_grid_lets_go_and_nothing_else() {
     assert_eq!(
         fx.names(&fx.source).into_iter().collect::<BTreeSet<_>>(),
         expected
+    );
+}
+
+/// Seven more VMs (104–110) cloned from the template, so ten can be down at once.
+async fn ten_vms(r: &Rig) -> Vec<u32> {
+    let pve = proxflow_pve::PveClient::new(&proxflow_testkit::pve::client_config(&r.sim)).unwrap();
+    for vmid in 104..=110 {
+        let spec = proxflow_pve::CloneSpec {
+            newid: vmid,
+            name: Some(format!("storm-{vmid}")),
+            full: Some(false),
+            pool: None,
+            storage: None,
+            description: None,
+        };
+        let upid = pve.clone_vm(9000, &spec).await.unwrap();
+        pve.wait_task(&upid, None).await.unwrap();
+    }
+    (101..=110).collect()
+}
+
+/// The storm of issue 12: 10 copies each of one alert for 10 VMs in one Alertmanager delivery, rule
+/// without a threshold. Before guards were claimed atomically this gave 22 "acted" for 3 VMs, the
+/// extra work orders failed on the target lease, the breaker opened and 7 VMs were never restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_copies_for_ten_vms_restarts_each_vm_once_and_keeps_the_breaker_closed() {
+    let r = rig(RESTART, |_| {}).await;
+    let vms = ten_vms(&r).await;
+    let mut alerts = Vec::new();
+    for copy in 0..10 {
+        for vmid in &vms {
+            // Each copy is a distinct alert (its own start), as a flapping exporter would send.
+            alerts.push(alert(
+                "VMDown",
+                &[("vmid", &vmid.to_string())],
+                "firing",
+                &format!("2026-11-24T10:00:{copy:02}Z"),
+            ));
+        }
+    }
+    r.post(alerts).await;
+    let d = r.settled().await;
+    assert_eq!(d.len(), 100, "every alert is decided");
+    for vmid in &vms {
+        let target = format!("vm/{vmid}");
+        let mine: Vec<_> = d
+            .iter()
+            .filter(|x| x.target.as_deref() == Some(target.as_str()))
+            .collect();
+        let acted = mine.iter().filter(|x| x.verdict == Verdict::Acted).count();
+        assert_eq!(acted, 1, "{target}: {mine:#?}");
+        assert!(
+            mine.iter()
+                .filter(|x| x.verdict != Verdict::Acted)
+                .all(|x| x.reason == Reason::Cooldown || x.reason == Reason::Lock),
+            "{target}: {mine:#?}"
+        );
+        let starts = r
+            .power_calls(*vmid)
+            .iter()
+            .filter(|c| *c == "start")
+            .count();
+        assert_eq!(
+            starts,
+            1,
+            "{target} restarted once: {:?}",
+            r.power_calls(*vmid)
+        );
+    }
+    assert_eq!(count(&d, Verdict::Suppressed, Reason::Breaker), 0);
+    // Every remediation succeeded: the breaker has nothing to open on.
+    for x in d.iter().filter(|x| x.verdict == Verdict::Acted) {
+        let record = r.until_ended(x.workflow_id.as_deref().unwrap()).await;
+        assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+    }
+    let pages: Vec<RemediationPage> = proxflow_e2e::stored(
+        &r.ctx.bus.js,
+        stream::EVT,
+        &subject::evt("remediation", "page"),
+    )
+    .await;
+    assert!(pages.is_empty(), "{pages:#?}");
+}
+
+/// `+103`, `0103`, `00103` and `103` are one VM: one cooldown key, one restart. Before canonical
+/// keys, VM 103 was restarted four times in 26 s under a 30 min cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spellings_of_one_vmid_are_one_target() {
+    let r = rig(RESTART, |_| {}).await;
+    for (i, spelling) in ["103", "+103", "0103", "00103"].iter().enumerate() {
+        r.post(vec![alert(
+            "VMDown",
+            &[("vmid", spelling)],
+            "firing",
+            &format!("2026-11-24T10:0{i}:00Z"),
+        )])
+        .await;
+        r.settled().await;
+    }
+    let d = r.settled().await;
+    assert_eq!(d.len(), 4, "{d:#?}");
+    assert_eq!(count(&d, Verdict::Acted, Reason::None), 1, "{d:#?}");
+    assert_eq!(
+        count(&d, Verdict::Suppressed, Reason::Cooldown),
+        3,
+        "{d:#?}"
+    );
+    assert_eq!(r.power_calls(103), ["shutdown", "start"]);
+}
+
+/// A 5,000-character label becomes part of guard keys; an unbounded KV key is a subject longer than
+/// the server's control line, and the server disconnects the client. The decision is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_thousand_character_label_is_decided_and_never_disconnects_nats() {
+    const NOTIFY: &str = r#"
+[[rule]]
+name = "host-notify"
+alertname = "HostDown"
+target = "host/{labels.instance}"
+action = { kind = "notify", url = "http://127.0.0.1:9/hook" }
+cooldown = "30m"
+dry_run = false
+threshold = { count = 1, within = "5m" }
+"#;
+    let r = rig(NOTIFY, |_| {}).await;
+    let connects = || {
+        r.ctx
+            .bus
+            .client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let before = connects();
+    let huge = "h".repeat(5_000);
+    r.post(vec![alert(
+        "HostDown",
+        &[("instance", &huge)],
+        "firing",
+        "2026-11-24T10:00:00Z",
+    )])
+    .await;
+    let d = r.settled().await;
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].verdict, Verdict::Acted, "{d:#?}");
+    assert_eq!(
+        d[0].target.as_deref(),
+        Some(format!("host/{huge}").as_str())
+    );
+    // The engine shares this connection: it was never dropped and re-established.
+    assert_eq!(connects(), before, "the client reconnected");
+    // A second copy is held by the (bounded) cooldown key, so the key really was written and read.
+    r.post(vec![alert(
+        "HostDown",
+        &[("instance", &huge)],
+        "firing",
+        "2026-11-24T10:01:00Z",
+    )])
+    .await;
+    let d = r.settled().await;
+    assert_eq!(
+        count(&d, Verdict::Suppressed, Reason::Cooldown),
+        1,
+        "{d:#?}"
     );
 }

@@ -524,14 +524,14 @@ async fn a_replication_lag_alert_reruns_the_job_and_the_data_lands() {
     let _stop_on_exit = stop.clone().drop_guard();
     let gateway =
         proxflow_e2e::start_gateway(&ctx, "alertmanager", proxflow_e2e::ALERT_TOKEN, &stop).await;
-    let engine = tokio::spawn(proxflow_remediation::run_engine(
+    let engine = tokio::spawn(proxflow_orchestrator::remediation::run_engine(
         ctx.clone(),
         RemediationConfig::default(),
         Rules::parse(REPLICATE_RULE).unwrap(),
         clock.shared(),
         stop.clone(),
     ));
-    let remediator = tokio::spawn(proxflow_remediation::run_remediator(
+    let remediator = tokio::spawn(proxflow_remediator::run(
         ctx.clone(),
         RemediationConfig::default(),
         pve,

@@ -11,15 +11,18 @@
 //! cap, cooldown, host-headroom veto, dry-run and one at a time, then one more node through the same
 //! provision path.
 //!
-//! For alerts it runs the remediation engine (`proxflow_remediation::run_engine`): a decision per
+//! For alerts it runs the remediation engine ([`remediation`]): a decision per
 //! alert and matching rule, every one audited, and the rules' circuit breakers.
 
+pub mod remediation;
 pub mod scaleout;
 
 use std::time::Duration;
 
 use proxflow_platform::{Clusters, Profiles};
-use proxflow_remediation::{RemediationConfig, RemediationError, Rules};
+use proxflow_remediation::{RemediationConfig, Rules};
+
+use crate::remediation::RemediationError;
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::admission::{AdmissionError, Admissions, Caps, Decision};
 use proxflow_runtime::bus::consume::ConsumeError;
@@ -180,7 +183,7 @@ pub async fn run(
         o.consumer.clone(),
         scale_out_handler(store),
     );
-    let remediation = proxflow_remediation::run_engine(
+    let remediation = remediation::run_engine(
         ctx.clone(),
         o.remediation,
         o.rules,

@@ -158,7 +158,7 @@ pub async fn run(
                 let config = settings.remediation.clone();
                 let pve = pve.clone().context("Proxmox client")?;
                 tasks.spawn(async move {
-                    proxflow_remediation::run_remediator(ctx, config, pve, stop)
+                    proxflow_remediator::run(ctx, config, pve, stop)
                         .await
                         .context("remediator")
                 });

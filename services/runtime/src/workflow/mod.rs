@@ -62,13 +62,16 @@ impl WorkflowStore {
 
     /// Creates the record unless one with its id exists; `false` when it did (nothing written).
     pub async fn create(&self, record: &WorkflowRecord) -> Result<bool, WorkflowStoreError> {
-        let (created, _) = kv::change(&self.kv, &record.id, |current: Option<WorkflowRecord>| {
-            match current {
-                Some(_) => Change::Keep(false),
-                None => Change::Write(record.clone(), true),
-            }
-        })
-        .await?;
+        let (created, _) =
+            kv::change(
+                &self.kv,
+                &record.id,
+                |current: Option<WorkflowRecord>| match current {
+                    Some(_) => Change::Keep(false),
+                    None => Change::Write(record.clone(), true),
+                },
+            )
+            .await?;
         Ok(created)
     }
 

@@ -20,7 +20,7 @@ use proxflow_schemas::snapshot::PruneRequested;
 use proxflow_schemas::workflow::WorkflowState;
 use serde_json::json;
 
-use crate::engine::{describe, lock_key};
+use proxflow_schemas::names::key::remediation_lock;
 
 /// Why a handed-off request was made, for the owning service's log and record.
 fn hand_off_reason(cmd: &RemediationCommand) -> String {
@@ -54,9 +54,9 @@ impl Handler<RemediationCommand> for Remediator {
         let lease = match self
             .leases
             .acquire(
-                &lock_key(&cmd.target),
+                &remediation_lock(&cmd.target),
                 &cmd.workflow_id,
-                &describe(&cmd.action),
+                &cmd.action.describe(),
             )
             .await
         {
@@ -74,7 +74,7 @@ impl Handler<RemediationCommand> for Remediator {
             }
             Err(e) => return Outcome::retry(e.to_string()),
         };
-        tracing::info!(workflow = %cmd.workflow_id, action = %describe(&cmd.action), "remediating");
+        tracing::info!(workflow = %cmd.workflow_id, action = %cmd.action.describe(), "remediating");
         let result = self.act(&cmd).await;
         if let Err(e) = lease.release().await {
             tracing::warn!(error = %e, "lease release failed; it ages out");

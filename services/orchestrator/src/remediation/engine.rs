@@ -18,13 +18,14 @@ use chrono::{DateTime, Utc};
 use proxflow_runtime::admission::Admissions;
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
-use proxflow_runtime::guard::{self, Claimed, CooldownClaim, key_part, target_key};
+use proxflow_runtime::guard::{self, Claimed, CooldownClaim};
 use proxflow_runtime::kv::{self as cas, Change};
 use proxflow_runtime::lease::{Acquired, Lease, LeaseRecord, Leases};
 use proxflow_runtime::ops::CounterFamily;
 use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::Message;
 use proxflow_schemas::alert::AlertReceived;
+use proxflow_schemas::names::key::{self, key_part, target_key};
 use proxflow_schemas::remediation::{
     Reason, RemediationAction, RemediationCommand, RemediationDecision, RemediationOutcome,
     RemediationPage, RemediationResult, Verdict,
@@ -33,15 +34,8 @@ use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::RemediationConfig;
-use crate::rules::{Action, Rule, Rules};
-use crate::template;
-
-/// The lease key of a remediation target, shared by the engine (claims it) and the remediator
-/// (adopts and releases it). Canonical: `vm/0103` and `vm/103` are one lock.
-pub fn lock_key(target: &str) -> String {
-    format!("remediation/{}", target_key(target))
-}
+use proxflow_remediation::rules::{Action, Rule, Rules};
+use proxflow_remediation::{RemediationConfig, template};
 
 /// The remediation workflow of (alert, rule).
 pub fn workflow_id(alert: &AlertReceived, rule: &str) -> String {
@@ -254,12 +248,12 @@ impl Engine {
             if let Some(c) = last.value.filter(|c| c.until > now && c.workflow_id != id) {
                 return no(Reason::Cooldown, cooled(&c), t);
             }
-            if let Some(holder) = self.leases.holder(&lock_key(&target)).await? {
+            if let Some(holder) = self.leases.holder(&key::remediation_lock(&target)).await? {
                 return no(Reason::Lock, held(&holder), t);
             }
             return no(
                 Reason::DryRun,
-                format!("dry-run: would {} ({target})", describe(&action)),
+                format!("dry-run: would {} ({target})", action.describe()),
                 t,
             );
         }
@@ -269,7 +263,7 @@ impl Engine {
         }
         let lease = match self
             .leases
-            .acquire(&lock_key(&target), &id, &describe(&action))
+            .acquire(&key::remediation_lock(&target), &id, &action.describe())
             .await?
         {
             Acquired::Held(lease) => lease,
@@ -337,7 +331,7 @@ impl Engine {
                     alert.name(),
                     alert.status.as_str(),
                     spec.name,
-                    describe(&action)
+                    action.describe()
                 ),
             },
             steps: Vec::new(),
@@ -361,7 +355,7 @@ impl Engine {
             Some(rule),
             Verdict::Acted,
             Reason::None,
-            describe(&action),
+            action.describe(),
             t,
             trace,
         ))
@@ -437,24 +431,6 @@ fn render(rule: &Rule, alert: &AlertReceived) -> Result<(String, RemediationActi
         },
     };
     Ok((target, action))
-}
-
-/// An action in words, for audit details.
-pub fn describe(action: &RemediationAction) -> String {
-    match action {
-        RemediationAction::RestartVm {
-            vmid,
-            shutdown_timeout_secs,
-        } => format!("restart VM {vmid} (shutdown within {shutdown_timeout_secs} s, else stop)"),
-        RemediationAction::SnapshotVm { vmid } => format!("snapshot VM {vmid}"),
-        RemediationAction::ScaleOut { cluster } => format!("scale out cluster {cluster}"),
-        RemediationAction::Replicate { job } => format!("run replication job {job}"),
-        RemediationAction::PruneSnapshots { pool } => {
-            format!("apply the snapshot retention on pool {pool} now")
-        }
-        RemediationAction::Notify { url } => format!("notify {url}"),
-        RemediationAction::Command { argv, .. } => format!("run {}", argv.join(" ")),
-    }
 }
 
 /// Feeds each outcome into its rule's breaker (consumer `orchestrator-remediation-outcomes`); the

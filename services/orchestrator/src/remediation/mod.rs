@@ -1,0 +1,90 @@
+//! Alert remediation decisions: a decision per alert and matching rule, every one audited as a
+//! `remediation.decision` event ([`engine::Engine`]), and the rules' circuit breakers fed by the
+//! remediator's outcomes ([`engine::Breakers`]). The actions themselves run in the remediator
+//! service; the rules file format is `proxflow_remediation`.
+
+pub mod engine;
+
+use proxflow_remediation::{RemediationConfig, Rules};
+use proxflow_runtime::ServiceContext;
+use proxflow_runtime::admission::Admissions;
+use proxflow_runtime::bus::ConsumerLoop;
+use proxflow_runtime::bus::consume::ConsumeError;
+use proxflow_runtime::bus::topology::ConsumerSpec;
+use proxflow_runtime::clock::SharedClock;
+use proxflow_runtime::lease::Leases;
+use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::names::{bucket, durable, stream, subject};
+use tokio_util::sync::CancellationToken;
+
+/// Why remediation stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RemediationError {
+    /// A bucket is missing or KV failed at start.
+    #[error("remediation start-up: {0}")]
+    Open(String),
+    /// A consumer failed.
+    #[error(transparent)]
+    Consume(#[from] ConsumeError),
+}
+
+fn open_err(e: impl std::fmt::Display) -> RemediationError {
+    RemediationError::Open(e.to_string())
+}
+
+/// Decides on every alert and keeps the breakers, until `shutdown`.
+pub async fn run_engine(
+    ctx: ServiceContext,
+    config: RemediationConfig,
+    rules: Rules,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) -> Result<(), RemediationError> {
+    let kv = ctx
+        .bus
+        .js
+        .get_key_value(bucket::COOLDOWNS)
+        .await
+        .map_err(open_err)?;
+    let decide = ConsumerLoop::new(
+        ctx.clone(),
+        ConsumerSpec {
+            stream: stream::INGEST,
+            durable: durable::ORCHESTRATOR_ALERTS.into(),
+            filter_subject: subject::ingest("alertmanager", "alert"),
+        },
+        config.consumer.clone(),
+        engine::Engine {
+            rules,
+            config: config.clone(),
+            admissions: Admissions::open(&ctx.bus.js).await.map_err(open_err)?,
+            leases: Leases::open(&ctx.bus.js).await.map_err(open_err)?,
+            kv: kv.clone(),
+            store: WorkflowStore::open(&ctx.bus.js).await.map_err(open_err)?,
+            publisher: ctx.bus.publisher.clone(),
+            clock: clock.clone(),
+            counts: ctx.metrics.counter_family(
+                "remediation_decisions",
+                "Remediation decisions by rule, verdict (acted, suppressed, ignored) and reason",
+                ["rule", "verdict", "reason"],
+            ),
+        },
+    );
+    let breakers = ConsumerLoop::new(
+        ctx.clone(),
+        ConsumerSpec {
+            stream: stream::EVT,
+            durable: durable::ORCHESTRATOR_REMEDIATION_OUTCOMES.into(),
+            filter_subject: subject::evt("remediation", "outcome"),
+        },
+        config.consumer.clone(),
+        engine::Breakers {
+            config,
+            kv,
+            publisher: ctx.bus.publisher.clone(),
+            clock,
+        },
+    );
+    tokio::try_join!(decide.run(shutdown.clone()), breakers.run(shutdown))?;
+    Ok(())
+}
