@@ -183,6 +183,8 @@ impl ProvisionRequested {
             data: serde_json::to_value(self).unwrap_or_default(),
             error: None,
             trace_id,
+            wait: None,
+            parent: None,
             created_at: self.requested_at,
             updated_at: self.requested_at,
         }

@@ -17,7 +17,7 @@ use crate::snapshot::{
     PreChangeReply, PreChangeRequest, PruneRequested, SnapshotCheck, SnapshotTaken, SnapshotsPruned,
 };
 use crate::trace::SpanRecord;
-use crate::workflow::WorkflowRecord;
+use crate::workflow::{WorkflowAdvance, WorkflowRecord};
 
 /// One generated JSON Schema document.
 #[derive(Debug, Clone)]
@@ -53,6 +53,7 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<ProvisionCommand>(),
         SchemaDoc::of::<ProvisionOutcome>(),
         SchemaDoc::of::<WorkflowRecord>(),
+        SchemaDoc::of::<WorkflowAdvance>(),
         SchemaDoc::of::<SpanRecord>(),
         SchemaDoc::of::<PreChangeRequest>(),
         SchemaDoc::of::<PruneRequested>(),

@@ -16,6 +16,9 @@ pub enum WorkflowState {
     Pending,
     /// Steps are running.
     Running,
+    /// Suspended on a timer, a signal or a child workflow (`wait` says which); resumed by the
+    /// workflow engine when it is due.
+    Waiting,
     /// A step failed for good; completed steps are being undone.
     Compensating,
     /// Every step completed.
@@ -82,9 +85,71 @@ pub struct StepRecord {
     /// Last error, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Step output worth keeping (UPID, captured command output, IP address).
+    /// Step output worth keeping (UPID, captured command output, IP address). For steps run by the
+    /// workflow engine, the step's typed result: returned as is on resume, never recomputed.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub output: serde_json::Value,
+    /// What undoes this step if the workflow fails later (the definition's compensation, as data),
+    /// run in reverse step order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<serde_json::Value>,
+}
+
+impl StepRecord {
+    /// A step record that has just started.
+    pub fn started(name: &str, at: DateTime<Utc>) -> Self {
+        Self {
+            name: name.to_string(),
+            state: StepState::Running,
+            attempts: 1,
+            started_at: Some(at),
+            finished_at: None,
+            error: None,
+            output: serde_json::Value::Null,
+            undo: None,
+        }
+    }
+}
+
+/// What a waiting workflow waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Wait {
+    /// Resume at `until`.
+    Timer {
+        /// The waiting step.
+        step: String,
+        /// When it is due.
+        until: DateTime<Utc>,
+    },
+    /// Resume when the signal `name` arrives, or at `expires_at` without it.
+    Signal {
+        /// The waiting step.
+        step: String,
+        /// The signal's name (an approval, an operator's go, another service's outcome).
+        name: String,
+        /// When the wait gives up; `None` waits for ever.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// Resume when the child workflow `child` ends.
+    Child {
+        /// The waiting step.
+        step: String,
+        /// The child's workflow id.
+        child: String,
+    },
+}
+
+impl Wait {
+    /// When the engine must look at the workflow again even if nothing arrives.
+    pub fn wake_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Timer { until, .. } => Some(*until),
+            Self::Signal { expires_at, .. } => *expires_at,
+            Self::Child { .. } => None,
+        }
+    }
 }
 
 /// The durable record of one workflow.
@@ -110,6 +175,12 @@ pub struct WorkflowRecord {
     /// OpenTelemetry trace id (32 hex digits) under which every step ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// What it waits for while `Waiting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<Wait>,
+    /// The parent workflow of a child workflow; it is resumed when this one ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -119,6 +190,69 @@ pub struct WorkflowRecord {
 impl Versioned for WorkflowRecord {
     const SCHEMA: SchemaId = SchemaId {
         name: "pf.kv.workflow",
+        version: 2,
+    };
+}
+
+/// Tells the workflow engine to look at a workflow again (`pf.cmd.workflow.<kind>`): it was
+/// started, a timer fell due, a signal arrived or a child ended. Carries no state: the record is
+/// the truth, so a duplicate or stale advance is harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowAdvance {
+    /// The workflow's kind (selects the definition and the subject).
+    pub kind: String,
+    /// The workflow id.
+    pub id: String,
+    /// Why now (`start`, `wake/<time>`, `signal/<name>`, `child/<id>`); also its dedupe key.
+    pub reason: String,
+}
+
+impl Versioned for WorkflowAdvance {
+    const SCHEMA: SchemaId = SchemaId {
+        name: "pf.cmd.workflow.advance",
         version: 1,
     };
+}
+
+impl crate::Message for WorkflowAdvance {
+    fn subject(&self) -> String {
+        crate::names::subject::cmd("workflow", &crate::names::key::key_part(&self.kind))
+    }
+
+    fn dedupe_id(&self) -> String {
+        format!("workflow/{}/{}", self.id, self.reason)
+    }
+}
+
+/// A signal delivered to a waiting workflow, stored until the workflow reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRecord {
+    /// Who sent it (a user, a service).
+    pub sender: String,
+    /// When it was sent.
+    pub at: DateTime<Utc>,
+    /// Its payload.
+    pub payload: serde_json::Value,
+}
+
+/// A workflow's line in the index (`idx.<kind>.<state>.<id>` in the workflow bucket), so workflows
+/// can be listed by kind, state and age without reading every record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IndexEntry {
+    /// Workflow id.
+    pub id: String,
+    /// Kind.
+    pub kind: String,
+    /// State.
+    pub state: WorkflowState,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When a waiting workflow is due to be looked at again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<DateTime<Utc>>,
 }

@@ -10,6 +10,8 @@
 //! The binary `pf-test-worker` runs one consumer loop in its own process, for tests that send real
 //! signals or crash a worker.
 
+pub mod workflows;
+
 use std::time::Duration;
 
 use futures::StreamExt;

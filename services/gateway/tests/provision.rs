@@ -403,6 +403,8 @@ async fn a_pending_workflow_whose_publish_was_lost_is_published_on_the_next_requ
         data: serde_json::to_value(&lost).expect("json"),
         error: None,
         trace_id: None,
+        wait: None,
+        parent: None,
         created_at: now,
         updated_at: now,
     };
@@ -613,6 +615,7 @@ async fn workflows_are_readable_with_a_bearer_token_only() {
         finished_at: Some(now),
         error: None,
         output: json!({"upid": "UPID:pve1:00001234:00ABCDEF:6553F00D:qmclone:9000:root@pam:"}),
+        undo: None,
     });
     record.data["vmid"] = json!(104);
     kv.put(&id, serde_json::to_vec(&record).expect("json").into())

@@ -245,6 +245,8 @@ impl ScaleOut {
             data: json!({}),
             error: None,
             trace_id,
+            wait: None,
+            parent: None,
             created_at: now,
             updated_at: now,
         }

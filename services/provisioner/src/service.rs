@@ -496,6 +496,7 @@ fn step_mut<'a>(record: &'a mut WorkflowRecord, name: &str) -> &'a mut StepRecor
         finished_at: None,
         error: None,
         output: Value::Null,
+        undo: None,
     });
     let last = record.steps.len() - 1;
     &mut record.steps[last]

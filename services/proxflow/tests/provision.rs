@@ -128,6 +128,7 @@ async fn provision_submits_a_signed_request_and_waits_for_the_workflow() {
                 finished_at: Some(now),
                 error: None,
                 output: serde_json::Value::Null,
+                undo: None,
             }];
             r.data["vmid"] = 104.into();
         })

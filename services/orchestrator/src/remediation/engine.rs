@@ -338,6 +338,8 @@ impl Engine {
             data: json!({ "alert_id": alert.dedupe_id(), "rule": spec.name, "target": target, "action": action }),
             error: None,
             trace_id: trace.clone(),
+            wait: None,
+            parent: None,
             created_at: now,
             updated_at: now,
         };

@@ -1,5 +1,34 @@
-//! Workflow records in the `pf_workflows` bucket, changed only by compare-and-set.
+//! Workflows: records in the `pf_workflows` bucket, changed only by compare-and-set, and the
+//! engine that runs typed, durable workflow definitions over them.
 //!
+//! ## The engine
+//! A workflow is a [`Workflow`] definition: a `run` of named steps and waits. Each step's typed
+//! output is written to the record before the next step starts and is returned as is on resume,
+//! so a crash anywhere resumes from KV and no completed step runs again. A step may register its
+//! compensation (data, run in reverse order by the definition's `undo` after a terminal failure).
+//! Waits survive restarts: a timer ([`Run::sleep_until`]), a signal with an expiry
+//! ([`Run::signal`], given with [`Engine::signal`]: approvals, another service's outcome) and a
+//! child workflow ([`Run::child`]). Exactly one component creates a record ([`Engine::start`]) and
+//! exactly one advances it (the kind's advance consumer, holding the workflow's lease); everyone
+//! else reads. Workflows are listed by kind, state and age from an index ([`Engine::list`]).
+//!
+//! ```ignore
+//! struct Restart;
+//! impl Workflow for Restart {
+//!     const KIND: &'static str = "restart";
+//!     type Input = u32;            // the VMID
+//!     type Output = ();
+//!     type Undo = ();
+//!     async fn run(&self, wf: &mut Run<Self>, vmid: u32) -> Result<(), Halt> {
+//!         let upid: String = wf.step("shutdown", shutdown(vmid)).await?;
+//!         wf.step("start", start(vmid, upid)).await?;
+//!         Ok(())
+//!     }
+//!     async fn undo(&self, (): ()) -> Result<(), StepError> { Ok(()) }
+//! }
+//! ```
+//!
+//! ## Records
 //! Several processes touch one record (the gateway creates it, the orchestrator admits it, the
 //! provisioner records each step), and any of them may be a second replica or a restarted copy. Every
 //! change therefore reads the record with its revision, applies a pure function and writes it back only
@@ -13,6 +42,109 @@ use crate::kv::{self, CasError, Change};
 use proxflow_schemas::names::bucket;
 use proxflow_schemas::workflow::WorkflowRecord;
 
+mod definition;
+mod engine;
+mod index;
+mod run;
+
+pub use definition::{ErrorKind, Halt, StepError, Workflow};
+pub use engine::Engine;
+pub use index::state_name;
+pub use run::{ChildOutcome, Run};
+
+use proxflow_schemas::names::key::key_part;
+use proxflow_schemas::workflow::WorkflowState;
+
+/// Why the engine could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A bucket is missing at start (topology not declared).
+    #[error("workflow engine start-up: {0}")]
+    Open(String),
+    /// A record could not be read or written.
+    #[error(transparent)]
+    Store(#[from] WorkflowStoreError),
+    /// A signal or index key could not be read or written.
+    #[error(transparent)]
+    Kv(CasError),
+    /// The index could not be written or listed.
+    #[error("workflow index: {0}")]
+    Index(String),
+    /// An advance could not be published.
+    #[error("advancing the workflow: {0}")]
+    Publish(#[from] crate::bus::PublishError),
+    /// A value does not encode.
+    #[error("workflow {id}: does not encode: {source}")]
+    Encode {
+        /// The workflow.
+        id: String,
+        /// The encode error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A record it just saw is gone.
+    #[error("workflow {0} vanished")]
+    Vanished(String),
+    /// A consumer failed.
+    #[error(transparent)]
+    Consume(#[from] crate::bus::consume::ConsumeError),
+    /// An engine task panicked.
+    #[error("workflow engine task: {0}")]
+    Task(String),
+}
+
+/// Why a signal was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    /// No such workflow.
+    #[error("workflow {0} does not exist")]
+    NotFound(String),
+    /// It ended.
+    #[error("workflow {id} has ended ({})", state_name(*state))]
+    Ended {
+        /// The workflow.
+        id: String,
+        /// How it ended.
+        state: WorkflowState,
+    },
+    /// Its wait for this signal is over.
+    #[error("workflow {id} no longer waits for {name}: {}", if *expired { "the wait expired" } else { "it was already given" })]
+    WaitOver {
+        /// The workflow.
+        id: String,
+        /// The signal.
+        name: String,
+        /// When the wait ended.
+        at: Option<chrono::DateTime<Utc>>,
+        /// Whether it ended by expiring (rather than by an earlier signal).
+        expired: bool,
+    },
+    /// The same signal was given before.
+    #[error("signal {name} was already given to workflow {id}")]
+    AlreadyGiven {
+        /// The workflow.
+        id: String,
+        /// The signal.
+        name: String,
+    },
+    /// The payload does not encode.
+    #[error("signal payload does not encode: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// The id of the child `name` of workflow `parent`.
+pub fn child_id(parent: &str, name: &str) -> String {
+    format!("{parent}-{}", key_part(name))
+}
+
+/// The KV key where signal `name` for workflow `id` waits to be read.
+fn signal_key(id: &str, name: &str) -> String {
+    format!("sig.{}.{}", key_part(id), key_part(name))
+}
+
 /// Why a workflow record could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowStoreError {
@@ -25,6 +157,9 @@ pub enum WorkflowStoreError {
     /// No such workflow.
     #[error("workflow {0} does not exist")]
     NotFound(String),
+    /// The record changed under its owner (another advance wrote it).
+    #[error("workflow {0} changed under its owner")]
+    Stale(String),
 }
 
 impl WorkflowStoreError {
@@ -33,7 +168,9 @@ impl WorkflowStoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Open(_) | Self::Cas(CasError::Kv { .. } | CasError::Contended { .. })
+            Self::Open(_)
+                | Self::Stale(_)
+                | Self::Cas(CasError::Kv { .. } | CasError::Contended { .. })
         )
     }
 }
@@ -52,6 +189,31 @@ impl WorkflowStore {
             .await
             .map_err(|e| WorkflowStoreError::Open(e.to_string()))?;
         Ok(Self { kv })
+    }
+
+    /// A store over an opened workflow bucket.
+    pub(crate) fn from_store(kv: Store) -> Self {
+        Self { kv }
+    }
+
+    /// Writes `record` over `revision` (its owner's write); a conflict is an error here, not a
+    /// retry: the owner's copy is stale and it must stop.
+    pub(crate) async fn replace(
+        &self,
+        record: &WorkflowRecord,
+        revision: u64,
+    ) -> Result<u64, WorkflowStoreError> {
+        let bytes = serde_json::to_vec(record).map_err(|source| CasError::Encode {
+            key: record.id.clone(),
+            source,
+        })?;
+        match self.kv.update(&record.id, bytes.into(), revision).await {
+            Ok(next) => Ok(next),
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                Err(WorkflowStoreError::Stale(record.id.clone()))
+            }
+            Err(e) => Err(CasError::kv(&record.id, e).into()),
+        }
     }
 
     /// The record and its revision.

@@ -1,0 +1,108 @@
+//! What a workflow definition is: typed input and output, a `run` made of recorded steps and waits,
+//! and the compensations its steps register.
+
+use std::future::Future;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::run::Run;
+
+/// A kind of workflow. `run` is replayed from the top on every resume: each step it passes that
+/// is already recorded returns its recorded output without running again, so `run` must take the
+/// same steps in the same order given the same recorded outputs (branch on step outputs, never on
+/// the wall clock or randomness outside a step).
+pub trait Workflow: Send + Sync + Sized + 'static {
+    /// The kind name (`provision`, `scale_out`, `remediate`, `patch_run`); the subject token of
+    /// its advances and the index's first level, so letters, digits, `_` and `-` only.
+    const KIND: &'static str;
+    /// What it starts from; stored in the record.
+    type Input: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What it ends with; stored in the record.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// How a completed step is undone, as data stored with the step (an enum of the definition's
+    /// compensations). Use `()` for a workflow without compensations.
+    type Undo: Serialize + DeserializeOwned + Send + 'static;
+
+    /// The workflow's body.
+    fn run(
+        &self,
+        wf: &mut Run<Self>,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, Halt>> + Send;
+
+    /// Undoes one completed step after a later failure; called in reverse step order. An error of
+    /// kind [`ErrorKind::Transient`] is retried (the compensation resumes where it stopped).
+    fn undo(&self, undo: Self::Undo) -> impl Future<Output = Result<(), StepError>> + Send;
+}
+
+/// Whether trying again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A passing failure (service unavailable, timeout): the step is tried again later, and the
+    /// attempt spends a delivery of the workflow's advance.
+    Transient,
+    /// Trying again cannot help: the workflow compensates and fails.
+    Terminal,
+    /// A guard refused before anything was done: the workflow compensates and ends `cancelled`.
+    Refused,
+}
+
+/// Why a step did not complete.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    /// Whether trying again can help.
+    pub kind: ErrorKind,
+    /// What happened, for the record and the operator.
+    pub message: String,
+    /// The underlying error.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StepError {
+    /// A transient failure.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message)
+    }
+
+    /// A failure retrying cannot fix.
+    pub fn terminal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Terminal, message)
+    }
+
+    /// A refusal by a guard.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Refused, message)
+    }
+
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same, with its underlying error.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+}
+
+/// Why `run` stopped before returning its output. Steps and waits return it; `?` passes it up.
+#[derive(Debug, thiserror::Error)]
+pub enum Halt {
+    /// The workflow waits (timer, signal, child); the wait is recorded and the engine resumes it.
+    #[error("waiting")]
+    Suspended,
+    /// A step failed (see the error's kind).
+    #[error(transparent)]
+    Step(#[from] StepError),
+    /// The engine could not record progress (KV unavailable, the record changed under its owner);
+    /// the advance is tried again.
+    #[error(transparent)]
+    Engine(#[from] super::EngineError),
+}

@@ -1,0 +1,610 @@
+//! The engine: registered definitions, the advance consumers (`pf.cmd.workflow.<kind>`), the
+//! waker that resumes due timers and expired signal waits, and the calls other code makes (start,
+//! signal, list).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::Store;
+use chrono::{DateTime, Utc};
+use proxflow_schemas::names::{bucket, stream, subject};
+use proxflow_schemas::workflow::{
+    IndexEntry, Origin, SignalRecord, StepState, Wait, WorkflowAdvance, WorkflowRecord,
+    WorkflowState,
+};
+use serde::Serialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::definition::{ErrorKind, Halt, Workflow};
+use super::index;
+use super::run::Run;
+use super::{EngineError, SignalError, WorkflowStore, signal_key};
+use crate::ServiceContext;
+use crate::bus::topology::ConsumerSpec;
+use crate::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
+use crate::clock::SharedClock;
+use crate::config::ConsumerConfig;
+use crate::kv::{self, CasError, Change};
+use crate::lease::{Acquired, Leases};
+
+/// How often the waker looks for due timers and expired signal waits.
+const WAKE_EVERY: Duration = Duration::from_millis(500);
+/// A running workflow not touched for this long is advanced again (its advance was lost, or its
+/// owner died mid-step); the workflow's lease keeps this from running it twice at once.
+const STALE_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// Pause before another look at a workflow whose lease another advance holds.
+const BUSY_RETRY: Duration = Duration::from_millis(250);
+
+/// The engine's shared state.
+pub(crate) struct Inner {
+    pub(crate) store: WorkflowStore,
+    pub(crate) kv: Store,
+    pub(crate) leases: Leases,
+    pub(crate) publisher: Publisher,
+    pub(crate) clock: SharedClock,
+    /// This process, as a lease holder.
+    instance: String,
+}
+
+/// A definition with its types erased, so the engine can hold several kinds.
+trait Driver: Send + Sync {
+    fn advance<'a>(
+        &'a self,
+        inner: Arc<Inner>,
+        record: WorkflowRecord,
+        revision: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Halt>> + Send + 'a>>;
+}
+
+struct Definition<W>(Arc<W>);
+
+impl<W: Workflow> Driver for Definition<W> {
+    fn advance<'a>(
+        &'a self,
+        inner: Arc<Inner>,
+        record: WorkflowRecord,
+        revision: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Halt>> + Send + 'a>> {
+        Box::pin(drive(self.0.as_ref(), inner, record, revision))
+    }
+}
+
+/// The workflow engine of one process: the definitions it runs and how to reach the bus and KV.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    definitions: BTreeMap<&'static str, Arc<dyn Driver>>,
+}
+
+impl Engine {
+    /// An engine on the context's bus, with `clock` for timers and expiries.
+    pub async fn new(ctx: &ServiceContext, clock: SharedClock) -> Result<Self, EngineError> {
+        let kv = ctx
+            .bus
+            .js
+            .get_key_value(bucket::WORKFLOWS)
+            .await
+            .map_err(|e| EngineError::Open(e.to_string()))?;
+        let leases = Leases::open(&ctx.bus.js)
+            .await
+            .map_err(|e| EngineError::Open(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store: WorkflowStore::from_store(kv.clone()),
+                kv,
+                leases,
+                publisher: ctx.bus.publisher.clone(),
+                clock,
+                instance: format!("engine-{}-{}", std::process::id(), nuid::next()),
+            }),
+            definitions: BTreeMap::new(),
+        })
+    }
+
+    /// Adds a definition this engine runs (before [`Engine::run`]).
+    pub fn register<W: Workflow>(&mut self, definition: W) -> &mut Self {
+        self.definitions
+            .insert(W::KIND, Arc::new(Definition(Arc::new(definition))));
+        self
+    }
+
+    /// Starts workflow `id` of kind `W` with `input`, unless it exists (then nothing changes:
+    /// starting is idempotent, and the existing record wins). `true` when this call created it.
+    pub async fn start<W: Workflow>(
+        &self,
+        id: &str,
+        origin: Origin,
+        input: &W::Input,
+    ) -> Result<bool, EngineError> {
+        let created = self.inner.create::<W>(id, origin, input, None).await?;
+        // Also when it existed: a start retried after a crash between create and advance must
+        // still get the workflow going (the advance is deduplicated).
+        self.inner.advance(W::KIND, id, "start").await?;
+        Ok(created)
+    }
+
+    /// Delivers signal `name` with `payload` to workflow `id`. Refused when the workflow ended,
+    /// when its wait for `name` already ended (expired), or when the signal was already given.
+    pub async fn signal(
+        &self,
+        id: &str,
+        name: &str,
+        sender: &str,
+        payload: &impl Serialize,
+    ) -> Result<(), SignalError> {
+        let (record, _) = self
+            .inner
+            .store
+            .get(id)
+            .await
+            .map_err(EngineError::from)?
+            .ok_or_else(|| SignalError::NotFound(id.to_string()))?;
+        let ended = |r: &WorkflowRecord| -> Option<SignalError> {
+            if r.state.is_terminal() {
+                return Some(SignalError::Ended {
+                    id: id.to_string(),
+                    state: r.state,
+                });
+            }
+            r.steps
+                .iter()
+                .find(|s| s.name == name && s.state == StepState::Succeeded)
+                .map(|s| SignalError::WaitOver {
+                    id: id.to_string(),
+                    name: name.to_string(),
+                    at: s.finished_at,
+                    expired: s.output.is_null(),
+                })
+        };
+        if let Some(refusal) = ended(&record) {
+            return Err(refusal);
+        }
+        let now = self.inner.clock.now();
+        if let Some(Wait::Signal {
+            name: waited,
+            expires_at: Some(expires),
+            ..
+        }) = &record.wait
+            && waited == name
+            && *expires <= now
+        {
+            // Expired but not yet recorded (the waker has not come by): refuse now, as the
+            // workflow will.
+            return Err(SignalError::WaitOver {
+                id: id.to_string(),
+                name: name.to_string(),
+                at: Some(*expires),
+                expired: true,
+            });
+        }
+        let signal = SignalRecord {
+            sender: sender.to_string(),
+            at: now,
+            payload: serde_json::to_value(payload).map_err(SignalError::Encode)?,
+        };
+        let key = signal_key(id, name);
+        let (created, _) =
+            kv::change(
+                &self.inner.kv,
+                &key,
+                |current: Option<SignalRecord>| match current {
+                    Some(_) => Change::Keep(false),
+                    None => Change::Write(signal.clone(), true),
+                },
+            )
+            .await
+            .map_err(EngineError::from)?;
+        if !created {
+            return Err(SignalError::AlreadyGiven {
+                id: id.to_string(),
+                name: name.to_string(),
+            });
+        }
+        // The wait may have expired between the check and the write: the workflow ignores a late
+        // signal, and the sender must hear so.
+        if let Some((record, _)) = self.inner.store.get(id).await.map_err(EngineError::from)?
+            && let Some(refusal) = ended(&record)
+        {
+            return Err(refusal);
+        }
+        self.inner
+            .advance(&record.kind, id, &format!("signal/{name}"))
+            .await?;
+        Ok(())
+    }
+
+    /// Workflows of `kind` in `state` created at or after `since`, newest first, from the index.
+    pub async fn list(
+        &self,
+        kind: &str,
+        state: WorkflowState,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<IndexEntry>, EngineError> {
+        index::list(&self.inner.kv, kind, state, since).await
+    }
+
+    /// Runs the advance consumers of every registered kind and the waker until `shutdown`.
+    pub async fn run(
+        self,
+        ctx: ServiceContext,
+        consumer: ConsumerConfig,
+        shutdown: CancellationToken,
+    ) -> Result<(), EngineError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (kind, driver) in &self.definitions {
+            let spec = ConsumerSpec {
+                stream: stream::CMD,
+                durable: format!("workflow-{kind}"),
+                filter_subject: subject::cmd("workflow", kind),
+            };
+            let handler = Advance {
+                inner: Arc::clone(&self.inner),
+                driver: Arc::clone(driver),
+            };
+            let consumer = ConsumerLoop::new(ctx.clone(), spec, consumer.clone(), handler);
+            let stop = shutdown.clone();
+            tasks.spawn(async move { consumer.run(stop).await.map_err(EngineError::from) });
+        }
+        let kinds: Vec<&'static str> = self.definitions.keys().copied().collect();
+        let inner = Arc::clone(&self.inner);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            waker(inner, kinds, stop).await;
+            Ok(())
+        });
+        let mut first = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            let result = done.unwrap_or_else(|e| Err(EngineError::Task(e.to_string())));
+            if result.is_err() && first.is_ok() {
+                shutdown.cancel();
+                first = result;
+            }
+        }
+        first
+    }
+}
+
+impl Inner {
+    /// Creates the record of workflow `id` (state `pending`) unless it exists; indexes it.
+    pub(crate) async fn create<W: Workflow>(
+        &self,
+        id: &str,
+        origin: Origin,
+        input: &W::Input,
+        parent: Option<String>,
+    ) -> Result<bool, EngineError> {
+        let now = self.clock.now();
+        let input = serde_json::to_value(input).map_err(|e| EngineError::Encode {
+            id: id.to_string(),
+            source: e,
+        })?;
+        let record = WorkflowRecord {
+            id: id.to_string(),
+            kind: W::KIND.to_string(),
+            state: WorkflowState::Pending,
+            origin,
+            steps: Vec::new(),
+            data: json!({ "input": input }),
+            error: None,
+            trace_id: crate::telemetry::trace_id(&tracing::Span::current()),
+            wait: None,
+            parent,
+            created_at: now,
+            updated_at: now,
+        };
+        let created = self.store.create(&record).await?;
+        if created {
+            index::put(&self.kv, &record, None).await?;
+        }
+        Ok(created)
+    }
+
+    /// Asks the advance consumer of `kind` to look at `id` again.
+    pub(crate) async fn advance(
+        &self,
+        kind: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        let advance = WorkflowAdvance {
+            kind: kind.to_string(),
+            id: id.to_string(),
+            reason: reason.to_string(),
+        };
+        self.publisher.publish(&advance).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn read_signal(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<SignalRecord>, EngineError> {
+        Ok(kv::read(&self.kv, &signal_key(id, name)).await?.value)
+    }
+
+    /// Writes `record` over `revision` and keeps the index in step (`indexed` is the state the
+    /// index holds, updated here). The owner is the only writer, so a conflict means someone else
+    /// advanced the workflow and this advance must stop.
+    pub(crate) async fn write(
+        &self,
+        record: &mut WorkflowRecord,
+        revision: u64,
+        indexed: &mut WorkflowState,
+    ) -> Result<u64, EngineError> {
+        record.updated_at = self.clock.now();
+        let next = self.store.replace(record, revision).await?;
+        // A waiting workflow is re-indexed on every write: its wake time may have changed.
+        if *indexed != record.state || record.state == WorkflowState::Waiting {
+            index::put(&self.kv, record, Some(*indexed)).await?;
+            *indexed = record.state;
+        }
+        Ok(next)
+    }
+}
+
+/// Replays `definition` over `record` once: runs what is not recorded yet, until the workflow
+/// ends, waits or fails transiently.
+async fn drive<W: Workflow>(
+    definition: &W,
+    inner: Arc<Inner>,
+    mut record: WorkflowRecord,
+    revision: u64,
+) -> Result<(), Halt> {
+    let indexed = record.state;
+    if record.state != WorkflowState::Waiting {
+        record.wait = None;
+    }
+    let mut run = Run::<W> {
+        inner,
+        record,
+        revision,
+        indexed,
+        _definition: PhantomData,
+    };
+    if run.record.state == WorkflowState::Compensating {
+        return compensate(definition, &mut run, None).await;
+    }
+    if run.record.state == WorkflowState::Pending {
+        run.record.state = WorkflowState::Running;
+        run.save().await?;
+    }
+    let input = run
+        .record
+        .data
+        .get("input")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let input: W::Input = match serde_json::from_value(input) {
+        Ok(i) => i,
+        Err(e) => {
+            return end(
+                &mut run,
+                WorkflowState::Failed,
+                Some(format!("the recorded input does not decode: {e}")),
+                None,
+            )
+            .await;
+        }
+    };
+    match definition.run(&mut run, input).await {
+        Ok(output) => {
+            let output = serde_json::to_value(&output).map_err(|e| EngineError::Encode {
+                id: run.record.id.clone(),
+                source: e,
+            })?;
+            end(&mut run, WorkflowState::Succeeded, None, Some(output)).await
+        }
+        Err(Halt::Step(e)) if e.kind != ErrorKind::Transient => {
+            run.record.state = WorkflowState::Compensating;
+            run.record.error = Some(e.to_string());
+            run.save().await?;
+            let end_state = if e.kind == ErrorKind::Refused {
+                WorkflowState::Cancelled
+            } else {
+                WorkflowState::Failed
+            };
+            compensate(definition, &mut run, Some(end_state)).await
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Undoes the completed steps that registered an undo, newest first, each once; then ends the
+/// workflow (`Failed`, or `Cancelled` after a refusal).
+async fn compensate<W: Workflow>(
+    definition: &W,
+    run: &mut Run<W>,
+    end_state: Option<WorkflowState>,
+) -> Result<(), Halt> {
+    let end_state = end_state
+        .or_else(|| {
+            run.record
+                .data
+                .get("end_state")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+        })
+        .unwrap_or(WorkflowState::Failed);
+    if let Some(data) = run.record.data.as_object_mut() {
+        data.insert("end_state".into(), json!(end_state));
+    }
+    let mut undo_failures = Vec::new();
+    for i in (0..run.record.steps.len()).rev() {
+        let step = &run.record.steps[i];
+        let Some(undo) = step
+            .undo
+            .clone()
+            .filter(|_| step.state == StepState::Succeeded)
+        else {
+            continue;
+        };
+        let name = step.name.clone();
+        let undo: W::Undo = match serde_json::from_value(undo) {
+            Ok(u) => u,
+            Err(e) => {
+                undo_failures.push(format!("{name}: the recorded undo does not decode: {e}"));
+                continue;
+            }
+        };
+        match definition.undo(undo).await {
+            Ok(()) => {
+                run.record.steps[i].state = StepState::Compensated;
+                run.save().await?;
+            }
+            Err(e) if e.kind == ErrorKind::Transient => return Err(Halt::Step(e)),
+            Err(e) => undo_failures.push(format!("{name}: {e}")),
+        }
+    }
+    let mut error = run.record.error.clone();
+    if !undo_failures.is_empty() {
+        let base = error.unwrap_or_default();
+        error = Some(format!(
+            "{base}; compensation failed: {}",
+            undo_failures.join("; ")
+        ));
+    }
+    end(run, end_state, error, None).await
+}
+
+async fn end<W: Workflow>(
+    run: &mut Run<W>,
+    state: WorkflowState,
+    error: Option<String>,
+    output: Option<serde_json::Value>,
+) -> Result<(), Halt> {
+    run.record.state = state;
+    run.record.error = error;
+    run.record.wait = None;
+    if let (Some(output), Some(data)) = (output, run.record.data.as_object_mut()) {
+        data.insert("output".into(), output);
+    }
+    run.save().await?;
+    if let Some(parent) = run.record.parent.clone() {
+        let (parent_record, _) = run
+            .inner
+            .store
+            .get(&parent)
+            .await
+            .map_err(EngineError::from)?
+            .ok_or_else(|| EngineError::Vanished(parent.clone()))?;
+        run.inner
+            .advance(
+                &parent_record.kind,
+                &parent,
+                &format!("child/{}", run.record.id),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The advance consumer of one kind.
+struct Advance {
+    inner: Arc<Inner>,
+    driver: Arc<dyn Driver>,
+}
+
+impl Handler<WorkflowAdvance> for Advance {
+    async fn handle(&self, delivery: Delivery<WorkflowAdvance>) -> Outcome {
+        let id = delivery.message.id;
+        let lease_key = format!("workflow/{}", proxflow_schemas::names::key::key_part(&id));
+        let holder = format!("{}-{}", self.inner.instance, nuid::next());
+        let lease = match self
+            .inner
+            .leases
+            .acquire(&lease_key, &holder, "advancing the workflow")
+            .await
+        {
+            Ok(Acquired::Held(lease)) => lease,
+            // Another advance is running it; look again shortly so nothing it missed is lost.
+            Ok(Acquired::Busy(_)) => return Outcome::retry_after("busy", BUSY_RETRY),
+            Err(e) => return Outcome::retry(e.to_string()),
+        };
+        let outcome = self.advance(&id).await;
+        if let Err(e) = lease.release().await {
+            tracing::warn!(workflow = %id, error = %e, "workflow lease not released; it ages out");
+        }
+        outcome
+    }
+}
+
+impl Advance {
+    async fn advance(&self, id: &str) -> Outcome {
+        let (record, revision) = match self.inner.store.get(id).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return Outcome::poison(format!("workflow {id} does not exist")),
+            Err(e) if e.is_transient() => return Outcome::retry(e.to_string()),
+            Err(e) => return Outcome::poison(e.to_string()),
+        };
+        if record.state.is_terminal() {
+            return Outcome::Ack;
+        }
+        let span = tracing::info_span!("workflow.advance", workflow = %id, kind = %record.kind);
+        let result = tracing::Instrument::instrument(
+            self.driver
+                .advance(Arc::clone(&self.inner), record, revision),
+            span,
+        )
+        .await;
+        match result {
+            Ok(()) | Err(Halt::Suspended) => Outcome::Ack,
+            Err(Halt::Step(e)) => Outcome::retry(e.to_string()),
+            Err(Halt::Engine(e)) => Outcome::retry(e.to_string()),
+        }
+    }
+}
+
+/// Resumes due timers, expired signal waits and stale running workflows, until `shutdown`.
+async fn waker(inner: Arc<Inner>, kinds: Vec<&'static str>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(WAKE_EVERY) => {}
+        }
+        let now = inner.clock.now();
+        for kind in &kinds {
+            let due = async {
+                let mut due = Vec::new();
+                for e in index::list(&inner.kv, kind, WorkflowState::Waiting, None).await? {
+                    if let Some(at) = e.wake_at.filter(|at| *at <= now) {
+                        due.push((e.id, format!("wake/{}", at.timestamp_millis())));
+                    }
+                }
+                for state in [
+                    WorkflowState::Running,
+                    WorkflowState::Pending,
+                    WorkflowState::Compensating,
+                ] {
+                    for e in index::list(&inner.kv, kind, state, None).await? {
+                        if now - e.updated_at > STALE_AFTER {
+                            let bucket = now.timestamp() / STALE_AFTER.num_seconds().max(1);
+                            due.push((e.id, format!("stale/{bucket}")));
+                        }
+                    }
+                }
+                Ok::<_, EngineError>(due)
+            };
+            match due.await {
+                Ok(due) => {
+                    for (id, reason) in due {
+                        if let Err(e) = inner.advance(kind, &id, &reason).await {
+                            tracing::warn!(workflow = %id, error = %e, "could not wake the workflow");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(kind, error = %e, "could not read the workflow index"),
+            }
+        }
+    }
+}
+
+impl From<CasError> for EngineError {
+    fn from(e: CasError) -> Self {
+        EngineError::Kv(e)
+    }
+}
