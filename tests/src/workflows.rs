@@ -52,6 +52,8 @@ pub struct DemoInput {
     pub fail_last: bool,
     /// Make the child's step fail for good.
     pub fail_child: bool,
+    /// Make the child wait for its own signal `release` before its step.
+    pub hold_child: bool,
 }
 
 /// The `demo` workflow.
@@ -92,6 +94,7 @@ impl Workflow for Demo {
                 &LeafInput {
                     word: go.clone(),
                     fail: input.fail_child,
+                    hold: input.hold_child,
                 },
             )
             .await?;
@@ -133,6 +136,8 @@ pub struct LeafInput {
     pub word: String,
     /// Fail for good.
     pub fail: bool,
+    /// Wait for the signal `release` first.
+    pub hold: bool,
 }
 
 /// The `leaf` child workflow: one step.
@@ -146,6 +151,9 @@ impl Workflow for Leaf {
     type Undo = ();
 
     async fn run(&self, wf: &mut Run<Self>, input: LeafInput) -> Result<String, Halt> {
+        if input.hold {
+            wf.signal::<()>("release", None).await?;
+        }
         let journal = self.0.clone();
         let id = wf.id().to_string();
         let out = wf

@@ -124,6 +124,7 @@ fn input(fail_last: bool) -> DemoInput {
         go_expires_secs: Some(3600),
         fail_last,
         fail_child: false,
+        hold_child: false,
     }
 }
 

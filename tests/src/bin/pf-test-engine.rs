@@ -1,0 +1,50 @@
+//! A process that runs the workflow engine with the test workflows (`demo`, `leaf`) on the wall
+//! clock, for tests that kill it with SIGKILL in the middle of a wait.
+//!
+//! Environment: `PF_NATS_URL`, `PF_JOURNAL` (the file the workflows note each execution in). It
+//! prints `ready` once its consumers run.
+
+use anyhow::Context;
+use proxflow_e2e::workflows::{Demo, Journal, Leaf};
+use proxflow_runtime::ServiceContext;
+use proxflow_runtime::bus;
+use proxflow_runtime::config::{ConsumerConfig, NatsConfig, TelemetryConfig};
+use proxflow_runtime::ops::{Health, Metrics};
+use proxflow_runtime::workflow::Engine;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let telemetry =
+        proxflow_runtime::telemetry::init(&TelemetryConfig::default(), "pf-test-engine")?;
+    let metrics = Metrics::new();
+    let nats = NatsConfig {
+        url: std::env::var("PF_NATS_URL").context("PF_NATS_URL not set")?,
+        ..NatsConfig::default()
+    };
+    let journal = Journal(
+        std::env::var("PF_JOURNAL")
+            .context("PF_JOURNAL not set")?
+            .into(),
+    );
+    let bus = bus::connect(&nats, "pf-test-engine", metrics.clone()).await?;
+    let ctx = ServiceContext {
+        bus,
+        health: Health::default(),
+        metrics,
+        shutdown_grace: std::time::Duration::from_secs(2),
+    };
+    let mut engine = Engine::new(&ctx, proxflow_runtime::clock::system()).await?;
+    engine
+        .register(Demo(journal.clone()))
+        .register(Leaf(journal));
+    let stop = CancellationToken::new();
+    proxflow_runtime::shutdown::cancel_on_signal(stop.clone())?;
+    println!("ready");
+    engine
+        .run(ctx.clone(), ConsumerConfig::default(), stop)
+        .await?;
+    ctx.bus.client.flush().await?;
+    telemetry.shutdown().await;
+    Ok(())
+}
