@@ -115,12 +115,20 @@ pub mod durable {
     /// The remediation engine's remediation outcomes (`pf.evt.remediation.outcome`, the circuit
     /// breakers).
     pub const ORCHESTRATOR_REMEDIATION_OUTCOMES: &str = "orchestrator-remediation-outcomes";
-    /// The remediator's work orders (`pf.cmd.remediator.act`).
-    pub const REMEDIATOR: &str = "remediator";
+    /// The remediator's `remediate` workflows (`pf.cmd.workflow.remediate`).
+    pub const REMEDIATOR: &str = "workflow-remediate";
+    /// The remediator's view of hand-off outcomes (`pf.evt.handoff.>`), which end the waiting
+    /// remediations.
+    pub const REMEDIATOR_HANDOFFS: &str = "remediator-handoffs";
     /// The snapshotter's prune requests (`pf.cmd.snapshotter.prune`).
     pub const SNAPSHOTTER_PRUNE: &str = "snapshotter-prune";
     /// The replicator's on-demand runs (`pf.cmd.replicator.run`).
     pub const REPLICATOR_RUN: &str = "replicator-run";
+}
+
+/// The advance consumer of workflow kind `kind` (`workflow-<kind>` on `pf.cmd.workflow.<kind>`).
+pub fn workflow_durable(kind: &str) -> String {
+    format!("workflow-{kind}")
 }
 
 /// Message headers. NATS header names are case-sensitive; these are the exact spellings sent.

@@ -10,7 +10,7 @@ use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
 use crate::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
 use crate::remediation::{
-    RemediationCommand, RemediationDecision, RemediationOutcome, RemediationPage,
+    HandOffOutcome, RemediationCommand, RemediationDecision, RemediationOutcome, RemediationPage,
 };
 use crate::replication::{ReplicationDiverged, ReplicationRequested, ReplicationRun};
 use crate::snapshot::{
@@ -54,6 +54,7 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<ProvisionOutcome>(),
         SchemaDoc::of::<WorkflowRecord>(),
         SchemaDoc::of::<WorkflowAdvance>(),
+        SchemaDoc::of::<HandOffOutcome>(),
         SchemaDoc::of::<SpanRecord>(),
         SchemaDoc::of::<PreChangeRequest>(),
         SchemaDoc::of::<PruneRequested>(),

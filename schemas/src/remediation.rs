@@ -190,7 +190,8 @@ impl Message for RemediationDecision {
     }
 }
 
-/// The remediator's work order (`pf.cmd.remediator.act`).
+/// What a remediation does: the input of a `remediate` workflow, which the orchestrator's decision
+/// starts and the remediator runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemediationCommand {
@@ -211,16 +212,6 @@ impl Versioned for RemediationCommand {
         name: "pf.cmd.remediation",
         version: 1,
     };
-}
-
-impl Message for RemediationCommand {
-    fn subject(&self) -> String {
-        subject::cmd("remediator", "act")
-    }
-
-    fn dedupe_id(&self) -> String {
-        format!("{}/act", self.workflow_id)
-    }
 }
 
 /// How a remediation ended.
@@ -326,5 +317,55 @@ impl Message for RemediationPage {
             self.rule,
             self.at.timestamp_millis()
         )
+    }
+}
+
+/// How handed-off work ended, as its owner reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HandOffResult {
+    /// Done.
+    Succeeded,
+    /// Tried and failed.
+    Failed,
+    /// Refused by the owner's guard (cooldown, cap, veto, dry-run) before anything was done.
+    Refused,
+}
+
+/// The owner of work another workflow handed to it reports how it ended
+/// (`pf.evt.handoff.<owner>`): the capacity scale-out, the replicator's run, the snapshotter's
+/// prune. The asking workflow ends on this, not on its request being queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HandOffOutcome {
+    /// The workflow that asked (its request's `workflow_id`).
+    pub requested_by: String,
+    /// The owner: `scale_out`, `replication`, `prune`.
+    pub owner: String,
+    /// How it ended.
+    pub result: HandOffResult,
+    /// What happened, in words (the guard's reason on a refusal).
+    pub detail: String,
+    /// The owner's own record of it (scale-out workflow, replication run), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// When it ended.
+    pub at: DateTime<Utc>,
+}
+
+impl Versioned for HandOffOutcome {
+    const SCHEMA: SchemaId = SchemaId {
+        name: "pf.evt.handoff.outcome",
+        version: 1,
+    };
+}
+
+impl Message for HandOffOutcome {
+    fn subject(&self) -> String {
+        subject::evt("handoff", &self.owner)
+    }
+
+    fn dedupe_id(&self) -> String {
+        format!("handoff/{}/{}", self.owner, self.requested_by)
     }
 }

@@ -1,56 +1,177 @@
-//! The remediator: runs the work orders the engine sends (`pf.cmd.remediator.act`) and reports each
-//! outcome (`pf.evt.remediation.outcome`), which feeds the rule's circuit breaker. It holds the
-//! target's lease while acting, so two remediations never touch one VM at once.
+//! The `remediate` workflow, run by the remediator's workflow engine. The orchestrator's decision
+//! starts it with the work order ([`RemediationCommand`]); it runs the action, or hands it to the
+//! service that owns it and waits for that owner's outcome, and reports how it ended
+//! (`pf.evt.remediation.outcome`), which feeds the rule's circuit breaker.
+//!
+//! Direct actions (restart or snapshot a VM, notify, run a command) run in one step under the
+//! target's lease, which the decision claimed for this workflow and the step adopts, so two
+//! remediations never touch one VM at once. Handed-off actions (scale-out, replication, prune)
+//! publish the owner's request and wait for its [`HandOffOutcome`] (`pf.evt.handoff.<owner>`,
+//! delivered as the signal `outcome`), so a remediation ends with what the owner did, not with the
+//! request being queued; a refusal by the owner's guard ends it `refused` with the owner's reason.
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use proxflow_pve::{PveClient, ShutdownOptions};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::command::{self, CommandSpec};
 use proxflow_runtime::lease::{Acquired, Leases};
-use proxflow_runtime::workflow::WorkflowStore;
-use proxflow_schemas::Message;
+use proxflow_runtime::workflow::{Engine, Halt, Run, SignalError, StepError, Workflow};
 use proxflow_schemas::capacity::ScaleOutRequested;
+use proxflow_schemas::names::key::remediation_lock;
 use proxflow_schemas::remediation::{
-    RemediationAction, RemediationCommand, RemediationOutcome, RemediationResult,
+    HandOffOutcome, HandOffResult, RemediationAction, RemediationCommand, RemediationOutcome,
+    RemediationResult,
 };
 use proxflow_schemas::replication::ReplicationRequested;
 use proxflow_schemas::snapshot::PruneRequested;
-use proxflow_schemas::workflow::WorkflowState;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use proxflow_schemas::names::key::remediation_lock;
-
-/// Why a handed-off request was made, for the owning service's log and record.
-fn hand_off_reason(cmd: &RemediationCommand) -> String {
-    format!("alert {} → rule {}", cmd.alert.name(), cmd.rule)
-}
-
-/// Runs remediation work orders.
-pub struct Remediator {
+/// The `remediate` workflow definition.
+pub struct Remediate {
     pub(crate) pve: PveClient,
     pub(crate) http: reqwest::Client,
     pub(crate) leases: Leases,
-    pub(crate) store: WorkflowStore,
     pub(crate) publisher: Publisher,
+    /// How long a handed-off action may take before the remediation gives up on its outcome.
+    pub(crate) hand_off_timeout: Duration,
 }
 
-impl Handler<RemediationCommand> for Remediator {
-    async fn handle(&self, delivery: Delivery<RemediationCommand>) -> Outcome {
-        let cmd = delivery.message;
-        match self.store.get(&cmd.workflow_id).await {
-            Ok(Some((record, _))) if record.state.is_terminal() => {
-                let result = match record.state {
-                    WorkflowState::Succeeded => RemediationResult::Succeeded,
-                    WorkflowState::Cancelled => RemediationResult::Busy,
-                    _ => RemediationResult::Failed,
-                };
-                return self.report(&cmd, result, record.error).await;
+/// How the action went: the result the breaker counts and, unless it succeeded, why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Acted {
+    /// How it ended.
+    pub result: RemediationResult,
+    /// Why, unless it succeeded.
+    pub error: Option<String>,
+}
+
+impl Workflow for Remediate {
+    const KIND: &'static str = "remediate";
+    type Input = RemediationCommand;
+    type Output = ();
+    type Undo = ();
+
+    async fn run(&self, wf: &mut Run<Self>, cmd: RemediationCommand) -> Result<(), Halt> {
+        let acted = match hand_off(&cmd) {
+            Some(request) => self.hand_off(wf, &cmd, request).await?,
+            None => wf.step("act", self.act_locked(&cmd)).await?,
+        };
+        let outcome = RemediationOutcome {
+            workflow_id: cmd.workflow_id.clone(),
+            rule: cmd.rule.clone(),
+            target: cmd.target.clone(),
+            action: cmd.action.kind().to_string(),
+            error: acted.error.clone(),
+            result: Some(acted.result),
+            at: wf.now(),
+        };
+        let publisher = self.publisher.clone();
+        wf.step("report", async move {
+            publisher.publish(&outcome).await.map(drop).map_err(|e| {
+                StepError::transient(format!("reporting the outcome: {e}")).with_source(e)
+            })
+        })
+        .await?;
+        let why = acted.error.unwrap_or_default();
+        match acted.result {
+            RemediationResult::Succeeded => Ok(()),
+            RemediationResult::Failed => Err(StepError::terminal(why).into()),
+            RemediationResult::Refused | RemediationResult::Busy => {
+                Err(StepError::refused(why).into())
             }
-            Ok(_) => {}
-            Err(e) => return Outcome::retry(e.to_string()),
         }
+    }
+
+    async fn undo(&self, (): ()) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+/// A request to the service that owns a handed-off action.
+enum Request {
+    ScaleOut(ScaleOutRequested),
+    Replicate(ReplicationRequested),
+    Prune(PruneRequested),
+}
+
+/// The owner's request for a handed-off action; `None` for actions the remediator runs itself.
+fn hand_off(cmd: &RemediationCommand) -> Option<Request> {
+    let reason = format!("alert {} → rule {}", cmd.alert.name(), cmd.rule);
+    let workflow_id = cmd.workflow_id.clone();
+    match &cmd.action {
+        RemediationAction::ScaleOut { cluster } => Some(Request::ScaleOut(ScaleOutRequested {
+            cluster: cluster.clone(),
+            workflow_id,
+            reason,
+        })),
+        RemediationAction::Replicate { job } => Some(Request::Replicate(ReplicationRequested {
+            job: job.clone(),
+            workflow_id,
+            reason,
+        })),
+        RemediationAction::PruneSnapshots { pool } => Some(Request::Prune(PruneRequested {
+            pool: pool.clone(),
+            workflow_id,
+            reason,
+        })),
+        _ => None,
+    }
+}
+
+impl Remediate {
+    /// Publishes the owner's request once, then waits for its outcome.
+    async fn hand_off(
+        &self,
+        wf: &mut Run<Self>,
+        cmd: &RemediationCommand,
+        request: Request,
+    ) -> Result<Acted, Halt> {
+        let publisher = self.publisher.clone();
+        let now = wf.now();
+        let what = cmd.action.describe();
+        let asked: DateTime<Utc> = wf
+            .step("request", async move {
+                let sent = match &request {
+                    Request::ScaleOut(r) => publisher.publish(r).await,
+                    Request::Replicate(r) => publisher.publish(r).await,
+                    Request::Prune(r) => publisher.publish(r).await,
+                };
+                sent.map(|_| now).map_err(|e| {
+                    StepError::transient(format!("requesting: {what}: {e}")).with_source(e)
+                })
+            })
+            .await?;
+        let timeout =
+            chrono::Duration::from_std(self.hand_off_timeout).unwrap_or(chrono::Duration::hours(6));
+        let outcome = wf
+            .signal::<HandOffOutcome>("outcome", Some(asked + timeout))
+            .await?;
+        Ok(match outcome {
+            Some(o) => Acted {
+                result: match o.result {
+                    HandOffResult::Succeeded => RemediationResult::Succeeded,
+                    HandOffResult::Failed => RemediationResult::Failed,
+                    HandOffResult::Refused => RemediationResult::Refused,
+                },
+                error: (o.result != HandOffResult::Succeeded)
+                    .then(|| format!("{}: {}", o.owner, o.detail)),
+            },
+            None => Acted {
+                result: RemediationResult::Failed,
+                error: Some(format!(
+                    "no outcome for {} within {}",
+                    cmd.action.describe(),
+                    humantime_serde::re::humantime::format_duration(self.hand_off_timeout)
+                )),
+            },
+        })
+    }
+
+    /// Runs a direct action under the target's lease (adopting the decision's claim).
+    async fn act_locked(&self, cmd: &RemediationCommand) -> Result<Acted, StepError> {
         let lease = match self
             .leases
             .acquire(
@@ -62,31 +183,71 @@ impl Handler<RemediationCommand> for Remediator {
         {
             Ok(Acquired::Held(lease)) => lease,
             Ok(Acquired::Busy(other)) => {
-                // Someone took the target after the engine's claim (an operator, or the claim aged
-                // out): nothing ran, so the workflow ends cancelled and the breaker ignores it.
-                let error = format!(
-                    "{} is held by {} ({})",
-                    cmd.target, other.holder, other.purpose
-                );
-                return self
-                    .finish(&cmd, RemediationResult::Busy, Some(error))
-                    .await;
+                // Someone took the target after the decision's claim (an operator, or the claim
+                // aged out): nothing ran, and the breaker ignores it.
+                return Ok(Acted {
+                    result: RemediationResult::Busy,
+                    error: Some(format!(
+                        "{} is held by {} ({})",
+                        cmd.target, other.holder, other.purpose
+                    )),
+                });
             }
-            Err(e) => return Outcome::retry(e.to_string()),
+            Err(e) => {
+                return Err(StepError::transient(e.to_string()).with_source(e));
+            }
         };
         tracing::info!(workflow = %cmd.workflow_id, action = %cmd.action.describe(), "remediating");
-        let result = self.act(&cmd).await;
+        let result = self.act(cmd).await;
         if let Err(e) = lease.release().await {
             tracing::warn!(error = %e, "lease release failed; it ages out");
         }
-        match result {
-            Ok(()) => self.finish(&cmd, RemediationResult::Succeeded, None).await,
-            Err(e) => self.finish(&cmd, RemediationResult::Failed, Some(e)).await,
+        Ok(match result {
+            Ok(()) => Acted {
+                result: RemediationResult::Succeeded,
+                error: None,
+            },
+            Err(e) => Acted {
+                result: RemediationResult::Failed,
+                error: Some(e),
+            },
+        })
+    }
+}
+
+/// Ends the waiting remediation of each hand-off outcome (durable `remediator-handoffs` on
+/// `pf.evt.handoff.>`) by giving it the signal `outcome`.
+pub struct HandOffs {
+    pub(crate) engine: Engine,
+}
+
+impl Handler<HandOffOutcome> for HandOffs {
+    async fn handle(&self, delivery: Delivery<HandOffOutcome>) -> Outcome {
+        let outcome = delivery.message;
+        match self
+            .engine
+            .signal(&outcome.requested_by, "outcome", &outcome.owner, &outcome)
+            .await
+        {
+            Ok(()) => Outcome::Ack,
+            // Work asked for by something other than a remediation, a remediation that gave up
+            // waiting, or a redelivered outcome: nothing waits for it.
+            Err(
+                e @ (SignalError::NotFound(_)
+                | SignalError::Ended { .. }
+                | SignalError::WaitOver { .. }
+                | SignalError::AlreadyGiven { .. }),
+            ) => {
+                tracing::debug!(requested_by = %outcome.requested_by, reason = %e, "hand-off outcome not awaited");
+                Outcome::Ack
+            }
+            Err(e) => Outcome::retry(e.to_string()),
         }
     }
 }
 
-impl Remediator {
+impl Remediate {
+    /// Runs an action the remediator does itself.
     async fn act(&self, cmd: &RemediationCommand) -> Result<(), String> {
         match &cmd.action {
             RemediationAction::RestartVm {
@@ -142,43 +303,13 @@ impl Remediator {
                     Err(format!("{}: {}", argv.join(" "), out.summary()))
                 }
             }
-            // Handed to the service that owns it, with its own guards and audit: the capacity
-            // scale-out (cap, cooldown, headroom veto), the replicator's run, the snapshotter's
-            // retention.
-            RemediationAction::ScaleOut { cluster } => {
-                let request = ScaleOutRequested {
-                    cluster: cluster.clone(),
-                    workflow_id: cmd.workflow_id.clone(),
-                    reason: hand_off_reason(cmd),
-                };
-                self.hand_off(&request, "the scale-out").await
-            }
-            RemediationAction::Replicate { job } => {
-                let request = ReplicationRequested {
-                    job: job.clone(),
-                    workflow_id: cmd.workflow_id.clone(),
-                    reason: hand_off_reason(cmd),
-                };
-                self.hand_off(&request, "the replication run").await
-            }
-            RemediationAction::PruneSnapshots { pool } => {
-                let request = PruneRequested {
-                    pool: pool.clone(),
-                    workflow_id: cmd.workflow_id.clone(),
-                    reason: hand_off_reason(cmd),
-                };
-                self.hand_off(&request, "the prune").await
+            // Handed-off actions are not run here: see `Remediate::hand_off`.
+            RemediationAction::ScaleOut { .. }
+            | RemediationAction::Replicate { .. }
+            | RemediationAction::PruneSnapshots { .. } => {
+                Err("a handed-off action reached the direct runner".to_string())
             }
         }
-    }
-
-    /// Publishes a request to the service that owns the action; acknowledged by the stream is done.
-    async fn hand_off<M: Message>(&self, request: &M, what: &str) -> Result<(), String> {
-        self.publisher
-            .publish(request)
-            .await
-            .map(drop)
-            .map_err(|e| format!("requesting {what}: {e}"))
     }
 
     /// Shutdown within the timeout; a shutdown that fails or times out is followed by a hard stop;
@@ -225,52 +356,5 @@ impl Remediator {
             .await
             .map(drop)
             .map_err(|e| e.to_string())
-    }
-
-    async fn finish(
-        &self,
-        cmd: &RemediationCommand,
-        result: RemediationResult,
-        error: Option<String>,
-    ) -> Outcome {
-        let state = match result {
-            RemediationResult::Succeeded => WorkflowState::Succeeded,
-            RemediationResult::Failed => WorkflowState::Failed,
-            RemediationResult::Refused | RemediationResult::Busy => WorkflowState::Cancelled,
-        };
-        if let Err(e) = self
-            .store
-            .update(&cmd.workflow_id, |r| {
-                if !r.state.is_terminal() {
-                    r.state = state;
-                    r.error = error.clone();
-                }
-            })
-            .await
-        {
-            return Outcome::retry(e.to_string());
-        }
-        self.report(cmd, result, error).await
-    }
-
-    async fn report(
-        &self,
-        cmd: &RemediationCommand,
-        result: RemediationResult,
-        error: Option<String>,
-    ) -> Outcome {
-        let outcome = RemediationOutcome {
-            workflow_id: cmd.workflow_id.clone(),
-            rule: cmd.rule.clone(),
-            target: cmd.target.clone(),
-            action: cmd.action.kind().to_string(),
-            error,
-            result: Some(result),
-            at: Utc::now(),
-        };
-        match self.publisher.publish(&outcome).await {
-            Ok(_) => Outcome::Ack,
-            Err(e) => Outcome::retry(format!("reporting the outcome: {e}")),
-        }
     }
 }

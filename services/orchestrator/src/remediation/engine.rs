@@ -22,7 +22,7 @@ use proxflow_runtime::guard::{self, Claimed, CooldownClaim};
 use proxflow_runtime::kv::{self as cas, Change};
 use proxflow_runtime::lease::{Acquired, Lease, LeaseRecord, Leases};
 use proxflow_runtime::ops::CounterFamily;
-use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_runtime::workflow::Engine as Workflows;
 use proxflow_schemas::Message;
 use proxflow_schemas::alert::AlertReceived;
 use proxflow_schemas::names::key::{self, key_part, target_key};
@@ -30,12 +30,14 @@ use proxflow_schemas::remediation::{
     Reason, RemediationAction, RemediationCommand, RemediationDecision, RemediationOutcome,
     RemediationPage, RemediationResult, Verdict,
 };
-use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
+use proxflow_schemas::workflow::Origin;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use proxflow_remediation::rules::{Action, Rule, Rules};
 use proxflow_remediation::{RemediationConfig, template};
+
+/// The workflow kind the remediator runs for each acted decision.
+pub const REMEDIATE: &str = "remediate";
 
 /// The remediation workflow of (alert, rule).
 pub fn workflow_id(alert: &AlertReceived, rule: &str) -> String {
@@ -55,14 +57,15 @@ struct BreakerState {
     open_until: Option<DateTime<Utc>>,
 }
 
-/// The decision engine.
-pub struct Engine {
+/// The decision on each alert: the guards, then the `remediate` workflow.
+pub struct Decider {
     pub(crate) rules: Rules,
     pub(crate) config: RemediationConfig,
     pub(crate) admissions: Admissions,
     pub(crate) leases: Leases,
     pub(crate) kv: kv::Store,
-    pub(crate) store: WorkflowStore,
+    /// Starts the `remediate` workflows (the remediator advances them).
+    pub(crate) workflows: Workflows,
     pub(crate) publisher: Publisher,
     pub(crate) clock: SharedClock,
     /// `proxflow_remediation_decisions_total{rule, verdict, reason}`.
@@ -78,7 +81,7 @@ impl<E: std::fmt::Display> From<E> for Retry {
     }
 }
 
-impl Handler<AlertReceived> for Engine {
+impl Handler<AlertReceived> for Decider {
     async fn handle(&self, delivery: Delivery<AlertReceived>) -> Outcome {
         let alert = delivery.message;
         let trace = proxflow_runtime::telemetry::trace_id(&tracing::Span::current());
@@ -121,7 +124,7 @@ impl Handler<AlertReceived> for Engine {
     }
 }
 
-impl Engine {
+impl Decider {
     #[allow(clippy::too_many_arguments)]
     fn decision(
         &self,
@@ -319,31 +322,17 @@ impl Engine {
         // The remediator adopts the lease (same holder) and releases it when done; until then it
         // is not renewed here, so a lost work order frees the target with the bucket's max age.
         drop(lease);
-        let record = WorkflowRecord {
-            id: id.clone(),
-            kind: "remediate".into(),
-            state: WorkflowState::Running,
-            origin: Origin {
-                source: "alert".into(),
-                reference: alert.fingerprint.clone(),
-                reason: format!(
-                    "{} ({}) → rule {}: {}",
-                    alert.name(),
-                    alert.status.as_str(),
-                    spec.name,
-                    action.describe()
-                ),
-            },
-            steps: Vec::new(),
-            data: json!({ "alert_id": alert.dedupe_id(), "rule": spec.name, "target": target, "action": action }),
-            error: None,
-            trace_id: trace.clone(),
-            wait: None,
-            parent: None,
-            created_at: now,
-            updated_at: now,
+        let origin = Origin {
+            source: "alert".into(),
+            reference: alert.fingerprint.clone(),
+            reason: format!(
+                "{} ({}) → rule {}: {}",
+                alert.name(),
+                alert.status.as_str(),
+                spec.name,
+                action.describe()
+            ),
         };
-        self.store.create(&record).await?;
         let command = RemediationCommand {
             workflow_id: id.clone(),
             rule: spec.name.clone(),
@@ -351,7 +340,10 @@ impl Engine {
             action: action.clone(),
             alert: alert.clone(),
         };
-        self.publisher.publish(&command).await?;
+        // The remediator runs it; a redelivered alert re-starts the same id, which changes nothing.
+        self.workflows
+            .start_kind(REMEDIATE, &id, origin, &command)
+            .await?;
         Ok(self.decision(
             alert,
             Some(rule),

@@ -1,5 +1,5 @@
 //! Alert remediation decisions: a decision per alert and matching rule, every one audited as a
-//! `remediation.decision` event ([`engine::Engine`]), and the rules' circuit breakers fed by the
+//! `remediation.decision` event ([`engine::Decider`]), and the rules' circuit breakers fed by the
 //! remediator's outcomes ([`engine::Breakers`]). The actions themselves run in the remediator
 //! service; the rules file format is `proxflow_remediation`.
 
@@ -13,7 +13,7 @@ use proxflow_runtime::bus::consume::ConsumeError;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::lease::Leases;
-use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_runtime::workflow::Engine;
 use proxflow_schemas::names::{bucket, durable, stream, subject};
 use tokio_util::sync::CancellationToken;
 
@@ -54,13 +54,13 @@ pub async fn run_engine(
             filter_subject: subject::ingest("alertmanager", "alert"),
         },
         config.consumer.clone(),
-        engine::Engine {
+        engine::Decider {
             rules,
             config: config.clone(),
             admissions: Admissions::open(&ctx.bus.js).await.map_err(open_err)?,
             leases: Leases::open(&ctx.bus.js).await.map_err(open_err)?,
             kv: kv.clone(),
-            store: WorkflowStore::open(&ctx.bus.js).await.map_err(open_err)?,
+            workflows: Engine::new(&ctx, clock.clone()).await.map_err(open_err)?,
             publisher: ctx.bus.publisher.clone(),
             clock: clock.clone(),
             counts: ctx.metrics.counter_family(

@@ -121,10 +121,22 @@ impl Engine {
         origin: Origin,
         input: &W::Input,
     ) -> Result<bool, EngineError> {
-        let created = self.inner.create::<W>(id, origin, input, None).await?;
+        self.start_kind(W::KIND, id, origin, input).await
+    }
+
+    /// [`Engine::start`] for a kind this process does not run (another service advances it), by
+    /// name, with its input as the definition expects it.
+    pub async fn start_kind(
+        &self,
+        kind: &str,
+        id: &str,
+        origin: Origin,
+        input: &impl Serialize,
+    ) -> Result<bool, EngineError> {
+        let created = self.inner.create(kind, id, origin, input, None).await?;
         // Also when it existed: a start retried after a crash between create and advance must
         // still get the workflow going (the advance is deduplicated).
-        self.inner.advance(W::KIND, id, "start").await?;
+        self.inner.advance(kind, id, "start").await?;
         Ok(created)
     }
 
@@ -271,11 +283,12 @@ impl Engine {
 
 impl Inner {
     /// Creates the record of workflow `id` (state `pending`) unless it exists; indexes it.
-    pub(crate) async fn create<W: Workflow>(
+    pub(crate) async fn create(
         &self,
+        kind: &str,
         id: &str,
         origin: Origin,
-        input: &W::Input,
+        input: &impl Serialize,
         parent: Option<String>,
     ) -> Result<bool, EngineError> {
         let now = self.clock.now();
@@ -285,7 +298,7 @@ impl Inner {
         })?;
         let record = WorkflowRecord {
             id: id.to_string(),
-            kind: W::KIND.to_string(),
+            kind: kind.to_string(),
             state: WorkflowState::Pending,
             origin,
             steps: Vec::new(),

@@ -187,7 +187,7 @@ impl<W: Workflow> Run<W> {
             reason: format!("step {name} of {} {}", self.record.kind, self.record.id),
         };
         self.inner
-            .create::<C>(&id, origin, input, Some(self.record.id.clone()))
+            .create(C::KIND, &id, origin, input, Some(self.record.id.clone()))
             .await?;
         let (child, _) = self
             .inner
