@@ -1,9 +1,12 @@
 //! Leases in the `pf_locks` bucket on a real nats-server: exactly one of many racing holders wins,
 //! the holder re-adopts its own lease, release frees it, and a stale release never frees someone
-//! else's.
+//! else's. [`Leases::with`] runs work under a lease and frees it after, also when the work is
+//! dropped mid-way.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use proxflow_runtime::lease::{Acquired, Leases};
+use std::time::Duration;
+
+use proxflow_runtime::lease::{Acquired, Held, Leases};
 use proxflow_testkit::TestNats;
 
 async fn leases(server: &TestNats) -> Leases {
@@ -92,4 +95,83 @@ async fn the_holder_readopts_release_frees_and_a_stale_release_spares_the_next_h
         leases.acquire("bad key!", "x", "y").await,
         Err(proxflow_runtime::lease::LeaseError::InvalidKey(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_runs_the_work_under_the_lease_and_frees_it_after() {
+    let server = TestNats::start().unwrap();
+    let leases = leases(&server).await;
+    let key = "dataset/tank/vm-105-disk-0";
+    let held = leases
+        .with(key, "job-1", "replicate", |lease| {
+            let leases = leases.clone();
+            async move {
+                assert!(lease.is_held());
+                // While the work runs, another holder finds the key busy and learns who has it.
+                match leases
+                    .with(key, "job-2", "prune", |_| async {})
+                    .await
+                    .unwrap()
+                {
+                    Held::Busy(by) => (by.holder, by.purpose),
+                    Held::Done(()) => panic!("a held lease was taken twice"),
+                }
+            }
+        })
+        .await
+        .unwrap();
+    let Held::Done(busy) = held else {
+        panic!("a free key was busy");
+    };
+    assert_eq!(busy, ("job-1".to_string(), "replicate".to_string()));
+    assert_eq!(
+        leases.holder(key).await.unwrap(),
+        None,
+        "released after the work"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_frees_the_lease_when_the_work_is_dropped_mid_way() {
+    let server = TestNats::start().unwrap();
+    let leases = leases(&server).await;
+    let key = "dataset/tank/vm-106-disk-0";
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let work = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            leases
+                .with(key, "job-1", "replicate", |_| async move {
+                    let _ = started_tx.send(());
+                    // Never ends on its own: only a drop stops it.
+                    std::future::pending::<()>().await
+                })
+                .await
+        })
+    };
+    started_rx.await.expect("the work started under the lease");
+    assert_eq!(
+        leases
+            .holder(key)
+            .await
+            .unwrap()
+            .map(|r| r.holder)
+            .as_deref(),
+        Some("job-1")
+    );
+    // A caller giving up (a shutdown, a timeout) drops the future mid-way.
+    work.abort();
+    assert!(work.await.unwrap_err().is_cancelled());
+    // Freed at once by the spawned release, not after the bucket's 15-minute age limit.
+    let freed = tokio::time::timeout(Duration::from_secs(5), async {
+        while leases.holder(key).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(freed.is_ok(), "the lease outlived its dropped work");
+    let Acquired::Held(next) = leases.acquire(key, "job-2", "prune").await.unwrap() else {
+        panic!("the next holder found the key busy");
+    };
+    next.release().await.unwrap();
 }

@@ -206,7 +206,9 @@ pub fn parse(
             .filter_map(|(path, v)| {
                 let key = p.string(&path, v)?;
                 let key = key.trim().to_owned();
-                check_ssh_key(&key).map_err(|m| p.add(&path, m)).ok()?;
+                check_ssh_key(&key)
+                    .map_err(|e| p.add(&path, e.to_string()))
+                    .ok()?;
                 Some(key)
             })
             .collect(),
@@ -414,32 +416,47 @@ fn is_idempotency_key(key: &str) -> bool {
     (1..=MAX_IDEMPOTENCY_KEY).contains(&key.len()) && key.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
+/// Why a string is not an OpenSSH public key.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum SshKeyError {
+    /// A line break or other control character (a cloud-init injection).
+    #[error("must be one line without control characters")]
+    ControlCharacter,
+    /// Fewer than two fields.
+    #[error("must be an OpenSSH public key: <type> <base64> [comment]")]
+    Shape,
+    /// A type cloud-init and OpenSSH would not take.
+    #[error("key type {0:?} is not one of {types}", types = SSH_KEY_TYPES.join(", "))]
+    UnknownType(String),
+    /// The blob does not decode.
+    #[error("the key data is not base64")]
+    NotBase64(#[source] base64::DecodeError),
+    /// The blob is a key of another type than the one named.
+    #[error("the key data is not an {0} key")]
+    TypeMismatch(String),
+}
+
 /// `<type> <base64 blob> [comment]` on one line, where the blob is a key of that type (its first
 /// field repeats the type, as in every OpenSSH public key).
-fn check_ssh_key(key: &str) -> Result<(), String> {
+fn check_ssh_key(key: &str) -> Result<(), SshKeyError> {
     if key.chars().any(char::is_control) {
-        return Err("must be one line without control characters".into());
+        return Err(SshKeyError::ControlCharacter);
     }
     let mut parts = key.split_ascii_whitespace();
     let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
-        return Err("must be an OpenSSH public key: <type> <base64> [comment]".into());
+        return Err(SshKeyError::Shape);
     };
     if !SSH_KEY_TYPES.contains(&kind) {
-        return Err(format!(
-            "key type {kind:?} is not one of {}",
-            SSH_KEY_TYPES.join(", ")
-        ));
+        return Err(SshKeyError::UnknownType(kind.to_owned()));
     }
-    let blob = BASE64
-        .decode(blob)
-        .map_err(|_| "the key data is not base64".to_owned())?;
+    let blob = BASE64.decode(blob).map_err(SshKeyError::NotBase64)?;
     let embedded = blob
         .get(..4)
         .and_then(|len| <[u8; 4]>::try_from(len).ok())
         .map(|len| u32::from_be_bytes(len) as usize)
         .and_then(|len| blob.get(4..4 + len));
     if embedded != Some(kind.as_bytes()) {
-        return Err(format!("the key data is not an {kind} key"));
+        return Err(SshKeyError::TypeMismatch(kind.to_owned()));
     }
     Ok(())
 }

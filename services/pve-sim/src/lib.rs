@@ -42,6 +42,7 @@ pub use agent::{AgentExecScript, ExecRule};
 pub use config::{DEV_TOKEN_SECRET, EndpointFault, Faults, SimConfig, TaskDurations};
 pub use load::{Level, Load};
 pub use scenario::ScenarioError;
+pub use tls::TlsError;
 
 use schema::{ApiSchema, SchemaError};
 use state::State;
@@ -89,7 +90,7 @@ pub enum SimError {
     },
     /// The certificate or TLS configuration could not be built.
     #[error("cannot set up TLS: {0}")]
-    Tls(String),
+    Tls(#[source] tls::TlsError),
     /// A built-in pattern failed to compile (a bug).
     #[error("internal error: {0}")]
     Internal(String),

@@ -25,31 +25,42 @@ pub(crate) fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
-pub(crate) fn generate(node: &str) -> Result<Identity, String> {
+/// Why the simulator's TLS identity could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The self-signed certificate or its key.
+    #[error("{0}")]
+    Certificate(#[source] rcgen::Error),
+    /// The server configuration.
+    #[error("{0}")]
+    Config(#[source] rustls::Error),
+}
+
+pub(crate) fn generate(node: &str) -> Result<Identity, TlsError> {
     let names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
         node.to_owned(),
     ];
-    let mut params = rcgen::CertificateParams::new(names).map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(names).map_err(TlsError::Certificate)?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, node);
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, "PVE Simulator");
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let key = rcgen::KeyPair::generate().map_err(TlsError::Certificate)?;
+    let cert = params.self_signed(&key).map_err(TlsError::Certificate)?;
     let der: CertificateDer<'static> = cert.der().clone();
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TlsError::Config)?
         .with_no_client_auth()
         .with_single_cert(vec![der.clone()], private)
-        .map_err(|e| e.to_string())?;
+        .map_err(TlsError::Config)?;
     // pveproxy speaks HTTP/1.1 only (reason phrases carry Proxmox's error texts).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Identity {

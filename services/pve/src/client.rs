@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
+use proxflow_runtime::backoff::Backoff;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -259,37 +259,33 @@ impl PveClient {
         params: &Params,
         span: &tracing::Span,
     ) -> Result<Value, PveError> {
-        let attempts = self.inner.config.retry_attempts.max(1);
-        let mut attempt = 1;
+        let cfg = &self.inner.config;
+        let attempts = cfg.retry_attempts.max(1);
+        // Full jitter: many workflows hitting one busy Proxmox must not retry in lock-step. Only the
+        // attempt count bounds the loop; each attempt has its own request timeout.
+        let mut retries = Backoff {
+            base: cfg.retry_base,
+            max: cfg.retry_max,
+            attempts,
+            deadline: Duration::MAX,
+        }
+        .start();
+        // The first attempt: at once.
+        let mut attempt = retries.next().await.unwrap_or(1);
         loop {
             let result = self.attempt(method, path, params, span).await;
             span.record("pve.attempts", attempt);
             match result {
                 Err(e) if e.is_transient() && attempt < attempts => {
-                    let delay = self.backoff(attempt);
-                    tracing::info!(
-                        attempt,
-                        delay_ms = delay.as_millis() as u64,
-                        error = %e.message,
-                        "transient Proxmox failure; retrying"
-                    );
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
+                    tracing::info!(attempt, error = %e.message, "transient Proxmox failure; retrying");
+                    match retries.next().await {
+                        Some(next) => attempt = next,
+                        None => return Err(e),
+                    }
                 }
                 other => return other,
             }
         }
-    }
-
-    /// Full-jitter exponential backoff: uniform in [0, min(max, base·2^(attempt-1))].
-    fn backoff(&self, attempt: u32) -> Duration {
-        let cfg = &self.inner.config;
-        let cap = cfg
-            .retry_base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(cfg.retry_max);
-        let millis = cap.as_millis().max(1) as u64;
-        Duration::from_millis(rand::rng().random_range(0..=millis))
     }
 
     async fn attempt(

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use proxflow_runtime::lease::Acquired;
+use proxflow_runtime::lease::Held;
 use proxflow_schemas::replication::{ReplicationPhase, ReplicationRun, TransferMode};
 use proxflow_zfs::{SendStream, names};
 use tokio_util::sync::CancellationToken;
@@ -99,29 +99,10 @@ impl Replicator {
         );
         let name = &job.config.name;
         let key = names::lease_key(&job.config.source);
-        let lease = match self
-            .leases
-            .acquire(
-                &key,
-                &self.holder,
-                &format!(
-                    "replicate {} to {} ({name})",
-                    job.config.source, job.config.target
-                ),
-            )
-            .await?
-        {
-            Acquired::Held(lease) => lease,
-            Acquired::Busy(by) => {
-                self.failed_metric(name, "busy");
-                tracing::info!(lease = %key, holder = %by.holder, "dataset busy; replication later");
-                return Err(JobError::Busy {
-                    key,
-                    holder: by.holder,
-                    purpose: by.purpose,
-                });
-            }
-        };
+        let purpose = format!(
+            "replicate {} to {} ({name})",
+            job.config.source, job.config.target
+        );
         let event = |phase, moved: Option<&Moved>, error: Option<String>| ReplicationRun {
             job: name.clone(),
             run_id: run_id.clone(),
@@ -139,17 +120,36 @@ impl Replicator {
             error,
             at: self.clock.now(),
         };
-        if !self.config.dry_run {
-            self.announce(&event(ReplicationPhase::Started, None, None))
-                .await;
-        }
-        let result = self.replicate(job, &run_id, control).await;
-        if !lease.is_held() {
-            tracing::error!(lease = %key, "lease lost during the run");
-        }
-        if let Err(e) = lease.release().await {
-            tracing::warn!(lease = %key, error = %e, "lease not released; it ages out");
-        }
+        let held = self
+            .leases
+            .with(&key, &self.holder, &purpose, |lease| {
+                let (event, run_id, key) = (&event, &run_id, &key);
+                async move {
+                    if !self.config.dry_run {
+                        self.publisher
+                            .announce(&event(ReplicationPhase::Started, None, None))
+                            .await;
+                    }
+                    let result = self.replicate(job, run_id, control).await;
+                    if !lease.is_held() {
+                        tracing::error!(lease = %key, "lease lost during the run");
+                    }
+                    result
+                }
+            })
+            .await?;
+        let result = match held {
+            Held::Done(result) => result,
+            Held::Busy(by) => {
+                self.failed_metric(name, "busy");
+                tracing::info!(lease = %key, holder = %by.holder, "dataset busy; replication later");
+                return Err(JobError::Busy {
+                    key,
+                    holder: by.holder,
+                    purpose: by.purpose,
+                });
+            }
+        };
         match result {
             Ok(moved) => {
                 let report = RunReport {
@@ -182,7 +182,8 @@ impl Replicator {
                     .or_default()
                     .replicated_creation = moved.newest_creation;
                 tracing::info!(mode = ?report.mode, bytes = report.bytes, snapshot = ?report.snapshot, "replication completed");
-                self.announce(&event(ReplicationPhase::Completed, Some(&moved), None))
+                self.publisher
+                    .announce(&event(ReplicationPhase::Completed, Some(&moved), None))
                     .await;
                 Ok(report)
             }
@@ -190,7 +191,8 @@ impl Replicator {
                 self.failed_metric(name, e.reason());
                 tracing::error!(error = %e, "replication failed");
                 if !self.config.dry_run {
-                    self.announce(&event(ReplicationPhase::Failed, None, Some(e.to_string())))
+                    self.publisher
+                        .announce(&event(ReplicationPhase::Failed, None, Some(e.to_string())))
                         .await;
                 }
                 Err(e)

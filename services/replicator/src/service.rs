@@ -12,7 +12,7 @@ use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
-use proxflow_runtime::lease::{LeaseError, Leases};
+use proxflow_runtime::lease::{self, LeaseError, Leases};
 use proxflow_schemas::names::{durable, stream, subject};
 use proxflow_zfs::Zfs;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ pub struct Replicator {
     pub(crate) config: ReplicationConfig,
     pub(crate) jobs: Vec<Job>,
     pub(crate) clock: SharedClock,
-    publisher: Publisher,
+    pub(crate) publisher: Publisher,
     pub(crate) leases: Leases,
     pub(crate) holder: String,
     pub(crate) metrics: ReplicationMetrics,
@@ -78,11 +78,7 @@ impl Replicator {
             clock,
             publisher: ctx.bus.publisher.clone(),
             leases: Leases::open(&ctx.bus.js).await?,
-            holder: format!(
-                "replicator-{}-{:08x}",
-                std::process::id(),
-                rand::random::<u32>()
-            ),
+            holder: lease::holder_id("replicator"),
             metrics: ReplicationMetrics::register(&ctx.metrics),
             state: Mutex::new(BTreeMap::new()),
             config,
@@ -96,13 +92,6 @@ impl Replicator {
 
     pub(crate) fn failed_metric(&self, job: &str, reason: &str) {
         self.metrics.failures.inc([job, reason]);
-    }
-
-    /// Publishes `event`; a failed publish is logged and does not fail the run it reports.
-    pub(crate) async fn announce<M: proxflow_schemas::Message>(&self, event: &M) {
-        if let Err(e) = self.publisher.publish(event).await {
-            tracing::error!(error = %e, subject = %event.subject(), "event not published");
-        }
     }
 }
 

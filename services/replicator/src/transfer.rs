@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use proxflow_runtime::backoff::Backoff;
 use proxflow_schemas::replication::{DivergenceReason, ReplicationDiverged};
 use proxflow_zfs::{PipeEnd, SendStream, Transfer, ZfsError};
 
@@ -12,10 +13,14 @@ use crate::job::{Job, JobError};
 use crate::run::RunControl;
 use crate::service::Replicator;
 
-/// How often a receive refused with "dataset is busy" is tried again within one run.
-const BUSY_RETRIES: u32 = 6;
-/// First pause before such a retry; doubles each time (about a minute in all).
-const BUSY_FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// Spacing of the attempts while a receive is refused with "dataset is busy": 6 retries, the
+/// pause capped at 1 s, then 2, 4 … 32 s (at most about a minute in all).
+const BUSY: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(32),
+    attempts: 7,
+    deadline: Duration::MAX,
+};
 
 impl Replicator {
     /// One send | receive, retried while the target is still busy with an aborted receive.
@@ -26,8 +31,9 @@ impl Replicator {
         resumable: bool,
         control: &RunControl,
     ) -> Result<Transfer, ZfsError> {
-        let mut pause = BUSY_FIRST_PAUSE;
-        let mut attempt = 0;
+        let mut retries = BUSY.start();
+        // The first attempt: at once.
+        retries.next().await;
         loop {
             control.progress.store(0, Ordering::Relaxed);
             let result = proxflow_zfs::send_receive(
@@ -46,18 +52,18 @@ impl Replicator {
                 Err(ZfsError::Pipe(p))
                     if p.end == PipeEnd::Failed
                         && p.stderr().contains("dataset is busy")
-                        && attempt < BUSY_RETRIES =>
+                        && retries.attempts() < BUSY.attempts =>
                 {
-                    attempt += 1;
                     tracing::info!(
-                        attempt,
+                        attempt = retries.attempts(),
                         "target busy (an aborted receive still finishing); retrying"
                     );
                     tokio::select! {
                         _ = control.cancel.cancelled() => return Err(ZfsError::Pipe(p)),
-                        _ = tokio::time::sleep(pause) => {}
+                        next = retries.next() => if next.is_none() {
+                            return Err(ZfsError::Pipe(p));
+                        },
                     }
-                    pause *= 2;
                 }
                 other => return other,
             }
@@ -108,17 +114,18 @@ impl Replicator {
             ?target_only,
             "target diverged; refusing to touch it"
         );
-        self.announce(&ReplicationDiverged {
-            job: job.config.name.clone(),
-            run_id: run_id.to_owned(),
-            source: job.config.source.clone(),
-            target: job.config.target.clone(),
-            reason,
-            common_base,
-            target_only,
-            detail,
-            at: self.clock.now(),
-        })
-        .await;
+        self.publisher
+            .announce(&ReplicationDiverged {
+                job: job.config.name.clone(),
+                run_id: run_id.to_owned(),
+                source: job.config.source.clone(),
+                target: job.config.target.clone(),
+                reason,
+                common_base,
+                target_only,
+                detail,
+                at: self.clock.now(),
+            })
+            .await;
     }
 }

@@ -69,7 +69,8 @@ impl Retries {
         }
         if self.attempt > 0 {
             let delay = self.backoff.delay(self.attempt);
-            if self.started.elapsed() + delay > self.backoff.deadline {
+            // Saturating: `Duration::MAX` stands for "no deadline".
+            if self.started.elapsed().saturating_add(delay) > self.backoff.deadline {
                 return None;
             }
             tokio::time::sleep(delay).await;

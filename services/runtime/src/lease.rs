@@ -6,7 +6,11 @@
 //! a holder that dies without releasing frees the key once its last renewal ages out, and a holder
 //! whose renewal finds someone else's revision knows it lost the lease ([`Lease::is_held`]).
 //! The same holder asking again (a redelivered workflow step) adopts its own lease.
+//!
+//! [`Leases::with`] is the usual way in: it runs a piece of work under the lease and gives it up on
+//! every path, including a caller that stops waiting (a shutdown, a timeout) mid-way.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -55,6 +59,25 @@ pub enum Acquired {
     Held(Lease),
     /// Someone else's.
     Busy(LeaseRecord),
+}
+
+/// The answer to [`Leases::with`].
+#[derive(Debug)]
+pub enum Held<T> {
+    /// The lease was taken and the work ran; its result.
+    Done(T),
+    /// Someone else holds the lease; the work did not run.
+    Busy(LeaseRecord),
+}
+
+/// A lease holder id for this process: `<service>-<pid>-<random>`, unique across replicas and
+/// restarts (a restarted process must not adopt the leases its predecessor left to age out).
+pub fn holder_id(service: &str) -> String {
+    format!(
+        "{service}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// Handle on the locks bucket.
@@ -118,6 +141,37 @@ impl Leases {
             key: key.to_string(),
             reason: "contended: neither created nor readable".into(),
         })
+    }
+
+    /// Runs `work` under the lease on `key`, or reports who holds it (then `work` does not run).
+    ///
+    /// The lease is released when `work` ends, and also when the returned future is dropped before
+    /// that (a caller's timeout or shutdown): the release is then spawned, so the key is free again
+    /// at once instead of after the bucket's 15-minute age limit. A failed release is logged, not
+    /// returned: the work is done, and the lease ages out. `work` gets a [`LeaseWatch`] to notice a
+    /// lease lost mid-way (see [`Lease::is_held`]).
+    pub async fn with<T, F, Fut>(
+        &self,
+        key: &str,
+        holder: &str,
+        purpose: &str,
+        work: F,
+    ) -> Result<Held<T>, LeaseError>
+    where
+        F: FnOnce(LeaseWatch) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let lease = match self.acquire(key, holder, purpose).await? {
+            Acquired::Held(lease) => lease,
+            Acquired::Busy(by) => return Ok(Held::Busy(by)),
+        };
+        let watch = LeaseWatch(lease.inner.clone());
+        let mut guard = ReleaseOnDrop(Some(lease));
+        let result = work(watch).await;
+        if let Some(lease) = guard.0.take() {
+            release_logged(lease).await;
+        }
+        Ok(Held::Done(result))
     }
 
     /// Who holds `key`, if anyone.
@@ -199,6 +253,43 @@ impl Drop for Lease {
     fn drop(&mut self) {
         // Stops renewing; the entry then ages out. `release` is the prompt way.
         self.inner.stop.cancel();
+    }
+}
+
+/// Whether a lease taken by [`Leases::with`] is still held, for the work running under it.
+#[derive(Debug, Clone)]
+pub struct LeaseWatch(Arc<LeaseInner>);
+
+impl LeaseWatch {
+    /// `false` once a renewal found the key taken over (see [`Lease::is_held`]).
+    pub fn is_held(&self) -> bool {
+        self.0.held.load(Ordering::SeqCst)
+    }
+}
+
+/// Releases a lease whose work was dropped before it ended.
+struct ReleaseOnDrop(Option<Lease>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let Some(lease) = self.0.take() else {
+            return;
+        };
+        // Drop cannot wait: the release runs on its own. Without a runtime (the process is going
+        // down) the lease's own drop stops its renewal and the entry ages out.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(release_logged(lease));
+            }
+            Err(_) => drop(lease),
+        }
+    }
+}
+
+async fn release_logged(lease: Lease) {
+    let key = lease.inner.key.clone();
+    if let Err(e) = lease.release().await {
+        tracing::warn!(lease = %key, error = %e, "lease not released; it ages out");
     }
 }
 

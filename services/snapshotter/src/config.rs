@@ -154,7 +154,7 @@ impl SnapshotConfig {
 impl Validate for SnapshotConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         naming::validate_prefix(&self.prefix)
-            .map_err(|m| ConfigError::value("snapshot.prefix", m))?;
+            .map_err(|e| ConfigError::value("snapshot.prefix", e.to_string()))?;
         if self.prechange_ttl.is_zero() || self.prechange_max_ttl < self.prechange_ttl {
             return Err(ConfigError::value(
                 "snapshot.prechange_max_ttl",

@@ -52,9 +52,17 @@ pub fn is_valid_pve_name(name: &str) -> bool {
         && !name.eq_ignore_ascii_case("pending")
 }
 
+/// A configured prefix that would make invalid snapshot names.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0:?}: must start with a letter, then letters, digits, '_' or '-', at most \
+     {MAX_PREFIX_LEN} characters (snapshot names must stay valid Proxmox names)"
+)]
+pub struct InvalidPrefix(pub String);
+
 /// Checks a configured prefix: starts with a letter (as a Proxmox name must), then letters,
 /// digits, `_` or `-`, at most [`MAX_PREFIX_LEN`] characters.
-pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+pub fn validate_prefix(prefix: &str) -> Result<(), InvalidPrefix> {
     let mut chars = prefix.chars();
     let ok = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
         && prefix.len() <= MAX_PREFIX_LEN
@@ -62,10 +70,7 @@ pub fn validate_prefix(prefix: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{prefix:?}: must start with a letter, then letters, digits, '_' or '-', at most \
-             {MAX_PREFIX_LEN} characters (snapshot names must stay valid Proxmox names)"
-        ))
+        Err(InvalidPrefix(prefix.to_owned()))
     }
 }
 

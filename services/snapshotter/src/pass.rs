@@ -245,15 +245,16 @@ impl Snapshotter {
                 Ok(()) => {
                     tracing::info!(snapshot = %name, "snapshot taken");
                     self.metrics.taken.inc([&policy.name, "scheduled"]);
-                    self.announce(&SnapshotTaken {
-                        target: target.clone(),
-                        snapshot: name.clone(),
-                        kind: SnapshotKind::Scheduled,
-                        reference: policy.name.clone(),
-                        expires_at: None,
-                        at: now,
-                    })
-                    .await;
+                    self.publisher
+                        .announce(&SnapshotTaken {
+                            target: target.clone(),
+                            snapshot: name.clone(),
+                            kind: SnapshotKind::Scheduled,
+                            reference: policy.name.clone(),
+                            expires_at: None,
+                            at: now,
+                        })
+                        .await;
                     report.created = Some(name);
                 }
                 Err(e) => {
@@ -269,7 +270,7 @@ impl Snapshotter {
             match self.prune(policy, rules, target, now, &mut report).await {
                 Ok(Some(after)) => current = after,
                 Ok(None) => {}
-                Err(e) => report.errors.push(e),
+                Err(e) => report.errors.push(e.to_string()),
             }
         }
         let check = self
@@ -316,7 +317,7 @@ impl Snapshotter {
         } else {
             tracing::warn!(missing = ?event.missing, newest_age_secs = ?event.newest_age_secs, "snapshot check failed");
         }
-        self.announce(&event).await;
+        self.publisher.announce(&event).await;
         Some(event)
     }
 }

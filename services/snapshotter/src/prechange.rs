@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use proxflow_runtime::lease::Acquired;
+use proxflow_runtime::backoff::Backoff;
+use proxflow_runtime::lease::Held;
 use proxflow_runtime::ops::Health;
 use proxflow_schemas::Versioned;
 use proxflow_schemas::names::{header, subject};
@@ -25,11 +26,14 @@ use crate::target;
 /// Queue group of the pre-change responders: one instance answers each request.
 pub const QUEUE_GROUP: &str = "snapshotter";
 
-/// How long a pre-change request waits for another one on the same target (a snapshot takes
-/// seconds; callers time out after tens of seconds).
-const PRECHANGE_LOCK_WAIT: Duration = Duration::from_secs(10);
-/// How often it looks again meanwhile.
-const PRECHANGE_LOCK_POLL: Duration = Duration::from_millis(50);
+/// How a pre-change request waits for another one on the same target: up to 10 s (a snapshot
+/// takes seconds; callers time out after tens of seconds), looking again at most 50 ms apart.
+const PRECHANGE_LOCK_WAIT: Backoff = Backoff {
+    base: Duration::from_millis(50),
+    max: Duration::from_millis(50),
+    attempts: u32::MAX,
+    deadline: Duration::from_secs(10),
+};
 
 impl Snapshotter {
     /// Takes (or finds, for a repeated request) the pre-change snapshot `request` asks for.
@@ -72,28 +76,29 @@ impl Snapshotter {
         let key = format!("prechange/{}", target::lease_key(&request.target));
         let holder = format!("{}/{:08x}", self.holder, rand::random::<u32>());
         let purpose = format!("pre-change {}", request.request_id);
-        let deadline = tokio::time::Instant::now() + PRECHANGE_LOCK_WAIT;
-        let lease = loop {
-            match self.leases.acquire(&key, &holder, &purpose).await {
-                Ok(Acquired::Held(lease)) => break lease,
-                Ok(Acquired::Busy(by)) if tokio::time::Instant::now() >= deadline => {
-                    return refuse(format!(
-                        "another pre-change snapshot of {} is being taken ({}, {}); ask again",
-                        request.target, by.holder, by.purpose
-                    ));
-                }
-                Ok(Acquired::Busy(_)) => tokio::time::sleep(PRECHANGE_LOCK_POLL).await,
+        let mut retries = PRECHANGE_LOCK_WAIT.start();
+        let mut busy = String::new();
+        while retries.next().await.is_some() {
+            let held = self
+                .leases
+                .with(&key, &holder, &purpose, |_| {
+                    self.prechange_locked(request, ttl)
+                })
+                .await;
+            match held {
+                Ok(Held::Done(reply)) => return reply,
+                Ok(Held::Busy(by)) => busy = format!("{}, {}", by.holder, by.purpose),
                 Err(e) => {
                     self.metrics.failed("prechange", "lease");
                     return refuse(e.to_string());
                 }
             }
-        };
-        let reply = self.prechange_locked(request, ttl).await;
-        if let Err(e) = lease.release().await {
-            tracing::warn!(lease = %key, error = %e, "lease not released; it ages out");
         }
-        reply
+        // The loop ends only after a look found the lease busy, so `busy` names its holder.
+        refuse(format!(
+            "another pre-change snapshot of {} is being taken ({busy}); ask again",
+            request.target
+        ))
     }
 
     /// The pre-change snapshot under the target's pre-change lease: the existing one for this
@@ -145,15 +150,16 @@ impl Snapshotter {
         }
         tracing::info!(snapshot = %name, expires = %expires, "pre-change snapshot taken");
         self.metrics.taken.inc(["prechange", "prechange"]);
-        self.announce(&SnapshotTaken {
-            target: request.target.clone(),
-            snapshot: name.clone(),
-            kind: SnapshotKind::PreChange,
-            reference: request.request_id.clone(),
-            expires_at: Some(expires),
-            at: now,
-        })
-        .await;
+        self.publisher
+            .announce(&SnapshotTaken {
+                target: request.target.clone(),
+                snapshot: name.clone(),
+                kind: SnapshotKind::PreChange,
+                reference: request.request_id.clone(),
+                expires_at: Some(expires),
+                at: now,
+            })
+            .await;
         PreChangeReply {
             request_id: request.request_id.clone(),
             snapshot: Some(name),

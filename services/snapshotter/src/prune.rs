@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome};
-use proxflow_runtime::lease::Acquired;
+use proxflow_runtime::lease::{Held, LeaseError};
 use proxflow_schemas::snapshot::{PruneRequested, SnapshotTarget, SnapshotsPruned};
 use tracing::Instrument;
 
@@ -18,7 +18,25 @@ use crate::config::PolicyConfig;
 use crate::pass::{PassReport, TargetReport};
 use crate::plan::{self, Plan, Rules};
 use crate::service::Snapshotter;
-use crate::target;
+use crate::target::{self, TargetError};
+
+/// Why a target's retention could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PruneError {
+    /// Its lease could not be taken.
+    #[error(transparent)]
+    Lease(LeaseError),
+    /// Its snapshots could not be listed.
+    #[error(transparent)]
+    List(TargetError),
+    /// A renewal found the lease taken over: pruning on could destroy a snapshot the new holder
+    /// (a replication) now relies on.
+    #[error("lease {key} lost while pruning")]
+    LeaseLost {
+        /// The lease key.
+        key: String,
+    },
+}
 
 /// Prunes a pool on request (a remediation of a filling pool).
 pub(crate) struct PruneOnRequest {
@@ -86,7 +104,7 @@ impl Snapshotter {
                     .prune(policy, rules, &target, now, &mut target_report)
                     .await
                 {
-                    target_report.errors.push(e);
+                    target_report.errors.push(e.to_string());
                 }
             }
             .instrument(span)
@@ -104,19 +122,44 @@ impl Snapshotter {
         target: &SnapshotTarget,
         now: DateTime<Utc>,
         report: &mut TargetReport,
-    ) -> Result<Option<Vec<plan::Existing>>, String> {
+    ) -> Result<Option<Vec<plan::Existing>>, PruneError> {
         let key = target::lease_key(target);
-        let lease = match self
+        let purpose = format!("prune {target} ({})", policy.name);
+        let held = self
             .leases
-            .acquire(
-                &key,
-                &self.holder,
-                &format!("prune {target} ({})", policy.name),
-            )
-            .await
-        {
-            Ok(Acquired::Held(lease)) => lease,
-            Ok(Acquired::Busy(by)) => {
+            .with(&key, &self.holder, &purpose, |lease| {
+                let (key, report) = (&key, &mut *report);
+                async move {
+                    let existing = self.backends.list(target).await.map_err(PruneError::List)?;
+                    let plan = plan::plan(rules, &existing, now);
+                    let mut pruned = Vec::new();
+                    for name in &plan.prune {
+                        if !lease.is_held() {
+                            return Err(PruneError::LeaseLost { key: key.clone() });
+                        }
+                        match self.backends.destroy(target, name).await {
+                            Ok(()) => {
+                                tracing::info!(snapshot = %name, "snapshot pruned");
+                                pruned.push(name.clone());
+                            }
+                            Err(e) => {
+                                self.metrics.failed(&policy.name, "prune");
+                                tracing::error!(snapshot = %name, error = %e, "prune failed");
+                                report.errors.push(format!("prune {name}: {e}"));
+                            }
+                        }
+                    }
+                    let remaining = existing
+                        .into_iter()
+                        .filter(|e| !pruned.contains(&e.name))
+                        .collect::<Vec<_>>();
+                    Ok((plan, pruned, remaining))
+                }
+            })
+            .await;
+        let result = match held {
+            Ok(Held::Done(result)) => result,
+            Ok(Held::Busy(by)) => {
                 tracing::info!(lease = %key, holder = %by.holder, purpose = %by.purpose, "target busy; pruning next pass");
                 report.skipped = Some(format!(
                     "lease {key} held by {} ({})",
@@ -126,60 +169,27 @@ impl Snapshotter {
             }
             Err(e) => {
                 self.metrics.failed(&policy.name, "lease");
-                return Err(e.to_string());
+                return Err(PruneError::Lease(e));
             }
         };
-        let result = async {
-            let existing = self
-                .backends
-                .list(target)
-                .await
-                .map_err(|e| e.to_string())?;
-            let plan = plan::plan(rules, &existing, now);
-            let mut pruned = Vec::new();
-            for name in &plan.prune {
-                if !lease.is_held() {
-                    return Err(format!("lease {key} lost while pruning"));
-                }
-                match self.backends.destroy(target, name).await {
-                    Ok(()) => {
-                        tracing::info!(snapshot = %name, "snapshot pruned");
-                        pruned.push(name.clone());
-                    }
-                    Err(e) => {
-                        self.metrics.failed(&policy.name, "prune");
-                        tracing::error!(snapshot = %name, error = %e, "prune failed");
-                        report.errors.push(format!("prune {name}: {e}"));
-                    }
-                }
-            }
-            let remaining = existing
-                .into_iter()
-                .filter(|e| !pruned.contains(&e.name))
-                .collect::<Vec<_>>();
-            Ok((plan, pruned, remaining))
-        }
-        .await;
-        if let Err(e) = lease.release().await {
-            tracing::warn!(lease = %key, error = %e, "lease not released; it ages out");
-        }
         let (plan, pruned, remaining) = result?;
         if !pruned.is_empty() {
             self.metrics
                 .pruned
                 .inc_by([&policy.name], pruned.len() as u64);
-            self.announce(&SnapshotsPruned {
-                target: target.clone(),
-                policy: policy.name.clone(),
-                pruned: pruned.clone(),
-                protected: plan
-                    .protected
-                    .iter()
-                    .map(|p| format!("{} ({})", p.name, p.reason))
-                    .collect(),
-                at: now,
-            })
-            .await;
+            self.publisher
+                .announce(&SnapshotsPruned {
+                    target: target.clone(),
+                    policy: policy.name.clone(),
+                    pruned: pruned.clone(),
+                    protected: plan
+                        .protected
+                        .iter()
+                        .map(|p| format!("{} ({})", p.name, p.reason))
+                        .collect(),
+                    at: now,
+                })
+                .await;
         }
         report.plan = Plan {
             create: report.plan.create.clone(),

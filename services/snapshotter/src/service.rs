@@ -14,7 +14,7 @@ use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
-use proxflow_runtime::lease::{LeaseError, Leases};
+use proxflow_runtime::lease::{self, LeaseError, Leases};
 use proxflow_runtime::schedule::Schedule;
 use proxflow_schemas::names::{durable, stream, subject};
 use tokio_util::sync::CancellationToken;
@@ -58,7 +58,7 @@ pub struct Snapshotter {
     pub(crate) check_schedule: Schedule,
     pub(crate) backends: Backends,
     pub(crate) clock: SharedClock,
-    publisher: Publisher,
+    pub(crate) publisher: Publisher,
     pub(crate) leases: Leases,
     pub(crate) holder: String,
     pub(crate) metrics: SnapshotMetrics,
@@ -85,11 +85,7 @@ impl Snapshotter {
             clock,
             publisher: ctx.bus.publisher.clone(),
             leases: Leases::open(&ctx.bus.js).await?,
-            holder: format!(
-                "snapshotter-{}-{:08x}",
-                std::process::id(),
-                rand::random::<u32>()
-            ),
+            holder: lease::holder_id("snapshotter"),
             metrics: SnapshotMetrics::register(&ctx.metrics),
             last_check: Mutex::new(None),
             config,
@@ -99,13 +95,6 @@ impl Snapshotter {
     /// The systems it snapshots.
     pub fn backends(&self) -> &Backends {
         &self.backends
-    }
-
-    /// Publishes `event`; a failed publish is logged and does not fail the snapshot work it reports.
-    pub(crate) async fn announce<M: proxflow_schemas::Message>(&self, event: &M) {
-        if let Err(e) = self.publisher.publish(event).await {
-            tracing::error!(error = %e, subject = %event.subject(), "event not published");
-        }
     }
 }
 

@@ -118,10 +118,25 @@ fn status_text(status: &std::io::Result<ExitStatus>) -> Option<String> {
     }
 }
 
-fn spawn(argv: &[String], stdin: Stdio, stdout: Stdio) -> Result<Child, String> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| "empty command".to_owned())?;
+/// Why one side of a pipe did not start.
+#[derive(Debug, thiserror::Error)]
+enum SpawnError {
+    /// No program to run.
+    #[error("empty command")]
+    Empty,
+    /// The program could not be started.
+    #[error("cannot start {program}: {source}")]
+    Start {
+        /// argv\[0\].
+        program: String,
+        /// The OS's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn spawn(argv: &[String], stdin: Stdio, stdout: Stdio) -> Result<Child, SpawnError> {
+    let (program, args) = argv.split_first().ok_or(SpawnError::Empty)?;
     Command::new(program)
         .args(args)
         .stdin(stdin)
@@ -131,7 +146,10 @@ fn spawn(argv: &[String], stdin: Stdio, stdout: Stdio) -> Result<Child, String> 
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start {program}: {e}"))
+        .map_err(|source| SpawnError::Start {
+            program: program.clone(),
+            source,
+        })
 }
 
 /// Runs `send` and `receive` (full argv each, prefixes included) with the sender's stdout copied
@@ -183,13 +201,14 @@ async fn pipe_inner(
         send_pid: None,
     };
     // The receiver first: a sender with no reader would fail on its first write.
-    let mut receiver = spawn(receive, Stdio::piped(), Stdio::null()).map_err(local_failure)?;
+    let mut receiver =
+        spawn(receive, Stdio::piped(), Stdio::null()).map_err(|e| local_failure(e.to_string()))?;
     let mut sender = match spawn(send, Stdio::null(), Stdio::piped()) {
         Ok(child) => child,
         Err(e) => {
             kill_group(receiver.id());
             let _ = receiver.wait().await;
-            return Err(local_failure(e));
+            return Err(local_failure(e.to_string()));
         }
     };
     let (send_pid, receive_pid) = (sender.id(), receiver.id());

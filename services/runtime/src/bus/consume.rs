@@ -28,9 +28,9 @@ use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::message::Acker;
 use base64::Engine;
 use futures::{FutureExt, StreamExt};
-use proxflow_schemas::Message;
 use proxflow_schemas::events::{DeadLetter, DeadLetterReason, PayloadEncoding};
 use proxflow_schemas::names::header;
+use proxflow_schemas::{Message, SchemaId, SchemaMismatch};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -333,7 +333,7 @@ async fn process<M: Message, H: Handler<M>>(
         } else {
             match decode::<M>(&received) {
                 Ok(delivery) => run_handler(shared, handler, delivery, &acker, &abort).await,
-                Err(reason) => Some(Outcome::poison(reason)),
+                Err(reason) => Some(Outcome::poison(reason.to_string())),
             }
         };
         let Some(outcome) = outcome else {
@@ -353,16 +353,37 @@ async fn process<M: Message, H: Handler<M>>(
     .await;
 }
 
-fn decode<M: Message>(received: &Received) -> Result<Delivery<M>, String> {
+/// Why a received message is not a `M` (it is poison: no redelivery makes it one).
+#[derive(Debug, thiserror::Error)]
+enum DecodeError {
+    /// No schema header.
+    #[error("no {} header", header::SCHEMA)]
+    NoSchema,
+    /// Another message type, or a newer version of this one.
+    #[error(transparent)]
+    Schema(#[from] SchemaMismatch),
+    /// The payload does not deserialise.
+    #[error("payload is not a valid {schema}: {source}")]
+    Payload {
+        /// The schema it claimed.
+        schema: SchemaId,
+        /// serde's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn decode<M: Message>(received: &Received) -> Result<Delivery<M>, DecodeError> {
     let schema = received
         .headers
         .get(super::SCHEMA)
-        .ok_or_else(|| format!("no {} header", header::SCHEMA))?;
-    M::SCHEMA
-        .accepts(schema.as_str())
-        .map_err(|e| e.to_string())?;
-    let message = serde_json::from_slice::<M>(&received.payload)
-        .map_err(|e| format!("payload is not a valid {}: {e}", M::SCHEMA))?;
+        .ok_or(DecodeError::NoSchema)?;
+    M::SCHEMA.accepts(schema.as_str())?;
+    let message =
+        serde_json::from_slice::<M>(&received.payload).map_err(|source| DecodeError::Payload {
+            schema: M::SCHEMA,
+            source,
+        })?;
     Ok(Delivery {
         message,
         subject: received.subject.clone(),

@@ -5,12 +5,13 @@ pub mod history;
 pub mod publish;
 pub mod topology;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::header::HeaderName;
 use async_nats::jetstream;
 use proxflow_schemas::names::header;
 
+use crate::backoff::Backoff;
 use crate::config::NatsConfig;
 use crate::ops::Metrics;
 pub use consume::{ConsumerLoop, Delivery, Handler, Outcome};
@@ -61,8 +62,15 @@ pub struct Bus {
 /// Connects, retrying with backoff until `nats.connect_timeout`; afterwards the client reconnects on
 /// its own for as long as the process lives.
 pub async fn connect(cfg: &NatsConfig, name: &str, metrics: Metrics) -> Result<Bus, ConnectError> {
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(100);
+    let mut retries = Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+        attempts: u32::MAX,
+        deadline: cfg.connect_timeout,
+    }
+    .start();
+    // The first attempt: at once.
+    retries.next().await;
     let client = loop {
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
@@ -90,17 +98,15 @@ pub async fn connect(cfg: &NatsConfig, name: &str, metrics: Metrics) -> Result<B
         }
         match options.connect(cfg.url.as_str()).await {
             Ok(client) => break client,
-            Err(e) if started.elapsed() + delay < cfg.connect_timeout => {
-                tracing::warn!(url = %cfg.url, error = %e, "NATS not reachable yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
             Err(e) => {
-                return Err(ConnectError::Unreachable {
-                    url: cfg.url.clone(),
-                    timeout: cfg.connect_timeout,
-                    last: e.to_string(),
-                });
+                if retries.next().await.is_none() {
+                    return Err(ConnectError::Unreachable {
+                        url: cfg.url.clone(),
+                        timeout: cfg.connect_timeout,
+                        last: e.to_string(),
+                    });
+                }
+                tracing::warn!(url = %cfg.url, error = %e, "NATS not reachable yet");
             }
         }
     };

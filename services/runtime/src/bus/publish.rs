@@ -8,6 +8,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use proxflow_schemas::Message;
 use tracing::Instrument;
 
+use crate::backoff::Backoff;
 use crate::ops::{Metrics, PublishCounters};
 use crate::telemetry;
 
@@ -56,8 +57,14 @@ pub struct Publisher {
     counters: PublishCounters,
 }
 
-/// First delay between publish attempts; doubles each time.
-const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// Spacing of publish attempts: from 100 ms, doubling, at most 2 s apart; the count is
+/// `nats.publish_attempts`, and each attempt is bounded by the JetStream timeout, not a deadline.
+const RETRY: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+    attempts: 1,
+    deadline: Duration::MAX,
+};
 
 impl Publisher {
     /// A publisher over a JetStream context (whose timeout bounds each attempt).
@@ -66,6 +73,14 @@ impl Publisher {
             js,
             attempts: attempts.max(1),
             counters: metrics.publish_counters(),
+        }
+    }
+
+    /// Publishes `event`, an outcome of work already done: a failed publish is logged and does not
+    /// fail that work (the event is its report, not its effect).
+    pub async fn announce<M: Message>(&self, event: &M) {
+        if let Err(e) = self.publish(event).await {
+            tracing::error!(error = %e, subject = %event.subject(), "event not published");
         }
     }
 
@@ -108,8 +123,13 @@ impl Publisher {
         headers: impl Fn() -> HeaderMap,
         payload: bytes::Bytes,
     ) -> Result<Receipt, PublishError> {
-        let mut delay = FIRST_RETRY;
-        let mut attempt = 1;
+        let mut retries = Backoff {
+            attempts: self.attempts,
+            ..RETRY
+        }
+        .start();
+        // The first attempt starts at once; `attempts` is at least 1.
+        let mut attempt = retries.next().await.unwrap_or(1);
         loop {
             let result = match self
                 .js
@@ -119,7 +139,7 @@ impl Publisher {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
             };
-            match result {
+            let source = match result {
                 Ok(ack) => {
                     self.counters.acknowledged(ack.duplicate);
                     return Ok(Receipt {
@@ -127,21 +147,21 @@ impl Publisher {
                         duplicate: ack.duplicate,
                     });
                 }
-                Err(e) if attempt < self.attempts && is_transient(e.kind()) => {
-                    tracing::warn!(%subject, attempt, error = %e, "publish not acknowledged, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                    attempt += 1;
-                }
-                Err(source) => {
-                    self.counters.failed.inc();
-                    return Err(PublishError::Failed {
-                        subject,
-                        attempts: attempt,
-                        source,
-                    });
+                Err(e) => e,
+            };
+            if is_transient(source.kind()) && attempt < self.attempts {
+                tracing::warn!(%subject, attempt, error = %source, "publish not acknowledged, retrying");
+                if let Some(next) = retries.next().await {
+                    attempt = next;
+                    continue;
                 }
             }
+            self.counters.failed.inc();
+            return Err(PublishError::Failed {
+                subject,
+                attempts: attempt,
+                source,
+            });
         }
     }
 }
