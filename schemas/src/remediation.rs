@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::{AlertReceived, AlertStatus};
 use crate::message::{Message, SchemaId, Versioned};
-use crate::names::subject;
 
 /// An action with every template filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -176,8 +175,10 @@ impl Versioned for RemediationDecision {
 }
 
 impl Message for RemediationDecision {
+    const SUBJECT: &'static str = "pf.evt.remediation.decision";
+
     fn subject(&self) -> String {
-        subject::evt("remediation", "decision")
+        Self::SUBJECT.into()
     }
 
     /// One decision per (alert, rule), however often the alert is redelivered.
@@ -214,8 +215,10 @@ impl Versioned for RemediationCommand {
 }
 
 impl Message for RemediationCommand {
+    const SUBJECT: &'static str = "pf.cmd.remediator.act";
+
     fn subject(&self) -> String {
-        subject::cmd("remediator", "act")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -281,8 +284,10 @@ impl Versioned for RemediationOutcome {
 }
 
 impl Message for RemediationOutcome {
+    const SUBJECT: &'static str = "pf.evt.remediation.outcome";
+
     fn subject(&self) -> String {
-        subject::evt("remediation", "outcome")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -316,8 +321,10 @@ impl Versioned for RemediationPage {
 }
 
 impl Message for RemediationPage {
+    const SUBJECT: &'static str = "pf.evt.remediation.page";
+
     fn subject(&self) -> String {
-        subject::evt("remediation", "page")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {

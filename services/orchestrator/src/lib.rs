@@ -32,7 +32,7 @@ use proxflow_runtime::clock::{self, SharedClock};
 use proxflow_runtime::config::ConsumerConfig;
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
 use proxflow_schemas::events::DeadLetter;
-use proxflow_schemas::names::{bucket, durable, stream, subject};
+use proxflow_schemas::names::{bucket, consumer, key};
 use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
 use proxflow_schemas::workflow::WorkflowState;
 use tokio_util::sync::CancellationToken;
@@ -103,7 +103,7 @@ pub async fn run(
     let admissions = Admissions::open(&ctx.bus.js).await?;
     let slots = Slots {
         admissions: admissions.clone(),
-        scale_out: o.clusters.names().map(scaleout::slot_key).collect(),
+        scale_out: o.clusters.names().map(key::scale_out).collect(),
     };
     let cooldowns = ctx
         .bus
@@ -113,11 +113,7 @@ pub async fn run(
         .map_err(|e| AdmissionError::Open(format!("{}: {e}", bucket::COOLDOWNS)))?;
     let admit = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::INGEST,
-            durable: durable::ORCHESTRATOR_PROVISION.into(),
-            filter_subject: subject::ingest("webhook", "provision"),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_PROVISION),
         o.consumer.clone(),
         Admit {
             store: store.clone(),
@@ -130,11 +126,7 @@ pub async fn run(
     );
     let release = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::EVT,
-            durable: durable::ORCHESTRATOR_OUTCOMES.into(),
-            filter_subject: subject::evt("vm", "*"),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_OUTCOMES),
         o.consumer.clone(),
         Release {
             slots: slots.clone(),
@@ -142,11 +134,7 @@ pub async fn run(
     );
     let given_up = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::EVT,
-            durable: durable::ORCHESTRATOR_GIVEN_UP.into(),
-            filter_subject: subject::dead_letter(durable::PROVISIONER),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_GIVEN_UP),
         o.consumer.clone(),
         GivenUp {
             store: store.clone(),
@@ -165,21 +153,13 @@ pub async fn run(
     };
     let scale_out = ConsumerLoop::<proxflow_schemas::capacity::CapacityExceeded, _>::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::EVT,
-            durable: durable::ORCHESTRATOR_SCALE_OUT.into(),
-            filter_subject: subject::evt("capacity", "exceeded"),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_SCALE_OUT),
         o.consumer.clone(),
         scale_out_handler(store.clone()),
     );
     let scale_out_requested = ConsumerLoop::<proxflow_schemas::capacity::ScaleOutRequested, _>::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::CMD,
-            durable: scaleout::REQUESTED_DURABLE.into(),
-            filter_subject: subject::cmd("orchestrator", "scale_out"),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_SCALE_OUT_REQUESTED),
         o.consumer.clone(),
         scale_out_handler(store),
     );
@@ -224,18 +204,13 @@ struct Slots {
 impl Slots {
     async fn free(&self, profile: &str, workflow_id: &str) -> Result<(), AdmissionError> {
         self.admissions
-            .finish(&ledger_key(profile), workflow_id)
+            .finish(&key::provision_ledger(profile), workflow_id)
             .await?;
         for key in &self.scale_out {
             self.admissions.finish(key, workflow_id).await?;
         }
         Ok(())
     }
-}
-
-/// The admission ledger key of a profile.
-fn ledger_key(profile: &str) -> String {
-    format!("provision.{profile}")
 }
 
 struct Admit {
@@ -282,7 +257,7 @@ impl Handler<ProvisionRequested> for Admit {
         let decision = self
             .admissions
             .admit(
-                &ledger_key(&req.profile),
+                &key::provision_ledger(&req.profile),
                 &req.workflow_id,
                 caps,
                 self.clock.now(),

@@ -26,24 +26,17 @@ use proxflow_runtime::admission::{Admissions, Caps, Decision};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::Message;
 use proxflow_schemas::capacity::{
     CapacityExceeded, CapacitySample, HostExhausted, MetricId, ScaleOutRequested, Scope,
 };
-use proxflow_schemas::names::subject;
+use proxflow_schemas::names::key;
 use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
 use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// Durable consumer name for scale-outs requested by remediation (`pf.cmd.orchestrator.scale_out`).
-pub const REQUESTED_DURABLE: &str = "orchestrator-scaleout-requested";
-
 const GIB: f64 = (1u64 << 30) as f64;
-
-/// The admission ledger key of a cluster's scale-out slot.
-pub fn slot_key(cluster: &str) -> String {
-    format!("scaleout.{cluster}")
-}
 
 /// The scale-out workflow of a firing.
 pub fn workflow_id(event: &CapacityExceeded) -> String {
@@ -166,7 +159,7 @@ impl ScaleOut {
             .await
             .map_err(|e| e.to_string())?;
         match stream
-            .get_last_raw_message_by_subject(&subject::evt("capacity", "sample"))
+            .get_last_raw_message_by_subject(CapacitySample::SUBJECT)
             .await
         {
             Ok(message) => serde_json::from_slice(&message.payload)
@@ -356,7 +349,7 @@ impl ScaleOut {
         };
         match self
             .admissions
-            .admit(&slot_key(name), &provision, caps, now)
+            .admit(&key::scale_out(name), &provision, caps, now)
             .await
         {
             Ok(Decision::Admitted) => {}
@@ -376,7 +369,7 @@ impl ScaleOut {
             let bytes = serde_json::to_vec(&record)
                 .map(Bytes::from)
                 .unwrap_or_default();
-            if let Err(e) = self.cooldowns.put(slot_key(name), bytes).await {
+            if let Err(e) = self.cooldowns.put(key::scale_out(name), bytes).await {
                 return Err(Outcome::retry(format!("recording the cooldown: {e}")));
             }
         }
@@ -400,7 +393,7 @@ impl ScaleOut {
     }
 
     async fn last(&self, cluster: &str) -> Result<Option<LastScaleOut>, Outcome> {
-        match self.cooldowns.get(slot_key(cluster)).await {
+        match self.cooldowns.get(key::scale_out(cluster)).await {
             Ok(Some(bytes)) => Ok(serde_json::from_slice(&bytes).ok()),
             Ok(None) => Ok(None),
             Err(e) => Err(Outcome::retry(format!("reading the cooldown: {e}"))),

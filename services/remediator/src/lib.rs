@@ -18,7 +18,7 @@ use proxflow_runtime::bus::consume::ConsumeError;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::lease::Leases;
 use proxflow_runtime::workflow::WorkflowStore;
-use proxflow_schemas::names::{durable, stream, subject};
+use proxflow_schemas::names::consumer;
 use tokio_util::sync::CancellationToken;
 
 /// Why the remediator stopped.
@@ -45,11 +45,7 @@ pub async fn run(
 ) -> Result<(), RemediatorError> {
     let act = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::CMD,
-            durable: durable::REMEDIATOR.into(),
-            filter_subject: subject::cmd("remediator", "act"),
-        },
+        ConsumerSpec::from(consumer::REMEDIATOR),
         config.consumer,
         executor::Remediator {
             pve,
