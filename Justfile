@@ -28,6 +28,10 @@ bench: (_tools "bench")
 schemas:
     cargo run -q -p proxflow -- schemas --out schemas/json
 
+# Regenerate deploy/nats/accounts.conf (users and permissions) from the consumer table and subjects.
+nats-accounts:
+    cargo run -q -p proxflow -- nats-accounts --out deploy/nats/accounts.conf
+
 # Format the code.
 fmt:
     cargo fmt --all

@@ -8,7 +8,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::message::{Message, SchemaId, Versioned};
-use crate::names::subject;
 
 /// An alert's state in the delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -80,8 +79,10 @@ impl Versioned for AlertReceived {
 }
 
 impl Message for AlertReceived {
+    const SUBJECT: &'static str = "pf.ingest.alertmanager.alert";
+
     fn subject(&self) -> String {
-        subject::ingest("alertmanager", "alert")
+        Self::SUBJECT.into()
     }
 
     /// (fingerprint, startsAt, status): Alertmanager re-sends a firing group every

@@ -13,7 +13,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::message::{Message, SchemaId, Versioned};
-use crate::names::subject;
 
 /// What a metric is measured over.
 #[derive(
@@ -174,8 +173,10 @@ impl Versioned for CapacitySample {
 }
 
 impl Message for CapacitySample {
+    const SUBJECT: &'static str = "pf.evt.capacity.sample";
+
     fn subject(&self) -> String {
-        subject::evt("capacity", "sample")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -244,8 +245,10 @@ impl Versioned for CapacityExceeded {
 }
 
 impl Message for CapacityExceeded {
+    const SUBJECT: &'static str = "pf.evt.capacity.exceeded";
+
     fn subject(&self) -> String {
-        subject::evt("capacity", "exceeded")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -277,8 +280,10 @@ impl Versioned for CapacityRecovered {
 }
 
 impl Message for CapacityRecovered {
+    const SUBJECT: &'static str = "pf.evt.capacity.recovered";
+
     fn subject(&self) -> String {
-        subject::evt("capacity", "recovered")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -326,8 +331,10 @@ impl Versioned for HostExhausted {
 }
 
 impl Message for HostExhausted {
+    const SUBJECT: &'static str = "pf.evt.capacity.host_exhausted";
+
     fn subject(&self) -> String {
-        subject::evt("capacity", "host_exhausted")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -356,8 +363,10 @@ impl Versioned for ScaleOutRequested {
 }
 
 impl Message for ScaleOutRequested {
+    const SUBJECT: &'static str = "pf.cmd.orchestrator.scale_out";
+
     fn subject(&self) -> String {
-        subject::cmd("orchestrator", "scale_out")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {

@@ -68,6 +68,9 @@ impl Versioned for DeadLetter {
 }
 
 impl Message for DeadLetter {
+    /// The last token is the consumer that gave up.
+    const SUBJECT: &'static str = "pf.evt.deadletter.*";
+
     fn subject(&self) -> String {
         subject::dead_letter(&self.consumer)
     }

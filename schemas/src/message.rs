@@ -85,6 +85,11 @@ pub trait Versioned: Serialize + DeserializeOwned + JsonSchema + Send + Sync + '
 
 /// A type published on the bus.
 pub trait Message: Versioned {
+    /// The subject pattern of every message of this type, with `*` where the subject has a token that
+    /// varies (`pf.evt.vm.*`): what a consumer filters on and a permission allows, known without an
+    /// instance. [`Message::subject`] always matches it.
+    const SUBJECT: &'static str;
+
     /// The subject this message is published on.
     fn subject(&self) -> String;
 

@@ -32,6 +32,8 @@ pub mod subject {
     pub const CMD_ALL: &str = "pf.cmd.>";
     /// Everything the event stream captures.
     pub const EVT_ALL: &str = "pf.evt.>";
+    /// Advances of `remediate` workflows (the remediator's engine).
+    pub const WORKFLOW_REMEDIATE: &str = "pf.cmd.workflow.remediate";
     /// Everything the trace stream captures.
     pub const TRACE_ALL: &str = "pf.trace.>";
     /// Prefix of dead-letter events; the consumer's durable name follows.
@@ -63,9 +65,59 @@ pub mod subject {
         format!("{DEAD_LETTER_PREFIX}.{consumer}")
     }
 
+    /// Whether `subject` matches the NATS pattern `pattern` (`*` one token, `>` the rest); tests hold
+    /// each message's subject to its type's [`crate::Message::SUBJECT`] with it.
+    #[cfg(test)]
+    pub(crate) fn matches(pattern: &str, subject: &str) -> bool {
+        let mut subject = subject.split('.');
+        for token in pattern.split('.') {
+            match (token, subject.next()) {
+                (">", Some(_)) => return true,
+                ("*", Some(_)) => {}
+                (t, Some(s)) if t == s => {}
+                _ => return false,
+            }
+        }
+        subject.next().is_none()
+    }
+
     /// `pf.trace.<trace_id>`: the finished spans of one trace ([`crate::trace::SpanRecord`]).
     pub fn trace(trace_id: &str) -> String {
         format!("pf.trace.{trace_id}")
+    }
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::subject::{self, matches};
+    use crate::Message;
+    use crate::events::DeadLetter;
+    use crate::provision::ProvisionOutcome;
+
+    #[test]
+    fn patterns_match_whole_tokens() {
+        assert!(matches("pf.evt.vm.*", "pf.evt.vm.provisioned"));
+        assert!(!matches("pf.evt.vm.*", "pf.evt.vm.a.b"));
+        assert!(matches("pf.evt.>", "pf.evt.vm.a.b"));
+        assert!(!matches("pf.evt.vm.*", "pf.evt.vm"));
+        assert!(!matches(
+            "pf.evt.vm.provisioned",
+            "pf.evt.vm.provision_failed"
+        ));
+    }
+
+    #[test]
+    fn variable_subjects_match_their_type_pattern() {
+        for event in ["provisioned", "provision_failed"] {
+            assert!(matches(
+                ProvisionOutcome::SUBJECT,
+                &subject::evt("vm", event)
+            ));
+        }
+        assert!(matches(
+            DeadLetter::SUBJECT,
+            &subject::dead_letter(super::durable::PROVISIONER)
+        ));
     }
 }
 
@@ -97,8 +149,8 @@ pub mod bucket {
 /// into the future so that a signature always expires before its id record does).
 pub const WEBHOOK_ID_TTL_SECS: u64 = 15 * 60;
 
-/// Durable consumer names another crate reads (a service filtering another's dead letters, the tests
-/// and tooling inspecting a consumer). Each owning service consumes under the constant from here.
+/// Durable consumer names. Each owning service consumes under the entry of [`consumer`] that uses
+/// it; other crates read them to filter another's dead letters or to inspect a consumer.
 pub mod durable {
     /// The provisioner's provision commands (`pf.cmd.provisioner.provision`).
     pub const PROVISIONER: &str = "provisioner";
@@ -110,14 +162,17 @@ pub mod durable {
     pub const ORCHESTRATOR_GIVEN_UP: &str = "orchestrator-givenup";
     /// The orchestrator's capacity events (`pf.evt.capacity.exceeded`), which start scale-outs.
     pub const ORCHESTRATOR_SCALE_OUT: &str = "orchestrator-scaleout";
+    /// The orchestrator's scale-outs requested by remediation (`pf.cmd.orchestrator.scale_out`).
+    pub const ORCHESTRATOR_SCALE_OUT_REQUESTED: &str = "orchestrator-scaleout-requested";
     /// The remediation engine's alerts (`pf.ingest.alertmanager.alert`), run inside the orchestrator.
     pub const ORCHESTRATOR_ALERTS: &str = "orchestrator-alerts";
     /// The remediation engine's remediation outcomes (`pf.evt.remediation.outcome`, the circuit
     /// breakers).
     pub const ORCHESTRATOR_REMEDIATION_OUTCOMES: &str = "orchestrator-remediation-outcomes";
-    /// The remediator's `remediate` workflows (`pf.cmd.workflow.remediate`).
+    /// The remediator's `remediate` workflows (`pf.cmd.workflow.remediate`); the workflow engine
+    /// names each kind's advance consumer `workflow-<kind>` ([`super::workflow_durable`]).
     pub const REMEDIATOR: &str = "workflow-remediate";
-    /// The remediator's view of hand-off outcomes (`pf.evt.handoff.>`), which end the waiting
+    /// The remediator's view of hand-off outcomes (`pf.evt.handoff.*`), which end the waiting
     /// remediations.
     pub const REMEDIATOR_HANDOFFS: &str = "remediator-handoffs";
     /// The snapshotter's prune requests (`pf.cmd.snapshotter.prune`).
@@ -126,9 +181,246 @@ pub mod durable {
     pub const REPLICATOR_RUN: &str = "replicator-run";
 }
 
-/// The advance consumer of workflow kind `kind` (`workflow-<kind>` on `pf.cmd.workflow.<kind>`).
+/// The advance consumer of workflow kind `kind`: `workflow-<kind>` on `pf.cmd.workflow.<kind>`.
 pub fn workflow_durable(kind: &str) -> String {
     format!("workflow-{kind}")
+}
+
+/// NATS users: one per service, the identity its permissions in `deploy/nats/accounts.conf` are
+/// granted to (generated from [`consumer::ALL`] and `proxflow nats-accounts`' declarations).
+pub mod user {
+    /// Declares the topology; no restrictions.
+    pub const ADMIN: &str = "admin";
+    /// HTTP ingress.
+    pub const GATEWAY: &str = "gateway";
+    /// Workflows, admissions, scale-out and the remediation engine.
+    pub const ORCHESTRATOR: &str = "orchestrator";
+    /// Provisioning steps.
+    pub const PROVISIONER: &str = "provisioner";
+    /// Capacity polling.
+    pub const CAPACITY: &str = "capacity";
+    /// Snapshots and pre-change snapshots.
+    pub const SNAPSHOTTER: &str = "snapshotter";
+    /// Offsite replication.
+    pub const REPLICATOR: &str = "replicator";
+    /// Remediation actions.
+    pub const REMEDIATOR: &str = "remediator";
+
+    /// The reply-inbox prefix of a user (`_INBOX_<user>`): its permissions let it read only its own
+    /// replies, which a shared `_INBOX` would not.
+    pub fn inbox_prefix(user: &str) -> String {
+        format!("_INBOX_{user}")
+    }
+}
+
+/// What a durable consumer reads: one subject pattern, or the dead letters of another consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// A subject pattern, normally a message type's [`crate::Message::SUBJECT`].
+    Subject(&'static str),
+    /// `pf.evt.deadletter.<durable>`: what that consumer gave up on.
+    DeadLettersOf(&'static str),
+}
+
+/// One durable pull consumer: where it reads, under which name, what, and as which NATS user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consumer {
+    /// The stream it reads ([`stream`]).
+    pub stream: &'static str,
+    /// Its durable name ([`durable`]); also its metrics label and dead-letter subject suffix.
+    pub durable: &'static str,
+    /// What it reads.
+    pub filter: Filter,
+    /// The NATS user ([`user`]) of the service that consumes it; only that user may pull from it.
+    pub user: &'static str,
+}
+
+impl Consumer {
+    /// The filter as a subject pattern.
+    pub fn filter_subject(&self) -> String {
+        match self.filter {
+            Filter::Subject(s) => s.to_owned(),
+            Filter::DeadLettersOf(durable) => subject::dead_letter(durable),
+        }
+    }
+}
+
+/// Every durable consumer of proxflow. Services build their consumer specs from these entries and
+/// `proxflow nats-accounts` grants each one to its user, so a consumer and its permission cannot
+/// drift apart.
+pub mod consumer {
+    use super::{Consumer, Filter, durable, stream, user};
+    use crate::Message;
+    use crate::alert::AlertReceived;
+    use crate::capacity::{CapacityExceeded, ScaleOutRequested};
+    use crate::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
+    use crate::remediation::{HandOffOutcome, RemediationOutcome};
+    use crate::replication::ReplicationRequested;
+    use crate::snapshot::PruneRequested;
+
+    /// See [`durable::PROVISIONER`].
+    pub const PROVISIONER: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::PROVISIONER,
+        filter: Filter::Subject(ProvisionCommand::SUBJECT),
+        user: user::PROVISIONER,
+    };
+    /// See [`durable::ORCHESTRATOR_PROVISION`].
+    pub const ORCHESTRATOR_PROVISION: Consumer = Consumer {
+        stream: stream::INGEST,
+        durable: durable::ORCHESTRATOR_PROVISION,
+        filter: Filter::Subject(ProvisionRequested::SUBJECT),
+        user: user::ORCHESTRATOR,
+    };
+    /// See [`durable::ORCHESTRATOR_OUTCOMES`].
+    pub const ORCHESTRATOR_OUTCOMES: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::ORCHESTRATOR_OUTCOMES,
+        filter: Filter::Subject(ProvisionOutcome::SUBJECT),
+        user: user::ORCHESTRATOR,
+    };
+    /// See [`durable::ORCHESTRATOR_GIVEN_UP`].
+    pub const ORCHESTRATOR_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::ORCHESTRATOR_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::PROVISIONER),
+        user: user::ORCHESTRATOR,
+    };
+    /// See [`durable::ORCHESTRATOR_SCALE_OUT`].
+    pub const ORCHESTRATOR_SCALE_OUT: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::ORCHESTRATOR_SCALE_OUT,
+        filter: Filter::Subject(CapacityExceeded::SUBJECT),
+        user: user::ORCHESTRATOR,
+    };
+    /// See [`durable::ORCHESTRATOR_SCALE_OUT_REQUESTED`].
+    pub const ORCHESTRATOR_SCALE_OUT_REQUESTED: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::ORCHESTRATOR_SCALE_OUT_REQUESTED,
+        filter: Filter::Subject(ScaleOutRequested::SUBJECT),
+        user: user::ORCHESTRATOR,
+    };
+    /// See [`durable::ORCHESTRATOR_ALERTS`].
+    pub const ORCHESTRATOR_ALERTS: Consumer = Consumer {
+        stream: stream::INGEST,
+        durable: durable::ORCHESTRATOR_ALERTS,
+        filter: Filter::Subject(AlertReceived::SUBJECT),
+        user: user::ORCHESTRATOR,
+    };
+    /// See [`durable::ORCHESTRATOR_REMEDIATION_OUTCOMES`].
+    pub const ORCHESTRATOR_REMEDIATION_OUTCOMES: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::ORCHESTRATOR_REMEDIATION_OUTCOMES,
+        filter: Filter::Subject(RemediationOutcome::SUBJECT),
+        user: user::ORCHESTRATOR,
+    };
+    /// See [`durable::REMEDIATOR`].
+    pub const REMEDIATOR: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::REMEDIATOR,
+        filter: Filter::Subject(super::subject::WORKFLOW_REMEDIATE),
+        user: user::REMEDIATOR,
+    };
+    /// See [`durable::REMEDIATOR_HANDOFFS`].
+    pub const REMEDIATOR_HANDOFFS: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::REMEDIATOR_HANDOFFS,
+        filter: Filter::Subject(HandOffOutcome::SUBJECT),
+        user: user::REMEDIATOR,
+    };
+    /// See [`durable::SNAPSHOTTER_PRUNE`].
+    pub const SNAPSHOTTER_PRUNE: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::SNAPSHOTTER_PRUNE,
+        filter: Filter::Subject(PruneRequested::SUBJECT),
+        user: user::SNAPSHOTTER,
+    };
+    /// See [`durable::REPLICATOR_RUN`].
+    pub const REPLICATOR_RUN: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::REPLICATOR_RUN,
+        filter: Filter::Subject(ReplicationRequested::SUBJECT),
+        user: user::REPLICATOR,
+    };
+
+    /// All of them, in the order `deploy/nats/accounts.conf` lists them.
+    pub const ALL: &[Consumer] = &[
+        PROVISIONER,
+        ORCHESTRATOR_PROVISION,
+        ORCHESTRATOR_OUTCOMES,
+        ORCHESTRATOR_GIVEN_UP,
+        ORCHESTRATOR_SCALE_OUT,
+        ORCHESTRATOR_SCALE_OUT_REQUESTED,
+        ORCHESTRATOR_ALERTS,
+        ORCHESTRATOR_REMEDIATION_OUTCOMES,
+        REMEDIATOR,
+        REMEDIATOR_HANDOFFS,
+        SNAPSHOTTER_PRUNE,
+        REPLICATOR_RUN,
+    ];
+
+    #[cfg(test)]
+    mod tests {
+        use std::collections::BTreeSet;
+
+        use super::*;
+        use crate::names::subject;
+
+        #[test]
+        fn durable_names_are_unique_and_single_tokens() {
+            let names: BTreeSet<_> = ALL.iter().map(|c| c.durable).collect();
+            assert_eq!(names.len(), ALL.len());
+            for c in ALL {
+                // A durable name is one subject token of the JetStream API and of dead letters.
+                assert!(!c.durable.contains(['.', '*', '>', ' ']), "{}", c.durable);
+            }
+        }
+
+        #[test]
+        fn each_consumer_reads_a_subject_of_its_stream() {
+            for c in ALL {
+                let captured = match c.stream {
+                    stream::INGEST => subject::INGEST_ALL,
+                    stream::CMD => subject::CMD_ALL,
+                    stream::EVT => subject::EVT_ALL,
+                    other => panic!("{} reads unexpected stream {other}", c.durable),
+                };
+                let prefix = captured.trim_end_matches('>');
+                assert!(
+                    c.filter_subject().starts_with(prefix),
+                    "{} filters {} outside {}",
+                    c.durable,
+                    c.filter_subject(),
+                    c.stream
+                );
+            }
+        }
+
+        #[test]
+        fn workflow_consumers_are_named_as_the_engine_names_them() {
+            assert_eq!(
+                REMEDIATOR.durable,
+                crate::names::workflow_durable("remediate")
+            );
+            assert_eq!(
+                REMEDIATOR.filter_subject(),
+                subject::cmd("workflow", "remediate")
+            );
+        }
+
+        #[test]
+        fn dead_letter_filters_name_a_consumer_of_the_table() {
+            assert_eq!(
+                ORCHESTRATOR_GIVEN_UP.filter_subject(),
+                "pf.evt.deadletter.provisioner"
+            );
+            for c in ALL {
+                if let Filter::DeadLettersOf(d) = c.filter {
+                    assert!(ALL.iter().any(|o| o.durable == d), "{d}");
+                }
+            }
+        }
+    }
 }
 
 /// Message headers. NATS header names are case-sensitive; these are the exact spellings sent.
@@ -211,6 +503,102 @@ pub mod key {
         format!("remediation/{}", target_key(target))
     }
 
+    /// `remediation.cooldown.<rule>.<target>` in `pf_cooldowns`: when a rule last acted on a target.
+    pub fn remediation_cooldown(rule: &str, target: &str) -> String {
+        format!(
+            "remediation.cooldown.{}.{}",
+            key_part(rule),
+            target_key(target)
+        )
+    }
+
+    /// `remediation.threshold.<rule>.<target>` in `pf_admissions`: the alerts a rule has seen for a
+    /// target within its threshold window.
+    pub fn remediation_threshold(rule: &str, target: &str) -> String {
+        format!(
+            "remediation.threshold.{}.{}",
+            key_part(rule),
+            target_key(target)
+        )
+    }
+
+    /// `remediation.targets.<rule>` in `pf_admissions`: the targets a rule acted on within its
+    /// `max_targets` window.
+    pub fn remediation_targets(rule: &str) -> String {
+        format!("remediation.targets.{}", key_part(rule))
+    }
+
+    /// `remediation.breaker.<rule>` in `pf_cooldowns`: a rule's circuit breaker.
+    pub fn remediation_breaker(rule: &str) -> String {
+        format!("remediation.breaker.{}", key_part(rule))
+    }
+
+    /// `provision.<profile>` in `pf_admissions`: the admission ledger of a provisioning profile.
+    pub fn provision_ledger(profile: &str) -> String {
+        format!("provision.{profile}")
+    }
+
+    /// `scaleout.<cluster>`: a cluster's scale-out slot in `pf_admissions`, and its last scale-out in
+    /// `pf_cooldowns`.
+    pub fn scale_out(cluster: &str) -> String {
+        format!("scaleout.{cluster}")
+    }
+
+    /// `vm/<vmid>` in `pf_locks`: the lease the snapshotter holds while pruning a VM's snapshots.
+    pub fn vm_lease(vmid: u32) -> String {
+        format!("vm/{vmid}")
+    }
+
+    /// `zfs/<dataset>` in `pf_locks`: the lease the snapshotter takes while pruning a dataset and the
+    /// replicator while sending it, so pruning never races a send; characters KV keys cannot carry
+    /// are replaced.
+    pub fn dataset_lease(dataset: &str) -> String {
+        let safe: String = dataset
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_/=.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("zfs/{safe}")
+    }
+
+    /// `prechange/<target lease>` in `pf_locks`: one pre-change snapshot of a target at a time,
+    /// without blocking the target's own lease (a prune or a send).
+    pub fn prechange_lease(target_lease: &str) -> String {
+        format!("prechange/{target_lease}")
+    }
+
+    /// `detector/<scope>/<name>/<metric>` in `pf_capacity`: one sustained-threshold detector.
+    pub fn capacity_detector(id: &crate::capacity::MetricId) -> String {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_=".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect()
+        };
+        format!(
+            "detector/{}/{}/{}",
+            id.scope.as_str(),
+            clean(&id.name),
+            clean(&id.metric)
+        )
+    }
+
+    /// The `pf_webhook_ids` key of a webhook id: its SHA-256, because senders choose ids freely and
+    /// KV keys allow only `[-/_=.a-zA-Z0-9]`.
+    pub fn webhook_id(webhook_id: &str) -> String {
+        hex::encode(Sha256::digest(webhook_id.as_bytes()))
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
@@ -227,6 +615,35 @@ pub mod key {
             // Not a number: kept (lower-cased), never parsed into one.
             assert_eq!(canonical_target("vm/1e3"), "vm/1e3");
             assert_eq!(canonical_target("vm/-3"), "vm/-3");
+        }
+
+        #[test]
+        fn key_formats_are_the_wire_values() {
+            assert_eq!(
+                remediation_cooldown("restart", "vm/0103"),
+                "remediation.cooldown.restart.vm/103"
+            );
+            assert_eq!(
+                remediation_threshold("restart", "VM/103"),
+                "remediation.threshold.restart.vm/103"
+            );
+            assert_eq!(
+                remediation_targets("restart"),
+                "remediation.targets.restart"
+            );
+            assert_eq!(
+                remediation_breaker("restart"),
+                "remediation.breaker.restart"
+            );
+            assert_eq!(provision_ledger("k8s-node"), "provision.k8s-node");
+            assert_eq!(scale_out("k3s"), "scaleout.k3s");
+            assert_eq!(vm_lease(104), "vm/104");
+            assert_eq!(dataset_lease("tank/data"), "zfs/tank/data");
+            assert_eq!(dataset_lease("tank/a:b"), "zfs/tank/a_b");
+            assert_eq!(prechange_lease("vm/104"), "prechange/vm/104");
+            let webhook = webhook_id("msg_2KWPBgLlAfxdpx2AI54pPJ85f4W with spaces.and*stars>");
+            assert_eq!(webhook.len(), 64);
+            assert!(webhook.bytes().all(|b| b.is_ascii_hexdigit()));
         }
 
         #[test]

@@ -79,8 +79,10 @@ impl Versioned for ProvisionRequested {
 }
 
 impl Message for ProvisionRequested {
+    const SUBJECT: &'static str = "pf.ingest.webhook.provision";
+
     fn subject(&self) -> String {
-        subject::ingest("webhook", "provision")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -106,8 +108,10 @@ impl Versioned for ProvisionCommand {
 }
 
 impl Message for ProvisionCommand {
+    const SUBJECT: &'static str = "pf.cmd.provisioner.provision";
+
     fn subject(&self) -> String {
-        subject::cmd("provisioner", "provision")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -146,6 +150,9 @@ impl Versioned for ProvisionOutcome {
 }
 
 impl Message for ProvisionOutcome {
+    /// The last token is success or failure.
+    const SUBJECT: &'static str = "pf.evt.vm.*";
+
     fn subject(&self) -> String {
         let event = if self.error.is_none() {
             "provisioned"

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::alert::{AlertReceived, AlertStatus};
 use crate::message::{Message, SchemaId, Versioned};
-use crate::names::subject;
 
 /// An action with every template filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -176,8 +175,10 @@ impl Versioned for RemediationDecision {
 }
 
 impl Message for RemediationDecision {
+    const SUBJECT: &'static str = "pf.evt.remediation.decision";
+
     fn subject(&self) -> String {
-        subject::evt("remediation", "decision")
+        Self::SUBJECT.into()
     }
 
     /// One decision per (alert, rule), however often the alert is redelivered.
@@ -272,8 +273,10 @@ impl Versioned for RemediationOutcome {
 }
 
 impl Message for RemediationOutcome {
+    const SUBJECT: &'static str = "pf.evt.remediation.outcome";
+
     fn subject(&self) -> String {
-        subject::evt("remediation", "outcome")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -307,8 +310,10 @@ impl Versioned for RemediationPage {
 }
 
 impl Message for RemediationPage {
+    const SUBJECT: &'static str = "pf.evt.remediation.page";
+
     fn subject(&self) -> String {
-        subject::evt("remediation", "page")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -353,6 +358,26 @@ pub struct HandOffOutcome {
     pub at: DateTime<Utc>,
 }
 
+impl HandOffOutcome {
+    /// The outcome of the work `requested_by` asked `owner` for.
+    pub fn new(
+        requested_by: &str,
+        owner: &str,
+        result: HandOffResult,
+        detail: impl Into<String>,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            requested_by: requested_by.to_string(),
+            owner: owner.to_string(),
+            result,
+            detail: detail.into(),
+            reference: None,
+            at,
+        }
+    }
+}
+
 impl Versioned for HandOffOutcome {
     const SCHEMA: SchemaId = SchemaId {
         name: "pf.evt.handoff.outcome",
@@ -361,8 +386,10 @@ impl Versioned for HandOffOutcome {
 }
 
 impl Message for HandOffOutcome {
+    const SUBJECT: &'static str = "pf.evt.handoff.*";
+
     fn subject(&self) -> String {
-        subject::evt("handoff", &self.owner)
+        crate::names::subject::evt("handoff", &self.owner)
     }
 
     fn dedupe_id(&self) -> String {

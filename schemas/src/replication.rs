@@ -79,6 +79,9 @@ impl Versioned for ReplicationRun {
 }
 
 impl Message for ReplicationRun {
+    /// The last token is the phase.
+    const SUBJECT: &'static str = "pf.evt.replication.*";
+
     fn subject(&self) -> String {
         let event = match self.phase {
             ReplicationPhase::Started => "started",
@@ -148,8 +151,10 @@ impl Versioned for ReplicationDiverged {
 }
 
 impl Message for ReplicationDiverged {
+    const SUBJECT: &'static str = "pf.evt.replication.diverged";
+
     fn subject(&self) -> String {
-        subject::evt("replication", "diverged")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -179,9 +184,17 @@ mod tests {
             at: DateTime::<Utc>::UNIX_EPOCH,
         };
         assert_eq!(run.subject(), "pf.evt.replication.started");
+        assert!(crate::names::subject::matches(
+            ReplicationRun::SUBJECT,
+            &run.subject()
+        ));
         assert_eq!(run.dedupe_id(), "replication/offsite/r1/started");
         run.phase = ReplicationPhase::Failed;
         assert_eq!(run.subject(), "pf.evt.replication.failed");
+        assert!(crate::names::subject::matches(
+            ReplicationRun::SUBJECT,
+            &run.subject()
+        ));
         run.phase = ReplicationPhase::Completed;
         assert_eq!(run.dedupe_id(), "replication/offsite/r1/completed");
     }
@@ -208,8 +221,10 @@ impl Versioned for ReplicationRequested {
 }
 
 impl Message for ReplicationRequested {
+    const SUBJECT: &'static str = "pf.cmd.replicator.run";
+
     fn subject(&self) -> String {
-        subject::cmd("replicator", "run")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {

@@ -75,8 +75,10 @@ impl Versioned for PruneRequested {
 }
 
 impl Message for PruneRequested {
+    const SUBJECT: &'static str = "pf.cmd.snapshotter.prune";
+
     fn subject(&self) -> String {
-        subject::cmd("snapshotter", "prune")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -172,8 +174,10 @@ impl Versioned for SnapshotTaken {
 }
 
 impl Message for SnapshotTaken {
+    const SUBJECT: &'static str = "pf.evt.snapshot.taken";
+
     fn subject(&self) -> String {
-        subject::evt("snapshot", "taken")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -206,8 +210,10 @@ impl Versioned for SnapshotsPruned {
 }
 
 impl Message for SnapshotsPruned {
+    const SUBJECT: &'static str = "pf.evt.snapshot.pruned";
+
     fn subject(&self) -> String {
-        subject::evt("snapshot", "pruned")
+        Self::SUBJECT.into()
     }
 
     fn dedupe_id(&self) -> String {
@@ -250,6 +256,9 @@ impl Versioned for SnapshotCheck {
 }
 
 impl Message for SnapshotCheck {
+    /// The last token is the result (`check_passed`, `check_failed`).
+    const SUBJECT: &'static str = "pf.evt.snapshot.*";
+
     fn subject(&self) -> String {
         subject::evt(
             "snapshot",
@@ -304,7 +313,15 @@ mod tests {
             checked_at: DateTime::<Utc>::UNIX_EPOCH,
         };
         assert_eq!(check.subject(), "pf.evt.snapshot.check_passed");
+        assert!(crate::names::subject::matches(
+            SnapshotCheck::SUBJECT,
+            &check.subject()
+        ));
         check.ok = false;
         assert_eq!(check.subject(), "pf.evt.snapshot.check_failed");
+        assert!(crate::names::subject::matches(
+            SnapshotCheck::SUBJECT,
+            &check.subject()
+        ));
     }
 }

@@ -216,6 +216,8 @@ impl Versioned for WorkflowAdvance {
 }
 
 impl crate::Message for WorkflowAdvance {
+    const SUBJECT: &'static str = "pf.cmd.workflow.*";
+
     fn subject(&self) -> String {
         crate::names::subject::cmd("workflow", &crate::names::key::key_part(&self.kind))
     }

@@ -48,6 +48,8 @@ impl Versioned for Probe {
 }
 
 impl Message for Probe {
+    const SUBJECT: &'static str = "pf.evt.test.*";
+
     fn subject(&self) -> String {
         proxflow_schemas::names::subject::evt("test", &self.topic)
     }

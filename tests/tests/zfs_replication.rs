@@ -245,7 +245,7 @@ async fn pruning_on_the_source_keeps_the_common_base_and_waits_for_a_send() {
     let leases = Leases::open(&ctx.bus.js).await.unwrap();
     let Acquired::Held(send_lease) = leases
         .acquire(
-            &proxflow_zfs::names::lease_key(&fx.source),
+            &proxflow_schemas::names::key::dataset_lease(&fx.source),
             "a-replicator-sending",
             "replicate",
         )

@@ -82,26 +82,6 @@ pub struct Monitor {
     detectors: HashMap<MetricId, Cached>,
 }
 
-fn key_of(id: &MetricId) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_=".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    format!(
-        "detector/{}/{}/{}",
-        id.scope.as_str(),
-        clean(&id.name),
-        clean(&id.metric)
-    )
-}
-
 impl Monitor {
     /// A monitor publishing through `ctx` and keeping its detectors in the `pf_capacity` bucket.
     pub async fn new(
@@ -265,7 +245,7 @@ impl Monitor {
         value: Option<f64>,
         report: &mut PollReport,
     ) -> Result<(), MonitorError> {
-        let key = key_of(id);
+        let key = proxflow_schemas::names::key::capacity_detector(id);
         for attempt in 0..CAS_ATTEMPTS {
             if attempt > 0 || !self.detectors.contains_key(id) {
                 let loaded = self.load_key(&key).await?;

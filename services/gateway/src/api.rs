@@ -317,7 +317,7 @@ async fn remediations(
         proxflow_runtime::bus::history::since::<RemediationDecision>(
             &api.ctx.bus.js,
             proxflow_schemas::names::stream::EVT,
-            &proxflow_schemas::names::subject::evt("remediation", "decision"),
+            <RemediationDecision as proxflow_schemas::Message>::SUBJECT,
             from,
             limit,
         )

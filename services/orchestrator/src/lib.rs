@@ -32,8 +32,9 @@ use proxflow_runtime::clock::{self, SharedClock};
 use proxflow_runtime::config::ConsumerConfig;
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
 use proxflow_schemas::events::DeadLetter;
-use proxflow_schemas::names::{bucket, durable, stream, subject};
+use proxflow_schemas::names::{bucket, consumer, key};
 use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
+use proxflow_schemas::remediation::HandOffResult;
 use proxflow_schemas::workflow::WorkflowState;
 use tokio_util::sync::CancellationToken;
 
@@ -103,7 +104,7 @@ pub async fn run(
     let admissions = Admissions::open(&ctx.bus.js).await?;
     let slots = Slots {
         admissions: admissions.clone(),
-        scale_out: o.clusters.names().map(scaleout::slot_key).collect(),
+        scale_out: o.clusters.names().map(key::scale_out).collect(),
     };
     let cooldowns = ctx
         .bus
@@ -113,11 +114,7 @@ pub async fn run(
         .map_err(|e| AdmissionError::Open(format!("{}: {e}", bucket::COOLDOWNS)))?;
     let admit = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::INGEST,
-            durable: durable::ORCHESTRATOR_PROVISION.into(),
-            filter_subject: subject::ingest("webhook", "provision"),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_PROVISION),
         o.consumer.clone(),
         Admit {
             store: store.clone(),
@@ -130,27 +127,24 @@ pub async fn run(
     );
     let release = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::EVT,
-            durable: durable::ORCHESTRATOR_OUTCOMES.into(),
-            filter_subject: subject::evt("vm", "*"),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_OUTCOMES),
         o.consumer.clone(),
         Release {
             slots: slots.clone(),
+            store: store.clone(),
+            publisher: ctx.bus.publisher.clone(),
+            clock: o.clock.clone(),
         },
     );
     let given_up = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::EVT,
-            durable: durable::ORCHESTRATOR_GIVEN_UP.into(),
-            filter_subject: subject::dead_letter(durable::PROVISIONER),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_GIVEN_UP),
         o.consumer.clone(),
         GivenUp {
             store: store.clone(),
             slots,
+            publisher: ctx.bus.publisher.clone(),
+            clock: o.clock.clone(),
         },
     );
     let scale_out_handler = |store: WorkflowStore| scaleout::ScaleOut {
@@ -165,21 +159,13 @@ pub async fn run(
     };
     let scale_out = ConsumerLoop::<proxflow_schemas::capacity::CapacityExceeded, _>::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::EVT,
-            durable: durable::ORCHESTRATOR_SCALE_OUT.into(),
-            filter_subject: subject::evt("capacity", "exceeded"),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_SCALE_OUT),
         o.consumer.clone(),
         scale_out_handler(store.clone()),
     );
     let scale_out_requested = ConsumerLoop::<proxflow_schemas::capacity::ScaleOutRequested, _>::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::CMD,
-            durable: scaleout::REQUESTED_DURABLE.into(),
-            filter_subject: subject::cmd("orchestrator", "scale_out"),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_SCALE_OUT_REQUESTED),
         o.consumer.clone(),
         scale_out_handler(store),
     );
@@ -224,18 +210,13 @@ struct Slots {
 impl Slots {
     async fn free(&self, profile: &str, workflow_id: &str) -> Result<(), AdmissionError> {
         self.admissions
-            .finish(&ledger_key(profile), workflow_id)
+            .finish(&key::provision_ledger(profile), workflow_id)
             .await?;
         for key in &self.scale_out {
             self.admissions.finish(key, workflow_id).await?;
         }
         Ok(())
     }
-}
-
-/// The admission ledger key of a profile.
-fn ledger_key(profile: &str) -> String {
-    format!("provision.{profile}")
 }
 
 struct Admit {
@@ -282,7 +263,7 @@ impl Handler<ProvisionRequested> for Admit {
         let decision = self
             .admissions
             .admit(
-                &ledger_key(&req.profile),
+                &key::provision_ledger(&req.profile),
                 &req.workflow_id,
                 caps,
                 self.clock.now(),
@@ -347,19 +328,69 @@ impl Admit {
 
 struct Release {
     slots: Slots,
+    store: WorkflowStore,
+    publisher: Publisher,
+    clock: SharedClock,
 }
 
 impl Handler<ProvisionOutcome> for Release {
     async fn handle(&self, delivery: Delivery<ProvisionOutcome>) -> Outcome {
         let outcome = delivery.message;
-        match self
+        if let Err(e) = self
             .slots
             .free(&outcome.profile, &outcome.workflow_id)
             .await
         {
-            Ok(()) => Outcome::Ack,
-            Err(e) => Outcome::retry(e.to_string()),
+            return Outcome::retry(e.to_string());
         }
+        let (result, detail) = match &outcome.error {
+            None => (
+                HandOffResult::Succeeded,
+                format!(
+                    "node {} provisioned (VMID {})",
+                    outcome.name,
+                    outcome.vmid.map_or("-".into(), |v| v.to_string())
+                ),
+            ),
+            Some(e) => (
+                HandOffResult::Failed,
+                format!("provisioning node {} failed: {e}", outcome.name),
+            ),
+        };
+        provision_ended(
+            &self.store,
+            &self.publisher,
+            &outcome.workflow_id,
+            result,
+            &detail,
+            self.clock.now(),
+        )
+        .await
+    }
+}
+
+/// A provision ended: when a scale-out an alert asked for dispatched it, the asking remediation
+/// hears how its scale-out ended.
+async fn provision_ended(
+    store: &WorkflowStore,
+    publisher: &Publisher,
+    provision: &str,
+    result: HandOffResult,
+    detail: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Outcome {
+    let Some(scale_out) = scaleout::of_provision(provision) else {
+        return Outcome::Ack;
+    };
+    match store.get(scale_out).await {
+        Ok(Some((record, _))) => {
+            match scaleout::tell_requester(publisher, &record, result, detail, at).await {
+                Ok(()) => Outcome::Ack,
+                Err(retry) => retry,
+            }
+        }
+        Ok(None) => Outcome::Ack,
+        Err(e) => Outcome::retry(e.to_string()),
     }
 }
 
@@ -369,6 +400,8 @@ impl Handler<ProvisionOutcome> for Release {
 struct GivenUp {
     store: WorkflowStore,
     slots: Slots,
+    publisher: Publisher,
+    clock: SharedClock,
 }
 
 impl Handler<DeadLetter> for GivenUp {
@@ -397,13 +430,21 @@ impl Handler<DeadLetter> for GivenUp {
             Ok(_) | Err(WorkflowStoreError::NotFound(_)) => {}
             Err(e) => return Outcome::retry(e.to_string()),
         }
-        match self
+        if let Err(e) = self
             .slots
             .free(&command.request.profile, &command.workflow_id)
             .await
         {
-            Ok(()) => Outcome::Ack,
-            Err(e) => Outcome::retry(e.to_string()),
+            return Outcome::retry(e.to_string());
         }
+        provision_ended(
+            &self.store,
+            &self.publisher,
+            &command.workflow_id,
+            HandOffResult::Failed,
+            &reason,
+            self.clock.now(),
+        )
+        .await
     }
 }

@@ -26,24 +26,18 @@ use proxflow_runtime::admission::{Admissions, Caps, Decision};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::Message;
 use proxflow_schemas::capacity::{
     CapacityExceeded, CapacitySample, HostExhausted, MetricId, ScaleOutRequested, Scope,
 };
-use proxflow_schemas::names::subject;
+use proxflow_schemas::names::key;
 use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
+use proxflow_schemas::remediation::{HandOffOutcome, HandOffResult};
 use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-/// Durable consumer name for scale-outs requested by remediation (`pf.cmd.orchestrator.scale_out`).
-pub const REQUESTED_DURABLE: &str = "orchestrator-scaleout-requested";
-
 const GIB: f64 = (1u64 << 30) as f64;
-
-/// The admission ledger key of a cluster's scale-out slot.
-pub fn slot_key(cluster: &str) -> String {
-    format!("scaleout.{cluster}")
-}
 
 /// The scale-out workflow of a firing.
 pub fn workflow_id(event: &CapacityExceeded) -> String {
@@ -73,6 +67,43 @@ pub(crate) struct ScaleOut {
     pub(crate) clusters: Clusters,
     pub(crate) clock: SharedClock,
 }
+
+/// The provision a scale-out dispatches.
+fn provision_of(scale_out: &str) -> String {
+    format!("{scale_out}-node")
+}
+
+/// The scale-out a provision was dispatched by, if it was.
+pub(crate) fn of_provision(provision: &str) -> Option<&str> {
+    provision
+        .strip_suffix("-node")
+        .filter(|s| s.starts_with("scaleout-"))
+}
+
+/// Tells the remediation that asked for scale-out `record` (if one did) how it ended
+/// (`pf.evt.handoff.scale_out`). A scale-out the capacity detector started has no one to tell.
+pub(crate) async fn tell_requester(
+    publisher: &Publisher,
+    record: &WorkflowRecord,
+    result: HandOffResult,
+    detail: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), Outcome> {
+    if record.origin.source != REQUESTED {
+        return Ok(());
+    }
+    let mut outcome =
+        HandOffOutcome::new(&record.origin.reference, "scale_out", result, detail, at);
+    outcome.reference = Some(record.id.clone());
+    publisher
+        .publish(&outcome)
+        .await
+        .map(drop)
+        .map_err(|e| Outcome::retry(format!("reporting the scale-out's outcome: {e}")))
+}
+
+/// The origin source of a scale-out an alert remediation asked for.
+const REQUESTED: &str = "alert";
 
 /// Why a scale-out did not provision.
 enum Stop {
@@ -122,17 +153,14 @@ impl Handler<ScaleOutRequested> for ScaleOut {
     async fn handle(&self, delivery: Delivery<ScaleOutRequested>) -> Outcome {
         let request = delivery.message;
         let Some(cluster) = self.clusters.get(&request.cluster) else {
-            return Outcome::poison(format!(
-                "no cluster {:?} in [capacity.clusters]",
-                request.cluster
-            ));
+            let why = format!("no cluster {:?} in [capacity.clusters]", request.cluster);
+            return self.fail_request(&request, why).await;
         };
         let sample = match self.latest_sample().await {
             Ok(Some(sample)) => sample,
             Ok(None) => {
-                return Outcome::poison(
-                    "no capacity.sample on the bus yet: is the capacity service running?",
-                );
+                let why = "no capacity.sample on the bus yet: is the capacity service running?";
+                return self.fail_request(&request, why.into()).await;
             }
             Err(e) => return Outcome::retry(e),
         };
@@ -148,7 +176,7 @@ impl Handler<ScaleOutRequested> for ScaleOut {
             sample,
         };
         let origin = Origin {
-            source: "alert".into(),
+            source: REQUESTED.into(),
             reference: request.workflow_id.clone(),
             reason: request.reason.clone(),
         };
@@ -158,6 +186,22 @@ impl Handler<ScaleOutRequested> for ScaleOut {
 }
 
 impl ScaleOut {
+    /// A request that can never be decided: its requester hears `failed`, and it is dead-lettered.
+    async fn fail_request(&self, request: &ScaleOutRequested, why: String) -> Outcome {
+        let now = self.clock.now();
+        let outcome = HandOffOutcome::new(
+            &request.workflow_id,
+            "scale_out",
+            HandOffResult::Failed,
+            &why,
+            now,
+        );
+        match self.publisher.publish(&outcome).await {
+            Ok(_) => Outcome::poison(why),
+            Err(e) => Outcome::retry(format!("reporting the scale-out's outcome: {e}")),
+        }
+    }
+
     /// The newest `capacity.sample` in the event stream.
     async fn latest_sample(&self) -> Result<Option<CapacitySample>, String> {
         let stream = self
@@ -166,7 +210,7 @@ impl ScaleOut {
             .await
             .map_err(|e| e.to_string())?;
         match stream
-            .get_last_raw_message_by_subject(&subject::evt("capacity", "sample"))
+            .get_last_raw_message_by_subject(CapacitySample::SUBJECT)
             .await
         {
             Ok(message) => serde_json::from_slice(&message.payload)
@@ -189,6 +233,17 @@ impl ScaleOut {
         match self.store.get(&id).await {
             Ok(Some((record, _))) if record.state.is_terminal() => {
                 tracing::info!(workflow = %id, "scale-out already decided");
+                // A redelivered request after a refusal tells its requester again (deduplicated).
+                if record.state == WorkflowState::Cancelled {
+                    let why = record.error.clone().unwrap_or_default();
+                    let now = self.clock.now();
+                    if let Err(retry) =
+                        tell_requester(&self.publisher, &record, HandOffResult::Refused, &why, now)
+                            .await
+                    {
+                        return retry;
+                    }
+                }
                 return Outcome::Ack;
             }
             Ok(Some(_)) => {}
@@ -252,6 +307,8 @@ impl ScaleOut {
         }
     }
 
+    /// Records how the scale-out ended; a refusal is also told to the remediation that asked (a
+    /// dispatched one is told when its provision ends, see [`tell_requester`]).
     async fn end(
         &self,
         id: &str,
@@ -259,7 +316,7 @@ impl ScaleOut {
         reason: Option<String>,
         data: serde_json::Value,
     ) -> Outcome {
-        match self
+        let record = match self
             .store
             .update(id, |r| {
                 r.state = state;
@@ -268,9 +325,19 @@ impl ScaleOut {
             })
             .await
         {
-            Ok(_) => Outcome::Ack,
-            Err(e) => Outcome::retry(e.to_string()),
+            Ok(record) => record,
+            Err(e) => return Outcome::retry(e.to_string()),
+        };
+        if state == WorkflowState::Cancelled {
+            let why = reason.unwrap_or_default();
+            let now = self.clock.now();
+            if let Err(retry) =
+                tell_requester(&self.publisher, &record, HandOffResult::Refused, &why, now).await
+            {
+                return retry;
+            }
         }
+        Outcome::Ack
     }
 
     /// Runs the guards and, when all pass, dispatches the provision. `Ok(Ok((node, provision id)))`
@@ -350,7 +417,7 @@ impl ScaleOut {
                 ))));
             }
         }
-        let provision = format!("{id}-node");
+        let provision = provision_of(id);
         let caps = Caps {
             max_running: 1,
             max_per_window: u32::MAX,
@@ -358,7 +425,7 @@ impl ScaleOut {
         };
         match self
             .admissions
-            .admit(&slot_key(name), &provision, caps, now)
+            .admit(&key::scale_out(name), &provision, caps, now)
             .await
         {
             Ok(Decision::Admitted) => {}
@@ -378,7 +445,7 @@ impl ScaleOut {
             let bytes = serde_json::to_vec(&record)
                 .map(Bytes::from)
                 .unwrap_or_default();
-            if let Err(e) = self.cooldowns.put(slot_key(name), bytes).await {
+            if let Err(e) = self.cooldowns.put(key::scale_out(name), bytes).await {
                 return Err(Outcome::retry(format!("recording the cooldown: {e}")));
             }
         }
@@ -402,7 +469,7 @@ impl ScaleOut {
     }
 
     async fn last(&self, cluster: &str) -> Result<Option<LastScaleOut>, Outcome> {
-        match self.cooldowns.get(slot_key(cluster)).await {
+        match self.cooldowns.get(key::scale_out(cluster)).await {
             Ok(Some(bytes)) => Ok(serde_json::from_slice(&bytes).ok()),
             Ok(None) => Ok(None),
             Err(e) => Err(Outcome::retry(format!("reading the cooldown: {e}"))),

@@ -17,7 +17,7 @@ use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome};
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
-use proxflow_schemas::names::{durable, stream, subject};
+use proxflow_schemas::names::consumer;
 use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome};
 use proxflow_schemas::workflow::{StepRecord, StepState, WorkflowRecord, WorkflowState};
 use serde_json::{Value, json};
@@ -72,11 +72,7 @@ pub async fn run(
         max_deliver: config.consumer.max_deliver,
         config: config.clone(),
     };
-    let spec = ConsumerSpec {
-        stream: stream::CMD,
-        durable: durable::PROVISIONER.into(),
-        filter_subject: subject::cmd("provisioner", "provision"),
-    };
+    let spec = ConsumerSpec::from(consumer::PROVISIONER);
     ConsumerLoop::new(ctx, spec, config.consumer, handler)
         .run(shutdown)
         .await?;

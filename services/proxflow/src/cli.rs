@@ -75,6 +75,13 @@ pub enum Command {
         #[arg(long, default_value = "schemas/json")]
         out: PathBuf,
     },
+    /// Write the NATS users and their least-privilege permissions (nats-server config), generated
+    /// from the consumer table and the subjects of the message types.
+    NatsAccounts {
+        /// Output file.
+        #[arg(long, default_value = "deploy/nats/accounts.conf")]
+        out: PathBuf,
+    },
 }
 
 /// `proxflow pve ...`.
@@ -161,6 +168,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
             Ok(())
         }
         Command::Schemas { out } => write_schemas(&out),
+        Command::NatsAccounts { out } => crate::nats_accounts::write(&out),
         Command::Snapshot {
             command: SnapshotCommand::Plan,
         } => snapshot_plan(&settings).await,

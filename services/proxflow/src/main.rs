@@ -14,10 +14,12 @@
 //! - `provision`: `proxflow provision`, a signed provisioning request to the gateway.
 //! - `trace`: `proxflow trace`, a workflow's trace read back from the bus.
 //! - `remediations`: `proxflow remediations`, the remediation audit trail.
+//! - `nats_accounts`: `proxflow nats-accounts`, the NATS users' permissions generated from the names.
 
 mod cli;
 mod compose;
 mod dev;
+mod nats_accounts;
 mod provision;
 mod pve;
 mod remediations;

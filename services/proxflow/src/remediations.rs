@@ -8,7 +8,8 @@ use chrono::Utc;
 use proxflow_runtime::bus;
 use proxflow_runtime::config::NatsConfig;
 use proxflow_runtime::ops::Metrics;
-use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::Message;
+use proxflow_schemas::names::stream;
 use proxflow_schemas::remediation::RemediationDecision;
 
 /// Prints the decisions of the last `since` (at most `limit`, newest last).
@@ -23,7 +24,7 @@ pub async fn run(
     let decisions: Vec<RemediationDecision> = bus::history::since(
         &bus.js,
         stream::EVT,
-        &subject::evt("remediation", "decision"),
+        RemediationDecision::SUBJECT,
         from,
         limit,
     )

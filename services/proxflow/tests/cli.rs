@@ -549,3 +549,41 @@ async fn remediations_lists_the_audit_trail_from_the_bus() {
         "{text}"
     );
 }
+
+/// `deploy/nats/accounts.conf` is generated from the consumer table and the message subjects: a
+/// consumer, subject or user change shows up in review as a diff of the permissions, and a hand edit
+/// of the file (which the next generation would silently undo) fails here. Fix with
+/// `just nats-accounts`.
+#[test]
+fn checked_in_nats_accounts_match_the_generator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let generated = dir.path().join("accounts.conf");
+    let out = proxflow()
+        .args(["nats-accounts", "--out"])
+        .arg(&generated)
+        .output()
+        .expect("run proxflow nats-accounts");
+    assert!(
+        out.status.success(),
+        "nats-accounts failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checked_in =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/accounts.conf");
+    let want = std::fs::read_to_string(&generated).expect("generated file");
+    let have = std::fs::read_to_string(&checked_in).expect("deploy/nats/accounts.conf");
+    if have != want {
+        let first = have
+            .lines()
+            .zip(want.lines())
+            .position(|(h, w)| h != w)
+            .unwrap_or_else(|| have.lines().count().min(want.lines().count()));
+        panic!(
+            "deploy/nats/accounts.conf differs from what `proxflow nats-accounts` writes (first at \
+             line {}: checked in {:?}, generated {:?}); run `just nats-accounts`",
+            first + 1,
+            have.lines().nth(first).unwrap_or("<end of file>"),
+            want.lines().nth(first).unwrap_or("<end of file>"),
+        );
+    }
+}

@@ -19,7 +19,7 @@ use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::clock;
 use proxflow_runtime::lease::Leases;
 use proxflow_runtime::workflow::{Engine, EngineError};
-use proxflow_schemas::names::{durable, stream, subject};
+use proxflow_schemas::names::consumer;
 use tokio_util::sync::CancellationToken;
 
 /// Why the remediator stopped.
@@ -64,11 +64,7 @@ pub async fn run(
     });
     let hand_offs = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::EVT,
-            durable: durable::REMEDIATOR_HANDOFFS.into(),
-            filter_subject: subject::evt("handoff", "*"),
-        },
+        ConsumerSpec::from(consumer::REMEDIATOR_HANDOFFS),
         config.consumer.clone(),
         executor::HandOffs {
             engine: engine.clone(),

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use proxflow_runtime::bus::{Delivery, Handler, Outcome};
+use proxflow_schemas::remediation::{HandOffOutcome, HandOffResult};
 use proxflow_schemas::replication::ReplicationRequested;
 use tokio_util::sync::CancellationToken;
 
@@ -35,10 +36,36 @@ impl Handler<ReplicationRequested> for OnDemand {
         {
             Ok(report) => {
                 tracing::info!(job = %request.job, run = %report.run_id, "requested replication done");
-                Outcome::Ack
+                let (result, detail) = if report.dry_run {
+                    (
+                        HandOffResult::Refused,
+                        format!("dry-run: job {} sent nothing", request.job),
+                    )
+                } else {
+                    (
+                        HandOffResult::Succeeded,
+                        format!(
+                            "job {} replicated ({:?}, {} bytes) up to {}",
+                            request.job,
+                            report.mode,
+                            report.bytes,
+                            report.snapshot.as_deref().unwrap_or("-")
+                        ),
+                    )
+                };
+                self.tell(&request, result, detail, Some(report.run_id), Outcome::Ack)
+                    .await
             }
             Err(JobError::UnknownJob(job)) => {
-                Outcome::poison(format!("no replication job {job:?}"))
+                let why = format!("no replication job {job:?}");
+                self.tell(
+                    &request,
+                    HandOffResult::Failed,
+                    why.clone(),
+                    None,
+                    Outcome::poison(why),
+                )
+                .await
             }
             // Transient: the snapshotter is pruning the dataset, or shutdown interrupted the
             // transfer. Redelivered (after a restart, in the second case), not dropped.
@@ -47,8 +74,32 @@ impl Handler<ReplicationRequested> for OnDemand {
             }
             Err(e) => {
                 tracing::warn!(job = %request.job, error = %e, "requested replication failed");
-                Outcome::Ack
+                let why = format!("job {}: {e}", request.job);
+                self.tell(&request, HandOffResult::Failed, why, None, Outcome::Ack)
+                    .await
             }
+        }
+    }
+}
+
+impl OnDemand {
+    /// Tells the workflow that asked how its run ended (`pf.evt.handoff.replication`), then settles
+    /// the request with `then`.
+    async fn tell(
+        &self,
+        request: &ReplicationRequested,
+        result: HandOffResult,
+        detail: String,
+        run: Option<String>,
+        then: Outcome,
+    ) -> Outcome {
+        let now = self.replicator.clock.now();
+        let mut outcome =
+            HandOffOutcome::new(&request.workflow_id, "replication", result, detail, now);
+        outcome.reference = run;
+        match self.replicator.publisher.publish(&outcome).await {
+            Ok(_) => then,
+            Err(e) => Outcome::retry(format!("reporting the run's outcome: {e}")),
         }
     }
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use proxflow_runtime::lease::Held;
 use proxflow_schemas::replication::{ReplicationPhase, ReplicationRun, TransferMode};
-use proxflow_zfs::{SendStream, names};
+use proxflow_zfs::SendStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -98,7 +98,7 @@ impl Replicator {
             rand::random::<u32>() & 0xff_ffff
         );
         let name = &job.config.name;
-        let key = names::lease_key(&job.config.source);
+        let key = proxflow_schemas::names::key::dataset_lease(&job.config.source);
         let purpose = format!(
             "replicate {} to {} ({name})",
             job.config.source, job.config.target

@@ -13,7 +13,7 @@ use proxflow_runtime::bus::{ConsumerLoop, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{self, LeaseError, Leases};
-use proxflow_schemas::names::{durable, stream, subject};
+use proxflow_schemas::names;
 use proxflow_zfs::Zfs;
 use tokio_util::sync::CancellationToken;
 
@@ -108,11 +108,7 @@ pub async fn run(
     let replicator = Arc::new(Replicator::new(&ctx, config, clock).await?);
     let on_demand = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::CMD,
-            durable: durable::REPLICATOR_RUN.into(),
-            filter_subject: subject::cmd("replicator", "run"),
-        },
+        ConsumerSpec::from(names::consumer::REPLICATOR_RUN),
         consumer,
         OnDemand {
             replicator: replicator.clone(),

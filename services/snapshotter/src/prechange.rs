@@ -73,7 +73,8 @@ impl Snapshotter {
         // lease of its own, not the target's: a replication holding the dataset for an hour must
         // not delay a patch. The holder is unique per call, so requests within this process
         // exclude each other too.
-        let key = format!("prechange/{}", target::lease_key(&request.target));
+        let key =
+            proxflow_schemas::names::key::prechange_lease(&target::lease_key(&request.target));
         let holder = format!("{}/{:08x}", self.holder, rand::random::<u32>());
         let purpose = format!("pre-change {}", request.request_id);
         let mut retries = PRECHANGE_LOCK_WAIT.start();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome};
 use proxflow_runtime::lease::{Held, LeaseError};
+use proxflow_schemas::remediation::{HandOffOutcome, HandOffResult};
 use proxflow_schemas::snapshot::{PruneRequested, SnapshotTarget, SnapshotsPruned};
 use tracing::Instrument;
 
@@ -50,10 +51,14 @@ impl Handler<PruneRequested> for PruneOnRequest {
         let report = self.snapshotter.prune_pool(&request).await;
         if report.targets.is_empty() {
             // A human must look: the pool fills and no policy here can free anything on it.
-            return Outcome::poison(format!(
+            let why = format!(
                 "no snapshot policy covers a dataset on pool {:?}; nothing to prune",
                 request.pool
-            ));
+            );
+            return match self.tell(&request, HandOffResult::Failed, &why).await {
+                Ok(()) => Outcome::poison(why),
+                Err(retry) => retry,
+            };
         }
         // Pruning again is harmless (the plan is recomputed), so a busy target is retried.
         if let Some(busy) = report.targets.iter().find_map(|t| t.skipped.clone()) {
@@ -61,13 +66,49 @@ impl Handler<PruneRequested> for PruneOnRequest {
         }
         let pruned: usize = report.targets.iter().map(|t| t.pruned.len()).sum();
         let errors: Vec<&String> = report.targets.iter().flat_map(|t| &t.errors).collect();
-        if errors.is_empty() {
+        let (result, detail) = if errors.is_empty() {
             tracing::info!(pool = %request.pool, pruned, "requested prune done");
+            let done = format!("pruned {pruned} snapshots on pool {}", request.pool);
+            if self.snapshotter.config.dry_run {
+                (
+                    HandOffResult::Refused,
+                    format!("dry-run: nothing pruned on pool {}", request.pool),
+                )
+            } else {
+                (HandOffResult::Succeeded, done)
+            }
         } else {
             // The failures are counted in the metrics; the next scheduled pass tries again.
             tracing::warn!(pool = %request.pool, pruned, ?errors, "requested prune partly failed");
+            let listed: Vec<&str> = errors.iter().map(|e| e.as_str()).collect();
+            (
+                HandOffResult::Failed,
+                format!("pruned {pruned}, then failed: {}", listed.join("; ")),
+            )
+        };
+        match self.tell(&request, result, &detail).await {
+            Ok(()) => Outcome::Ack,
+            Err(retry) => retry,
         }
-        Outcome::Ack
+    }
+}
+
+impl PruneOnRequest {
+    /// Tells the workflow that asked how its prune ended (`pf.evt.handoff.prune`).
+    async fn tell(
+        &self,
+        request: &PruneRequested,
+        result: HandOffResult,
+        detail: &str,
+    ) -> Result<(), Outcome> {
+        let now = self.snapshotter.clock.now();
+        let outcome = HandOffOutcome::new(&request.workflow_id, "prune", result, detail, now);
+        self.snapshotter
+            .publisher
+            .publish(&outcome)
+            .await
+            .map(drop)
+            .map_err(|e| Outcome::retry(format!("reporting the prune's outcome: {e}")))
     }
 }
 

@@ -16,7 +16,7 @@ use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
 use proxflow_runtime::lease::{self, LeaseError, Leases};
 use proxflow_runtime::schedule::Schedule;
-use proxflow_schemas::names::{durable, stream, subject};
+use proxflow_schemas::names::consumer;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{PolicyConfig, SnapshotConfig};
@@ -118,11 +118,7 @@ pub async fn run(
     let prune = tokio::spawn(
         ConsumerLoop::new(
             ctx.clone(),
-            ConsumerSpec {
-                stream: stream::CMD,
-                durable: durable::SNAPSHOTTER_PRUNE.into(),
-                filter_subject: subject::cmd("snapshotter", "prune"),
-            },
+            ConsumerSpec::from(consumer::SNAPSHOTTER_PRUNE),
             proxflow_runtime::config::ConsumerConfig::default(),
             PruneOnRequest {
                 snapshotter: snapshotter.clone(),

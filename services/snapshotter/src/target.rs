@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use proxflow_pve::{PveClient, PveError};
+use proxflow_schemas::names::key;
 use proxflow_schemas::snapshot::SnapshotTarget;
 use proxflow_zfs::{Zfs, ZfsError};
 
@@ -56,8 +57,8 @@ pub struct Backends {
 /// The lease key guarding a target: `vm/<vmid>`, or the dataset key the replicator shares.
 pub fn lease_key(target: &SnapshotTarget) -> String {
     match target {
-        SnapshotTarget::Vm { vmid } => format!("vm/{vmid}"),
-        SnapshotTarget::Dataset { dataset } => proxflow_zfs::names::lease_key(dataset),
+        SnapshotTarget::Vm { vmid } => key::vm_lease(*vmid),
+        SnapshotTarget::Dataset { dataset } => key::dataset_lease(dataset),
     }
 }
 

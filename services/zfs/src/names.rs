@@ -1,6 +1,6 @@
 //! Names: what a dataset and a snapshot may be called, which arguments may travel through an ssh
-//! prefix, and the two names the snapshotter and the replicator must agree on — the per-dataset lease
-//! key and the replication hold tag.
+//! prefix, and the replication hold tag the snapshotter and the replicator must agree on (their
+//! shared per-dataset lease key is `proxflow_schemas::names::key::dataset_lease`).
 
 /// Characters ZFS allows in a dataset component or snapshot name (ZFS also allows a few more, such as
 /// spaces on newer releases; proxflow refuses those so that every name survives an ssh command line).
@@ -36,23 +36,6 @@ pub fn is_shell_safe(arg: &str) -> bool {
         && arg
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.:/@=,+%-".contains(c))
-}
-
-/// The lease (in `pf_locks`) the snapshotter takes while pruning a dataset and the replicator while
-/// sending it, so pruning never races a send: `zfs/<dataset>`, with characters KV keys cannot
-/// carry replaced.
-pub fn lease_key(dataset: &str) -> String {
-    let safe: String = dataset
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_/=.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("zfs/{safe}")
 }
 
 /// The hold tag replication job `job` places on the newest snapshot both sides share, on both
@@ -116,9 +99,7 @@ mod tests {
     }
 
     #[test]
-    fn lease_keys_and_hold_tags() {
-        assert_eq!(lease_key("tank/data"), "zfs/tank/data");
-        assert_eq!(lease_key("tank/a:b"), "zfs/tank/a_b");
+    fn hold_tags_and_names() {
         assert_eq!(hold_tag("offsite"), "proxflow-repl-offsite");
         assert_eq!(pool_of("tank/data/x"), "tank");
         assert_eq!(pool_of("tank@s"), "tank");

@@ -191,7 +191,6 @@ impl Decider {
         };
         let t = Some(target.clone());
         let id = workflow_id(alert, &spec.name);
-        let name = key_part(&spec.name);
         let tkey = target_key(&target);
 
         let breaker = self.breaker(&spec.name).await?;
@@ -210,7 +209,7 @@ impl Decider {
             let seen = self
                 .admissions
                 .occur(
-                    &format!("remediation.threshold.{name}.{tkey}"),
+                    &key::remediation_threshold(&spec.name, &target),
                     &alert.dedupe_id(),
                     th.within,
                     None,
@@ -233,7 +232,7 @@ impl Decider {
         // Cooldown, lock and quotas are claimed, each in one compare-and-set or create, so of N
         // concurrent decisions for one target exactly one acts. A claim that a later guard makes
         // pointless is given back (compensated) before the decision is recorded.
-        let cooldown_key = format!("remediation.cooldown.{name}.{tkey}");
+        let cooldown_key = key::remediation_cooldown(&spec.name, &target);
         let until = now + chrono::Duration::from_std(spec.cooldown).unwrap_or_default();
         let cooled = |c: &CooldownClaim| {
             format!(
@@ -279,7 +278,7 @@ impl Decider {
             let targets = self
                 .admissions
                 .occur(
-                    &format!("remediation.targets.{name}"),
+                    &key::remediation_targets(&spec.name),
                     &tkey,
                     m.per,
                     Some(m.count),
@@ -372,15 +371,11 @@ impl Decider {
     async fn breaker(&self, rule: &str) -> Result<BreakerState, Retry> {
         Ok(self
             .kv
-            .get(breaker_key(rule))
+            .get(key::remediation_breaker(rule))
             .await?
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default())
     }
-}
-
-fn breaker_key(rule: &str) -> String {
-    format!("remediation.breaker.{}", key_part(rule))
 }
 
 /// The rule's target and action with the alert's labels filled in.
@@ -445,7 +440,7 @@ impl Handler<RemediationOutcome> for Breakers {
             RemediationResult::Succeeded => true,
             RemediationResult::Failed | RemediationResult::Refused => false,
         };
-        let key = breaker_key(&outcome.rule);
+        let key = key::remediation_breaker(&outcome.rule);
         let b = self.config.breaker;
         let window = chrono::Duration::from_std(b.window).unwrap_or(chrono::Duration::hours(1));
         let now = self.clock.now();

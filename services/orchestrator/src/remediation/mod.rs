@@ -14,7 +14,7 @@ use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::lease::Leases;
 use proxflow_runtime::workflow::Engine;
-use proxflow_schemas::names::{bucket, durable, stream, subject};
+use proxflow_schemas::names::{bucket, consumer};
 use tokio_util::sync::CancellationToken;
 
 /// Why remediation stopped.
@@ -48,11 +48,7 @@ pub async fn run_engine(
         .map_err(open_err)?;
     let decide = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::INGEST,
-            durable: durable::ORCHESTRATOR_ALERTS.into(),
-            filter_subject: subject::ingest("alertmanager", "alert"),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_ALERTS),
         config.consumer.clone(),
         engine::Decider {
             rules,
@@ -72,11 +68,7 @@ pub async fn run_engine(
     );
     let breakers = ConsumerLoop::new(
         ctx.clone(),
-        ConsumerSpec {
-            stream: stream::EVT,
-            durable: durable::ORCHESTRATOR_REMEDIATION_OUTCOMES.into(),
-            filter_subject: subject::evt("remediation", "outcome"),
-        },
+        ConsumerSpec::from(consumer::ORCHESTRATOR_REMEDIATION_OUTCOMES),
         config.consumer.clone(),
         engine::Breakers {
             config,

@@ -10,7 +10,7 @@ use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, ErrorCode, kv};
 use proxflow_schemas::names::{
-    INGEST_DUPLICATE_WINDOW_SECS, WEBHOOK_ID_TTL_SECS, bucket, stream as stream_name, subject,
+    self, INGEST_DUPLICATE_WINDOW_SECS, WEBHOOK_ID_TTL_SECS, bucket, stream as stream_name, subject,
 };
 
 use crate::config::ConsumerConfig;
@@ -372,6 +372,17 @@ pub struct ConsumerSpec {
     pub durable: String,
     /// The one subject filter (a single filter also works on servers that ignore `filter_subjects`).
     pub filter_subject: String,
+}
+
+impl From<names::Consumer> for ConsumerSpec {
+    /// A service's consumer, from the table every permission is generated from.
+    fn from(consumer: names::Consumer) -> Self {
+        Self {
+            stream: consumer.stream,
+            durable: consumer.durable.to_owned(),
+            filter_subject: consumer.filter_subject(),
+        }
+    }
 }
 
 fn consumer_config(spec: &ConsumerSpec, tuning: &ConsumerConfig, replicas: usize) -> pull::Config {

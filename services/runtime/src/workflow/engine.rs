@@ -251,7 +251,7 @@ impl Engine {
         for (kind, driver) in &self.definitions {
             let spec = ConsumerSpec {
                 stream: stream::CMD,
-                durable: format!("workflow-{kind}"),
+                durable: proxflow_schemas::names::workflow_durable(kind),
                 filter_subject: subject::cmd("workflow", kind),
             };
             let handler = Advance {
