@@ -108,7 +108,6 @@ impl Monitor {
         ctx: &ServiceContext,
         config: CapacityConfig,
         pve: PveClient,
-        clock: SharedClock,
     ) -> Result<Self, MonitorError> {
         let kv = ctx
             .bus
@@ -122,7 +121,7 @@ impl Monitor {
         Ok(Self {
             pve,
             config,
-            clock,
+            clock: ctx.clock.clone(),
             publisher: ctx.bus.publisher.clone(),
             kv,
             gauges: Gauges::register(&ctx.metrics),

@@ -12,12 +12,10 @@ pub mod executor;
 
 use proxflow_pve::PveClient;
 use proxflow_remediation::RemediationConfig;
-use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::ConsumerLoop;
-use proxflow_runtime::bus::consume::ConsumeError;
 use proxflow_runtime::bus::topology::ConsumerSpec;
-use proxflow_runtime::lease::Leases;
 use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use proxflow_schemas::names::{durable, stream, subject};
 use tokio_util::sync::CancellationToken;
 
@@ -27,9 +25,18 @@ pub enum RemediatorError {
     /// A bucket is missing, KV failed or the HTTP client could not be built at start.
     #[error("remediator start-up: {0}")]
     Open(String),
-    /// A consumer failed.
+    /// The work-order consumer failed.
     #[error(transparent)]
-    Consume(#[from] ConsumeError),
+    Task(#[from] TaskError),
+}
+
+/// Everything the remediator needs beyond the [`ServiceContext`].
+#[derive(Debug, Clone)]
+pub struct RemediatorSettings {
+    /// `[remediation]` (its consumer settings).
+    pub config: RemediationConfig,
+    /// The Proxmox it acts on.
+    pub pve: PveClient,
 }
 
 fn open_err(e: impl std::fmt::Display) -> RemediatorError {
@@ -39,10 +46,10 @@ fn open_err(e: impl std::fmt::Display) -> RemediatorError {
 /// Runs work orders until `shutdown`.
 pub async fn run(
     ctx: ServiceContext,
-    config: RemediationConfig,
-    pve: PveClient,
+    settings: RemediatorSettings,
     shutdown: CancellationToken,
 ) -> Result<(), RemediatorError> {
+    let RemediatorSettings { config, pve } = settings;
     let act = ConsumerLoop::new(
         ctx.clone(),
         ConsumerSpec {
@@ -57,11 +64,12 @@ pub async fn run(
                 .timeout(std::time::Duration::from_secs(10))
                 .build()
                 .map_err(open_err)?,
-            leases: Leases::open(&ctx.bus.js).await.map_err(open_err)?,
+            leases: ctx.leases.clone(),
             store: WorkflowStore::open(&ctx.bus.js).await.map_err(open_err)?,
             publisher: ctx.bus.publisher.clone(),
         },
     );
-    act.run(shutdown).await?;
-    Ok(())
+    let mut tasks = Tasks::new(&ctx, &shutdown);
+    tasks.spawn("work orders", act.run(tasks.shutdown()));
+    Ok(tasks.join().await?)
 }
