@@ -254,7 +254,6 @@ action = { kind = "notify", url = "http://127.0.0.1:9/" }
         ctx.clone(),
         proxflow_remediation::RemediationConfig::default(),
         rules,
-        proxflow_runtime::clock::system(),
         stop.clone(),
     ));
     let load = AlertLoad {

@@ -69,7 +69,7 @@ fn main() {
         let ctx = nats.context("capacity-bench").await.unwrap();
         let config = CapacityConfig::default();
         let clock = ManualClock::new(Utc::now());
-        let mut monitor = Monitor::new(&ctx, config.clone(), pve, clock.shared())
+        let mut monitor = Monitor::new(&ctx.clone().with_clock(clock.shared()), config.clone(), pve)
             .await
             .unwrap();
 

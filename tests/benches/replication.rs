@@ -15,7 +15,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use proxflow_replicator::{JobConfig, ReplicationConfig, Replicator, RunControl};
-use proxflow_runtime::clock::system;
 use proxflow_testkit::TestNats;
 
 fn zfs(args: &[&str]) -> (bool, String) {
@@ -100,9 +99,7 @@ fn main() {
                 jobs: jobs.clone(),
                 ..ReplicationConfig::default()
             },
-            system(),
         )
-        .await
         .unwrap();
         let (mut bare, mut piped, mut whole, mut bytes) =
             (Vec::new(), Vec::new(), Vec::new(), 0u64);

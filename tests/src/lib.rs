@@ -260,15 +260,17 @@ pub async fn start_gateway(
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
-        proxflow_gateway::GatewayConfig {
-            bearer_tokens: std::collections::BTreeMap::from([(
-                name.to_owned(),
-                proxflow_runtime::config::Secret::new(token),
-            )]),
-            ..proxflow_gateway::GatewayConfig::default()
+        proxflow_gateway::GatewaySettings {
+            config: proxflow_gateway::GatewayConfig {
+                bearer_tokens: std::collections::BTreeMap::from([(
+                    name.to_owned(),
+                    proxflow_runtime::config::Secret::new(token),
+                )]),
+                ..proxflow_gateway::GatewayConfig::default()
+            },
+            profiles: proxflow_platform::Profiles::default(),
+            listener,
         },
-        proxflow_platform::Profiles::default(),
-        listener,
         stop.clone(),
     ));
     url

@@ -72,9 +72,9 @@ impl Scaling {
             |_| {},
             |o| {
                 o.clusters = config.clusters.clone();
-                o.clock = clock.shared();
                 tweak(o);
             },
+            clock.shared(),
         )
         .await;
         let monitor = Self::monitor(&p, &config, &clock).await;
@@ -101,8 +101,10 @@ impl Scaling {
         let pve = PveClient::new(&client_config(&s.p.sim)).unwrap();
         tokio::spawn(proxflow_remediator::run(
             s.p.ctx.clone(),
-            RemediationConfig::default(),
-            pve,
+            proxflow_remediator::RemediatorSettings {
+                config: RemediationConfig::default(),
+                pve,
+            },
             s.p.stop.clone(),
         ));
         s.gateway = Some(
@@ -146,9 +148,8 @@ impl Scaling {
 
     async fn monitor(p: &Platform, config: &CapacityConfig, clock: &ManualClock) -> Monitor {
         let pve = PveClient::new(&client_config(&p.sim)).unwrap();
-        Monitor::new(&p.ctx, config.clone(), pve, clock.shared())
-            .await
-            .unwrap()
+        let ctx = p.ctx.clone().with_clock(clock.shared());
+        Monitor::new(&ctx, config.clone(), pve).await.unwrap()
     }
 
     /// Every k3s node at `cpu` busy and 30 % memory, from now on (nodes added later included).

@@ -218,12 +218,9 @@ async fn service_context(nats: &TestNats, name: &str) -> ServiceContext {
     )
     .await
     .unwrap_or_else(|e| panic!("{name} connects: {e}"));
-    ServiceContext {
-        bus,
-        health: Health::default(),
-        metrics,
-        shutdown_grace: Duration::from_secs(1),
-    }
+    ServiceContext::new(bus, Health::default(), metrics, Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|e| panic!("{name} opens the locks bucket: {e}"))
 }
 
 /// Every service as its own least-privilege user runs a whole provision: a permission missing from
@@ -248,9 +245,11 @@ async fn the_shipped_users_can_run_a_provision() {
     let profiles = proxflow_platform::Profiles::default();
     let gateway = tokio::spawn(proxflow_gateway::run(
         service_context(&nats, "gateway").await,
-        gateway_config,
-        profiles.clone(),
-        listener,
+        proxflow_gateway::GatewaySettings {
+            config: gateway_config,
+            profiles: profiles.clone(),
+            listener,
+        },
         stop.clone(),
     ));
     let orchestrator = tokio::spawn(proxflow_orchestrator::run(
@@ -260,8 +259,10 @@ async fn the_shipped_users_can_run_a_provision() {
     ));
     let provisioner = tokio::spawn(proxflow_provisioner::run(
         service_context(&nats, "provisioner").await,
-        provisioner_config(file_sd.path().join("sd.json"), Duration::from_secs(30)),
-        pve,
+        proxflow_provisioner::ProvisionerSettings {
+            config: provisioner_config(file_sd.path().join("sd.json"), Duration::from_secs(30)),
+            pve,
+        },
         stop.clone(),
     ));
 
@@ -312,10 +313,11 @@ async fn the_shipped_users_can_scale_out() {
     let clock = proxflow_runtime::clock::ManualClock::new(chrono::Utc::now());
     let profiles = proxflow_platform::Profiles::default();
     let orchestrator = tokio::spawn(proxflow_orchestrator::run(
-        service_context(&nats, "orchestrator").await,
+        service_context(&nats, "orchestrator")
+            .await
+            .with_clock(clock.shared()),
         proxflow_orchestrator::Orchestration {
             clusters: capacity.clusters.clone(),
-            clock: clock.shared(),
             ..proxflow_orchestrator::Orchestration::new(
                 test_consumer(Duration::from_secs(30)),
                 profiles,
@@ -325,14 +327,17 @@ async fn the_shipped_users_can_scale_out() {
     ));
     let provisioner = tokio::spawn(proxflow_provisioner::run(
         service_context(&nats, "provisioner").await,
-        provisioner_config(file_sd.path().join("sd.json"), Duration::from_secs(30)),
-        pve.clone(),
+        proxflow_provisioner::ProvisionerSettings {
+            config: provisioner_config(file_sd.path().join("sd.json"), Duration::from_secs(30)),
+            pve: pve.clone(),
+        },
         stop.clone(),
     ));
     let ctx = service_context(&nats, "capacity").await;
-    let mut monitor = proxflow_capacity::Monitor::new(&ctx, capacity, pve, clock.shared())
-        .await
-        .expect("the capacity user opens its bucket");
+    let mut monitor =
+        proxflow_capacity::Monitor::new(&ctx.clone().with_clock(clock.shared()), capacity, pve)
+            .await
+            .expect("the capacity user opens its bucket");
     let mut fired = Vec::new();
     for _ in 0..3 {
         clock.advance(Duration::from_secs(60));
@@ -371,7 +376,6 @@ async fn the_shipped_users_can_scale_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_snapshotter_and_replicator_users_work_and_nothing_more() {
     use proxflow_replicator::{JobConfig, ReplicationConfig, Replicator, RunControl};
-    use proxflow_runtime::clock::system;
     use proxflow_schemas::snapshot::{PreChangeRequest, SnapshotTarget};
 
     let (_dir, nats) = accounts_server();
@@ -384,9 +388,10 @@ async fn the_snapshotter_and_replicator_users_work_and_nothing_more() {
     let stop = CancellationToken::new();
     let snapshotter = tokio::spawn(proxflow_snapshotter::run(
         snapshotter_ctx.clone(),
-        config,
-        Some(pve),
-        system(),
+        proxflow_snapshotter::SnapshotterSettings {
+            config,
+            pve: Some(pve),
+        },
         stop.clone(),
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -455,9 +460,7 @@ async fn the_snapshotter_and_replicator_users_work_and_nothing_more() {
             }],
             ..ReplicationConfig::default()
         },
-        system(),
     )
-    .await
     .expect("the replicator opens the locks bucket");
     // The snapshotter may be pruning under the same lease right now: then it is busy, briefly.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -589,8 +592,10 @@ dry_run = false
     ));
     let remediator = tokio::spawn(proxflow_remediator::run(
         service_context(&nats, "remediator").await,
-        proxflow_remediation::RemediationConfig::default(),
-        pve,
+        proxflow_remediator::RemediatorSettings {
+            config: proxflow_remediation::RemediationConfig::default(),
+            pve,
+        },
         stop.clone(),
     ));
     let delivery = serde_json::json!({"version": "4", "receiver": "proxflow", "alerts": [{

@@ -130,8 +130,10 @@ async fn killed_during(phase: &str) {
     // A second instance takes over once the first one's delivery times out.
     let second = tokio::spawn(proxflow_provisioner::run(
         ctx.clone(),
-        provisioner_config(sd_path.clone(), ACK_WAIT),
-        client,
+        proxflow_provisioner::ProvisionerSettings {
+            config: provisioner_config(sd_path.clone(), ACK_WAIT),
+            pve: client,
+        },
         stop.clone(),
     ));
     let deadline = Instant::now() + Duration::from_secs(60);

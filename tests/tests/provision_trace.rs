@@ -31,12 +31,14 @@ async fn one_request_is_one_trace_from_the_gateway_to_proxmox() {
     let url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(proxflow_gateway::run(
         p.ctx.clone(),
-        GatewayConfig {
-            webhook_secrets: vec![secret.clone()],
-            ..GatewayConfig::default()
+        proxflow_gateway::GatewaySettings {
+            config: GatewayConfig {
+                webhook_secrets: vec![secret.clone()],
+                ..GatewayConfig::default()
+            },
+            profiles: proxflow_platform::Profiles::default(),
+            listener,
         },
-        proxflow_platform::Profiles::default(),
-        listener,
         p.stop.clone(),
     ));
     let accepted = support::provision_via_gateway(&url, &secret, br#"{"name": "traced-1"}"#).await;

@@ -205,12 +205,9 @@ async fn context(nats: &NatsConfig, name: &str) -> ServiceContext {
     let bus = proxflow_runtime::bus::connect(nats, name, metrics.clone())
         .await
         .expect("connect");
-    ServiceContext {
-        bus,
-        health: Default::default(),
-        metrics,
-        shutdown_grace: Duration::from_secs(5),
-    }
+    ServiceContext::new(bus, Default::default(), metrics, Duration::from_secs(5))
+        .await
+        .expect("locks bucket")
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -57,16 +57,14 @@ async fn rig(rules: &str, tweak: impl FnOnce(&mut RemediationConfig)) -> Rig {
     tweak(&mut config);
     let clock = ManualClock::new(chrono::Utc::now());
     tokio::spawn(proxflow_orchestrator::remediation::run_engine(
-        ctx.clone(),
+        ctx.clone().with_clock(clock.shared()),
         config.clone(),
         Rules::parse(rules).unwrap(),
-        clock.shared(),
         stop.clone(),
     ));
     tokio::spawn(proxflow_remediator::run(
         ctx.clone(),
-        config,
-        pve,
+        proxflow_remediator::RemediatorSettings { config, pve },
         stop.clone(),
     ));
     let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();
@@ -670,10 +668,8 @@ async fn a_filling_pool_alert_prunes_what_the_grid_lets_go_and_nothing_else() {
         )
     };
     let snapshotter = tokio::spawn(proxflow_snapshotter::run(
-        r.ctx.clone(),
-        config,
-        None,
-        clock.shared(),
+        r.ctx.clone().with_clock(clock.shared()),
+        proxflow_snapshotter::SnapshotterSettings { config, pve: None },
         r.stop.clone(),
     ));
     let gauge = format!(

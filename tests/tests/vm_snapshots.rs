@@ -81,15 +81,13 @@ async fn vm_snapshots_are_scheduled_by_tag_and_pruned_by_the_grid() {
 
     let clock = ManualClock::new(utc("2026-11-01T03:00:30Z"));
     let s = Snapshotter::new(
-        &ctx,
+        &ctx.clone().with_clock(clock.shared()),
         policy(Targets {
             tags: vec!["k8s-node".into()],
             ..Targets::default()
         }),
         Some(pve.clone()),
-        clock.shared(),
     )
-    .await
     .unwrap();
     for day in 1..=4 {
         let pass = s.pass().await;
@@ -133,10 +131,11 @@ async fn a_prechange_request_over_nats_is_honoured_and_kept_for_its_ttl() {
     // bus (without policies of its own, so that the passes below are the only ones).
     let stop = CancellationToken::new();
     let service = tokio::spawn(proxflow_snapshotter::run(
-        ctx.clone(),
-        SnapshotConfig::default(),
-        Some(pve.clone()),
-        clock.shared(),
+        ctx.clone().with_clock(clock.shared()),
+        proxflow_snapshotter::SnapshotterSettings {
+            config: SnapshotConfig::default(),
+            pve: Some(pve.clone()),
+        },
         stop.clone(),
     ));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -197,15 +196,13 @@ async fn a_prechange_request_over_nats_is_honoured_and_kept_for_its_ttl() {
     // Pruning (a second instance on the same clock, so the passes are driven here): within its
     // TTL the pre-change snapshot stays while the grid prunes dailies around it; after, it goes.
     let s = Snapshotter::new(
-        &ctx,
+        &ctx.clone().with_clock(clock.shared()),
         policy(Targets {
             vms: vec![101],
             ..Targets::default()
         }),
         Some(pve.clone()),
-        clock.shared(),
     )
-    .await
     .unwrap();
     for _ in 0..4 {
         s.pass().await;

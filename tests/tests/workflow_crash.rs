@@ -6,7 +6,6 @@
 use std::process::{Child, Command, Stdio};
 
 use proxflow_e2e::workflows::{Demo, DemoInput, Journal};
-use proxflow_runtime::clock;
 use proxflow_runtime::workflow::{Engine, WorkflowStore};
 use proxflow_schemas::names::bucket;
 use proxflow_schemas::workflow::{Origin, Wait, WorkflowRecord, WorkflowState};
@@ -49,7 +48,7 @@ async fn kill_9_in_each_wait_resumes_and_completes_once() {
     let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();
     let locks = ctx.bus.js.get_key_value(bucket::LOCKS).await.unwrap();
     // This process only starts the workflow and gives signals; it runs no advance.
-    let engine = Engine::new(&ctx, clock::system()).await.unwrap();
+    let engine = Engine::new(&ctx).await.unwrap();
 
     let id = "wf-crash";
     // Waits until the workflow waits on `step` and its advance has let go of it (so the kill

@@ -46,16 +46,19 @@ impl Rig {
 
     /// A fresh engine, as a restarted orchestrator would build it.
     async fn start_engine(&mut self) {
-        let mut engine = Engine::new(&self.ctx, self.clock.shared()).await.unwrap();
+        let ctx = self.ctx.clone().with_clock(self.clock.shared());
+        let mut engine = Engine::new(&ctx).await.unwrap();
         engine
             .register(Demo(self.journal.clone()))
             .register(Leaf(self.journal.clone()));
         let stop = CancellationToken::new();
         let runner = engine.clone();
-        let ctx = self.ctx.clone();
         let s = stop.clone();
         let task = tokio::spawn(async move {
-            runner.run(ctx, ConsumerConfig::default(), s).await.unwrap();
+            runner
+                .run(&ctx, &ConsumerConfig::default(), &s)
+                .await
+                .unwrap();
         });
         self.engine = Some((engine, stop, task));
     }

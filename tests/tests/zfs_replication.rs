@@ -48,14 +48,12 @@ fn job(fx: &ZfsFixture, name: &str) -> JobConfig {
 
 async fn replicator(ctx: &ServiceContext, jobs: Vec<JobConfig>, clock: &ManualClock) -> Replicator {
     Replicator::new(
-        ctx,
+        &ctx.clone().with_clock(clock.shared()),
         ReplicationConfig {
             jobs,
             ..ReplicationConfig::default()
         },
-        clock.shared(),
     )
-    .await
     .expect("replicator")
 }
 
@@ -201,7 +199,7 @@ async fn pruning_on_the_source_keeps_the_common_base_and_waits_for_a_send() {
     let ctx = nats.context("prune-test").await.unwrap();
     let clock = ManualClock::new(utc("2026-11-20T03:10:00Z"));
     let snapshots = Snapshotter::new(
-        &ctx,
+        &ctx.clone().with_clock(clock.shared()),
         // Keep only the newest daily: everything older is a pruning candidate.
         zfs_fixture::snapshot_config(
             &fx.source,
@@ -213,9 +211,7 @@ async fn pruning_on_the_source_keeps_the_common_base_and_waits_for_a_send() {
             },
         ),
         None,
-        clock.shared(),
     )
-    .await
     .unwrap();
     let r = replicator(&ctx, vec![job(&fx, "offsite")], &clock).await;
     let day = Duration::from_secs(24 * 3600);
@@ -525,28 +521,28 @@ async fn a_replication_lag_alert_reruns_the_job_and_the_data_lands() {
     let gateway =
         proxflow_e2e::start_gateway(&ctx, "alertmanager", proxflow_e2e::ALERT_TOKEN, &stop).await;
     let engine = tokio::spawn(proxflow_orchestrator::remediation::run_engine(
-        ctx.clone(),
+        ctx.clone().with_clock(clock.shared()),
         RemediationConfig::default(),
         Rules::parse(REPLICATE_RULE).unwrap(),
-        clock.shared(),
         stop.clone(),
     ));
     let remediator = tokio::spawn(proxflow_remediator::run(
         ctx.clone(),
-        RemediationConfig::default(),
-        pve,
+        proxflow_remediator::RemediatorSettings {
+            config: RemediationConfig::default(),
+            pve,
+        },
         stop.clone(),
     ));
     // The schedule is looked at every 100 ms, so a scheduled run would have every chance to race
     // the alert's.
     let replicator = tokio::spawn(proxflow_replicator::run(
-        ctx.clone(),
+        ctx.clone().with_clock(clock.shared()),
         ReplicationConfig {
             jobs: vec![job(&fx, "offsite")],
             interval: Duration::from_millis(100),
             ..ReplicationConfig::default()
         },
-        clock.shared(),
         stop.clone(),
     ));
 

@@ -56,12 +56,10 @@ async fn a_month_of_daily_snapshots_keeps_exactly_the_grid() {
     // Not proxflow's: never pruned whatever its age.
     fx.snapshot(&fx.source, "manual-before-upgrade");
     let s = Snapshotter::new(
-        &ctx,
+        &ctx.clone().with_clock(clock.shared()),
         config(&fx.source, Grid::default()),
         None,
-        clock.shared(),
     )
-    .await
     .unwrap();
 
     for day in 1..=30 {
@@ -124,9 +122,12 @@ async fn held_and_young_prechange_snapshots_survive_pruning() {
         monthly: 0,
     };
     let s = Arc::new(
-        Snapshotter::new(&ctx, config(&fx.source, grid), None, clock.shared())
-            .await
-            .unwrap(),
+        Snapshotter::new(
+            &ctx.clone().with_clock(clock.shared()),
+            config(&fx.source, grid),
+            None,
+        )
+        .unwrap(),
     );
     let stop = CancellationToken::new();
     let responder = tokio::spawn(s.clone().serve_prechange(
@@ -262,9 +263,12 @@ async fn the_validity_check_reports_missing_and_stale_snapshots_and_dry_run_chan
         weekly: 0,
         monthly: 0,
     };
-    let s = Snapshotter::new(&ctx, config(&fx.source, grid), None, clock.shared())
-        .await
-        .unwrap();
+    let s = Snapshotter::new(
+        &ctx.clone().with_clock(clock.shared()),
+        config(&fx.source, grid),
+        None,
+    )
+    .unwrap();
     for _ in 0..7 {
         s.pass().await;
         clock.advance(DAY);
@@ -302,15 +306,13 @@ async fn the_validity_check_reports_missing_and_stale_snapshots_and_dry_run_chan
     clock.set(utc("2026-11-16T07:00:00Z"));
     let before = fx.names(&fx.source);
     let dry = Snapshotter::new(
-        &ctx,
+        &ctx.clone().with_clock(clock.shared()),
         SnapshotConfig {
             dry_run: true,
             ..config(&fx.source, grid)
         },
         None,
-        clock.shared(),
     )
-    .await
     .unwrap();
     let pass = dry.pass().await;
     let t = &pass.targets[0];
@@ -344,12 +346,10 @@ async fn concurrent_copies_of_one_prechange_request_take_one_snapshot() {
     let clock = ManualClock::new(utc("2026-11-01T03:00:30Z"));
     let replica = || async {
         Snapshotter::new(
-            &ctx,
+            &ctx.clone().with_clock(clock.shared()),
             config(&fx.source, Grid::default()),
             None,
-            clock.shared(),
         )
-        .await
         .unwrap()
     };
     let (one, two) = (replica().await, replica().await);
@@ -380,4 +380,64 @@ async fn concurrent_copies_of_one_prechange_request_take_one_snapshot() {
         .filter(|n| n.starts_with("pf-pre-"))
         .collect();
     assert_eq!(on_disk, names.into_iter().collect::<Vec<_>>());
+}
+
+/// A pass cut short by shutdown gives its dataset lease back at once: the snapshotter's scheduled
+/// pass is pruning under the dataset's lease when shutdown comes, the prune (a `zfs destroy` made to
+/// hang) outlives the grace period, and once `run` returns the lease is gone from `pf_locks` instead
+/// of blocking the replicator for 15 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_abandoned_at_shutdown_releases_its_dataset_lease() {
+    let fx = ZfsFixture::new("abandon");
+    let nats = TestNats::start().expect("nats-server");
+    let clock = ManualClock::new(utc("2026-11-20T03:10:00Z"));
+    let mut ctx = nats
+        .context("abandon-test")
+        .await
+        .unwrap()
+        .with_clock(clock.shared());
+    ctx.shutdown_grace = Duration::from_millis(500);
+    // Two old dailies beyond a one-daily grid: the pass prunes, and the first destroy hangs.
+    fx.snapshot(&fx.source, &daily(1));
+    fx.snapshot(&fx.source, &daily(2));
+    let mut config = config(
+        &fx.source,
+        Grid {
+            hourly: 0,
+            daily: 1,
+            weekly: 0,
+            monthly: 0,
+        },
+    );
+    config.zfs_command = [
+        "sh",
+        "-c",
+        r#"if [ "$2" = destroy ]; then sleep 30; fi; exec "$@""#,
+        "zfs-hanging-destroy",
+    ]
+    .map(String::from)
+    .to_vec();
+    config.zfs_timeout = Duration::from_secs(60);
+    let stop = CancellationToken::new();
+    let service = tokio::spawn(proxflow_snapshotter::run(
+        ctx.clone(),
+        proxflow_snapshotter::SnapshotterSettings { config, pve: None },
+        stop.clone(),
+    ));
+    let key = proxflow_schemas::names::key::dataset_lease(&fx.source);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while ctx.leases.holder(&key).await.unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pass never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), service)
+        .await
+        .expect("run returns after the grace period")
+        .unwrap()
+        .unwrap();
+    assert_eq!(ctx.leases.holder(&key).await.unwrap(), None);
 }

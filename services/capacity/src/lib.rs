@@ -25,38 +25,60 @@ pub mod gauges;
 pub mod monitor;
 
 use proxflow_pve::PveClient;
-use proxflow_runtime::ServiceContext;
-use proxflow_runtime::clock::SharedClock;
+use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{CapacityConfig, Rule};
 pub use monitor::{Monitor, MonitorError, PollReport};
 
+/// Everything the capacity service needs beyond the [`ServiceContext`].
+#[derive(Debug, Clone)]
+pub struct CapacitySettings {
+    /// `[capacity]`.
+    pub config: CapacityConfig,
+    /// The Proxmox it watches.
+    pub pve: PveClient,
+}
+
+/// Why the capacity service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CapacityError {
+    /// The state bucket is missing.
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
+    /// The poll loop failed (the bus or the state bucket).
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
 /// Polls every `config.interval` until `shutdown`. A failed poll is logged and counted (and breaks
 /// every running window); only the bus or the state bucket failing stops the service.
 pub async fn run(
     ctx: ServiceContext,
-    config: CapacityConfig,
-    pve: PveClient,
-    clock: SharedClock,
+    settings: CapacitySettings,
     shutdown: CancellationToken,
-) -> Result<(), MonitorError> {
-    let mut interval = tokio::time::interval(config.interval);
+) -> Result<(), CapacityError> {
+    let mut interval = tokio::time::interval(settings.config.interval);
     // A late tick is taken once, not in a burst: a burst of polls would only repeat one reading.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut monitor = Monitor::new(&ctx, config, pve, clock).await?;
+    let mut monitor = Monitor::new(&ctx, settings.config, settings.pve).await?;
     ctx.health.set("capacity", true);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = interval.tick() => {}
+    let mut tasks = Tasks::new(&ctx, &shutdown);
+    let stop = tasks.shutdown();
+    tasks.spawn("polls", async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok::<(), MonitorError>(()),
+                _ = interval.tick() => {}
+            }
+            let report = monitor.poll().await?;
+            tracing::debug!(
+                failed = report.failed.is_some(),
+                exceeded = report.exceeded.len(),
+                recovered = report.recovered.len(),
+                "capacity poll"
+            );
         }
-        let report = monitor.poll().await?;
-        tracing::debug!(
-            failed = report.failed.is_some(),
-            exceeded = report.exceeded.len(),
-            recovered = report.recovered.len(),
-            "capacity poll"
-        );
-    }
+    });
+    Ok(tasks.join().await?)
 }

@@ -88,7 +88,6 @@ impl Monitor {
         ctx: &ServiceContext,
         config: CapacityConfig,
         pve: PveClient,
-        clock: SharedClock,
     ) -> Result<Self, MonitorError> {
         let kv = ctx
             .bus
@@ -102,7 +101,7 @@ impl Monitor {
         Ok(Self {
             pve,
             config,
-            clock,
+            clock: ctx.clock.clone(),
             publisher: ctx.bus.publisher.clone(),
             kv,
             gauges: Gauges::register(&ctx.metrics),

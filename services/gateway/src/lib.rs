@@ -52,16 +52,29 @@ pub enum GatewayError {
     Serve(#[from] std::io::Error),
 }
 
-/// Serves the gateway on `listener` (bound by the caller from [`GatewayConfig::listen`], so it can
-/// print the real address when port 0 was asked for) until `shutdown`. `profiles` are the VM profiles
-/// requests may name (`[provision.profiles]`, owned by the provisioning side).
+/// Everything the gateway needs beyond the [`ServiceContext`].
+#[derive(Debug)]
+pub struct GatewaySettings {
+    /// `[gateway]`.
+    pub config: GatewayConfig,
+    /// The VM profiles requests may name (`[provision.profiles]`, owned by the provisioning side).
+    pub profiles: Profiles,
+    /// Bound by the caller from [`GatewayConfig::listen`], so it can print the real address when
+    /// port 0 was asked for.
+    pub listener: TcpListener,
+}
+
+/// Serves the gateway on `settings.listener` until `shutdown`.
 pub async fn run(
     ctx: ServiceContext,
-    config: GatewayConfig,
-    profiles: Profiles,
-    listener: TcpListener,
+    settings: GatewaySettings,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    let GatewaySettings {
+        config,
+        profiles,
+        listener,
+    } = settings;
     config.validate()?;
     config.check_credentials()?;
     if !config.require_auth {

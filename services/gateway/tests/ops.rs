@@ -23,9 +23,11 @@ async fn health_readiness_metrics_and_trace_echo() {
     };
     let server = tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
-        config,
-        proxflow_platform::Profiles::default(),
-        listener,
+        proxflow_gateway::GatewaySettings {
+            config,
+            profiles: proxflow_platform::Profiles::default(),
+            listener,
+        },
         stop.clone(),
     ));
     let http = reqwest::Client::new();

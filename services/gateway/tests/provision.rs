@@ -76,9 +76,11 @@ async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Gateway {
     let stop = CancellationToken::new();
     let server = tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
-        config,
-        Profiles::default(),
-        listener,
+        proxflow_gateway::GatewaySettings {
+            config,
+            profiles: Profiles::default(),
+            listener,
+        },
         stop.clone(),
     ));
     let gw = Gateway {
@@ -713,9 +715,11 @@ async fn the_gateway_refuses_to_start_without_credentials() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let err = proxflow_gateway::run(
         ctx,
-        GatewayConfig::default(),
-        Profiles::default(),
-        listener,
+        proxflow_gateway::GatewaySettings {
+            config: GatewayConfig::default(),
+            profiles: Profiles::default(),
+            listener,
+        },
         CancellationToken::new(),
     )
     .await

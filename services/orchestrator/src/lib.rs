@@ -22,15 +22,13 @@ use std::time::Duration;
 use proxflow_platform::{Clusters, Profiles};
 use proxflow_remediation::{RemediationConfig, Rules};
 
-use crate::remediation::RemediationError;
-use proxflow_runtime::ServiceContext;
 use proxflow_runtime::admission::{AdmissionError, Admissions, Caps, Decision};
-use proxflow_runtime::bus::consume::ConsumeError;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
-use proxflow_runtime::clock::{self, SharedClock};
+use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConsumerConfig;
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
+use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use proxflow_schemas::events::DeadLetter;
 use proxflow_schemas::names::{bucket, consumer, key};
 use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
@@ -55,12 +53,9 @@ pub enum OrchestratorError {
     /// The admissions bucket is missing.
     #[error(transparent)]
     Admission(#[from] AdmissionError),
-    /// A consumer failed.
+    /// A consumer or the remediation engine failed.
     #[error(transparent)]
-    Consume(#[from] ConsumeError),
-    /// The remediation engine failed.
-    #[error(transparent)]
-    Remediation(#[from] RemediationError),
+    Task(#[from] TaskError),
 }
 
 /// What the orchestrator works with.
@@ -72,8 +67,6 @@ pub struct Orchestration {
     pub profiles: Profiles,
     /// Clusters and their scale-out settings (`[capacity.clusters]`).
     pub clusters: Clusters,
-    /// Time for caps and cooldowns.
-    pub clock: SharedClock,
     /// `[remediation]`: rate limit, breaker, consumer.
     pub remediation: RemediationConfig,
     /// The remediation rules (loaded and validated before start).
@@ -81,13 +74,12 @@ pub struct Orchestration {
 }
 
 impl Orchestration {
-    /// The default cluster and remediation settings, no remediation rules, the wall clock.
+    /// The default cluster and remediation settings, no remediation rules.
     pub fn new(consumer: ConsumerConfig, profiles: Profiles) -> Self {
         Self {
             consumer,
             profiles,
             clusters: Clusters::default(),
-            clock: clock::system(),
             remediation: RemediationConfig::default(),
             rules: Rules::default(),
         }
@@ -122,7 +114,7 @@ pub async fn run(
             slots: slots.clone(),
             profiles: o.profiles.clone(),
             publisher: ctx.bus.publisher.clone(),
-            clock: o.clock.clone(),
+            clock: ctx.clock.clone(),
         },
     );
     let release = ConsumerLoop::new(
@@ -133,7 +125,7 @@ pub async fn run(
             slots: slots.clone(),
             store: store.clone(),
             publisher: ctx.bus.publisher.clone(),
-            clock: o.clock.clone(),
+            clock: ctx.clock.clone(),
         },
     );
     let given_up = ConsumerLoop::new(
@@ -144,7 +136,7 @@ pub async fn run(
             store: store.clone(),
             slots,
             publisher: ctx.bus.publisher.clone(),
-            clock: o.clock.clone(),
+            clock: ctx.clock.clone(),
         },
     );
     let scale_out_handler = |store: WorkflowStore| scaleout::ScaleOut {
@@ -155,7 +147,7 @@ pub async fn run(
         publisher: ctx.bus.publisher.clone(),
         profiles: o.profiles.clone(),
         clusters: o.clusters.clone(),
-        clock: o.clock.clone(),
+        clock: ctx.clock.clone(),
     };
     let scale_out = ConsumerLoop::<proxflow_schemas::capacity::CapacityExceeded, _>::new(
         ctx.clone(),
@@ -169,34 +161,19 @@ pub async fn run(
         o.consumer.clone(),
         scale_out_handler(store),
     );
-    let remediation = remediation::run_engine(
-        ctx.clone(),
-        o.remediation,
-        o.rules,
-        o.clock,
-        shutdown.clone(),
+    let remediation =
+        remediation::run_engine(ctx.clone(), o.remediation, o.rules, shutdown.clone());
+    let mut tasks = Tasks::new(&ctx, &shutdown);
+    tasks.spawn("provision requests", admit.run(tasks.shutdown()));
+    tasks.spawn("provision outcomes", release.run(tasks.shutdown()));
+    tasks.spawn("given-up provisions", given_up.run(tasks.shutdown()));
+    tasks.spawn("capacity exceeded", scale_out.run(tasks.shutdown()));
+    tasks.spawn(
+        "scale-out requests",
+        scale_out_requested.run(tasks.shutdown()),
     );
-    let (a, b, c, d, e) = (
-        shutdown.clone(),
-        shutdown.clone(),
-        shutdown.clone(),
-        shutdown.clone(),
-        shutdown,
-    );
-    tokio::try_join!(
-        async { admit.run(a).await.map_err(OrchestratorError::from) },
-        async { release.run(b).await.map_err(OrchestratorError::from) },
-        async { given_up.run(c).await.map_err(OrchestratorError::from) },
-        async { scale_out.run(d).await.map_err(OrchestratorError::from) },
-        async {
-            scale_out_requested
-                .run(e)
-                .await
-                .map_err(OrchestratorError::from)
-        },
-        async { remediation.await.map_err(OrchestratorError::from) },
-    )?;
-    Ok(())
+    tasks.spawn("remediation", remediation);
+    Ok(tasks.join().await?)
 }
 
 /// The slots a workflow may hold: its profile's provision slot and, for a scale-out's provision,

@@ -12,4 +12,4 @@ pub mod steps;
 pub mod vmid;
 
 pub use config::ProvisionConfig;
-pub use service::run;
+pub use service::{ProvisionerSettings, run};

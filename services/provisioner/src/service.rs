@@ -13,10 +13,10 @@ use std::future::Future;
 
 use chrono::Utc;
 use proxflow_pve::PveClient;
-use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome};
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
+use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use proxflow_schemas::names::consumer;
 use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome};
 use proxflow_schemas::workflow::{StepRecord, StepState, WorkflowRecord, WorkflowState};
@@ -51,18 +51,27 @@ pub enum ServiceError {
     /// The VMID bucket is missing.
     #[error(transparent)]
     Vmid(#[from] VmidError),
-    /// The consumer failed.
+    /// The command consumer failed.
     #[error(transparent)]
-    Consume(#[from] proxflow_runtime::bus::consume::ConsumeError),
+    Task(#[from] TaskError),
+}
+
+/// Everything the provisioner needs beyond the [`ServiceContext`].
+#[derive(Debug, Clone)]
+pub struct ProvisionerSettings {
+    /// `[provision]`.
+    pub config: ProvisionConfig,
+    /// The Proxmox it provisions on.
+    pub pve: PveClient,
 }
 
 /// Runs the provisioner until `shutdown`.
 pub async fn run(
     ctx: ServiceContext,
-    config: ProvisionConfig,
-    pve: PveClient,
+    settings: ProvisionerSettings,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
+    let ProvisionerSettings { config, pve } = settings;
     let handler = Provisioner {
         store: WorkflowStore::open(&ctx.bus.js).await?,
         vmids: Reservations::open(&ctx.bus.js).await?,
@@ -73,10 +82,10 @@ pub async fn run(
         config: config.clone(),
     };
     let spec = ConsumerSpec::from(consumer::PROVISIONER);
-    ConsumerLoop::new(ctx, spec, config.consumer, handler)
-        .run(shutdown)
-        .await?;
-    Ok(())
+    let mut tasks = Tasks::new(&ctx, &shutdown);
+    let provisions = ConsumerLoop::new(ctx, spec, config.consumer, handler);
+    tasks.spawn("provision commands", provisions.run(tasks.shutdown()));
+    Ok(tasks.join().await?)
 }
 
 /// The command handler.

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use clap::{Parser, Subcommand};
 
 use crate::provision::ProvisionArgs;
 use crate::settings::Settings;
@@ -28,8 +29,8 @@ pub enum Command {
     /// Run the named services in this process, against the configured NATS.
     Serve {
         /// Services to run.
-        #[arg(required = true, value_enum)]
-        services: Vec<Service>,
+        #[arg(required = true, value_parser = service_names())]
+        services: Vec<String>,
     },
     /// Print the effective configuration (defaults < file < environment), secrets redacted.
     Config,
@@ -99,49 +100,14 @@ pub enum SnapshotCommand {
     Plan,
 }
 
-/// The services this binary can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Service {
-    /// HTTP ingress and APIs.
-    Gateway,
-    /// Workflow admission (caps) and dispatch.
-    Orchestrator,
-    /// Builds VMs against Proxmox, joins them to k3s, onboards their metrics.
-    Provisioner,
-    /// Polls Proxmox for utilisation, exports gauges, fires sustained-threshold events.
-    Capacity,
-    /// Snapshot policies (VMs and datasets), retention, pre-change snapshots, validity checks.
-    Snapshotter,
-    /// Incremental ZFS replication to the offsite target.
-    Replicator,
-    /// Runs remediation actions (restart or snapshot a VM, notify, commands) the orchestrator decides.
-    Remediator,
-}
-
-impl Service {
-    /// Every service, for `dev`.
-    pub const ALL: &'static [Service] = &[
-        Service::Gateway,
-        Service::Orchestrator,
-        Service::Provisioner,
-        Service::Capacity,
-        Service::Snapshotter,
-        Service::Replicator,
-        Service::Remediator,
-    ];
-
-    /// Its name on the command line and in logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Service::Gateway => "gateway",
-            Service::Orchestrator => "orchestrator",
-            Service::Provisioner => "provisioner",
-            Service::Capacity => "capacity",
-            Service::Snapshotter => "snapshotter",
-            Service::Replicator => "replicator",
-            Service::Remediator => "remediator",
-        }
-    }
+/// The names `serve` accepts: the services in [`compose::SERVICES`], each with its description;
+/// any other name is refused with the list.
+fn service_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        compose::SERVICES
+            .iter()
+            .map(|s| PossibleValue::new(s.name).help(s.about)),
+    )
 }
 
 /// Runs a subcommand.
@@ -150,11 +116,13 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
         Command::Dev => dev::run(settings).await,
         Command::Serve { services } => {
             // One service per process in production, so its spans carry that service's name.
-            let name = services
+            let name = services.join("+");
+            let services = services
                 .iter()
-                .map(|s| s.name())
-                .collect::<Vec<_>>()
-                .join("+");
+                .map(|name| {
+                    compose::service(name).with_context(|| format!("unknown service {name:?}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let telemetry = proxflow_runtime::telemetry::init(&settings.telemetry, &name)?;
             let result = compose::run(&settings, &services, telemetry.spans(), None).await;
             telemetry.shutdown().await;

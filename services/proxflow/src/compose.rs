@@ -1,11 +1,18 @@
 //! Runs services in this process: connect, declare the topology, serve ops, start each service, and
 //! on SIGINT/SIGTERM stop them all within the grace period.
+//!
+//! [`SERVICES`] is the table of what this binary runs: per service its name, how its settings come
+//! from the loaded [`Settings`] and which `run` it is. Every `run` has the one shape
+//! `run(ctx, settings, shutdown)` ([`proxflow_runtime::service`]), so starting one is the same code
+//! for all of them.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use anyhow::Context;
+use proxflow_pve::PveClient;
 use proxflow_runtime::bus::{self, topology};
-use proxflow_runtime::clock;
 use proxflow_runtime::config::Validate;
 use proxflow_runtime::ops::{self, Health, Metrics};
 use proxflow_runtime::telemetry::SpanSink;
@@ -14,7 +21,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Service;
 use crate::settings::Settings;
 
 /// Where things listen, reported once everything is up.
@@ -24,6 +30,206 @@ pub struct Listening {
     pub ops: SocketAddr,
     /// The gateway, when it runs.
     pub gateway: Option<SocketAddr>,
+}
+
+/// One service this binary runs.
+pub struct ServiceEntry {
+    /// Its name on the command line and in logs.
+    pub name: &'static str,
+    /// What it does, for `--help`.
+    pub about: &'static str,
+    /// Whether `proxflow dev` runs it.
+    pub in_dev: fn(&Settings) -> bool,
+    /// Its settings from the loaded configuration, checked. Called before connecting, so a service
+    /// that cannot run as configured stops start-up before anything runs.
+    prepare: fn(&Settings, &mut Clients) -> anyhow::Result<Launch>,
+}
+
+/// Every service, in start order (also the order their configuration errors are reported in).
+pub const SERVICES: &[ServiceEntry] = &[
+    ServiceEntry {
+        name: "gateway",
+        about: "HTTP ingress and APIs",
+        in_dev: always,
+        prepare: |settings, _| {
+            // Refused before connecting: a gateway without credentials is a configuration error.
+            settings.gateway.check_credentials()?;
+            let (config, profiles) = (
+                settings.gateway.clone(),
+                settings.provision.profiles.clone(),
+            );
+            Ok(Box::new(move |ctx, stop| {
+                Box::pin(async move {
+                    let listener = bind(config.listen, "gateway").await?;
+                    let listening = Some(listener.local_addr()?);
+                    let settings = proxflow_gateway::GatewaySettings {
+                        config,
+                        profiles,
+                        listener,
+                    };
+                    Ok(Started {
+                        run: running("gateway", proxflow_gateway::run(ctx, settings, stop)),
+                        listening,
+                    })
+                })
+            }))
+        },
+    },
+    ServiceEntry {
+        name: "orchestrator",
+        about: "Workflow admission (caps) and dispatch, scale-out and remediation decisions",
+        in_dev: always,
+        prepare: |settings, _| {
+            // A rules file that does not validate stops start-up (exit 78, naming the rule).
+            let rules = settings.remediation_rules()?;
+            tracing::info!(rules = rules.len(), "remediation rules loaded");
+            let orchestration = proxflow_orchestrator::Orchestration {
+                clusters: settings.capacity.clusters.clone(),
+                remediation: settings.remediation.clone(),
+                rules,
+                ..proxflow_orchestrator::Orchestration::new(
+                    settings.orchestrator.consumer.clone(),
+                    settings.provision.profiles.clone(),
+                )
+            };
+            Ok(launch(
+                "orchestrator",
+                proxflow_orchestrator::run,
+                orchestration,
+            ))
+        },
+    },
+    ServiceEntry {
+        name: "provisioner",
+        about: "Builds VMs against Proxmox, joins them to k3s, onboards their metrics",
+        in_dev: always,
+        prepare: |settings, clients| {
+            let settings = proxflow_provisioner::ProvisionerSettings {
+                config: settings.provision.clone(),
+                pve: clients.pve(settings)?,
+            };
+            Ok(launch("provisioner", proxflow_provisioner::run, settings))
+        },
+    },
+    ServiceEntry {
+        name: "capacity",
+        about: "Polls Proxmox for utilisation, exports gauges, fires sustained-threshold events",
+        in_dev: always,
+        prepare: |settings, clients| {
+            let settings = proxflow_capacity::CapacitySettings {
+                config: settings.capacity.clone(),
+                pve: clients.pve(settings)?,
+            };
+            Ok(launch("capacity", proxflow_capacity::run, settings))
+        },
+    },
+    ServiceEntry {
+        name: "snapshotter",
+        about: "Snapshot policies (VMs and datasets), retention, pre-change snapshots, validity checks",
+        // Dev has no ZFS by default: it runs only when policies are configured.
+        in_dev: |settings| !settings.snapshot.policies.is_empty(),
+        prepare: |settings, _| {
+            let settings = proxflow_snapshotter::SnapshotterSettings {
+                config: settings.snapshot.clone(),
+                pve: snapshot_pve(settings)?,
+            };
+            Ok(launch("snapshotter", proxflow_snapshotter::run, settings))
+        },
+    },
+    ServiceEntry {
+        name: "replicator",
+        about: "Incremental ZFS replication to the offsite target",
+        // As the snapshotter: only when jobs are configured.
+        in_dev: |settings| !settings.replication.jobs.is_empty(),
+        prepare: |settings, _| {
+            Ok(launch(
+                "replicator",
+                proxflow_replicator::run,
+                settings.replication.clone(),
+            ))
+        },
+    },
+    ServiceEntry {
+        name: "remediator",
+        about: "Runs remediation actions (restart or snapshot a VM, notify, commands) the orchestrator decides",
+        in_dev: always,
+        prepare: |settings, clients| {
+            let settings = proxflow_remediator::RemediatorSettings {
+                config: settings.remediation.clone(),
+                pve: clients.pve(settings)?,
+            };
+            Ok(launch("remediator", proxflow_remediator::run, settings))
+        },
+    },
+];
+
+/// The service called `name`.
+pub fn service(name: &str) -> Option<&'static ServiceEntry> {
+    SERVICES.iter().find(|s| s.name == name)
+}
+
+fn always(_: &Settings) -> bool {
+    true
+}
+
+/// A boxed future, so that one table holds services whose futures differ.
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Starts a prepared service once the bus is up.
+type Launch =
+    Box<dyn FnOnce(ServiceContext, CancellationToken) -> BoxFuture<anyhow::Result<Started>> + Send>;
+
+/// A started service: its run, and where it listens (the gateway).
+struct Started {
+    run: BoxFuture<anyhow::Result<()>>,
+    listening: Option<SocketAddr>,
+}
+
+/// The launch of a service that listens on nothing: `run(ctx, settings, shutdown)`.
+fn launch<S, R, F, E>(name: &'static str, run: R, settings: S) -> Launch
+where
+    S: Send + 'static,
+    R: FnOnce(ServiceContext, S, CancellationToken) -> F + Send + 'static,
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    Box::new(move |ctx, stop| {
+        Box::pin(async move {
+            Ok(Started {
+                run: running(name, run(ctx, settings, stop)),
+                listening: None,
+            })
+        })
+    })
+}
+
+/// A service's run with its errors named after it.
+fn running<F, E>(name: &'static str, run: F) -> BoxFuture<anyhow::Result<()>>
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    Box::pin(async move { run.await.context(name) })
+}
+
+/// Clients several services share, built once, when the first one needs them.
+#[derive(Default)]
+struct Clients {
+    pve: Option<PveClient>,
+}
+
+impl Clients {
+    /// The Proxmox client; checked first: a Proxmox-facing service without credentials must not
+    /// start half-way.
+    fn pve(&mut self, settings: &Settings) -> anyhow::Result<PveClient> {
+        if let Some(pve) = &self.pve {
+            return Ok(pve.clone());
+        }
+        settings.pve.validate()?;
+        let pve = PveClient::new(&settings.pve)?;
+        self.pve = Some(pve.clone());
+        Ok(pve)
+    }
 }
 
 /// The snapshotter's Proxmox client: required when a policy snapshots VMs (a missing token then
@@ -51,41 +257,21 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// `on_ready` hears where they listen once all are started.
 pub async fn run(
     settings: &Settings,
-    services: &[Service],
+    services: &[&'static ServiceEntry],
     spans: &SpanSink,
     on_ready: Option<&(dyn Fn(&Listening) + Sync)>,
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     shutdown::cancel_on_signal(stop.clone()).context("installing signal handlers")?;
 
-    let names: Vec<&str> = services.iter().map(|s| s.name()).collect();
-    // Refused before connecting: a gateway without credentials is a configuration error (exit 78).
-    if services.contains(&Service::Gateway) {
-        settings.gateway.check_credentials()?;
-    }
-    // Checked before connecting: a Proxmox-facing service without credentials must not start half-way.
-    // Refused before connecting too: a rules file that does not validate (exit 78, naming the rule).
-    let rules = if services.contains(&Service::Orchestrator) {
-        let rules = settings.remediation_rules()?;
-        tracing::info!(rules = rules.len(), "remediation rules loaded");
-        rules
-    } else {
-        proxflow_remediation::Rules::default()
-    };
-    let pve = if [Service::Provisioner, Service::Capacity, Service::Remediator]
+    let names: Vec<&str> = services.iter().map(|s| s.name).collect();
+    // Every service's settings are built and checked before connecting, in the table's order.
+    let mut clients = Clients::default();
+    let launches = SERVICES
         .iter()
-        .any(|s| services.contains(s))
-    {
-        settings.pve.validate()?;
-        Some(proxflow_pve::PveClient::new(&settings.pve)?)
-    } else {
-        None
-    };
-    let snapshot_pve = if services.contains(&Service::Snapshotter) {
-        snapshot_pve(settings)?
-    } else {
-        None
-    };
+        .filter(|entry| names.contains(&entry.name))
+        .map(|entry| (entry.prepare)(settings, &mut clients))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let metrics = Metrics::new();
     let bus = bus::connect(
         &settings.nats,
@@ -99,12 +285,7 @@ pub async fn run(
     spans.attach(&bus.js, &metrics)?;
     let health = Health::default();
     health.watch_nats(bus.client.clone());
-    let ctx = ServiceContext {
-        bus,
-        health,
-        metrics,
-        shutdown_grace: settings.ops.shutdown_grace,
-    };
+    let ctx = ServiceContext::new(bus, health, metrics, settings.ops.shutdown_grace).await?;
 
     let mut tasks = JoinSet::new();
     let ops_listener = bind(settings.ops.listen, "ops").await?;
@@ -120,88 +301,10 @@ pub async fn run(
                 .context("ops endpoint")
         }
     });
-    for service in services {
-        match service {
-            Service::Gateway => {
-                let listener = bind(settings.gateway.listen, "gateway").await?;
-                listening.gateway = Some(listener.local_addr()?);
-                let (ctx, stop) = (ctx.clone(), stop.clone());
-                let (config, profiles) = (
-                    settings.gateway.clone(),
-                    settings.provision.profiles.clone(),
-                );
-                tasks.spawn(async move {
-                    proxflow_gateway::run(ctx, config, profiles, listener, stop)
-                        .await
-                        .context("gateway")
-                });
-            }
-            Service::Orchestrator => {
-                let (ctx, stop) = (ctx.clone(), stop.clone());
-                let orchestration = proxflow_orchestrator::Orchestration {
-                    clusters: settings.capacity.clusters.clone(),
-                    remediation: settings.remediation.clone(),
-                    rules: rules.clone(),
-                    ..proxflow_orchestrator::Orchestration::new(
-                        settings.orchestrator.consumer.clone(),
-                        settings.provision.profiles.clone(),
-                    )
-                };
-                tasks.spawn(async move {
-                    proxflow_orchestrator::run(ctx, orchestration, stop)
-                        .await
-                        .context("orchestrator")
-                });
-            }
-            Service::Remediator => {
-                let (ctx, stop) = (ctx.clone(), stop.clone());
-                let config = settings.remediation.clone();
-                let pve = pve.clone().context("Proxmox client")?;
-                tasks.spawn(async move {
-                    proxflow_remediator::run(ctx, config, pve, stop)
-                        .await
-                        .context("remediator")
-                });
-            }
-            Service::Capacity => {
-                let (ctx, stop) = (ctx.clone(), stop.clone());
-                let config = settings.capacity.clone();
-                let pve = pve.clone().context("Proxmox client")?;
-                tasks.spawn(async move {
-                    proxflow_capacity::run(ctx, config, pve, clock::system(), stop)
-                        .await
-                        .context("capacity")
-                });
-            }
-            Service::Snapshotter => {
-                let (ctx, stop) = (ctx.clone(), stop.clone());
-                let (config, pve) = (settings.snapshot.clone(), snapshot_pve.clone());
-                tasks.spawn(async move {
-                    proxflow_snapshotter::run(ctx, config, pve, clock::system(), stop)
-                        .await
-                        .context("snapshotter")
-                });
-            }
-            Service::Replicator => {
-                let (ctx, stop) = (ctx.clone(), stop.clone());
-                let config = settings.replication.clone();
-                tasks.spawn(async move {
-                    proxflow_replicator::run(ctx, config, clock::system(), stop)
-                        .await
-                        .context("replicator")
-                });
-            }
-            Service::Provisioner => {
-                let (ctx, stop) = (ctx.clone(), stop.clone());
-                let config = settings.provision.clone();
-                let pve = pve.clone().context("Proxmox client")?;
-                tasks.spawn(async move {
-                    proxflow_provisioner::run(ctx, config, pve, stop)
-                        .await
-                        .context("provisioner")
-                });
-            }
-        }
+    for launch in launches {
+        let started = launch(ctx.clone(), stop.clone()).await?;
+        listening.gateway = listening.gateway.or(started.listening);
+        tasks.spawn(started.run);
     }
     tracing::info!(services = ?names, ops = %listening.ops, "started");
     if let Some(report) = on_ready {

@@ -10,7 +10,6 @@ use proxflow_runtime::config::{NATS_URL_ENV, Secret};
 use proxflow_runtime::nats_server::{self, NatsServerProcess, ServerOptions};
 use proxflow_runtime::telemetry::SpanSink;
 
-use crate::cli::Service;
 use crate::compose::{self, Listening};
 use crate::settings::Settings;
 use crate::sim;
@@ -101,16 +100,11 @@ async fn run_inner(
     }
     let report =
         |listening: &Listening| print_summary(&nats, simulator.as_ref(), &credentials, listening);
-    // The snapshotter and the replicator need something to work on (dev has no ZFS by default):
-    // they run only when policies or jobs are configured.
-    let services: Vec<Service> = Service::ALL
+    // Each entry says whether dev runs it (the snapshotter and the replicator need something to
+    // work on, and dev has no ZFS by default).
+    let services: Vec<_> = compose::SERVICES
         .iter()
-        .copied()
-        .filter(|s| match s {
-            Service::Snapshotter => !settings.snapshot.policies.is_empty(),
-            Service::Replicator => !settings.replication.jobs.is_empty(),
-            _ => true,
-        })
+        .filter(|s| (s.in_dev)(settings))
         .collect();
     let result = compose::run(settings, &services, spans, Some(&report)).await;
     if let Some(sim) = simulator {

@@ -51,9 +51,11 @@ async fn provision_submits_a_signed_request_and_waits_for_the_workflow() {
     let stop = CancellationToken::new();
     let server = tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
-        config,
-        Profiles::default(),
-        listener,
+        proxflow_gateway::GatewaySettings {
+            config,
+            profiles: Profiles::default(),
+            listener,
+        },
         stop.clone(),
     ));
     let keys = tempfile::tempdir().expect("tempdir");

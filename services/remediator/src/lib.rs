@@ -12,13 +12,10 @@ pub mod executor;
 
 use proxflow_pve::PveClient;
 use proxflow_remediation::RemediationConfig;
-use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::ConsumerLoop;
-use proxflow_runtime::bus::consume::ConsumeError;
 use proxflow_runtime::bus::topology::ConsumerSpec;
-use proxflow_runtime::clock;
-use proxflow_runtime::lease::Leases;
-use proxflow_runtime::workflow::{Engine, EngineError};
+use proxflow_runtime::workflow::Engine;
+use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use proxflow_schemas::names::consumer;
 use tokio_util::sync::CancellationToken;
 
@@ -28,12 +25,18 @@ pub enum RemediatorError {
     /// A bucket is missing, KV failed or the HTTP client could not be built at start.
     #[error("remediator start-up: {0}")]
     Open(String),
-    /// A consumer failed.
+    /// The work-order consumer failed.
     #[error(transparent)]
-    Consume(#[from] ConsumeError),
-    /// The workflow engine failed.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
+    Task(#[from] TaskError),
+}
+
+/// Everything the remediator needs beyond the [`ServiceContext`].
+#[derive(Debug, Clone)]
+pub struct RemediatorSettings {
+    /// `[remediation]` (its consumer settings).
+    pub config: RemediationConfig,
+    /// The Proxmox it acts on.
+    pub pve: PveClient,
 }
 
 fn open_err(e: impl std::fmt::Display) -> RemediatorError {
@@ -47,18 +50,18 @@ const HAND_OFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6 *
 /// Runs `remediate` workflows and ends them on hand-off outcomes until `shutdown`.
 pub async fn run(
     ctx: ServiceContext,
-    config: RemediationConfig,
-    pve: PveClient,
+    settings: RemediatorSettings,
     shutdown: CancellationToken,
 ) -> Result<(), RemediatorError> {
-    let mut engine = Engine::new(&ctx, clock::system()).await.map_err(open_err)?;
+    let RemediatorSettings { config, pve } = settings;
+    let mut engine = Engine::new(&ctx).await.map_err(open_err)?;
     engine.register(executor::Remediate {
         pve,
         http: reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(open_err)?,
-        leases: Leases::open(&ctx.bus.js).await.map_err(open_err)?,
+        leases: ctx.leases.clone(),
         publisher: ctx.bus.publisher.clone(),
         hand_off_timeout: HAND_OFF_TIMEOUT,
     });
@@ -70,11 +73,8 @@ pub async fn run(
             engine: engine.clone(),
         },
     );
-    let (workflows, outcomes) = tokio::join!(
-        engine.run(ctx.clone(), config.consumer, shutdown.clone()),
-        hand_offs.run(shutdown)
-    );
-    workflows?;
-    outcomes?;
-    Ok(())
+    let mut tasks = Tasks::new(&ctx, &shutdown);
+    engine.spawn(&ctx, &config.consumer, &mut tasks);
+    tasks.spawn("hand-off outcomes", hand_offs.run(tasks.shutdown()));
+    Ok(tasks.join().await?)
 }

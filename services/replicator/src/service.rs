@@ -7,12 +7,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
-use proxflow_runtime::lease::{self, LeaseError, Leases};
+use proxflow_runtime::lease::{self, Leases};
+use proxflow_runtime::schedule;
+use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use proxflow_schemas::names;
 use proxflow_zfs::Zfs;
 use tokio_util::sync::CancellationToken;
@@ -26,18 +27,15 @@ use crate::request::OnDemand;
 pub use crate::job::JobError;
 pub use crate::run::{RunControl, RunReport};
 
-/// Why the service could not start.
+/// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// The locks bucket is missing.
-    #[error(transparent)]
-    Lease(#[from] LeaseError),
     /// A job does not resolve.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The on-demand consumer failed.
-    #[error("on-demand runs: {0}")]
-    Consume(String),
+    /// One of its tasks (scheduled runs, on-demand runs) failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
 }
 
 /// The service's state.
@@ -53,12 +51,8 @@ pub struct Replicator {
 }
 
 impl Replicator {
-    /// Builds the service over `ctx`'s bus.
-    pub async fn new(
-        ctx: &ServiceContext,
-        config: ReplicationConfig,
-        clock: SharedClock,
-    ) -> Result<Self, ServiceError> {
+    /// Builds the service over `ctx`'s bus and clock.
+    pub fn new(ctx: &ServiceContext, config: ReplicationConfig) -> Result<Self, ServiceError> {
         let jobs = config
             .jobs
             .iter()
@@ -75,9 +69,9 @@ impl Replicator {
             .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Self {
             jobs,
-            clock,
+            clock: ctx.clock.clone(),
             publisher: ctx.bus.publisher.clone(),
-            leases: Leases::open(&ctx.bus.js).await?,
+            leases: ctx.leases.clone(),
             holder: lease::holder_id("replicator"),
             metrics: ReplicationMetrics::register(&ctx.metrics),
             state: Mutex::new(BTreeMap::new()),
@@ -99,38 +93,35 @@ impl Replicator {
 pub async fn run(
     ctx: ServiceContext,
     config: ReplicationConfig,
-    clock: SharedClock,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let interval = config.interval;
     // One request at a time, each a whole run: the default delivery settings fit.
     let consumer = proxflow_runtime::config::ConsumerConfig::default();
-    let replicator = Arc::new(Replicator::new(&ctx, config, clock).await?);
+    let replicator = Arc::new(Replicator::new(&ctx, config)?);
+    let mut tasks = Tasks::new(&ctx, &shutdown);
     let on_demand = ConsumerLoop::new(
         ctx.clone(),
         ConsumerSpec::from(names::consumer::REPLICATOR_RUN),
         consumer,
         OnDemand {
             replicator: replicator.clone(),
-            shutdown: shutdown.clone(),
+            shutdown: tasks.shutdown(),
         },
     );
     ctx.health.set("replicator", true);
-    let scheduled = async {
-        loop {
-            for (job, result) in replicator.pass(&shutdown).await {
+    let stop = tasks.shutdown();
+    tasks.spawn("scheduled runs", async move {
+        schedule::every(interval, &stop, ctx.shutdown_grace, || async {
+            for (job, result) in replicator.pass(&stop).await {
                 if let Err(e) = result {
                     tracing::warn!(job = %job, error = %e, "replication run failed; retried later");
                 }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(interval) => {}
-            }
-        }
+        })
+        .await;
         Ok::<(), ServiceError>(())
-    };
-    let (scheduled, requested) = tokio::join!(scheduled, on_demand.run(shutdown.clone()));
-    scheduled?;
-    requested.map_err(|e| ServiceError::Consume(e.to_string()))
+    });
+    tasks.spawn("on-demand runs", on_demand.run(tasks.shutdown()));
+    Ok(tasks.join().await?)
 }

@@ -9,10 +9,15 @@
 //!
 //! [`Leases::with`] is the usual way in: it runs a piece of work under the lease and gives it up on
 //! every path, including a caller that stops waiting (a shutdown, a timeout) mid-way.
+//!
+//! Dropping a [`Lease`] itself only stops its renewal: some holders mean that (the remediation
+//! engine leaves its lock for the remediator to adopt). Work that may be abandoned (a scheduled pass
+//! cut short at shutdown) runs in a [`LeaseScope`], which records the leases taken under it so
+//! whoever abandoned the work releases them at once instead of leaving them for 15 minutes.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -81,7 +86,7 @@ pub fn holder_id(service: &str) -> String {
 }
 
 /// Handle on the locks bucket.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Leases {
     kv: kv::Store,
 }
@@ -194,8 +199,11 @@ impl Leases {
             key: key.to_string(),
             revision: AtomicU64::new(revision),
             held: AtomicBool::new(true),
+            released: AtomicBool::new(false),
             stop: CancellationToken::new(),
         });
+        // Outside a scope (`try_with` fails) nothing is recorded: the holder alone decides.
+        let _ = SCOPE.try_with(|scope| scope.record(inner.clone()));
         tokio::spawn(renew(inner.clone(), record));
         Lease { inner }
     }
@@ -214,6 +222,8 @@ struct LeaseInner {
     key: String,
     revision: AtomicU64,
     held: AtomicBool,
+    /// Set by [`Lease::release`], so a [`LeaseScope`] does not release it a second time.
+    released: AtomicBool,
     stop: CancellationToken,
 }
 
@@ -226,24 +236,30 @@ impl Lease {
     /// Gives the lease up. Deletes the key only if it is still this holder's revision, so a lease
     /// that was lost and re-taken by someone else is left alone.
     pub async fn release(self) -> Result<(), LeaseError> {
-        let inner = &self.inner;
-        inner.stop.cancel();
-        if !self.is_held() {
+        self.inner.release().await
+    }
+}
+
+impl LeaseInner {
+    async fn release(&self) -> Result<(), LeaseError> {
+        self.released.store(true, Ordering::SeqCst);
+        self.stop.cancel();
+        if !self.held.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let revision = inner.revision.load(Ordering::SeqCst);
-        match inner
+        let revision = self.revision.load(Ordering::SeqCst);
+        match self
             .kv
-            .delete_expect_revision(&inner.key, Some(revision))
+            .delete_expect_revision(&self.key, Some(revision))
             .await
         {
             Ok(()) => Ok(()),
             // The client reports a revision mismatch as a generic publish error: look whether the
             // key moved on (someone else's now, or gone), which is not a failure of this release.
-            Err(e) => match inner.kv.entry(&inner.key).await {
-                Ok(Some(entry)) if entry.revision == revision => Err(kv_error(&inner.key, e)),
+            Err(e) => match self.kv.entry(&self.key).await {
+                Ok(Some(entry)) if entry.revision == revision => Err(kv_error(&self.key, e)),
                 Ok(_) => Ok(()),
-                Err(_) => Err(kv_error(&inner.key, e)),
+                Err(_) => Err(kv_error(&self.key, e)),
             },
         }
     }
@@ -290,6 +306,59 @@ async fn release_logged(lease: Lease) {
     let key = lease.inner.key.clone();
     if let Err(e) = lease.release().await {
         tracing::warn!(lease = %key, error = %e, "lease not released; it ages out");
+    }
+}
+
+tokio::task_local! {
+    /// The scope the current task's work runs in, if any.
+    static SCOPE: LeaseScope;
+}
+
+/// Records the leases taken by work run through [`LeaseScope::run`] (in that task), so that when the
+/// work is dropped half-way its leases can still be released ([`LeaseScope::release_abandoned`]).
+#[derive(Clone, Debug, Default)]
+pub struct LeaseScope {
+    taken: Arc<Mutex<Vec<Arc<LeaseInner>>>>,
+}
+
+impl LeaseScope {
+    /// An empty scope.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `work`, recording every lease it takes.
+    pub async fn run<F: Future>(&self, work: F) -> F::Output {
+        SCOPE.scope(self.clone(), work).await
+    }
+
+    fn record(&self, lease: Arc<LeaseInner>) {
+        self.taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(lease);
+    }
+
+    /// Releases the leases the work took and did not release itself; call once the work was dropped.
+    /// Returns how many it released. A lease another holder took over meanwhile is left alone.
+    pub async fn release_abandoned(&self) -> usize {
+        let taken = std::mem::take(&mut *self.taken.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut released = 0;
+        for lease in taken {
+            if lease.released.load(Ordering::SeqCst) {
+                continue;
+            }
+            match lease.release().await {
+                Ok(()) => {
+                    tracing::info!(lease = %lease.key, "lease of abandoned work released");
+                    released += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %lease.key, error = %e, "lease not released; it ages out")
+                }
+            }
+        }
+        released
     }
 }
 

@@ -18,9 +18,10 @@
 //!   trace context over NATS and HTTP headers.
 //! - [`lease`] — one holder at a time per target, in KV, renewed while held.
 //! - [`schedule`] — periodic schedules (`daily@03:00`, `weekly@sun 03:00`, `monthly@1 03:00`) in a time
-//!   zone, as slots; shared by the snapshotter and the replicator.
+//!   zone, as slots, and [`schedule::every`], the pass loop; shared by the snapshotter and the replicator.
 //! - [`ops`] — `/healthz`, `/readyz`, `/metrics`, the [`ops::Health`] and [`ops::Metrics`] handles.
-//! - [`service`] — [`ServiceContext`], what each service's `run` receives.
+//! - [`service`] — [`ServiceContext`], what each service's `run` receives, and [`service::Tasks`],
+//!   the supervisor of its named tasks.
 //! - [`shutdown`] — SIGINT/SIGTERM to a cancellation token.
 //! - [`workflow`] — workflow records in KV, changed only by compare-and-set.
 //! - [`nats_server`] — a nats-server child process, for `proxflow dev` and the test harness.
@@ -42,7 +43,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod workflow;
 
-pub use service::ServiceContext;
+pub use service::{ServiceContext, TaskError, Tasks};
 
 /// Installs the process-wide rustls crypto provider (aws-lc-rs). Call first thing in `main`: with no
 /// default installed, the first TLS connection picks one at random or panics.

@@ -7,12 +7,19 @@
 //! compute the same slot (and so the same snapshot name). Local times that do not exist (the hour
 //! skipped when clocks go forward) move to the first instant after the gap; repeated local times
 //! (clocks going back) take the earlier instant.
+//!
+//! [`every`] is the loop both services run those decisions in: a pass, then a pause, until shutdown.
 
 use std::fmt;
+use std::future::Future;
 use std::str::FromStr;
+use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
+use tokio_util::sync::CancellationToken;
+
+use crate::lease::LeaseScope;
 
 /// How often a schedule fires; also the kind marker in scheduled snapshot names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -194,6 +201,41 @@ impl Schedule {
     }
 }
 
+/// Runs `pass` until `shutdown`, waiting `interval` after each one. A pass running when shutdown
+/// comes gets `grace` to finish; past it, it is dropped and the leases it held are released (a
+/// dropped pass cannot release them itself, and they would block the dataset for 15 minutes).
+pub async fn every<F, Fut>(
+    interval: StdDuration,
+    shutdown: &CancellationToken,
+    grace: StdDuration,
+    mut pass: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    while !shutdown.is_cancelled() {
+        let scope = LeaseScope::new();
+        // Boxed, not pinned on the stack, so that it can be dropped before its leases are released.
+        let mut running = Box::pin(scope.run(pass()));
+        tokio::select! {
+            () = &mut running => {}
+            () = shutdown.cancelled() => {
+                if tokio::time::timeout(grace, &mut running).await.is_err() {
+                    tracing::warn!(?grace, "pass still running after the grace period; abandoned");
+                    // Dropped first: it must not renew or use what is released next.
+                    drop(running);
+                    scope.release_abandoned().await;
+                }
+                return;
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -201,6 +243,36 @@ mod tests {
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// Passes taking `takes` every minute, with 10 s of grace: shutdown comes during the second.
+    /// Returns how many started and how many finished.
+    async fn passes_until_shutdown(takes: StdDuration) -> (u32, u32) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let (started, finished) = (AtomicU32::new(0), AtomicU32::new(0));
+        let shutdown = CancellationToken::new();
+        let (interval, grace) = (StdDuration::from_secs(60), StdDuration::from_secs(10));
+        every(interval, &shutdown, grace, || async {
+            if started.fetch_add(1, Ordering::SeqCst) == 1 {
+                shutdown.cancel();
+            }
+            tokio::time::sleep(takes).await;
+            finished.fetch_add(1, Ordering::SeqCst);
+        })
+        .await;
+        (started.into_inner(), finished.into_inner())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_lets_a_running_pass_finish_within_the_grace_and_drops_it_after() {
+        assert_eq!(
+            passes_until_shutdown(StdDuration::from_secs(5)).await,
+            (2, 2)
+        );
+        assert_eq!(
+            passes_until_shutdown(StdDuration::from_secs(20)).await,
+            (2, 1)
+        );
     }
 
     #[test]

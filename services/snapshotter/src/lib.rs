@@ -34,4 +34,4 @@ pub mod service;
 pub mod target;
 
 pub use config::{PolicyConfig, SnapshotConfig, Targets};
-pub use service::{Snapshotter, request_prechange, run};
+pub use service::{Snapshotter, SnapshotterSettings, request_prechange, run};

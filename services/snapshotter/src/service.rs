@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use proxflow_pve::PveClient;
-use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConfigError;
-use proxflow_runtime::lease::{self, LeaseError, Leases};
-use proxflow_runtime::schedule::Schedule;
+use proxflow_runtime::lease::{self, Leases};
+use proxflow_runtime::schedule::{self, Schedule};
+use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use proxflow_schemas::names::consumer;
 use tokio_util::sync::CancellationToken;
 
@@ -29,18 +29,24 @@ use crate::target::Backends;
 pub use crate::pass::{PassReport, TargetPlan, TargetReport, plan_all, render_plans};
 pub use crate::prechange::{QUEUE_GROUP, RequestError, request_prechange};
 
+/// Everything the snapshotter needs beyond the [`ServiceContext`].
+#[derive(Debug, Clone)]
+pub struct SnapshotterSettings {
+    /// `[snapshot]`.
+    pub config: SnapshotConfig,
+    /// Serves VM targets and pre-change requests naming a VM.
+    pub pve: Option<PveClient>,
+}
+
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// The locks bucket is missing.
-    #[error(transparent)]
-    Lease(#[from] LeaseError),
     /// A policy does not resolve (validation should have caught it).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The prune-request consumer failed.
-    #[error("prune requests: {0}")]
-    Consume(String),
+    /// One of its tasks (pass loop, pre-change responder, prune requests) failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
     /// The pre-change subject could not be subscribed.
     #[error("subscribing to {subject}: {reason}")]
     Subscribe {
@@ -66,12 +72,11 @@ pub struct Snapshotter {
 }
 
 impl Snapshotter {
-    /// Builds the service over `ctx`'s bus; `pve` serves VM targets.
-    pub async fn new(
+    /// Builds the service over `ctx`'s bus and clock; `pve` serves VM targets.
+    pub fn new(
         ctx: &ServiceContext,
         config: SnapshotConfig,
         pve: Option<PveClient>,
-        clock: SharedClock,
     ) -> Result<Self, ServiceError> {
         let policies = config
             .policies
@@ -82,9 +87,9 @@ impl Snapshotter {
             check_schedule: config.check_schedule()?,
             policies,
             backends: Backends::from_config(&config, pve),
-            clock,
+            clock: ctx.clock.clone(),
             publisher: ctx.bus.publisher.clone(),
-            leases: Leases::open(&ctx.bus.js).await?,
+            leases: ctx.leases.clone(),
             holder: lease::holder_id("snapshotter"),
             metrics: SnapshotMetrics::register(&ctx.metrics),
             last_check: Mutex::new(None),
@@ -102,20 +107,23 @@ impl Snapshotter {
 /// requests answered meanwhile.
 pub async fn run(
     ctx: ServiceContext,
-    config: SnapshotConfig,
-    pve: Option<PveClient>,
-    clock: SharedClock,
+    settings: SnapshotterSettings,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let interval = config.interval;
-    let snapshotter = Arc::new(Snapshotter::new(&ctx, config, pve, clock).await?);
-    let rpc = tokio::spawn(snapshotter.clone().serve_prechange(
-        ctx.bus.client.clone(),
-        ctx.health.clone(),
-        shutdown.clone(),
-    ));
+    let interval = settings.config.interval;
+    let snapshotter = Arc::new(Snapshotter::new(&ctx, settings.config, settings.pve)?);
+    let mut tasks = Tasks::new(&ctx, &shutdown);
+    tasks.spawn(
+        "pre-change responder",
+        snapshotter.clone().serve_prechange(
+            ctx.bus.client.clone(),
+            ctx.health.clone(),
+            tasks.shutdown(),
+        ),
+    );
     // One request at a time, each a short pass over one pool: the default delivery settings fit.
-    let prune = tokio::spawn(
+    tasks.spawn(
+        "prune requests",
         ConsumerLoop::new(
             ctx.clone(),
             ConsumerSpec::from(consumer::SNAPSHOTTER_PRUNE),
@@ -124,32 +132,18 @@ pub async fn run(
                 snapshotter: snapshotter.clone(),
             },
         )
-        .run(shutdown.clone()),
+        .run(tasks.shutdown()),
     );
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            report = snapshotter.pass() => {
-                let errors = report.errors.len()
-                    + report.targets.iter().map(|t| t.errors.len()).sum::<usize>();
-                tracing::debug!(targets = report.targets.len(), errors, "snapshot pass done");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-    match prune.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(ServiceError::Consume(e.to_string())),
-        Err(e) => tracing::error!(error = %e, "prune consumer panicked"),
-    }
-    match rpc.await {
-        Ok(result) => result,
-        Err(e) => {
-            tracing::error!(error = %e, "pre-change responder panicked");
-            Ok(())
-        }
-    }
+    let stop = tasks.shutdown();
+    tasks.spawn("scheduled passes", async move {
+        schedule::every(interval, &stop, ctx.shutdown_grace, || async {
+            let report = snapshotter.pass().await;
+            let errors =
+                report.errors.len() + report.targets.iter().map(|t| t.errors.len()).sum::<usize>();
+            tracing::debug!(targets = report.targets.len(), errors, "snapshot pass done");
+        })
+        .await;
+        Ok::<(), ServiceError>(())
+    });
+    Ok(tasks.join().await?)
 }

@@ -37,6 +37,9 @@ pub enum TestkitError {
     /// Declaring the topology failed.
     #[error(transparent)]
     Topology(#[from] topology::TopologyError),
+    /// The locks bucket could not be opened.
+    #[error(transparent)]
+    Lease(#[from] proxflow_runtime::lease::LeaseError),
 }
 
 /// The workspace root (where `.tools/` lives).
@@ -133,18 +136,14 @@ impl TestNats {
         }
     }
 
-    /// A service context connected to this server with the proxflow topology declared.
+    /// A service context connected to this server with the proxflow topology declared, on the wall
+    /// clock ([`ServiceContext::with_clock`] sets another).
     pub async fn context(&self, name: &str) -> Result<ServiceContext, TestkitError> {
         let metrics = Metrics::new();
         let bus = bus::connect(&self.nats_config(), name, metrics.clone()).await?;
         topology::declare(&bus.client, &bus.js, bus.replicas).await?;
         let health = Health::default();
         health.watch_nats(bus.client.clone());
-        Ok(ServiceContext {
-            bus,
-            health,
-            metrics,
-            shutdown_grace: Duration::from_secs(5),
-        })
+        Ok(ServiceContext::new(bus, health, metrics, Duration::from_secs(5)).await?)
     }
 }

@@ -28,22 +28,21 @@ async fn main() -> anyhow::Result<()> {
             .into(),
     );
     let bus = bus::connect(&nats, "pf-test-engine", metrics.clone()).await?;
-    let ctx = ServiceContext {
+    let ctx = ServiceContext::new(
         bus,
-        health: Health::default(),
+        Health::default(),
         metrics,
-        shutdown_grace: std::time::Duration::from_secs(2),
-    };
-    let mut engine = Engine::new(&ctx, proxflow_runtime::clock::system()).await?;
+        std::time::Duration::from_secs(2),
+    )
+    .await?;
+    let mut engine = Engine::new(&ctx).await?;
     engine
         .register(Demo(journal.clone()))
         .register(Leaf(journal));
     let stop = CancellationToken::new();
     proxflow_runtime::shutdown::cancel_on_signal(stop.clone())?;
     println!("ready");
-    engine
-        .run(ctx.clone(), ConsumerConfig::default(), stop)
-        .await?;
+    engine.run(&ctx, &ConsumerConfig::default(), &stop).await?;
     ctx.bus.client.flush().await?;
     telemetry.shutdown().await;
     Ok(())

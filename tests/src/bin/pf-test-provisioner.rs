@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use proxflow_e2e::provisioner_config;
+use proxflow_provisioner::ProvisionerSettings;
 use proxflow_pve::{PveClient, PveConfig};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus;
@@ -29,12 +30,7 @@ async fn main() -> anyhow::Result<()> {
         ..NatsConfig::default()
     };
     let bus = bus::connect(&nats, "pf-test-provisioner", metrics.clone()).await?;
-    let ctx = ServiceContext {
-        bus,
-        health: Health::default(),
-        metrics,
-        shutdown_grace: Duration::from_secs(1),
-    };
+    let ctx = ServiceContext::new(bus, Health::default(), metrics, Duration::from_secs(1)).await?;
     let pve = PveClient::new(&PveConfig {
         url: env("PF_PVE_URL")?,
         token_id: env("PF_PVE_TOKEN_ID")?,
@@ -49,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     println!("ready");
     let stop = CancellationToken::new();
     proxflow_runtime::shutdown::cancel_on_signal(stop.clone())?;
-    let result = proxflow_provisioner::run(ctx, config, pve, stop).await;
+    let result = proxflow_provisioner::run(ctx, ProvisionerSettings { config, pve }, stop).await;
     telemetry.shutdown().await;
     Ok(result?)
 }

@@ -54,12 +54,7 @@ async fn main() -> anyhow::Result<()> {
         ..NatsConfig::default()
     };
     let bus = bus::connect(&nats, "pf-test-worker", metrics.clone()).await?;
-    let ctx = ServiceContext {
-        bus,
-        health: Health::default(),
-        metrics,
-        shutdown_grace: env_ms("PF_GRACE_MS")?,
-    };
+    let ctx = ServiceContext::new(bus, Health::default(), metrics, env_ms("PF_GRACE_MS")?).await?;
     let spec = ConsumerSpec {
         stream: stream::EVT,
         durable: env("PF_DURABLE")?,

@@ -40,16 +40,24 @@ impl Platform {
         tweak_sim: impl FnOnce(&mut SimConfig),
         tweak_provisioner: impl FnOnce(&mut ProvisionConfig),
     ) -> Self {
-        Self::start_orchestrated(join_script, tweak_sim, tweak_provisioner, |_| {}).await
+        Self::start_orchestrated(
+            join_script,
+            tweak_sim,
+            tweak_provisioner,
+            |_| {},
+            proxflow_runtime::clock::system(),
+        )
+        .await
     }
 
-    /// As [`Platform::start_with`], with the orchestrator's capacity settings and clock adjusted by
-    /// `tweak_orchestration`.
+    /// As [`Platform::start_with`], with the orchestrator's capacity settings adjusted by
+    /// `tweak_orchestration`, and the services on `clock`.
     pub async fn start_orchestrated(
         join_script: &str,
         tweak_sim: impl FnOnce(&mut SimConfig),
         tweak_provisioner: impl FnOnce(&mut ProvisionConfig),
         tweak_orchestration: impl FnOnce(&mut Orchestration),
+        clock: proxflow_runtime::clock::SharedClock,
     ) -> Self {
         let nats = TestNats::start().expect("nats-server");
         let (sim, client) = start_sim(|c| {
@@ -58,7 +66,11 @@ impl Platform {
         })
         .await
         .expect("simulator");
-        let ctx = nats.context("provision-e2e").await.expect("context");
+        let ctx = nats
+            .context("provision-e2e")
+            .await
+            .expect("context")
+            .with_clock(clock);
         let file_sd = tempfile::tempdir().unwrap();
         let mut config = provisioner_config(
             file_sd.path().join("k3s-nodes.json"),
@@ -79,8 +91,10 @@ impl Platform {
         ));
         tokio::spawn(proxflow_provisioner::run(
             ctx.clone(),
-            config,
-            client,
+            proxflow_provisioner::ProvisionerSettings {
+                config,
+                pve: client,
+            },
             stop.clone(),
         ));
         let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();

@@ -6,14 +6,11 @@
 pub mod engine;
 
 use proxflow_remediation::{RemediationConfig, Rules};
-use proxflow_runtime::ServiceContext;
 use proxflow_runtime::admission::Admissions;
 use proxflow_runtime::bus::ConsumerLoop;
-use proxflow_runtime::bus::consume::ConsumeError;
 use proxflow_runtime::bus::topology::ConsumerSpec;
-use proxflow_runtime::clock::SharedClock;
-use proxflow_runtime::lease::Leases;
 use proxflow_runtime::workflow::Engine;
+use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use proxflow_schemas::names::{bucket, consumer};
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +22,7 @@ pub enum RemediationError {
     Open(String),
     /// A consumer failed.
     #[error(transparent)]
-    Consume(#[from] ConsumeError),
+    Task(#[from] TaskError),
 }
 
 fn open_err(e: impl std::fmt::Display) -> RemediationError {
@@ -37,9 +34,9 @@ pub async fn run_engine(
     ctx: ServiceContext,
     config: RemediationConfig,
     rules: Rules,
-    clock: SharedClock,
     shutdown: CancellationToken,
 ) -> Result<(), RemediationError> {
+    let clock = ctx.clock.clone();
     let kv = ctx
         .bus
         .js
@@ -54,9 +51,9 @@ pub async fn run_engine(
             rules,
             config: config.clone(),
             admissions: Admissions::open(&ctx.bus.js).await.map_err(open_err)?,
-            leases: Leases::open(&ctx.bus.js).await.map_err(open_err)?,
+            leases: ctx.leases.clone(),
             kv: kv.clone(),
-            workflows: Engine::new(&ctx, clock.clone()).await.map_err(open_err)?,
+            workflows: Engine::new(&ctx).await.map_err(open_err)?,
             publisher: ctx.bus.publisher.clone(),
             clock: clock.clone(),
             counts: ctx.metrics.counter_family(
@@ -77,6 +74,8 @@ pub async fn run_engine(
             clock,
         },
     );
-    tokio::try_join!(decide.run(shutdown.clone()), breakers.run(shutdown))?;
-    Ok(())
+    let mut tasks = Tasks::new(&ctx, &shutdown);
+    tasks.spawn("alert decisions", decide.run(tasks.shutdown()));
+    tasks.spawn("breakers", breakers.run(tasks.shutdown()));
+    Ok(tasks.join().await?)
 }

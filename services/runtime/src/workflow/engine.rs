@@ -31,6 +31,7 @@ use crate::clock::SharedClock;
 use crate::config::ConsumerConfig;
 use crate::kv::{self, CasError, Change};
 use crate::lease::{Acquired, Leases};
+use crate::service::{TaskError, Tasks};
 
 /// How often the waker looks for due timers and expired signal waits.
 const WAKE_EVERY: Duration = Duration::from_millis(500);
@@ -82,24 +83,21 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine on the context's bus, with `clock` for timers and expiries.
-    pub async fn new(ctx: &ServiceContext, clock: SharedClock) -> Result<Self, EngineError> {
+    /// An engine on the context's bus, its clock (timers, expiries) and its leases.
+    pub async fn new(ctx: &ServiceContext) -> Result<Self, EngineError> {
         let kv = ctx
             .bus
             .js
             .get_key_value(bucket::WORKFLOWS)
             .await
             .map_err(|e| EngineError::Open(e.to_string()))?;
-        let leases = Leases::open(&ctx.bus.js)
-            .await
-            .map_err(|e| EngineError::Open(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 store: WorkflowStore::from_store(kv.clone()),
                 kv,
-                leases,
+                leases: ctx.leases.clone(),
                 publisher: ctx.bus.publisher.clone(),
-                clock,
+                clock: ctx.clock.clone(),
                 instance: format!("engine-{}-{}", std::process::id(), nuid::next()),
             }),
             definitions: BTreeMap::new(),
@@ -240,14 +238,9 @@ impl Engine {
         index::list(&self.inner.kv, kind, state, since).await
     }
 
-    /// Runs the advance consumers of every registered kind and the waker until `shutdown`.
-    pub async fn run(
-        self,
-        ctx: ServiceContext,
-        consumer: ConsumerConfig,
-        shutdown: CancellationToken,
-    ) -> Result<(), EngineError> {
-        let mut tasks = tokio::task::JoinSet::new();
+    /// Starts the advance consumer of every registered kind and the waker as tasks of the
+    /// service; they stop with the service's tasks.
+    pub fn spawn(&self, ctx: &ServiceContext, consumer: &ConsumerConfig, tasks: &mut Tasks) {
         for (kind, driver) in &self.definitions {
             let spec = ConsumerSpec {
                 stream: stream::CMD,
@@ -258,26 +251,31 @@ impl Engine {
                 inner: Arc::clone(&self.inner),
                 driver: Arc::clone(driver),
             };
-            let consumer = ConsumerLoop::new(ctx.clone(), spec, consumer.clone(), handler);
-            let stop = shutdown.clone();
-            tasks.spawn(async move { consumer.run(stop).await.map_err(EngineError::from) });
+            let advances = ConsumerLoop::new(ctx.clone(), spec, consumer.clone(), handler);
+            tasks.spawn(
+                format!("workflow {kind} advances"),
+                advances.run(tasks.shutdown()),
+            );
         }
         let kinds: Vec<&'static str> = self.definitions.keys().copied().collect();
         let inner = Arc::clone(&self.inner);
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
+        let stop = tasks.shutdown();
+        tasks.spawn("workflow waker", async move {
             waker(inner, kinds, stop).await;
-            Ok(())
+            Ok::<(), std::convert::Infallible>(())
         });
-        let mut first = Ok(());
-        while let Some(done) = tasks.join_next().await {
-            let result = done.unwrap_or_else(|e| Err(EngineError::Task(e.to_string())));
-            if result.is_err() && first.is_ok() {
-                shutdown.cancel();
-                first = result;
-            }
-        }
-        first
+    }
+
+    /// Runs the engine alone (a process whose only work is workflows) until `shutdown`.
+    pub async fn run(
+        &self,
+        ctx: &ServiceContext,
+        consumer: &ConsumerConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<(), TaskError> {
+        let mut tasks = Tasks::new(ctx, shutdown);
+        self.spawn(ctx, consumer, &mut tasks);
+        tasks.join().await
     }
 }
 
