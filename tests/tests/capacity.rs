@@ -17,7 +17,9 @@ use proxflow_remediation::{RemediationConfig, Rules};
 use proxflow_runtime::clock::ManualClock;
 use proxflow_schemas::capacity::{CapacityExceeded, HostExhausted};
 use proxflow_schemas::names::{stream, subject};
-use proxflow_schemas::remediation::{RemediationDecision, Verdict};
+use proxflow_schemas::remediation::{
+    RemediationDecision, RemediationOutcome, RemediationResult, Verdict,
+};
 use proxflow_schemas::workflow::{WorkflowRecord, WorkflowState};
 use proxflow_testkit::pve::client_config;
 
@@ -672,8 +674,26 @@ async fn an_alert_remediation_scales_out_through_the_capacity_guards() {
     assert_eq!(acted.len(), 2, "{acted:#?}");
     let again = acted[1].workflow_id.clone().unwrap();
     assert_ne!(again, remediation, "a new alert, a new remediation");
+    // The remediation ends with the scale-out's answer, not with its request being queued: refused
+    // (cancelled), with the scale-out's own reason, and the breaker hears "refused".
     let record = s.p.until_ended(&again).await;
-    assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+    assert_eq!(record.state, WorkflowState::Cancelled, "{record:#?}");
+    let why = record.error.clone().unwrap();
+    assert!(
+        why.starts_with(&format!(
+            "scale_out: cooldown: the last scale-out of k3s ({first}, node k3s-4) started at "
+        )),
+        "{why}"
+    );
+    let outcomes: Vec<RemediationOutcome> = proxflow_e2e::stored(
+        &s.p.ctx.bus.js,
+        stream::EVT,
+        &subject::evt("remediation", "outcome"),
+    )
+    .await;
+    let told = outcomes.iter().find(|o| o.workflow_id == again).unwrap();
+    assert_eq!(told.result(), RemediationResult::Refused, "{told:#?}");
+    assert_eq!(told.error.as_deref(), Some(why.as_str()));
     let two = s.p.until_ended(&format!("scaleout-k3s-{again}")).await;
     assert_eq!(two.state, WorkflowState::Cancelled, "{two:#?}");
     let reason = two.error.clone().unwrap();

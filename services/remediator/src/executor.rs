@@ -130,8 +130,11 @@ impl Remediate {
         request: Request,
     ) -> Result<Acted, Halt> {
         let publisher = self.publisher.clone();
+        let leases = self.leases.clone();
         let now = wf.now();
         let what = cmd.action.describe();
+        let lock = remediation_lock(&cmd.target);
+        let holder = cmd.workflow_id.clone();
         let asked: DateTime<Utc> = wf
             .step("request", async move {
                 let sent = match &request {
@@ -139,9 +142,14 @@ impl Remediate {
                     Request::Replicate(r) => publisher.publish(r).await,
                     Request::Prune(r) => publisher.publish(r).await,
                 };
-                sent.map(|_| now).map_err(|e| {
+                sent.map_err(|e| {
                     StepError::transient(format!("requesting: {what}: {e}")).with_source(e)
-                })
+                })?;
+                // The owner guards its own work from here; the target lock the decision claimed for
+                // this workflow has done its part (one remediation per target at a time) and is
+                // given back now, not left to age out while the owner works.
+                release_claim(&leases, &lock, &holder).await;
+                Ok(now)
             })
             .await?;
         let timeout =
@@ -212,6 +220,23 @@ impl Remediate {
                 error: Some(e),
             },
         })
+    }
+}
+
+/// Gives back the target lock `holder` (the workflow) claimed, if it still has it.
+async fn release_claim(leases: &Leases, key: &str, holder: &str) {
+    match leases
+        .acquire(key, holder, "releasing the decision's claim")
+        .await
+    {
+        Ok(Acquired::Held(lease)) => {
+            if let Err(e) = lease.release().await {
+                tracing::warn!(lease = %key, error = %e, "lease not released; it ages out");
+            }
+        }
+        // Someone else's now (the claim aged out and was taken): not ours to release.
+        Ok(Acquired::Busy(_)) => {}
+        Err(e) => tracing::warn!(lease = %key, error = %e, "lease not released; it ages out"),
     }
 }
 

@@ -2,15 +2,16 @@
 //! waker that resumes due timers and expired signal waits, and the calls other code makes (start,
 //! signal, list).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::kv::{self, Store};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use proxflow_schemas::names::{bucket, stream, subject};
 use proxflow_schemas::workflow::{
     IndexEntry, Origin, SignalRecord, StepState, Wait, WorkflowAdvance, WorkflowRecord,
@@ -29,7 +30,7 @@ use crate::bus::topology::ConsumerSpec;
 use crate::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
 use crate::clock::SharedClock;
 use crate::config::ConsumerConfig;
-use crate::kv::{self, CasError, Change};
+use crate::kv::{self as cas, CasError, Change};
 use crate::lease::{Acquired, Leases};
 use crate::service::{TaskError, Tasks};
 
@@ -38,6 +39,11 @@ const WAKE_EVERY: Duration = Duration::from_millis(500);
 /// A running workflow not touched for this long is advanced again (its advance was lost, or its
 /// owner died mid-step); the workflow's lease keeps this from running it twice at once.
 const STALE_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// Pause before watching the index again after the watch failed.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
+/// A wake-up sent for a workflow that is still due after this long is sent again (the first may
+/// have met a busy workflow or been lost).
+const RESEND_AFTER: Duration = Duration::from_secs(30);
 /// Pause before another look at a workflow whose lease another advance holds.
 const BUSY_RETRY: Duration = Duration::from_millis(250);
 
@@ -199,7 +205,7 @@ impl Engine {
         };
         let key = signal_key(id, name);
         let (created, _) =
-            kv::change(
+            cas::change(
                 &self.inner.kv,
                 &key,
                 |current: Option<SignalRecord>| match current {
@@ -336,7 +342,7 @@ impl Inner {
         id: &str,
         name: &str,
     ) -> Result<Option<SignalRecord>, EngineError> {
-        Ok(kv::read(&self.kv, &signal_key(id, name)).await?.value)
+        Ok(cas::read(&self.kv, &signal_key(id, name)).await?.value)
     }
 
     /// Writes `record` over `revision` and keeps the index in step (`indexed` is the state the
@@ -570,45 +576,94 @@ impl Advance {
     }
 }
 
-/// Resumes due timers, expired signal waits and stale running workflows, until `shutdown`.
+/// Resumes due timers, expired signal waits and stale live workflows, until `shutdown`.
+///
+/// It keeps the index lines of its kinds' live workflows in memory from one KV watch (one consumer
+/// for the engine's life, not a listing per tick) and looks at them every [`WAKE_EVERY`].
 async fn waker(inner: Arc<Inner>, kinds: Vec<&'static str>, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(WAKE_EVERY) => {}
+    let live = [
+        WorkflowState::Waiting,
+        WorkflowState::Running,
+        WorkflowState::Pending,
+        WorkflowState::Compensating,
+    ];
+    let filters: Vec<String> = kinds
+        .iter()
+        .flat_map(|kind| live.iter().map(move |state| index::filter(kind, *state)))
+        .collect();
+    let mut lines: HashMap<String, IndexEntry> = HashMap::new();
+    // What was last sent per workflow, so a due workflow is woken once, not on every tick.
+    let mut sent: HashMap<String, (String, Instant)> = HashMap::new();
+    'watch: loop {
+        let mut watch = match inner.kv.watch_many_with_history(filters.iter()).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the workflow index; trying again");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(WATCH_RETRY) => continue 'watch,
+                }
+            }
+        };
+        lines.clear();
+        let mut tick = tokio::time::interval(WAKE_EVERY);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => {
+                        if entry.operation == kv::Operation::Put {
+                            if let Ok(line) = serde_json::from_slice::<IndexEntry>(&entry.value) {
+                                lines.insert(entry.key, line);
+                            }
+                        } else {
+                            lines.remove(&entry.key);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "workflow index watch failed; watching again");
+                        continue 'watch;
+                    }
+                    None => continue 'watch,
+                },
+                _ = tick.tick() => wake_due(&inner, &lines, &mut sent).await,
+            }
         }
-        let now = inner.clock.now();
-        for kind in &kinds {
-            let due = async {
-                let mut due = Vec::new();
-                for e in index::list(&inner.kv, kind, WorkflowState::Waiting, None).await? {
-                    if let Some(at) = e.wake_at.filter(|at| *at <= now) {
-                        due.push((e.id, format!("wake/{}", at.timestamp_millis())));
-                    }
-                }
-                for state in [
-                    WorkflowState::Running,
-                    WorkflowState::Pending,
-                    WorkflowState::Compensating,
-                ] {
-                    for e in index::list(&inner.kv, kind, state, None).await? {
-                        if now - e.updated_at > STALE_AFTER {
-                            let bucket = now.timestamp() / STALE_AFTER.num_seconds().max(1);
-                            due.push((e.id, format!("stale/{bucket}")));
-                        }
-                    }
-                }
-                Ok::<_, EngineError>(due)
-            };
-            match due.await {
-                Ok(due) => {
-                    for (id, reason) in due {
-                        if let Err(e) = inner.advance(kind, &id, &reason).await {
-                            tracing::warn!(workflow = %id, error = %e, "could not wake the workflow");
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(kind, error = %e, "could not read the workflow index"),
+    }
+}
+
+/// Advances every live workflow that is due: a waiting one whose wake time passed, another one not
+/// touched for [`STALE_AFTER`] (its advance was lost or its owner died mid-step).
+async fn wake_due(
+    inner: &Inner,
+    lines: &HashMap<String, IndexEntry>,
+    sent: &mut HashMap<String, (String, Instant)>,
+) {
+    let now = inner.clock.now();
+    sent.retain(|_, (_, at)| at.elapsed() < RESEND_AFTER);
+    for line in lines.values() {
+        let reason = match line.state {
+            WorkflowState::Waiting => match line.wake_at.filter(|at| *at <= now) {
+                Some(at) => format!("wake/{}", at.timestamp_millis()),
+                None => continue,
+            },
+            _ if now - line.updated_at > STALE_AFTER => {
+                format!(
+                    "stale/{}",
+                    now.timestamp() / STALE_AFTER.num_seconds().max(1)
+                )
+            }
+            _ => continue,
+        };
+        if sent.get(&line.id).is_some_and(|(r, _)| *r == reason) {
+            continue;
+        }
+        match inner.advance(&line.kind, &line.id, &reason).await {
+            Ok(()) => {
+                sent.insert(line.id.clone(), (reason, Instant::now()));
+            }
+            Err(e) => {
+                tracing::warn!(workflow = %line.id, error = %e, "could not wake the workflow")
             }
         }
     }

@@ -25,6 +25,11 @@ pub fn state_name(state: WorkflowState) -> &'static str {
     }
 }
 
+/// The KV key filter of the lines of `kind` in `state`.
+pub(crate) fn filter(kind: &str, state: WorkflowState) -> String {
+    format!("idx.{}.{}.>", key_part(kind), state_name(state))
+}
+
 fn key(kind: &str, state: WorkflowState, id: &str) -> String {
     format!(
         "idx.{}.{}.{}",
@@ -72,11 +77,7 @@ pub(crate) async fn list(
     since: Option<DateTime<Utc>>,
 ) -> Result<Vec<IndexEntry>, EngineError> {
     let err = |e: &dyn std::fmt::Display| EngineError::Index(e.to_string());
-    let filter = format!(
-        "{}{}",
-        kv.prefix,
-        format_args!("idx.{}.{}.>", key_part(kind), state_name(state))
-    );
+    let filter = format!("{}{}", kv.prefix, filter(kind, state));
     let consumer = kv
         .stream
         .create_consumer(pull::OrderedConfig {

@@ -1,0 +1,66 @@
+//! No service crate depends on another service crate: what two services share lives in
+//! `proxflow-runtime` (mechanisms), `proxflow-schemas` (wire types and names) or a small library
+//! crate (`proxflow-platform`, `proxflow-remediation`, the Proxmox and ZFS clients). Read from
+//! `cargo metadata`, so a new edge fails here the day it is added.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+/// The crates that run as services (`proxflow serve <name>`).
+const SERVICES: &[&str] = &[
+    "proxflow-gateway",
+    "proxflow-orchestrator",
+    "proxflow-provisioner",
+    "proxflow-capacity",
+    "proxflow-snapshotter",
+    "proxflow-replicator",
+    "proxflow-remediator",
+];
+
+#[test]
+fn no_service_crate_depends_on_another() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packages = meta["packages"].as_array().unwrap();
+    let mut seen = 0;
+    let mut edges = Vec::new();
+    for p in packages {
+        let name = p["name"].as_str().unwrap();
+        if !SERVICES.contains(&name) {
+            continue;
+        }
+        seen += 1;
+        for d in p["dependencies"].as_array().unwrap() {
+            // Dev-dependencies (test fixtures) are not part of the service.
+            if d["kind"].as_str() == Some("dev") {
+                continue;
+            }
+            let dep = d["name"].as_str().unwrap();
+            if SERVICES.contains(&dep) {
+                edges.push(format!("{name} -> {dep}"));
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        SERVICES.len(),
+        "every service crate is in the workspace"
+    );
+    assert!(edges.is_empty(), "service -> service edges: {edges:?}");
+}
