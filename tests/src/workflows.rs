@@ -54,6 +54,9 @@ pub struct DemoInput {
     pub fail_child: bool,
     /// Make the child wait for its own signal `release` before its step.
     pub hold_child: bool,
+    /// Make the first step take this long (milliseconds), so a process can be killed inside it.
+    #[serde(default)]
+    pub slow_begin_ms: u64,
 }
 
 /// The `demo` workflow.
@@ -70,11 +73,14 @@ impl Workflow for Demo {
         let journal = self.0.clone();
         let now = wf.now();
         let id = wf.id().to_string();
+        let slow = std::time::Duration::from_millis(input.slow_begin_ms);
         let begun: DateTime<Utc> = wf
             .step_undo(
                 "begin",
                 async move {
                     journal.note(&format!("{id} begin"));
+                    tokio::time::sleep(slow).await;
+                    journal.note(&format!("{id} begun"));
                     Ok(now)
                 },
                 |_| "begin".to_string(),

@@ -175,3 +175,39 @@ async fn with_frees_the_lease_when_the_work_is_dropped_mid_way() {
     };
     next.release().await.unwrap();
 }
+
+/// A holder that dies without releasing (its renewals stop, as after kill -9) loses its lease to the
+/// next holder once it has gone unrenewed for the staleness limit; a live holder, renewing, never
+/// does. Staleness is 1.5 s here (renewal every 0.5 s) instead of 3 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_lease_is_taken_over_once_stale_and_a_live_one_is_not() {
+    let server = TestNats::start().unwrap();
+    let leases = leases(&server)
+        .await
+        .with_stale_after(Duration::from_millis(1_500));
+    let alive = match leases.acquire("vm/104", "alive", "patching").await.unwrap() {
+        Acquired::Held(lease) => lease,
+        Acquired::Busy(other) => panic!("held by {other:?}"),
+    };
+    // Twice the staleness limit later, the renewing holder still has it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    match leases.acquire("vm/104", "other", "patching").await.unwrap() {
+        Acquired::Busy(by) => assert_eq!(by.holder, "alive"),
+        Acquired::Held(_) => panic!("a live, renewing holder lost its lease"),
+    }
+    assert!(alive.is_held());
+    // The holder dies: no release, no more renewals.
+    drop(alive);
+    let taken = proxflow_e2e::eventually("the stale lease taken over", || async {
+        match leases.acquire("vm/104", "other", "patching").await.unwrap() {
+            Acquired::Held(lease) => Some(lease),
+            Acquired::Busy(_) => None,
+        }
+    })
+    .await;
+    assert_eq!(
+        leases.holder("vm/104").await.unwrap().unwrap().holder,
+        "other"
+    );
+    taken.release().await.unwrap();
+}

@@ -15,6 +15,7 @@ fn spawn_engine(nats: &TestNats, journal: &Journal) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pf-test-engine"))
         .env("PF_NATS_URL", nats.url())
         .env("PF_JOURNAL", &journal.0)
+        .env("PF_LEASE_STALE_MS", "1500")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -73,6 +74,7 @@ async fn kill_9_in_each_wait_resumes_and_completes_once() {
         fail_last: false,
         fail_child: false,
         hold_child: true,
+        slow_begin_ms: 0,
     };
     let origin = Origin {
         source: "test".into(),
@@ -121,4 +123,79 @@ async fn kill_9_in_each_wait_resumes_and_completes_once() {
     assert_eq!(journal.count("wf-crash finish"), 1, "{:?}", journal.lines());
     let names: Vec<_> = done.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["begin", "cool", "go", "leaf", "finish"]);
+}
+
+/// kill -9 in the middle of a step: the step's effect may have happened but its output was never
+/// recorded, so the next process runs it again (at least once, as any step), takes over the dead
+/// process's workflow lease once stale instead of waiting out the bucket's 15 minutes, and the
+/// workflow completes once, with no advance dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_inside_a_step_reruns_that_step_and_completes_once() {
+    let nats = TestNats::start().unwrap();
+    let ctx = nats.context("workflow-crash-step").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal(dir.path().join("journal"));
+    let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();
+    let engine = Engine::new(&ctx).await.unwrap();
+    let id = "wf-mid-step";
+    let mut process = spawn_engine(&nats, &journal);
+    let input = DemoInput {
+        wait_secs: 0,
+        go_expires_secs: None,
+        fail_last: false,
+        fail_child: false,
+        hold_child: false,
+        slow_begin_ms: 3_000,
+    };
+    let origin = Origin {
+        source: "test".into(),
+        reference: id.into(),
+        reason: "kill -9 inside a step".into(),
+    };
+    assert!(engine.start::<Demo>(id, origin, &input).await.unwrap());
+    proxflow_e2e::eventually("the first step under way", || async {
+        (journal.count("wf-mid-step begin") == 1).then_some(())
+    })
+    .await;
+    kill_9(&mut process);
+    assert_eq!(
+        journal.count("wf-mid-step begun"),
+        0,
+        "killed inside the step"
+    );
+    process = spawn_engine(&nats, &journal);
+    let waiting = proxflow_e2e::eventually("waiting for go", || async {
+        let (r, _) = store.get(id).await.unwrap()?;
+        waits_on(&r, "go").then_some(r)
+    })
+    .await;
+    assert_eq!(waiting.steps[0].name, "begin");
+    engine.signal(id, "go", "tester", &"go").await.unwrap();
+    let done = proxflow_e2e::until_ended(&store, id).await;
+    kill_9(&mut process);
+    assert_eq!(done.state, WorkflowState::Succeeded, "{done:#?}");
+    // The interrupted step ran again (its effect is at-least-once); everything after it once.
+    assert_eq!(
+        journal.count("wf-mid-step begin"),
+        2,
+        "{:?}",
+        journal.lines()
+    );
+    assert_eq!(
+        journal.count("wf-mid-step begun"),
+        1,
+        "{:?}",
+        journal.lines()
+    );
+    assert_eq!(journal.count("wf-mid-step-leaf shout"), 1);
+    assert_eq!(journal.count("wf-mid-step finish"), 1);
+    let letters = proxflow_e2e::stored::<serde_json::Value>(
+        &ctx.bus.js,
+        proxflow_schemas::names::stream::EVT,
+        &proxflow_schemas::names::subject::dead_letter(&proxflow_schemas::names::workflow_durable(
+            "demo",
+        )),
+    )
+    .await;
+    assert!(letters.is_empty(), "{letters:#?}");
 }

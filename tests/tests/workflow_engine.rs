@@ -128,6 +128,7 @@ fn input(fail_last: bool) -> DemoInput {
         fail_last,
         fail_child: false,
         hold_child: false,
+        slow_begin_ms: 0,
     }
 }
 

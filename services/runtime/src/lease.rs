@@ -27,8 +27,11 @@ use proxflow_schemas::names::bucket;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-/// How often a held lease is renewed: well inside the bucket's 15-minute age limit.
-const RENEW_EVERY: Duration = Duration::from_secs(60);
+/// A lease whose holder has not renewed it for this long is taken over by the next holder that
+/// asks: its holder died (kill -9, a lost host) without releasing. Renewal runs at a third of it, so
+/// a live holder is never mistaken for a dead one by less than two missed renewals; the bucket's
+/// 15-minute age limit stays as the backstop for a lease nobody asks for again.
+const STALE_AFTER: Duration = Duration::from_secs(180);
 
 /// Why a lease could not be taken or released.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,8 @@ pub fn holder_id(service: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct Leases {
     kv: kv::Store,
+    /// See [`STALE_AFTER`].
+    stale_after: Duration,
 }
 
 impl Leases {
@@ -96,8 +101,18 @@ impl Leases {
     pub async fn open(js: &jetstream::Context) -> Result<Self, LeaseError> {
         js.get_key_value(bucket::LOCKS)
             .await
-            .map(|kv| Self { kv })
+            .map(|kv| Self {
+                kv,
+                stale_after: STALE_AFTER,
+            })
             .map_err(|e| kv_error(bucket::LOCKS, e))
+    }
+
+    /// The same leases with another staleness limit (and renewal at a third of it): for tests that
+    /// cannot wait minutes for a dead holder's lease to be taken over.
+    pub fn with_stale_after(mut self, stale_after: Duration) -> Self {
+        self.stale_after = stale_after;
+        self
     }
 
     /// Takes the lease on `key` for `holder`, or reports who has it.
@@ -139,6 +154,24 @@ impl Leases {
                 })?;
             if current.holder == holder {
                 return Ok(Acquired::Held(self.hold(key, current, entry.revision)));
+            }
+            // Not renewed for longer than a live holder ever goes: its holder is dead. Taken over
+            // by compare-and-set on the revision seen, so of two takers one wins; the dead
+            // holder, should it wake, finds its next renewal refused and knows it lost the lease.
+            let silent = time::OffsetDateTime::now_utc() - entry.created;
+            if silent > self.stale_after {
+                match self
+                    .kv
+                    .update(key, encode(key, &record)?, entry.revision)
+                    .await
+                {
+                    Ok(revision) => {
+                        tracing::warn!(lease = %key, dead = %current.holder, purpose = %current.purpose, silent_s = silent.whole_seconds(), "took over a lease its holder stopped renewing");
+                        return Ok(Acquired::Held(self.hold(key, record, revision)));
+                    }
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(kv_error(key, e)),
+                }
             }
             return Ok(Acquired::Busy(current));
         }
@@ -204,7 +237,7 @@ impl Leases {
         });
         // Outside a scope (`try_with` fails) nothing is recorded: the holder alone decides.
         let _ = SCOPE.try_with(|scope| scope.record(inner.clone()));
-        tokio::spawn(renew(inner.clone(), record));
+        tokio::spawn(renew(inner.clone(), record, self.stale_after / 3));
         Lease { inner }
     }
 }
@@ -362,14 +395,14 @@ impl LeaseScope {
     }
 }
 
-async fn renew(lease: Arc<LeaseInner>, record: LeaseRecord) {
+async fn renew(lease: Arc<LeaseInner>, record: LeaseRecord, every: Duration) {
     let Ok(value) = encode(&lease.key, &record) else {
         return;
     };
     loop {
         tokio::select! {
             _ = lease.stop.cancelled() => return,
-            _ = tokio::time::sleep(RENEW_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
         }
         let revision = lease.revision.load(Ordering::SeqCst);
         match lease.kv.update(&lease.key, value.clone(), revision).await {

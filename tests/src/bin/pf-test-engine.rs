@@ -1,8 +1,9 @@
 //! A process that runs the workflow engine with the test workflows (`demo`, `leaf`) on the wall
 //! clock, for tests that kill it with SIGKILL in the middle of a wait.
 //!
-//! Environment: `PF_NATS_URL`, `PF_JOURNAL` (the file the workflows note each execution in). It
-//! prints `ready` once its consumers run.
+//! Environment: `PF_NATS_URL`, `PF_JOURNAL` (the file the workflows note each execution in),
+//! optionally `PF_LEASE_STALE_MS` (when a dead holder's lease is taken over). It prints `ready` once
+//! its consumers run.
 
 use anyhow::Context;
 use proxflow_e2e::workflows::{Demo, Journal, Leaf};
@@ -35,6 +36,12 @@ async fn main() -> anyhow::Result<()> {
         std::time::Duration::from_secs(2),
     )
     .await?;
+    let mut ctx = ctx;
+    // Tests that kill this process mid-step shorten the staleness of its leases (3 min in service).
+    if let Ok(ms) = std::env::var("PF_LEASE_STALE_MS") {
+        let stale = std::time::Duration::from_millis(ms.parse()?);
+        ctx.leases = ctx.leases.clone().with_stale_after(stale);
+    }
     let mut engine = Engine::new(&ctx).await?;
     engine
         .register(Demo(journal.clone()))

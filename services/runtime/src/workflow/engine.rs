@@ -45,7 +45,11 @@ const WATCH_RETRY: Duration = Duration::from_secs(1);
 /// have met a busy workflow or been lost).
 const RESEND_AFTER: Duration = Duration::from_secs(30);
 /// Pause before another look at a workflow whose lease another advance holds.
-const BUSY_RETRY: Duration = Duration::from_millis(250);
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+/// Deliveries an advance may take. Advances are idempotent (the record is the truth) and a busy
+/// workflow hands its advance back every [`BUSY_RETRY`]; this covers a holder that died mid-advance
+/// until its lease goes stale (3 minutes) many times over, so no advance is dead-lettered for it.
+const ADVANCE_MAX_DELIVER: u32 = 1_000;
 
 /// The engine's shared state.
 pub(crate) struct Inner {
@@ -257,7 +261,9 @@ impl Engine {
                 inner: Arc::clone(&self.inner),
                 driver: Arc::clone(driver),
             };
-            let advances = ConsumerLoop::new(ctx.clone(), spec, consumer.clone(), handler);
+            let mut tuning = consumer.clone();
+            tuning.max_deliver = tuning.max_deliver.max(ADVANCE_MAX_DELIVER);
+            let advances = ConsumerLoop::new(ctx.clone(), spec, tuning, handler);
             tasks.spawn(
                 format!("workflow {kind} advances"),
                 advances.run(tasks.shutdown()),
