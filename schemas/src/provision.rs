@@ -190,6 +190,7 @@ impl ProvisionRequested {
             data: serde_json::to_value(self).unwrap_or_default(),
             error: None,
             trace_id,
+            traceparent: None,
             wait: None,
             parent: None,
             created_at: self.requested_at,

@@ -175,6 +175,10 @@ pub struct WorkflowRecord {
     /// OpenTelemetry trace id (32 hex digits) under which every step ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The W3C `traceparent` of the span that created it: every step, on every resume, is recorded
+    /// under it, so a workflow is one trace however often it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// What it waits for while `Waiting`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<Wait>,

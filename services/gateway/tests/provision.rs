@@ -405,6 +405,7 @@ async fn a_pending_workflow_whose_publish_was_lost_is_published_on_the_next_requ
         data: serde_json::to_value(&lost).expect("json"),
         error: None,
         trace_id: None,
+        traceparent: None,
         wait: None,
         parent: None,
         created_at: now,

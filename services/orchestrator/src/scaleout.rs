@@ -300,6 +300,7 @@ impl ScaleOut {
             data: json!({}),
             error: None,
             trace_id,
+            traceparent: None,
             wait: None,
             parent: None,
             created_at: now,

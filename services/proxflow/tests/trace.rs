@@ -91,6 +91,7 @@ async fn store_workflow(ctx: &ServiceContext, id: &str, trace_id: Option<&str>) 
         data: serde_json::Value::Null,
         error: Some("join failed".into()),
         trace_id: trace_id.map(str::to_owned),
+        traceparent: None,
         wait: None,
         parent: None,
         created_at: at(0),

@@ -283,6 +283,21 @@ fn set_parent(span: &tracing::Span, cx: opentelemetry::Context) {
     }
 }
 
+/// `span`'s W3C `traceparent`, when telemetry is recording it: kept in a workflow record so that
+/// every later resume, whoever triggers it, joins the workflow's one trace.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// Parents a not-yet-entered `span` on a stored `traceparent` (see [`traceparent`]), if valid.
+pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    set_parent(span, TraceContextPropagator::new().extract(&carrier));
+}
+
 /// The trace id of `span` as 32 hex digits, when telemetry is recording it.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let cx = span.context();

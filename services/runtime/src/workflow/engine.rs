@@ -315,6 +315,7 @@ impl Inner {
             data: json!({ "input": input }),
             error: None,
             trace_id: crate::telemetry::trace_id(&tracing::Span::current()),
+            traceparent: crate::telemetry::traceparent(&tracing::Span::current()),
             wait: None,
             parent,
             created_at: now,
@@ -567,7 +568,17 @@ impl Advance {
         if record.state.is_terminal() {
             return Outcome::Ack;
         }
-        let span = tracing::info_span!("workflow.advance", workflow = %id, kind = %record.kind);
+        let span = tracing::info_span!(
+            "workflow.advance",
+            otel.name = %format_args!("{} {} advance", record.kind, id),
+            workflow = %id,
+            kind = %record.kind,
+        );
+        // Whatever woke it (a timer, a signal, a child, a restart), the advance joins the trace the
+        // workflow started in.
+        if let Some(parent) = record.traceparent.as_deref() {
+            crate::telemetry::set_parent_from_traceparent(&span, parent);
+        }
         let result = tracing::Instrument::instrument(
             self.driver
                 .advance(Arc::clone(&self.inner), record, revision),

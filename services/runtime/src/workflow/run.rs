@@ -92,7 +92,12 @@ impl<W: Workflow> Run<W> {
             return Ok(done);
         }
         let started = self.now();
-        let span = tracing::info_span!("workflow.step", workflow = %self.record.id, step = name);
+        let span = tracing::info_span!(
+            "workflow.step",
+            otel.name = %format_args!("{} step {name}", self.record.kind),
+            workflow = %self.record.id,
+            step = name,
+        );
         let result = tracing::Instrument::instrument(action, span).await;
         match result {
             Ok(output) => {
