@@ -16,9 +16,10 @@ test: (_tools "test")
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
 
-# Print the benchmark figures (runtime vs raw JetStream, Proxmox simulator and client, ZFS replication, ...).
+# Print the benchmark figures (runtime vs raw JetStream, workflow engine vs bare KV CAS, Proxmox simulator and client, ZFS replication, ...).
 bench: (_tools "bench")
     cargo bench -p proxflow-e2e --bench bus
+    cargo bench -p proxflow-e2e --bench workflow
     cargo bench -p proxflow-pve --bench pve
     cargo bench -p proxflow-e2e --bench provision
     cargo bench -p proxflow-e2e --bench capacity

@@ -136,39 +136,30 @@ impl Admissions {
         now: DateTime<Utc>,
     ) -> Result<Occurrences, AdmissionError> {
         let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(1));
-        self.change(key, |ledger| {
-            let before = ledger.seen.len();
-            ledger.seen.retain(|_, t| now - *t < window);
-            let pruned = ledger.seen.len() != before;
-            let count = |l: &Ledger| u32::try_from(l.seen.len()).unwrap_or(u32::MAX);
-            if ledger.seen.contains_key(id) {
-                return (
-                    Occurrences {
-                        count: count(ledger),
-                        counted: true,
-                    },
-                    pruned,
-                );
-            }
-            if cap.is_some_and(|cap| count(ledger) >= cap) {
-                return (
-                    Occurrences {
-                        count: count(ledger),
-                        counted: false,
-                    },
-                    pruned,
-                );
-            }
-            ledger.seen.insert(id.to_string(), now);
-            (
-                Occurrences {
-                    count: count(ledger),
-                    counted: true,
-                },
-                true,
-            )
-        })
-        .await
+        self.change(key, |ledger| tally(ledger, id, window, cap, now))
+            .await
+    }
+
+    /// What [`Admissions::occur`] would answer at `now`, read without writing: one KV read, no
+    /// compare-and-set. A refusal (`counted: false`) is what `occur` would have answered at the
+    /// instant of the read (the ledger as one consistent value, `id` not in it, `cap` ids within
+    /// the window), so a caller may refuse on it as if it had run `occur` then, and skip claims it
+    /// would only give back. `counted: true` promises nothing (another writer may take the last
+    /// slot first): only `occur` counts.
+    pub async fn peek(
+        &self,
+        key: &str,
+        id: &str,
+        window: Duration,
+        cap: Option<u32>,
+        now: DateTime<Utc>,
+    ) -> Result<Occurrences, AdmissionError> {
+        let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(1));
+        let mut ledger = kv::read::<Ledger>(&self.kv, key)
+            .await?
+            .value
+            .unwrap_or_default();
+        Ok(tally(&mut ledger, id, window, cap, now).0)
     }
 
     /// Marks `id` finished under `key`; finishing an id that is not running is fine.
@@ -197,4 +188,45 @@ impl Admissions {
         .await?;
         Ok(result)
     }
+}
+
+/// Occurrence `id` at `now` against `ledger`: prunes what left the window and counts `id` unless
+/// `cap` distinct ids are already in it. Returns the answer and whether the ledger changed.
+fn tally(
+    ledger: &mut Ledger,
+    id: &str,
+    window: chrono::Duration,
+    cap: Option<u32>,
+    now: DateTime<Utc>,
+) -> (Occurrences, bool) {
+    let before = ledger.seen.len();
+    ledger.seen.retain(|_, t| now - *t < window);
+    let pruned = ledger.seen.len() != before;
+    let count = |l: &Ledger| u32::try_from(l.seen.len()).unwrap_or(u32::MAX);
+    if ledger.seen.contains_key(id) {
+        return (
+            Occurrences {
+                count: count(ledger),
+                counted: true,
+            },
+            pruned,
+        );
+    }
+    if cap.is_some_and(|cap| count(ledger) >= cap) {
+        return (
+            Occurrences {
+                count: count(ledger),
+                counted: false,
+            },
+            pruned,
+        );
+    }
+    ledger.seen.insert(id.to_string(), now);
+    (
+        Occurrences {
+            count: count(ledger),
+            counted: true,
+        },
+        true,
+    )
 }

@@ -6,7 +6,9 @@
 //! render; the rule's circuit breaker is closed; the threshold (N alerts within T for the target) is
 //! reached; the target's cooldown has passed; no other remediation holds the target; not dry-run;
 //! the rule's max targets per window and then the global rate limit have room. The two quotas come
-//! last so an alert suppressed for another reason uses none.
+//! last so an alert suppressed for another reason uses none. When the global rate limit is
+//! already full (read beside the breaker), the later guards are only read, not claimed: the
+//! decision is a refusal either way and claims would just be given back.
 //!
 //! Everything is idempotent per (alert, rule): the workflow id is derived from them, the threshold
 //! and quotas count each id once, and a cooldown stamped by this very workflow is a resume, not a
@@ -33,7 +35,7 @@ use proxflow_schemas::remediation::{
 use proxflow_schemas::workflow::Origin;
 use serde::{Deserialize, Serialize};
 
-use proxflow_remediation::rules::{Action, Rule, Rules};
+use proxflow_remediation::rules::{Action, MaxTargets, Rule, Rules};
 use proxflow_remediation::{RemediationConfig, template};
 
 /// The workflow kind the remediator runs for each acted decision.
@@ -193,7 +195,20 @@ impl Decider {
         let id = workflow_id(alert, &spec.name);
         let tkey = target_key(&target);
 
-        let breaker = self.breaker(&spec.name).await?;
+        let rate = self.config.rate_limit;
+        // The breaker and (for a live rule) the global rate limit are read together: one round
+        // trip of latency. A full rate ledger lets the decision below skip the claims it would
+        // only give back (see `Admissions::peek`); dry-run claims nothing and needs no look.
+        let (breaker, rate_full) = tokio::join!(self.breaker(&spec.name), async {
+            if spec.dry_run {
+                return Ok(None);
+            }
+            self.admissions
+                .peek("remediation.rate", &id, rate.per, Some(rate.count), now)
+                .await
+                .map(|o| Some(o).filter(|o| !o.counted))
+        });
+        let (breaker, rate_full) = (breaker?, rate_full?);
         if let Some(until) = breaker.open_until.filter(|u| *u > now) {
             return no(
                 Reason::Breaker,
@@ -244,6 +259,21 @@ impl Decider {
             )
         };
         let held = |l: &LeaseRecord| format!("{target} is held by {} ({})", l.holder, l.purpose);
+        let too_many_targets = |count: u32, m: &MaxTargets| {
+            format!(
+                "rule {} acted on {count} targets within {} (max {})",
+                spec.name,
+                humantime_serde::re::humantime::format_duration(m.per),
+                m.count
+            )
+        };
+        let rate_limited = |count: u32| {
+            format!(
+                "{count} remediations within {} (rate limit {})",
+                humantime_serde::re::humantime::format_duration(rate.per),
+                rate.count
+            )
+        };
         if spec.dry_run {
             // Dry-run claims nothing: it reports what the live rule would meet.
             let last = cas::read::<CooldownClaim>(&self.kv, &cooldown_key).await?;
@@ -258,6 +288,42 @@ impl Decider {
                 format!("dry-run: would {} ({target})", action.describe()),
                 t,
             );
+        }
+        if let Some(full) = rate_full {
+            // The rate limit refuses whatever else happens, so nothing is claimed: the claims would
+            // only be given back (claim, lease, rate CAS read, release, give back: 8 KV round trips
+            // in sequence against 2 here, and under an alert storm nearly every decision ends
+            // here). The guards before it are read, in order, so the decision names
+            // the same guard the claims would have: the reads see what the claims would have seen
+            // at that instant, and a refusal needs no atomicity (only acting does, and this path
+            // never acts).
+            let lock_key = key::remediation_lock(&target);
+            let (last, holder) = tokio::join!(
+                cas::read::<CooldownClaim>(&self.kv, &cooldown_key),
+                self.leases.holder(&lock_key)
+            );
+            if let Some(c) = last?.value.filter(|c| c.until > now && c.workflow_id != id) {
+                return no(Reason::Cooldown, cooled(&c), t);
+            }
+            if let Some(holder) = holder?.filter(|h| h.holder != id) {
+                return no(Reason::Lock, held(&holder), t);
+            }
+            if let Some(m) = spec.max_targets {
+                let targets = self
+                    .admissions
+                    .peek(
+                        &key::remediation_targets(&spec.name),
+                        &tkey,
+                        m.per,
+                        Some(m.count),
+                        now,
+                    )
+                    .await?;
+                if !targets.counted {
+                    return no(Reason::MaxTargets, too_many_targets(targets.count, &m), t);
+                }
+            }
+            return no(Reason::RateLimit, rate_limited(full.count), t);
         }
         let claim = guard::claim_cooldown(&self.kv, &cooldown_key, &id, now, until).await?;
         if let Claimed::Held(c) = &claim {
@@ -287,36 +353,16 @@ impl Decider {
                 .await?;
             if !targets.counted {
                 self.give_back(&cooldown_key, &id, Some(lease)).await?;
-                return no(
-                    Reason::MaxTargets,
-                    format!(
-                        "rule {} acted on {} targets within {} (max {})",
-                        spec.name,
-                        targets.count,
-                        humantime_serde::re::humantime::format_duration(m.per),
-                        m.count
-                    ),
-                    t,
-                );
+                return no(Reason::MaxTargets, too_many_targets(targets.count, &m), t);
             }
         }
-        let rate = self.config.rate_limit;
         let used = self
             .admissions
             .occur("remediation.rate", &id, rate.per, Some(rate.count), now)
             .await?;
         if !used.counted {
             self.give_back(&cooldown_key, &id, Some(lease)).await?;
-            return no(
-                Reason::RateLimit,
-                format!(
-                    "{} remediations within {} (rate limit {})",
-                    used.count,
-                    humantime_serde::re::humantime::format_duration(rate.per),
-                    rate.count
-                ),
-                t,
-            );
+            return no(Reason::RateLimit, rate_limited(used.count), t);
         }
         // The remediator adopts the lease (same holder) and releases it when done; until then it
         // is not renewed here, so a lost work order frees the target with the bucket's max age.
