@@ -19,11 +19,11 @@ test: (_tools "test")
 # Print the benchmark figures (runtime vs raw JetStream, workflow engine vs bare KV CAS, Proxmox simulator and client, ZFS replication, ...).
 bench: (_tools "bench")
     cargo bench -p proxflow-e2e --bench bus
-    cargo bench -p proxflow-e2e --bench workflow
     cargo bench -p proxflow-pve --bench pve
     cargo bench -p proxflow-e2e --bench provision
     cargo bench -p proxflow-e2e --bench capacity
     cargo bench -p proxflow-e2e --bench replication
+    cargo bench -p proxflow-e2e --bench workflow
 
 # Regenerate schemas/json from the wire types.
 schemas:
