@@ -15,8 +15,10 @@ use proxflow_pve::PveClient;
 use proxflow_pve_sim::load::Load;
 use proxflow_remediation::{RemediationConfig, Rules};
 use proxflow_runtime::clock::ManualClock;
+use proxflow_schemas::Message;
 use proxflow_schemas::capacity::{CapacityExceeded, HostExhausted};
 use proxflow_schemas::names::{stream, subject};
+use proxflow_schemas::provision::ProvisionRequested;
 use proxflow_schemas::remediation::{
     RemediationDecision, RemediationOutcome, RemediationResult, Verdict,
 };
@@ -306,6 +308,23 @@ async fn sustained_load_fires_once_and_adds_exactly_one_node() {
     s.p.until_idle().await;
     assert_eq!(s.tagged_vms(), 4);
     assert_eq!(s.firings("cpu_avg").await.len(), 1);
+    // The scale-out entered provision admission directly: nothing looped back through the
+    // webhook's ingest subject.
+    let ingest = s.p.ctx.bus.js.get_stream(stream::INGEST).await.unwrap();
+    let mut subjects = ingest
+        .info_with_subjects(ProvisionRequested::SUBJECT)
+        .await
+        .unwrap();
+    let mut looped = 0;
+    while let Some(entry) = subjects.next().await {
+        looped += entry.unwrap().1;
+    }
+    assert_eq!(
+        looped,
+        0,
+        "a provision request on {}",
+        ProvisionRequested::SUBJECT
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,28 +1,24 @@
 //! # proxflow-orchestrator
 //!
-//! Owns the life of workflows. For provisioning it admits each `ProvisionRequested` from the gateway:
-//! the workflow record exists (created here when the gateway's is missing) and is not finished; the
-//! profile's caps allow one more (`max_concurrent` running, `max_per_hour` started — a refusal ends
-//! the workflow `cancelled` with the numbers); then the provisioner gets its work order
-//! (`pf.cmd.provisioner.provision`, deduplicated by workflow id, so a redelivered request never starts a
-//! second provision). Outcome events (`pf.evt.vm.*`) free the workflow's slot again.
+//! Owns the life of workflows. For provisioning it admits each `ProvisionRequested` from the gateway
+//! (`admit`): the record exists, the profile's caps allow one more, then the provisioner gets its
+//! work order. Outcome events (`pf.evt.vm.*`) free the workflow's slot again.
 //!
 //! For capacity it turns a k3s cluster's `capacity.exceeded` into a guarded scale-out ([`scaleout`]):
 //! cap, cooldown, host-headroom veto, dry-run and one at a time, then one more node through the same
-//! provision path.
+//! provision admission, entered directly.
 //!
 //! For alerts it runs the remediation engine ([`remediation`]): a decision per
 //! alert and matching rule, every one audited, and the rules' circuit breakers.
 
+mod admit;
 pub mod remediation;
 pub mod scaleout;
-
-use std::time::Duration;
 
 use proxflow_platform::{Clusters, Profiles};
 use proxflow_remediation::{RemediationConfig, Rules};
 
-use proxflow_runtime::admission::{AdmissionError, Admissions, Caps, Decision};
+use proxflow_runtime::admission::{AdmissionError, Admissions};
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
@@ -31,7 +27,7 @@ use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
 use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use proxflow_schemas::events::DeadLetter;
 use proxflow_schemas::names::{bucket, consumer, key};
-use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
+use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome};
 use proxflow_schemas::remediation::HandOffResult;
 use proxflow_schemas::workflow::WorkflowState;
 use tokio_util::sync::CancellationToken;
@@ -104,18 +100,19 @@ pub async fn run(
         .get_key_value(bucket::COOLDOWNS)
         .await
         .map_err(|e| AdmissionError::Open(format!("{}: {e}", bucket::COOLDOWNS)))?;
+    let admission = admit::ProvisionAdmission::new(
+        store.clone(),
+        admissions.clone(),
+        slots.clone(),
+        o.profiles.clone(),
+        ctx.bus.publisher.clone(),
+        ctx.clock.clone(),
+    );
     let admit = ConsumerLoop::new(
         ctx.clone(),
         ConsumerSpec::from(consumer::ORCHESTRATOR_PROVISION),
         o.consumer.clone(),
-        Admit {
-            store: store.clone(),
-            admissions: admissions.clone(),
-            slots: slots.clone(),
-            profiles: o.profiles.clone(),
-            publisher: ctx.bus.publisher.clone(),
-            clock: ctx.clock.clone(),
-        },
+        admission.clone(),
     );
     let release = ConsumerLoop::new(
         ctx.clone(),
@@ -143,6 +140,7 @@ pub async fn run(
         js: ctx.bus.js.clone(),
         store,
         admissions: admissions.clone(),
+        provisions: admission.clone(),
         cooldowns: cooldowns.clone(),
         publisher: ctx.bus.publisher.clone(),
         profiles: o.profiles.clone(),
@@ -179,13 +177,17 @@ pub async fn run(
 /// The slots a workflow may hold: its profile's provision slot and, for a scale-out's provision,
 /// its cluster's scale-out slot. Freed together whenever a provision ends, however it ends.
 #[derive(Clone)]
-struct Slots {
+pub(crate) struct Slots {
     admissions: Admissions,
     scale_out: Vec<String>,
 }
 
 impl Slots {
-    async fn free(&self, profile: &str, workflow_id: &str) -> Result<(), AdmissionError> {
+    pub(crate) async fn free(
+        &self,
+        profile: &str,
+        workflow_id: &str,
+    ) -> Result<(), AdmissionError> {
         self.admissions
             .finish(&key::provision_ledger(profile), workflow_id)
             .await?;
@@ -193,113 +195,6 @@ impl Slots {
             self.admissions.finish(key, workflow_id).await?;
         }
         Ok(())
-    }
-}
-
-struct Admit {
-    store: WorkflowStore,
-    admissions: Admissions,
-    slots: Slots,
-    profiles: Profiles,
-    publisher: Publisher,
-    clock: SharedClock,
-}
-
-impl Handler<ProvisionRequested> for Admit {
-    async fn handle(&self, delivery: Delivery<ProvisionRequested>) -> Outcome {
-        let req = delivery.message;
-        let record = match self.store.get(&req.workflow_id).await {
-            Ok(Some((record, _))) => record,
-            Ok(None) => {
-                let record = req.pending_workflow(&req.requested_by, None);
-                if let Err(e) = self.store.create(&record).await {
-                    return Outcome::retry(e.to_string());
-                }
-                record
-            }
-            Err(e) if !e.is_transient() => return Outcome::poison(e.to_string()),
-            Err(e) => return Outcome::retry(e.to_string()),
-        };
-        if record.state.is_terminal() {
-            tracing::info!(workflow = %req.workflow_id, state = ?record.state, "already finished");
-            return Outcome::Ack;
-        }
-        let Some(profile) = self.profiles.get(&req.profile) else {
-            let reason = format!(
-                "unknown profile '{}' (known: {})",
-                req.profile,
-                self.profiles.names().join(", ")
-            );
-            return self.end(&req, WorkflowState::Failed, reason).await;
-        };
-        let caps = Caps {
-            max_running: profile.max_concurrent,
-            max_per_window: profile.max_per_hour,
-            window: Duration::from_secs(3600),
-        };
-        let decision = self
-            .admissions
-            .admit(
-                &key::provision_ledger(&req.profile),
-                &req.workflow_id,
-                caps,
-                self.clock.now(),
-            )
-            .await;
-        match decision {
-            Ok(Decision::Admitted) => {}
-            Ok(Decision::Refused(why)) => {
-                let reason = format!("refused by the {} profile's caps: {why}", req.profile);
-                tracing::warn!(workflow = %req.workflow_id, %reason, "provision refused");
-                return self.end(&req, WorkflowState::Cancelled, reason).await;
-            }
-            Err(e) => return Outcome::retry(e.to_string()),
-        }
-        if let Err(e) = self
-            .store
-            .update(&req.workflow_id, |r| {
-                if r.state == WorkflowState::Pending {
-                    r.state = WorkflowState::Running;
-                }
-            })
-            .await
-        {
-            return Outcome::retry(e.to_string());
-        }
-        let command = ProvisionCommand {
-            workflow_id: req.workflow_id.clone(),
-            request: req,
-        };
-        // Re-sent for a running workflow too: the command's dedupe id drops it within the window,
-        // and after it a provisioner resumes from the record instead of starting over.
-        match self.publisher.publish(&command).await {
-            Ok(receipt) => {
-                tracing::info!(workflow = %command.workflow_id, duplicate = receipt.duplicate, "provision dispatched");
-                Outcome::Ack
-            }
-            Err(e) => Outcome::retry(format!("dispatching the provision: {e}")),
-        }
-    }
-}
-
-impl Admit {
-    /// Ends a workflow that never reached the provisioner. It holds no provision slot, but a
-    /// scale-out's provision holds its cluster's slot, which must not stay taken.
-    async fn end(&self, req: &ProvisionRequested, state: WorkflowState, reason: String) -> Outcome {
-        if let Err(e) = self
-            .store
-            .update(&req.workflow_id, |r| {
-                r.state = state;
-                r.error = Some(reason.clone());
-            })
-            .await
-        {
-            return Outcome::retry(e.to_string());
-        }
-        match self.slots.free(&req.profile, &req.workflow_id).await {
-            Ok(()) => Outcome::Ack,
-            Err(e) => Outcome::retry(e.to_string()),
-        }
     }
 }
 

@@ -26,6 +26,8 @@ use proxflow_runtime::admission::{Admissions, Caps, Decision};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::workflow::WorkflowStore;
+
+use crate::admit::{Admitted, ProvisionAdmission};
 use proxflow_schemas::Message;
 use proxflow_schemas::capacity::{
     CapacityExceeded, CapacitySample, HostExhausted, MetricId, ScaleOutRequested, Scope,
@@ -61,6 +63,8 @@ pub(crate) struct ScaleOut {
     pub(crate) js: async_nats::jetstream::Context,
     pub(crate) store: WorkflowStore,
     pub(crate) admissions: Admissions,
+    /// Provision admission, entered directly (not through the webhook's ingest subject).
+    pub(crate) provisions: ProvisionAdmission,
     pub(crate) cooldowns: kv::Store,
     pub(crate) publisher: Publisher,
     pub(crate) profiles: Profiles,
@@ -462,8 +466,17 @@ impl ScaleOut {
             requested_by: format!("capacity:{id}"),
             requested_at: now,
         };
-        if let Err(e) = self.publisher.publish(&request).await {
-            return Err(Outcome::retry(format!("requesting the provision: {e}")));
+        match self.provisions.admit(request).await {
+            Admitted::Dispatched => {}
+            // Refused by the profile's caps (or ended before): the scale-out is refused with the
+            // provision's reason; the admission freed the cluster's slot.
+            Admitted::Ended { reason, .. } => {
+                return Ok(Err(Stop::Refused(format!(
+                    "provision {provision} of {node}: {reason}"
+                ))));
+            }
+            Admitted::Retry(why) => return Err(Outcome::retry(why)),
+            Admitted::Poison(why) => return Err(Outcome::poison(why)),
         }
         tracing::info!(workflow = %id, %node, provision = %provision, "scale-out dispatched");
         Ok(Ok((node, provision)))

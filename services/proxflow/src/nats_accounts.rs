@@ -13,7 +13,6 @@ use proxflow_schemas::capacity::{
     CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted, ScaleOutRequested,
 };
 use proxflow_schemas::names::{self, bucket, stream, subject, user};
-use proxflow_schemas::provision::ProvisionRequested;
 use proxflow_schemas::remediation::{RemediationDecision, RemediationOutcome, RemediationPage};
 use proxflow_schemas::replication::ReplicationRequested;
 use proxflow_schemas::snapshot::PruneRequested;
@@ -104,10 +103,9 @@ fn users() -> Vec<User> {
             publishes: vec![
                 Grant::plain(&[subject::CMD_ALL, &subject::evt("workflow", ">")]),
                 Grant::because(
-                    "A scale-out requests its node on the webhook's own path, reports a full host, and\n\
-                     tells a remediation that asked for it how it ended.",
+                    "A scale-out reports a full host, and tells a remediation that asked for it how it\n\
+                     ended.",
                     &[
-                        ProvisionRequested::SUBJECT,
                         HostExhausted::SUBJECT,
                         &subject::evt("handoff", "scale_out"),
                     ],
