@@ -320,3 +320,43 @@ async fn a_failed_child_fails_its_parent_through_the_parents_definition() {
     assert_eq!(r.journal.count("wf-child finish"), 0);
     assert_eq!(r.journal.count("undo begin"), 1);
 }
+
+/// A crash between a record's write and its index write leaves the workflow listed under its old
+/// state. Simulated here by ending the record behind the engine's back: the next wake-up finds it
+/// ended and repairs the index, so it is listed where it is and the waker stops waking it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_index_line_is_repaired_when_its_workflow_is_found_ended() {
+    let r = Rig::new().await;
+    r.start("wf-stale-index", input(false)).await;
+    r.until_waiting_on("wf-stale-index", "cool").await;
+    r.store
+        .update("wf-stale-index", |rec| {
+            rec.state = WorkflowState::Succeeded;
+            rec.wait = None;
+        })
+        .await
+        .unwrap();
+    let waiting = r
+        .engine()
+        .list("demo", WorkflowState::Waiting, None)
+        .await
+        .unwrap();
+    assert_eq!(waiting.len(), 1, "the stale line: {waiting:?}");
+    // The timer falls due: the waker wakes the workflow, which is found ended.
+    r.clock.advance(Duration::from_secs(61));
+    proxflow_e2e::eventually("the index repaired", || async {
+        let waiting = r
+            .engine()
+            .list("demo", WorkflowState::Waiting, None)
+            .await
+            .unwrap();
+        let done = r
+            .engine()
+            .list("demo", WorkflowState::Succeeded, None)
+            .await
+            .unwrap();
+        (waiting.is_empty() && done.iter().any(|e| e.id == "wf-stale-index")).then_some(())
+    })
+    .await;
+    assert_eq!(r.journal.count("wf-stale-index finish"), 0, "nothing ran");
+}

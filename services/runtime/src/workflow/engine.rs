@@ -566,7 +566,12 @@ impl Advance {
             Err(e) => return Outcome::poison(e.to_string()),
         };
         if record.state.is_terminal() {
-            return Outcome::Ack;
+            // Woken although it ended: the index still lists it as live. Repair that, so the
+            // waker stops waking it.
+            return match index::settle(&self.inner.kv, &record).await {
+                Ok(()) => Outcome::Ack,
+                Err(e) => Outcome::retry(e.to_string()),
+            };
         }
         let span = tracing::info_span!(
             "workflow.advance",

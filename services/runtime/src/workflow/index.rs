@@ -69,6 +69,38 @@ pub(crate) async fn put(
     Ok(())
 }
 
+/// Every state a line can be under.
+const STATES: [WorkflowState; 7] = [
+    WorkflowState::Pending,
+    WorkflowState::Running,
+    WorkflowState::Waiting,
+    WorkflowState::Compensating,
+    WorkflowState::Succeeded,
+    WorkflowState::Failed,
+    WorkflowState::Cancelled,
+];
+
+/// Repairs the index of an ended workflow that was found still listed as live (a crash between a
+/// record write and its index write leaves a line behind): its line under its state, none under any
+/// other. Rare, so it may cost a write per state.
+pub(crate) async fn settle(kv: &Store, record: &WorkflowRecord) -> Result<(), EngineError> {
+    put(kv, record, None).await?;
+    for state in STATES.into_iter().filter(|s| *s != record.state) {
+        let stale = key(&record.kind, state, &record.id);
+        let present = kv
+            .entry(&stale)
+            .await
+            .map_err(|e| EngineError::Index(e.to_string()))?
+            .is_some_and(|e| e.operation == async_nats::jetstream::kv::Operation::Put);
+        if present {
+            kv.delete(&stale)
+                .await
+                .map_err(|e| EngineError::Index(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 /// The index lines of `kind` in `state`, created at or after `since`, newest first.
 pub(crate) async fn list(
     kv: &Store,
