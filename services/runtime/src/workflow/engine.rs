@@ -1,17 +1,11 @@
-//! The engine: registered definitions, the advance consumers (`pf.cmd.workflow.<kind>`), the
-//! waker that resumes due timers and expired signal waits, and the calls other code makes (start,
-//! signal, list).
+//! The engine: registered definitions and the calls other code makes (start, signal, list). The
+//! advance consumers are [`super::advance`], the waker [`super::waker`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv::{self, Store};
+use async_nats::jetstream::kv::Store;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use proxflow_schemas::names::{bucket, stream, subject};
 use proxflow_schemas::workflow::{
     IndexEntry, Origin, SignalRecord, StepState, Wait, WorkflowAdvance, WorkflowRecord,
@@ -21,33 +15,22 @@ use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::definition::{ErrorKind, Halt, Workflow};
+use super::advance::{Advance, Definition, Driver};
+use super::definition::Workflow;
 use super::index;
-use super::run::Run;
+use super::waker::waker;
 use super::{EngineError, SignalError, WorkflowStore, signal_key};
 use crate::ServiceContext;
 use crate::bus::topology::ConsumerSpec;
-use crate::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
+use crate::bus::{ConsumerLoop, Publisher};
 use crate::clock::SharedClock;
 use crate::config::ConsumerConfig;
 use crate::kv::{self as cas, CasError, Change};
-use crate::lease::{Acquired, Leases};
+use crate::lease::Leases;
 use crate::service::{TaskError, Tasks};
 
-/// How often the waker looks for due timers and expired signal waits.
-const WAKE_EVERY: Duration = Duration::from_millis(500);
-/// A running workflow not touched for this long is advanced again (its advance was lost, or its
-/// owner died mid-step); the workflow's lease keeps this from running it twice at once.
-const STALE_AFTER: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
-/// Pause before watching the index again after the watch failed.
-const WATCH_RETRY: Duration = Duration::from_secs(1);
-/// A wake-up sent for a workflow that is still due after this long is sent again (the first may
-/// have met a busy workflow or been lost).
-const RESEND_AFTER: Duration = Duration::from_secs(30);
-/// Pause before another look at a workflow whose lease another advance holds.
-const BUSY_RETRY: Duration = Duration::from_secs(2);
 /// Deliveries an advance may take. Advances are idempotent (the record is the truth) and a busy
-/// workflow hands its advance back every [`BUSY_RETRY`]; this covers a holder that died mid-advance
+/// workflow hands its advance back every few seconds; this covers a holder that died mid-advance
 /// until its lease goes stale (3 minutes) many times over, so no advance is dead-lettered for it.
 const ADVANCE_MAX_DELIVER: u32 = 1_000;
 
@@ -59,30 +42,7 @@ pub(crate) struct Inner {
     pub(crate) publisher: Publisher,
     pub(crate) clock: SharedClock,
     /// This process, as a lease holder.
-    instance: String,
-}
-
-/// A definition with its types erased, so the engine can hold several kinds.
-trait Driver: Send + Sync {
-    fn advance<'a>(
-        &'a self,
-        inner: Arc<Inner>,
-        record: WorkflowRecord,
-        revision: u64,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Halt>> + Send + 'a>>;
-}
-
-struct Definition<W>(Arc<W>);
-
-impl<W: Workflow> Driver for Definition<W> {
-    fn advance<'a>(
-        &'a self,
-        inner: Arc<Inner>,
-        record: WorkflowRecord,
-        revision: u64,
-    ) -> Pin<Box<dyn Future<Output = Result<(), Halt>> + Send + 'a>> {
-        Box::pin(drive(self.0.as_ref(), inner, record, revision))
-    }
+    pub(crate) instance: String,
 }
 
 /// The workflow engine of one process: the definitions it runs and how to reach the bus and KV.
@@ -369,325 +329,6 @@ impl Inner {
             *indexed = record.state;
         }
         Ok(next)
-    }
-}
-
-/// Replays `definition` over `record` once: runs what is not recorded yet, until the workflow
-/// ends, waits or fails transiently.
-async fn drive<W: Workflow>(
-    definition: &W,
-    inner: Arc<Inner>,
-    mut record: WorkflowRecord,
-    revision: u64,
-) -> Result<(), Halt> {
-    let indexed = record.state;
-    if record.state != WorkflowState::Waiting {
-        record.wait = None;
-    }
-    let mut run = Run::<W> {
-        inner,
-        record,
-        revision,
-        indexed,
-        _definition: PhantomData,
-    };
-    if run.record.state == WorkflowState::Compensating {
-        return compensate(definition, &mut run, None).await;
-    }
-    if run.record.state == WorkflowState::Pending {
-        run.record.state = WorkflowState::Running;
-        run.save().await?;
-    }
-    let input = run
-        .record
-        .data
-        .get("input")
-        .cloned()
-        .unwrap_or(serde_json::Value::Null);
-    let input: W::Input = match serde_json::from_value(input) {
-        Ok(i) => i,
-        Err(e) => {
-            return end(
-                &mut run,
-                WorkflowState::Failed,
-                Some(format!("the recorded input does not decode: {e}")),
-                None,
-            )
-            .await;
-        }
-    };
-    match definition.run(&mut run, input).await {
-        Ok(output) => {
-            let output = serde_json::to_value(&output).map_err(|e| EngineError::Encode {
-                id: run.record.id.clone(),
-                source: e,
-            })?;
-            end(&mut run, WorkflowState::Succeeded, None, Some(output)).await
-        }
-        Err(Halt::Step(e)) if e.kind != ErrorKind::Transient => {
-            run.record.state = WorkflowState::Compensating;
-            run.record.error = Some(e.to_string());
-            run.save().await?;
-            let end_state = if e.kind == ErrorKind::Refused {
-                WorkflowState::Cancelled
-            } else {
-                WorkflowState::Failed
-            };
-            compensate(definition, &mut run, Some(end_state)).await
-        }
-        Err(other) => Err(other),
-    }
-}
-
-/// Undoes the completed steps that registered an undo, newest first, each once; then ends the
-/// workflow (`Failed`, or `Cancelled` after a refusal).
-async fn compensate<W: Workflow>(
-    definition: &W,
-    run: &mut Run<W>,
-    end_state: Option<WorkflowState>,
-) -> Result<(), Halt> {
-    let end_state = end_state
-        .or_else(|| {
-            run.record
-                .data
-                .get("end_state")
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-        })
-        .unwrap_or(WorkflowState::Failed);
-    if let Some(data) = run.record.data.as_object_mut() {
-        data.insert("end_state".into(), json!(end_state));
-    }
-    let mut undo_failures = Vec::new();
-    for i in (0..run.record.steps.len()).rev() {
-        let step = &run.record.steps[i];
-        let Some(undo) = step
-            .undo
-            .clone()
-            .filter(|_| step.state == StepState::Succeeded)
-        else {
-            continue;
-        };
-        let name = step.name.clone();
-        let undo: W::Undo = match serde_json::from_value(undo) {
-            Ok(u) => u,
-            Err(e) => {
-                undo_failures.push(format!("{name}: the recorded undo does not decode: {e}"));
-                continue;
-            }
-        };
-        match definition.undo(undo).await {
-            Ok(()) => {
-                run.record.steps[i].state = StepState::Compensated;
-                run.save().await?;
-            }
-            Err(e) if e.kind == ErrorKind::Transient => return Err(Halt::Step(e)),
-            Err(e) => undo_failures.push(format!("{name}: {e}")),
-        }
-    }
-    let mut error = run.record.error.clone();
-    if !undo_failures.is_empty() {
-        let base = error.unwrap_or_default();
-        error = Some(format!(
-            "{base}; compensation failed: {}",
-            undo_failures.join("; ")
-        ));
-    }
-    end(run, end_state, error, None).await
-}
-
-async fn end<W: Workflow>(
-    run: &mut Run<W>,
-    state: WorkflowState,
-    error: Option<String>,
-    output: Option<serde_json::Value>,
-) -> Result<(), Halt> {
-    run.record.state = state;
-    run.record.error = error;
-    run.record.wait = None;
-    if let (Some(output), Some(data)) = (output, run.record.data.as_object_mut()) {
-        data.insert("output".into(), output);
-    }
-    run.save().await?;
-    if let Some(parent) = run.record.parent.clone() {
-        let (parent_record, _) = run
-            .inner
-            .store
-            .get(&parent)
-            .await
-            .map_err(EngineError::from)?
-            .ok_or_else(|| EngineError::Vanished(parent.clone()))?;
-        run.inner
-            .advance(
-                &parent_record.kind,
-                &parent,
-                &format!("child/{}", run.record.id),
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-/// The advance consumer of one kind.
-struct Advance {
-    inner: Arc<Inner>,
-    driver: Arc<dyn Driver>,
-}
-
-impl Handler<WorkflowAdvance> for Advance {
-    async fn handle(&self, delivery: Delivery<WorkflowAdvance>) -> Outcome {
-        let id = delivery.message.id;
-        let lease_key = format!("workflow/{}", proxflow_schemas::names::key::key_part(&id));
-        let holder = format!("{}-{}", self.inner.instance, nuid::next());
-        let lease = match self
-            .inner
-            .leases
-            .acquire(&lease_key, &holder, "advancing the workflow")
-            .await
-        {
-            Ok(Acquired::Held(lease)) => lease,
-            // Another advance is running it; look again shortly so nothing it missed is lost.
-            Ok(Acquired::Busy(_)) => return Outcome::retry_after("busy", BUSY_RETRY),
-            Err(e) => return Outcome::retry(e.to_string()),
-        };
-        let outcome = self.advance(&id).await;
-        if let Err(e) = lease.release().await {
-            tracing::warn!(workflow = %id, error = %e, "workflow lease not released; it ages out");
-        }
-        outcome
-    }
-}
-
-impl Advance {
-    async fn advance(&self, id: &str) -> Outcome {
-        let (record, revision) = match self.inner.store.get(id).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return Outcome::poison(format!("workflow {id} does not exist")),
-            Err(e) if e.is_transient() => return Outcome::retry(e.to_string()),
-            Err(e) => return Outcome::poison(e.to_string()),
-        };
-        if record.state.is_terminal() {
-            // Woken although it ended: the index still lists it as live. Repair that, so the
-            // waker stops waking it.
-            return match index::settle(&self.inner.kv, &record).await {
-                Ok(()) => Outcome::Ack,
-                Err(e) => Outcome::retry(e.to_string()),
-            };
-        }
-        let span = tracing::info_span!(
-            "workflow.advance",
-            otel.name = %format_args!("{} {} advance", record.kind, id),
-            workflow = %id,
-            kind = %record.kind,
-        );
-        // Whatever woke it (a timer, a signal, a child, a restart), the advance joins the trace the
-        // workflow started in.
-        if let Some(parent) = record.traceparent.as_deref() {
-            crate::telemetry::set_parent_from_traceparent(&span, parent);
-        }
-        let result = tracing::Instrument::instrument(
-            self.driver
-                .advance(Arc::clone(&self.inner), record, revision),
-            span,
-        )
-        .await;
-        match result {
-            Ok(()) | Err(Halt::Suspended) => Outcome::Ack,
-            Err(Halt::Step(e)) => Outcome::retry(e.to_string()),
-            Err(Halt::Engine(e)) => Outcome::retry(e.to_string()),
-        }
-    }
-}
-
-/// Resumes due timers, expired signal waits and stale live workflows, until `shutdown`.
-///
-/// It keeps the index lines of its kinds' live workflows in memory from one KV watch (one consumer
-/// for the engine's life, not a listing per tick) and looks at them every [`WAKE_EVERY`].
-async fn waker(inner: Arc<Inner>, kinds: Vec<&'static str>, shutdown: CancellationToken) {
-    let live = [
-        WorkflowState::Waiting,
-        WorkflowState::Running,
-        WorkflowState::Pending,
-        WorkflowState::Compensating,
-    ];
-    let filters: Vec<String> = kinds
-        .iter()
-        .flat_map(|kind| live.iter().map(move |state| index::filter(kind, *state)))
-        .collect();
-    let mut lines: HashMap<String, IndexEntry> = HashMap::new();
-    // What was last sent per workflow, so a due workflow is woken once, not on every tick.
-    let mut sent: HashMap<String, (String, Instant)> = HashMap::new();
-    'watch: loop {
-        let mut watch = match inner.kv.watch_many_with_history(filters.iter()).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the workflow index; trying again");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(WATCH_RETRY) => continue 'watch,
-                }
-            }
-        };
-        lines.clear();
-        let mut tick = tokio::time::interval(WAKE_EVERY);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                entry = watch.next() => match entry {
-                    Some(Ok(entry)) => {
-                        if entry.operation == kv::Operation::Put {
-                            if let Ok(line) = serde_json::from_slice::<IndexEntry>(&entry.value) {
-                                lines.insert(entry.key, line);
-                            }
-                        } else {
-                            lines.remove(&entry.key);
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "workflow index watch failed; watching again");
-                        continue 'watch;
-                    }
-                    None => continue 'watch,
-                },
-                _ = tick.tick() => wake_due(&inner, &lines, &mut sent).await,
-            }
-        }
-    }
-}
-
-/// Advances every live workflow that is due: a waiting one whose wake time passed, another one not
-/// touched for [`STALE_AFTER`] (its advance was lost or its owner died mid-step).
-async fn wake_due(
-    inner: &Inner,
-    lines: &HashMap<String, IndexEntry>,
-    sent: &mut HashMap<String, (String, Instant)>,
-) {
-    let now = inner.clock.now();
-    sent.retain(|_, (_, at)| at.elapsed() < RESEND_AFTER);
-    for line in lines.values() {
-        let reason = match line.state {
-            WorkflowState::Waiting => match line.wake_at.filter(|at| *at <= now) {
-                Some(at) => format!("wake/{}", at.timestamp_millis()),
-                None => continue,
-            },
-            _ if now - line.updated_at > STALE_AFTER => {
-                format!(
-                    "stale/{}",
-                    now.timestamp() / STALE_AFTER.num_seconds().max(1)
-                )
-            }
-            _ => continue,
-        };
-        if sent.get(&line.id).is_some_and(|(r, _)| *r == reason) {
-            continue;
-        }
-        match inner.advance(&line.kind, &line.id, &reason).await {
-            Ok(()) => {
-                sent.insert(line.id.clone(), (reason, Instant::now()));
-            }
-            Err(e) => {
-                tracing::warn!(workflow = %line.id, error = %e, "could not wake the workflow")
-            }
-        }
     }
 }
 

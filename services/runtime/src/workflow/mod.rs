@@ -42,10 +42,12 @@ use crate::kv::{self, CasError, Change};
 use proxflow_schemas::names::bucket;
 use proxflow_schemas::workflow::WorkflowRecord;
 
+mod advance;
 mod definition;
 mod engine;
 mod index;
 mod run;
+mod waker;
 
 pub use definition::{ErrorKind, Halt, StepError, Workflow};
 pub use engine::Engine;

@@ -1,0 +1,272 @@
+//! Advancing a workflow: the advance consumer of one kind (`workflow-<kind>` on
+//! `pf.cmd.workflow.<kind>`) takes the workflow's lease and replays its definition over its record
+//! ([`drive`]), compensating after a terminal failure and waking the parent of an ended child.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proxflow_schemas::workflow::{StepState, WorkflowAdvance, WorkflowRecord, WorkflowState};
+use serde_json::json;
+
+use super::definition::{ErrorKind, Halt, Workflow};
+use super::engine::Inner;
+use super::run::Run;
+use super::{EngineError, index};
+use crate::bus::{Delivery, Handler, Outcome};
+use crate::lease::Acquired;
+
+/// Pause before another look at a workflow whose lease another advance holds.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
+/// A definition with its types erased, so the engine can hold several kinds.
+pub(crate) trait Driver: Send + Sync {
+    fn advance<'a>(
+        &'a self,
+        inner: Arc<Inner>,
+        record: WorkflowRecord,
+        revision: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Halt>> + Send + 'a>>;
+}
+
+/// A registered definition.
+pub(crate) struct Definition<W>(pub(crate) Arc<W>);
+
+impl<W: Workflow> Driver for Definition<W> {
+    fn advance<'a>(
+        &'a self,
+        inner: Arc<Inner>,
+        record: WorkflowRecord,
+        revision: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<(), Halt>> + Send + 'a>> {
+        Box::pin(drive(self.0.as_ref(), inner, record, revision))
+    }
+}
+
+/// Replays `definition` over `record` once: runs what is not recorded yet, until the workflow
+/// ends, waits or fails transiently.
+async fn drive<W: Workflow>(
+    definition: &W,
+    inner: Arc<Inner>,
+    mut record: WorkflowRecord,
+    revision: u64,
+) -> Result<(), Halt> {
+    let indexed = record.state;
+    if record.state != WorkflowState::Waiting {
+        record.wait = None;
+    }
+    let mut run = Run::<W> {
+        inner,
+        record,
+        revision,
+        indexed,
+        _definition: PhantomData,
+    };
+    if run.record.state == WorkflowState::Compensating {
+        return compensate(definition, &mut run, None).await;
+    }
+    if run.record.state == WorkflowState::Pending {
+        run.record.state = WorkflowState::Running;
+        run.save().await?;
+    }
+    let input = run
+        .record
+        .data
+        .get("input")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    let input: W::Input = match serde_json::from_value(input) {
+        Ok(i) => i,
+        Err(e) => {
+            return end(
+                &mut run,
+                WorkflowState::Failed,
+                Some(format!("the recorded input does not decode: {e}")),
+                None,
+            )
+            .await;
+        }
+    };
+    match definition.run(&mut run, input).await {
+        Ok(output) => {
+            let output = serde_json::to_value(&output).map_err(|e| EngineError::Encode {
+                id: run.record.id.clone(),
+                source: e,
+            })?;
+            end(&mut run, WorkflowState::Succeeded, None, Some(output)).await
+        }
+        Err(Halt::Step(e)) if e.kind != ErrorKind::Transient => {
+            run.record.state = WorkflowState::Compensating;
+            run.record.error = Some(e.to_string());
+            run.save().await?;
+            let end_state = if e.kind == ErrorKind::Refused {
+                WorkflowState::Cancelled
+            } else {
+                WorkflowState::Failed
+            };
+            compensate(definition, &mut run, Some(end_state)).await
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Undoes the completed steps that registered an undo, newest first, each once; then ends the
+/// workflow (`Failed`, or `Cancelled` after a refusal).
+async fn compensate<W: Workflow>(
+    definition: &W,
+    run: &mut Run<W>,
+    end_state: Option<WorkflowState>,
+) -> Result<(), Halt> {
+    let end_state = end_state
+        .or_else(|| {
+            run.record
+                .data
+                .get("end_state")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+        })
+        .unwrap_or(WorkflowState::Failed);
+    if let Some(data) = run.record.data.as_object_mut() {
+        data.insert("end_state".into(), json!(end_state));
+    }
+    let mut undo_failures = Vec::new();
+    for i in (0..run.record.steps.len()).rev() {
+        let step = &run.record.steps[i];
+        let Some(undo) = step
+            .undo
+            .clone()
+            .filter(|_| step.state == StepState::Succeeded)
+        else {
+            continue;
+        };
+        let name = step.name.clone();
+        let undo: W::Undo = match serde_json::from_value(undo) {
+            Ok(u) => u,
+            Err(e) => {
+                undo_failures.push(format!("{name}: the recorded undo does not decode: {e}"));
+                continue;
+            }
+        };
+        match definition.undo(undo).await {
+            Ok(()) => {
+                run.record.steps[i].state = StepState::Compensated;
+                run.save().await?;
+            }
+            Err(e) if e.kind == ErrorKind::Transient => return Err(Halt::Step(e)),
+            Err(e) => undo_failures.push(format!("{name}: {e}")),
+        }
+    }
+    let mut error = run.record.error.clone();
+    if !undo_failures.is_empty() {
+        let base = error.unwrap_or_default();
+        error = Some(format!(
+            "{base}; compensation failed: {}",
+            undo_failures.join("; ")
+        ));
+    }
+    end(run, end_state, error, None).await
+}
+
+async fn end<W: Workflow>(
+    run: &mut Run<W>,
+    state: WorkflowState,
+    error: Option<String>,
+    output: Option<serde_json::Value>,
+) -> Result<(), Halt> {
+    run.record.state = state;
+    run.record.error = error;
+    run.record.wait = None;
+    if let (Some(output), Some(data)) = (output, run.record.data.as_object_mut()) {
+        data.insert("output".into(), output);
+    }
+    run.save().await?;
+    if let Some(parent) = run.record.parent.clone() {
+        let (parent_record, _) = run
+            .inner
+            .store
+            .get(&parent)
+            .await
+            .map_err(EngineError::from)?
+            .ok_or_else(|| EngineError::Vanished(parent.clone()))?;
+        run.inner
+            .advance(
+                &parent_record.kind,
+                &parent,
+                &format!("child/{}", run.record.id),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The advance consumer of one kind.
+pub(crate) struct Advance {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) driver: Arc<dyn Driver>,
+}
+
+impl Handler<WorkflowAdvance> for Advance {
+    async fn handle(&self, delivery: Delivery<WorkflowAdvance>) -> Outcome {
+        let id = delivery.message.id;
+        let lease_key = format!("workflow/{}", proxflow_schemas::names::key::key_part(&id));
+        let holder = format!("{}-{}", self.inner.instance, nuid::next());
+        let lease = match self
+            .inner
+            .leases
+            .acquire(&lease_key, &holder, "advancing the workflow")
+            .await
+        {
+            Ok(Acquired::Held(lease)) => lease,
+            // Another advance is running it; look again shortly so nothing it missed is lost.
+            Ok(Acquired::Busy(_)) => return Outcome::retry_after("busy", BUSY_RETRY),
+            Err(e) => return Outcome::retry(e.to_string()),
+        };
+        let outcome = self.advance(&id).await;
+        if let Err(e) = lease.release().await {
+            tracing::warn!(workflow = %id, error = %e, "workflow lease not released; it ages out");
+        }
+        outcome
+    }
+}
+
+impl Advance {
+    async fn advance(&self, id: &str) -> Outcome {
+        let (record, revision) = match self.inner.store.get(id).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return Outcome::poison(format!("workflow {id} does not exist")),
+            Err(e) if e.is_transient() => return Outcome::retry(e.to_string()),
+            Err(e) => return Outcome::poison(e.to_string()),
+        };
+        if record.state.is_terminal() {
+            // Woken although it ended: the index still lists it as live. Repair that, so the
+            // waker stops waking it.
+            return match index::settle(&self.inner.kv, &record).await {
+                Ok(()) => Outcome::Ack,
+                Err(e) => Outcome::retry(e.to_string()),
+            };
+        }
+        let span = tracing::info_span!(
+            "workflow.advance",
+            otel.name = %format_args!("{} {} advance", record.kind, id),
+            workflow = %id,
+            kind = %record.kind,
+        );
+        // Whatever woke it (a timer, a signal, a child, a restart), the advance joins the trace the
+        // workflow started in.
+        if let Some(parent) = record.traceparent.as_deref() {
+            crate::telemetry::set_parent_from_traceparent(&span, parent);
+        }
+        let result = tracing::Instrument::instrument(
+            self.driver
+                .advance(Arc::clone(&self.inner), record, revision),
+            span,
+        )
+        .await;
+        match result {
+            Ok(()) | Err(Halt::Suspended) => Outcome::Ack,
+            Err(Halt::Step(e)) => Outcome::retry(e.to_string()),
+            Err(Halt::Engine(e)) => Outcome::retry(e.to_string()),
+        }
+    }
+}
