@@ -13,9 +13,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use proxflow_pve::{PveClient, ShutdownOptions};
+use proxflow_pve::{PveClient, PveError, ShutdownOptions};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
-use proxflow_runtime::command::{self, CommandSpec};
+use proxflow_runtime::command::{self, CommandError, CommandSpec};
 use proxflow_runtime::lease::{Acquired, Leases};
 use proxflow_runtime::workflow::{Engine, Halt, Run, SignalError, StepError, Workflow};
 use proxflow_schemas::capacity::ScaleOutRequested;
@@ -28,6 +28,45 @@ use proxflow_schemas::replication::ReplicationRequested;
 use proxflow_schemas::snapshot::PruneRequested;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+/// Why a direct action failed. The messages are what the workflow record and the outcome carry.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// Proxmox refused or failed the call or its task.
+    #[error(transparent)]
+    Pve(#[from] PveError),
+    /// The webhook could not be reached.
+    #[error("notify {url}: {source}")]
+    Notify {
+        /// The webhook.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The webhook answered with an error status.
+    #[error("notify {url}: HTTP {status}")]
+    NotifyStatus {
+        /// The webhook.
+        url: String,
+        /// Its answer.
+        status: reqwest::StatusCode,
+    },
+    /// The command could not be run.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The command ran and failed.
+    #[error("{command}: {summary}")]
+    CommandFailed {
+        /// The command line.
+        command: String,
+        /// Its exit and output tail.
+        summary: String,
+    },
+    /// A handed-off action reached the direct runner (a bug: they are handed off before).
+    #[error("a handed-off action reached the direct runner")]
+    HandedOff,
+}
 
 /// The `remediate` workflow definition.
 pub struct Remediate {
@@ -217,7 +256,7 @@ impl Remediate {
             },
             Err(e) => Acted {
                 result: RemediationResult::Failed,
-                error: Some(e),
+                error: Some(e.to_string()),
             },
         })
     }
@@ -273,7 +312,7 @@ impl Handler<HandOffOutcome> for HandOffs {
 
 impl Remediate {
     /// Runs an action the remediator does itself.
-    async fn act(&self, cmd: &RemediationCommand) -> Result<(), String> {
+    async fn act(&self, cmd: &RemediationCommand) -> Result<(), ActionError> {
         match &cmd.action {
             RemediationAction::RestartVm {
                 vmid,
@@ -289,13 +328,9 @@ impl Remediate {
                         Some(&format!("proxflow remediation {}", cmd.workflow_id)),
                         false,
                     )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.pve
-                    .wait_task(&upid, None)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                    .await?;
+                self.pve.wait_task(&upid, None).await?;
+                Ok(())
             }
             RemediationAction::Notify { url } => {
                 let body = json!({ "workflow_id": cmd.workflow_id, "rule": cmd.rule, "target": cmd.target, "alert": cmd.alert });
@@ -305,11 +340,17 @@ impl Remediate {
                     .json(&body)
                     .send()
                     .await
-                    .map_err(|e| format!("notify {url}: {e}"))?;
+                    .map_err(|source| ActionError::Notify {
+                        url: url.clone(),
+                        source,
+                    })?;
                 if r.status().is_success() {
                     Ok(())
                 } else {
-                    Err(format!("notify {url}: HTTP {}", r.status()))
+                    Err(ActionError::NotifyStatus {
+                        url: url.clone(),
+                        status: r.status(),
+                    })
                 }
             }
             RemediationAction::Command { argv, timeout_secs } => {
@@ -321,27 +362,28 @@ impl Remediate {
                     cwd: None,
                     timeout: Duration::from_secs(*timeout_secs),
                 };
-                let out = command::run(&spec).await.map_err(|e| e.to_string())?;
+                let out = command::run(&spec).await?;
                 if out.success() {
                     Ok(())
                 } else {
-                    Err(format!("{}: {}", argv.join(" "), out.summary()))
+                    Err(ActionError::CommandFailed {
+                        command: argv.join(" "),
+                        summary: out.summary(),
+                    })
                 }
             }
             // Handed-off actions are not run here: see `Remediate::hand_off`.
             RemediationAction::ScaleOut { .. }
             | RemediationAction::Replicate { .. }
-            | RemediationAction::PruneSnapshots { .. } => {
-                Err("a handed-off action reached the direct runner".to_string())
-            }
+            | RemediationAction::PruneSnapshots { .. } => Err(ActionError::HandedOff),
         }
     }
 
     /// Shutdown within the timeout; a shutdown that fails or times out is followed by a hard stop;
     /// then start.
-    async fn restart(&self, vmid: u32, timeout_secs: u64) -> Result<(), String> {
+    async fn restart(&self, vmid: u32, timeout_secs: u64) -> Result<(), ActionError> {
         let timeout = u32::try_from(timeout_secs).unwrap_or(u32::MAX);
-        let status = self.pve.vm_status(vmid).await.map_err(|e| e.to_string())?;
+        let status = self.pve.vm_status(vmid).await?;
         if status.status == "running" {
             let clean = match self
                 .pve
@@ -358,28 +400,17 @@ impl Remediate {
                     .pve
                     .wait_task(&upid, Some(Duration::from_secs(timeout_secs + 30)))
                     .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                    .map(drop),
+                Err(e) => Err(e),
             };
             if let Err(e) = clean {
                 tracing::warn!(vmid, error = %e, "clean shutdown failed, stopping");
-                let upid = self
-                    .pve
-                    .stop_vm(vmid, None)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.pve
-                    .wait_task(&upid, None)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let upid = self.pve.stop_vm(vmid, None).await?;
+                self.pve.wait_task(&upid, None).await?;
             }
         }
-        let upid = self.pve.start_vm(vmid).await.map_err(|e| e.to_string())?;
-        self.pve
-            .wait_task(&upid, None)
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        let upid = self.pve.start_vm(vmid).await?;
+        self.pve.wait_task(&upid, None).await?;
+        Ok(())
     }
 }

@@ -189,7 +189,7 @@ impl Decider {
         }
         let (target, action) = match render(rule, alert) {
             Ok(x) => x,
-            Err(e) => return no(Reason::Template, e, None),
+            Err(e) => return no(Reason::Template, e.to_string(), None),
         };
         let t = Some(target.clone());
         let id = workflow_id(alert, &spec.name);
@@ -424,15 +424,38 @@ impl Decider {
     }
 }
 
+/// Why a rule's target or action could not be filled in from an alert (the decision is then
+/// suppressed with reason `template`, naming the field).
+#[derive(Debug, thiserror::Error)]
+enum RenderError {
+    /// A template needs what the alert lacks.
+    #[error("{field}: {source}")]
+    Template {
+        /// The rule's field (`target`, `action.vmid`, `action.argv[1]`).
+        field: String,
+        /// What is missing.
+        #[source]
+        source: template::TemplateError,
+    },
+    /// The rendered VMID is not one.
+    #[error("action.vmid: {value:?} is not a VMID")]
+    Vmid {
+        /// What the template gave.
+        value: String,
+    },
+}
+
 /// The rule's target and action with the alert's labels filled in.
-fn render(rule: &Rule, alert: &AlertReceived) -> Result<(String, RemediationAction), String> {
+fn render(rule: &Rule, alert: &AlertReceived) -> Result<(String, RemediationAction), RenderError> {
     let r = |text: &str, field: &str| {
-        template::render(text, alert).map_err(|e| format!("{field}: {e}"))
+        template::render(text, alert).map_err(|source| RenderError::Template {
+            field: field.to_string(),
+            source,
+        })
     };
-    let vmid = |text: &str| -> Result<u32, String> {
-        let v = r(text, "action.vmid")?;
-        v.parse()
-            .map_err(|_| format!("action.vmid: {v:?} is not a VMID"))
+    let vmid = |text: &str| -> Result<u32, RenderError> {
+        let value = r(text, "action.vmid")?;
+        value.parse().map_err(|_| RenderError::Vmid { value })
     };
     let target = r(&rule.spec.target, "target")?;
     let action = match &rule.spec.action {
