@@ -17,7 +17,7 @@
 
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
-use proxflow_runtime::admission::Admissions;
+use proxflow_runtime::admission::{Admissions, Occurrences};
 use proxflow_runtime::bus::{Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::guard::{self, Claimed, CooldownClaim};
@@ -37,6 +37,13 @@ use serde::{Deserialize, Serialize};
 
 use proxflow_remediation::rules::{Action, MaxTargets, Rule, Rules};
 use proxflow_remediation::{RemediationConfig, template};
+
+/// Whether a quota is only looked at (a decision already refused by a later quota) or counted.
+#[derive(Debug, Clone, Copy)]
+enum Tally {
+    Peek,
+    Count,
+}
 
 /// The workflow kind the remediator runs for each acted decision.
 pub const REMEDIATE: &str = "remediate";
@@ -310,14 +317,7 @@ impl Decider {
             }
             if let Some(m) = spec.max_targets {
                 let targets = self
-                    .admissions
-                    .peek(
-                        &key::remediation_targets(&spec.name),
-                        &tkey,
-                        m.per,
-                        Some(m.count),
-                        now,
-                    )
+                    .targets(&spec.name, &tkey, &m, now, Tally::Peek)
                     .await?;
                 if !targets.counted {
                     return no(Reason::MaxTargets, too_many_targets(targets.count, &m), t);
@@ -342,14 +342,7 @@ impl Decider {
         };
         if let Some(m) = spec.max_targets {
             let targets = self
-                .admissions
-                .occur(
-                    &key::remediation_targets(&spec.name),
-                    &tkey,
-                    m.per,
-                    Some(m.count),
-                    now,
-                )
+                .targets(&spec.name, &tkey, &m, now, Tally::Count)
                 .await?;
             if !targets.counted {
                 self.give_back(&cooldown_key, &id, Some(lease)).await?;
@@ -398,6 +391,31 @@ impl Decider {
             t,
             trace,
         ))
+    }
+
+    /// The rule's max-targets ledger with `target` in it: only looked at, or counted.
+    async fn targets(
+        &self,
+        rule: &str,
+        target: &str,
+        max: &MaxTargets,
+        now: DateTime<Utc>,
+        tally: Tally,
+    ) -> Result<Occurrences, Retry> {
+        let ledger = key::remediation_targets(rule);
+        let cap = Some(max.count);
+        Ok(match tally {
+            Tally::Peek => {
+                self.admissions
+                    .peek(&ledger, target, max.per, cap, now)
+                    .await?
+            }
+            Tally::Count => {
+                self.admissions
+                    .occur(&ledger, target, max.per, cap, now)
+                    .await?
+            }
+        })
     }
 
     /// Gives back the cooldown claim (and the lease) of a decision a later guard refused.
