@@ -175,6 +175,13 @@ pub mod durable {
     /// The remediator's view of hand-off outcomes (`pf.evt.handoff.*`), which end the waiting
     /// remediations.
     pub const REMEDIATOR_HANDOFFS: &str = "remediator-handoffs";
+    /// The remediator's view of the replicator's dead-lettered run requests: a remediation
+    /// waiting for that run ends `failed` with the reason instead of waiting out its timeout.
+    pub const REMEDIATOR_GIVEN_UP_REPLICATION: &str = "remediator-givenup-replication";
+    /// Likewise for the snapshotter's dead-lettered prune requests.
+    pub const REMEDIATOR_GIVEN_UP_PRUNE: &str = "remediator-givenup-prune";
+    /// Likewise for the orchestrator's dead-lettered scale-out requests.
+    pub const REMEDIATOR_GIVEN_UP_SCALE_OUT: &str = "remediator-givenup-scaleout";
     /// The snapshotter's prune requests (`pf.cmd.snapshotter.prune`).
     pub const SNAPSHOTTER_PRUNE: &str = "snapshotter-prune";
     /// The replicator's on-demand runs (`pf.cmd.replicator.run`).
@@ -328,6 +335,27 @@ pub mod consumer {
         filter: Filter::Subject(HandOffOutcome::SUBJECT),
         user: user::REMEDIATOR,
     };
+    /// See [`durable::REMEDIATOR_GIVEN_UP_REPLICATION`].
+    pub const REMEDIATOR_GIVEN_UP_REPLICATION: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::REMEDIATOR_GIVEN_UP_REPLICATION,
+        filter: Filter::DeadLettersOf(durable::REPLICATOR_RUN),
+        user: user::REMEDIATOR,
+    };
+    /// See [`durable::REMEDIATOR_GIVEN_UP_PRUNE`].
+    pub const REMEDIATOR_GIVEN_UP_PRUNE: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::REMEDIATOR_GIVEN_UP_PRUNE,
+        filter: Filter::DeadLettersOf(durable::SNAPSHOTTER_PRUNE),
+        user: user::REMEDIATOR,
+    };
+    /// See [`durable::REMEDIATOR_GIVEN_UP_SCALE_OUT`].
+    pub const REMEDIATOR_GIVEN_UP_SCALE_OUT: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::REMEDIATOR_GIVEN_UP_SCALE_OUT,
+        filter: Filter::DeadLettersOf(durable::ORCHESTRATOR_SCALE_OUT_REQUESTED),
+        user: user::REMEDIATOR,
+    };
     /// See [`durable::SNAPSHOTTER_PRUNE`].
     pub const SNAPSHOTTER_PRUNE: Consumer = Consumer {
         stream: stream::CMD,
@@ -355,6 +383,9 @@ pub mod consumer {
         ORCHESTRATOR_REMEDIATION_OUTCOMES,
         REMEDIATOR,
         REMEDIATOR_HANDOFFS,
+        REMEDIATOR_GIVEN_UP_REPLICATION,
+        REMEDIATOR_GIVEN_UP_PRUNE,
+        REMEDIATOR_GIVEN_UP_SCALE_OUT,
         SNAPSHOTTER_PRUNE,
         REPLICATOR_RUN,
     ];

@@ -911,3 +911,66 @@ threshold = { count = 1, within = "5m" }
         "{d:#?}"
     );
 }
+
+/// A hand-off whose owner gives up on the request (its consumer dead-letters it: retries exhausted
+/// on a dataset that stays busy) ends the waiting remediation `failed` with the owner's reason, at
+/// once, instead of after the hand-off timeout. The test plays the replicator's dead letter; no
+/// replicator runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_its_owner_dead_letters_ends_the_remediation_failed() {
+    const REPLICATE: &str = r#"
+[[rule]]
+name = "replication-lag"
+alertname = "ReplicationLagging"
+target = "job/{labels.job}"
+action = { kind = "replicate", job = "{labels.job}" }
+cooldown = "30m"
+dry_run = false
+"#;
+    let r = rig(REPLICATE, |_| {}).await;
+    r.post(vec![alert(
+        "ReplicationLagging",
+        &[("job", "offsite")],
+        "firing",
+        "2026-11-24T10:00:00Z",
+    )])
+    .await;
+    let d = r.settled().await;
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].verdict, Verdict::Acted);
+    let id = d[0].workflow_id.clone().unwrap();
+    // The remediation asked the replicator and waits for its answer.
+    proxflow_e2e::eventually("waiting for the replicator", || async {
+        let (rec, _) = r.store.get(&id).await.unwrap()?;
+        (rec.state == WorkflowState::Waiting).then_some(())
+    })
+    .await;
+    let request = proxflow_schemas::replication::ReplicationRequested {
+        job: "offsite".into(),
+        workflow_id: id.clone(),
+        reason: "alert ReplicationLagging → rule replication-lag".into(),
+    };
+    let letter = proxflow_schemas::events::DeadLetter {
+        consumer: durable::REPLICATOR_RUN.into(),
+        stream: stream::CMD.into(),
+        stream_sequence: 1,
+        deliveries: 5,
+        subject: "pf.cmd.replicator.run".into(),
+        reason: proxflow_schemas::events::DeadLetterReason::RetriesExhausted,
+        detail: "lease zfs/tank/data is held by snapshotter-1 (prune)".into(),
+        headers: Default::default(),
+        payload: serde_json::to_string(&request).unwrap(),
+        payload_encoding: proxflow_schemas::events::PayloadEncoding::Utf8,
+        dead_lettered_at: chrono::Utc::now(),
+    };
+    r.ctx.bus.publisher.publish(&letter).await.unwrap();
+    let done = r.until_ended(&id).await;
+    assert_eq!(done.state, WorkflowState::Failed, "{done:#?}");
+    assert_eq!(
+        done.error.as_deref(),
+        Some(
+            "replication: replicator-run gave up after 5 deliveries: lease zfs/tank/data is held \
+             by snapshotter-1 (prune)"
+        )
+    );
+}

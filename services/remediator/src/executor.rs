@@ -19,6 +19,7 @@ use proxflow_runtime::command::{self, CommandError, CommandSpec};
 use proxflow_runtime::lease::{Acquired, Leases};
 use proxflow_runtime::workflow::{Engine, Halt, Run, SignalError, StepError, Workflow};
 use proxflow_schemas::capacity::ScaleOutRequested;
+use proxflow_schemas::events::DeadLetter;
 use proxflow_schemas::names::key::remediation_lock;
 use proxflow_schemas::remediation::{
     HandOffOutcome, HandOffResult, RemediationAction, RemediationCommand, RemediationOutcome,
@@ -262,6 +263,63 @@ impl Remediate {
     }
 }
 
+/// Ends the waiting remediation of a request its owner dead-lettered (its consumer gave up on it:
+/// poison, or retries exhausted) with `failed` and the owner's reason, instead of leaving it to
+/// wait out its timeout. One consumer per owner (`remediator-givenup-<owner>`).
+pub struct GivenUp {
+    pub(crate) engine: Engine,
+    /// The owner, as its hand-off outcomes name it (`replication`, `prune`, `scale_out`).
+    pub(crate) owner: &'static str,
+}
+
+impl Handler<DeadLetter> for GivenUp {
+    async fn handle(&self, delivery: Delivery<DeadLetter>) -> Outcome {
+        let letter = delivery.message;
+        // The three requests carry the asking workflow as `workflow_id`; one without it (or not
+        // JSON) was nobody's hand-off.
+        let asking = serde_json::from_str::<serde_json::Value>(&letter.payload)
+            .ok()
+            .and_then(|v| v.get("workflow_id")?.as_str().map(str::to_string));
+        let Some(asking) = asking else {
+            return Outcome::Ack;
+        };
+        let outcome = HandOffOutcome::new(
+            &asking,
+            self.owner,
+            HandOffResult::Failed,
+            format!(
+                "{} gave up after {} deliveries: {}",
+                letter.consumer, letter.deliveries, letter.detail
+            ),
+            letter.dead_lettered_at,
+        );
+        signal_outcome(&self.engine, &outcome).await
+    }
+}
+
+/// Gives `outcome` to the remediation that asked, as its signal `outcome`.
+async fn signal_outcome(engine: &Engine, outcome: &HandOffOutcome) -> Outcome {
+    match engine
+        .signal(&outcome.requested_by, "outcome", &outcome.owner, outcome)
+        .await
+    {
+        Ok(()) => Outcome::Ack,
+        // Work asked for by something other than a remediation, a remediation that gave up
+        // waiting or already has its answer (the owner may report and then dead-letter), or a
+        // redelivery: nothing waits for it.
+        Err(
+            e @ (SignalError::NotFound(_)
+            | SignalError::Ended { .. }
+            | SignalError::WaitOver { .. }
+            | SignalError::AlreadyGiven { .. }),
+        ) => {
+            tracing::debug!(requested_by = %outcome.requested_by, reason = %e, "hand-off outcome not awaited");
+            Outcome::Ack
+        }
+        Err(e) => Outcome::retry(e.to_string()),
+    }
+}
+
 /// Gives back the target lock `holder` (the workflow) claimed, if it still has it.
 async fn release_claim(leases: &Leases, key: &str, holder: &str) {
     match leases
@@ -287,26 +345,7 @@ pub struct HandOffs {
 
 impl Handler<HandOffOutcome> for HandOffs {
     async fn handle(&self, delivery: Delivery<HandOffOutcome>) -> Outcome {
-        let outcome = delivery.message;
-        match self
-            .engine
-            .signal(&outcome.requested_by, "outcome", &outcome.owner, &outcome)
-            .await
-        {
-            Ok(()) => Outcome::Ack,
-            // Work asked for by something other than a remediation, a remediation that gave up
-            // waiting, or a redelivered outcome: nothing waits for it.
-            Err(
-                e @ (SignalError::NotFound(_)
-                | SignalError::Ended { .. }
-                | SignalError::WaitOver { .. }
-                | SignalError::AlreadyGiven { .. }),
-            ) => {
-                tracing::debug!(requested_by = %outcome.requested_by, reason = %e, "hand-off outcome not awaited");
-                Outcome::Ack
-            }
-            Err(e) => Outcome::retry(e.to_string()),
-        }
+        signal_outcome(&self.engine, &delivery.message).await
     }
 }
 

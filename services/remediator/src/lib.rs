@@ -76,5 +76,24 @@ pub async fn run(
     let mut tasks = Tasks::new(&ctx, &shutdown);
     engine.spawn(&ctx, &config.consumer, &mut tasks);
     tasks.spawn("hand-off outcomes", hand_offs.run(tasks.shutdown()));
+    for (spec, owner) in [
+        (consumer::REMEDIATOR_GIVEN_UP_REPLICATION, "replication"),
+        (consumer::REMEDIATOR_GIVEN_UP_PRUNE, "prune"),
+        (consumer::REMEDIATOR_GIVEN_UP_SCALE_OUT, "scale_out"),
+    ] {
+        let given_up = ConsumerLoop::new(
+            ctx.clone(),
+            ConsumerSpec::from(spec),
+            config.consumer.clone(),
+            executor::GivenUp {
+                engine: engine.clone(),
+                owner,
+            },
+        );
+        tasks.spawn(
+            format!("{owner} requests given up"),
+            given_up.run(tasks.shutdown()),
+        );
+    }
     Ok(tasks.join().await?)
 }
