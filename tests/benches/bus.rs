@@ -242,7 +242,7 @@ async fn alerts(ctx: &proxflow_runtime::ServiceContext, raw_median: f64) -> anyh
         "{}/v1/alerts/alertmanager",
         proxflow_e2e::start_gateway(ctx, "bench", TOKEN, &stop).await
     );
-    let rules = proxflow_remediation::Rules::parse(
+    let rules = proxflow_orchestrator::remediation::Rules::parse(
         r#"
 [[rule]]
 name = "bench"
@@ -252,7 +252,7 @@ action = { kind = "notify", url = "http://127.0.0.1:9/" }
     )?;
     tokio::spawn(proxflow_orchestrator::remediation::run_engine(
         ctx.clone(),
-        proxflow_remediation::RemediationConfig::default(),
+        proxflow_platform::RemediationConfig::default(),
         rules,
         stop.clone(),
     ));

@@ -1,6 +1,6 @@
 //! No service crate depends on another service crate: what two services share lives in
 //! `proxflow-runtime` (mechanisms), `proxflow-schemas` (wire types and names) or a small library
-//! crate (`proxflow-platform`, `proxflow-remediation`, the Proxmox and ZFS clients). Read from
+//! crate (`proxflow-platform`, the Proxmox and ZFS clients). Read from
 //! `cargo metadata`, so a new edge fails here the day it is added.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,6 +15,18 @@ const SERVICES: &[&str] = &[
     "proxflow-snapshotter",
     "proxflow-replicator",
     "proxflow-remediator",
+];
+
+/// The library crates a service may depend on. Anything else in the workspace is not a library a
+/// service may lean on: a new crate is a service until it is added here on purpose.
+const LIBRARIES: &[&str] = &[
+    "proxflow-runtime",
+    "proxflow-schemas",
+    "proxflow-platform",
+    "proxflow-pve",
+    "proxflow-pve-sim",
+    "proxflow-zfs",
+    "proxflow-testkit",
 ];
 
 #[test]
@@ -52,7 +64,8 @@ fn no_service_crate_depends_on_another() {
                 continue;
             }
             let dep = d["name"].as_str().unwrap();
-            if SERVICES.contains(&dep) {
+            // A path dependency is a workspace crate: it must be one of the libraries.
+            if d.get("path").is_some_and(|p| !p.is_null()) && !LIBRARIES.contains(&dep) {
                 edges.push(format!("{name} -> {dep}"));
             }
         }
@@ -62,5 +75,8 @@ fn no_service_crate_depends_on_another() {
         SERVICES.len(),
         "every service crate is in the workspace"
     );
-    assert!(edges.is_empty(), "service -> service edges: {edges:?}");
+    assert!(
+        edges.is_empty(),
+        "service crates depending on a workspace crate that is not a library: {edges:?}"
+    );
 }

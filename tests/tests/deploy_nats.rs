@@ -568,7 +568,7 @@ async fn the_shipped_users_can_remediate_an_alert() {
     let token = "alertmanager-token-0123456789";
     let gateway_ctx = service_context(&nats, "gateway").await;
     let gateway_url = proxflow_e2e::start_gateway(&gateway_ctx, "alertmanager", token, &stop).await;
-    let rules = proxflow_remediation::Rules::parse(
+    let rules = proxflow_orchestrator::remediation::Rules::parse(
         r#"
 [[rule]]
 name = "vm-down-restart"
@@ -593,7 +593,7 @@ dry_run = false
     let remediator = tokio::spawn(proxflow_remediator::run(
         service_context(&nats, "remediator").await,
         proxflow_remediator::RemediatorSettings {
-            config: proxflow_remediation::RemediationConfig::default(),
+            config: proxflow_platform::RemediationConfig::default(),
             pve,
         },
         stop.clone(),

@@ -9,8 +9,9 @@ mod zfs_fixture;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use proxflow_orchestrator::remediation::Rules;
+use proxflow_platform::RemediationConfig;
 use proxflow_pve_sim::RunningSim;
-use proxflow_remediation::{RemediationConfig, Rules};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::clock::ManualClock;
 use proxflow_runtime::workflow::WorkflowStore;

@@ -12,7 +12,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use proxflow_remediation::{RemediationConfig, Rules};
+use proxflow_orchestrator::remediation::Rules;
+use proxflow_platform::RemediationConfig;
 use proxflow_replicator::{JobConfig, JobError, ReplicationConfig, Replicator, RunControl};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::clock::ManualClock;

@@ -15,8 +15,10 @@ mod admit;
 pub mod remediation;
 pub mod scaleout;
 
+use proxflow_platform::RemediationConfig;
 use proxflow_platform::{Clusters, Profiles};
-use proxflow_remediation::{RemediationConfig, Rules};
+
+use crate::remediation::Rules;
 
 use proxflow_runtime::admission::{AdmissionError, Admissions};
 use proxflow_runtime::bus::topology::ConsumerSpec;

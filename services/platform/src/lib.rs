@@ -8,6 +8,8 @@
 //!   the provisioner builds from them).
 //! - [`cluster`] — `[capacity.clusters.<name>]`: the k3s clusters and their scale-out settings (the
 //!   capacity service measures them, the orchestrator scales them).
+//! - [`remediation`] — `[remediation]`: the rules file's path and the guardrails across all rules
+//!   (the orchestrator decides with them, the remediator acts under them).
 //!
 //! The sections' owners validate them when the configuration loads ([`Profiles::validate_at`],
 //! [`Clusters::validate_at`], and [`Clusters::check_profiles`] across the two); the services take the
@@ -15,6 +17,8 @@
 
 pub mod cluster;
 pub mod profile;
+pub mod remediation;
 
 pub use cluster::{ClusterConfig, Clusters, ScaleOutConfig};
 pub use profile::{OverrideLimits, Profile, Profiles, VmShape};
+pub use remediation::RemediationConfig;

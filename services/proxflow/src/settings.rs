@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use proxflow_capacity::CapacityConfig;
 use proxflow_gateway::GatewayConfig;
 use proxflow_orchestrator::OrchestratorConfig;
+use proxflow_orchestrator::remediation::Rules;
+use proxflow_platform::RemediationConfig;
 use proxflow_provisioner::ProvisionConfig;
 use proxflow_pve::PveConfig;
 use proxflow_pve_sim::SimConfig;
-use proxflow_remediation::{RemediationConfig, Rules};
 use proxflow_replicator::ReplicationConfig;
 use proxflow_runtime::config::{
     self, ConfigError, NatsConfig, OpsConfig, TelemetryConfig, Validate,

@@ -10,8 +10,8 @@
 
 pub mod executor;
 
+use proxflow_platform::RemediationConfig;
 use proxflow_pve::PveClient;
-use proxflow_remediation::RemediationConfig;
 use proxflow_runtime::bus::ConsumerLoop;
 use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::workflow::Engine;

@@ -35,8 +35,10 @@ use proxflow_schemas::remediation::{
 use proxflow_schemas::workflow::Origin;
 use serde::{Deserialize, Serialize};
 
-use proxflow_remediation::rules::{Action, MaxTargets, Rule, Rules};
-use proxflow_remediation::{RemediationConfig, template};
+use proxflow_platform::RemediationConfig;
+
+use super::rules::{Action, MaxTargets, Rule, Rules};
+use super::template;
 
 /// Whether a quota is only looked at (a decision already refused by a later quota) or counted.
 #[derive(Debug, Clone, Copy)]

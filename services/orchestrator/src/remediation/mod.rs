@@ -1,11 +1,20 @@
 //! Alert remediation decisions: a decision per alert and matching rule, every one audited as a
 //! `remediation.decision` event ([`engine::Decider`]), and the rules' circuit breakers fed by the
 //! remediator's outcomes ([`engine::Breakers`]). The actions themselves run in the remediator
-//! service; the rules file format is `proxflow_remediation`.
+//! service.
+//!
+//! - [`rules`] — the rules file: format, loading and validation (errors name the rule and the
+//!   field), matching.
+//! - [`template`] — `{labels.x}` / `{annotations.x}` / `{alertname}` / `{fingerprint}` substitution.
+//! - [`engine`] — the guards and decisions, and the breakers.
 
 pub mod engine;
+pub mod rules;
+pub mod template;
 
-use proxflow_remediation::{RemediationConfig, Rules};
+pub use rules::{Rules, RulesError};
+
+use proxflow_platform::RemediationConfig;
 use proxflow_runtime::admission::Admissions;
 use proxflow_runtime::bus::ConsumerLoop;
 use proxflow_runtime::bus::topology::ConsumerSpec;

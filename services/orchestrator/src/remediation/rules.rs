@@ -23,7 +23,7 @@ use proxflow_schemas::alert::{AlertReceived, AlertStatus};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::template;
+use super::template;
 
 /// A rules-file problem: where and what.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -350,7 +350,7 @@ impl Rule {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::template::tests::alert;
+    use crate::remediation::template::tests::alert;
 
     const GOOD: &str = r#"
 [[rule]]
