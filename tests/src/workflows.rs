@@ -41,8 +41,8 @@ impl Journal {
     }
 }
 
-/// What a `demo` run is told to do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What a `demo` run is told to do; the default waits nowhere, fails nowhere and holds nothing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DemoInput {
     /// Seconds to wait on the timer after the first step.
     pub wait_secs: i64,

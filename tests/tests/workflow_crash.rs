@@ -70,11 +70,8 @@ async fn kill_9_in_each_wait_resumes_and_completes_once() {
     let mut process = spawn_engine(&nats, &journal);
     let input = DemoInput {
         wait_secs: 2,
-        go_expires_secs: None,
-        fail_last: false,
-        fail_child: false,
         hold_child: true,
-        slow_begin_ms: 0,
+        ..DemoInput::default()
     };
     let origin = Origin {
         source: "test".into(),
@@ -140,12 +137,8 @@ async fn kill_9_inside_a_step_reruns_that_step_and_completes_once() {
     let id = "wf-mid-step";
     let mut process = spawn_engine(&nats, &journal);
     let input = DemoInput {
-        wait_secs: 0,
-        go_expires_secs: None,
-        fail_last: false,
-        fail_child: false,
-        hold_child: false,
         slow_begin_ms: 3_000,
+        ..DemoInput::default()
     };
     let origin = Origin {
         source: "test".into(),

@@ -126,9 +126,7 @@ fn input(fail_last: bool) -> DemoInput {
         wait_secs: 60,
         go_expires_secs: Some(3600),
         fail_last,
-        fail_child: false,
-        hold_child: false,
-        slow_begin_ms: 0,
+        ..DemoInput::default()
     }
 }
 

@@ -37,14 +37,7 @@ async fn a_workflow_that_waits_is_still_one_trace() {
     let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();
 
     let id = "wf-traced";
-    let input = DemoInput {
-        wait_secs: 0,
-        go_expires_secs: None,
-        fail_last: false,
-        fail_child: false,
-        hold_child: false,
-        slow_begin_ms: 0,
-    };
+    let input = DemoInput::default();
     let origin = Origin {
         source: "test".into(),
         reference: id.into(),

@@ -4,7 +4,6 @@
 //! provisioner gets its work order (`pf.cmd.provisioner.provision`, deduplicated by workflow id, so
 //! a redelivered request never starts a second provision).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use proxflow_platform::Profiles;
@@ -38,44 +37,23 @@ pub(crate) enum Admitted {
 /// Admits provision requests. Shared by the request consumer and the scale-out, which enters here
 /// directly instead of looping back through the webhook's ingest subject.
 #[derive(Clone)]
-pub(crate) struct ProvisionAdmission(Arc<Inner>);
-
-struct Inner {
-    store: WorkflowStore,
-    admissions: Admissions,
-    slots: Slots,
-    profiles: Profiles,
-    publisher: Publisher,
-    clock: SharedClock,
+pub(crate) struct ProvisionAdmission {
+    pub(crate) store: WorkflowStore,
+    pub(crate) admissions: Admissions,
+    pub(crate) slots: Slots,
+    pub(crate) profiles: Profiles,
+    pub(crate) publisher: Publisher,
+    pub(crate) clock: SharedClock,
 }
 
 impl ProvisionAdmission {
-    pub(crate) fn new(
-        store: WorkflowStore,
-        admissions: Admissions,
-        slots: Slots,
-        profiles: Profiles,
-        publisher: Publisher,
-        clock: SharedClock,
-    ) -> Self {
-        Self(Arc::new(Inner {
-            store,
-            admissions,
-            slots,
-            profiles,
-            publisher,
-            clock,
-        }))
-    }
-
     /// Admits `req` and dispatches it to the provisioner, or ends its workflow with the reason.
     pub(crate) async fn admit(&self, req: ProvisionRequested) -> Admitted {
-        let this = &self.0;
-        let record = match this.store.get(&req.workflow_id).await {
+        let record = match self.store.get(&req.workflow_id).await {
             Ok(Some((record, _))) => record,
             Ok(None) => {
                 let record = req.pending_workflow(&req.requested_by, None);
-                if let Err(e) = this.store.create(&record).await {
+                if let Err(e) = self.store.create(&record).await {
                     return Admitted::Retry(e.to_string());
                 }
                 record
@@ -89,11 +67,11 @@ impl ProvisionAdmission {
                 reason: record.error.unwrap_or_default(),
             };
         }
-        let Some(profile) = this.profiles.get(&req.profile) else {
+        let Some(profile) = self.profiles.get(&req.profile) else {
             let reason = format!(
                 "unknown profile '{}' (known: {})",
                 req.profile,
-                this.profiles.names().join(", ")
+                self.profiles.names().join(", ")
             );
             return self.end(&req, WorkflowState::Failed, reason).await;
         };
@@ -102,13 +80,13 @@ impl ProvisionAdmission {
             max_per_window: profile.max_per_hour,
             window: Duration::from_secs(3600),
         };
-        let decision = this
+        let decision = self
             .admissions
             .admit(
                 &key::provision_ledger(&req.profile),
                 &req.workflow_id,
                 caps,
-                this.clock.now(),
+                self.clock.now(),
             )
             .await;
         match decision {
@@ -120,7 +98,7 @@ impl ProvisionAdmission {
             }
             Err(e) => return Admitted::Retry(e.to_string()),
         }
-        if let Err(e) = this
+        if let Err(e) = self
             .store
             .update(&req.workflow_id, |r| {
                 if r.state == WorkflowState::Pending {
@@ -137,7 +115,7 @@ impl ProvisionAdmission {
         };
         // Re-sent for a running workflow too: the command's dedupe id drops it within the window,
         // and after it a provisioner resumes from the record instead of starting over.
-        match this.publisher.publish(&command).await {
+        match self.publisher.publish(&command).await {
             Ok(receipt) => {
                 tracing::info!(workflow = %command.workflow_id, duplicate = receipt.duplicate, "provision dispatched");
                 Admitted::Dispatched
@@ -154,8 +132,7 @@ impl ProvisionAdmission {
         state: WorkflowState,
         reason: String,
     ) -> Admitted {
-        let this = &self.0;
-        if let Err(e) = this
+        if let Err(e) = self
             .store
             .update(&req.workflow_id, |r| {
                 r.state = state;
@@ -165,7 +142,7 @@ impl ProvisionAdmission {
         {
             return Admitted::Retry(e.to_string());
         }
-        match this.slots.free(&req.profile, &req.workflow_id).await {
+        match self.slots.free(&req.profile, &req.workflow_id).await {
             Ok(()) => Admitted::Ended { reason },
             Err(e) => Admitted::Retry(e.to_string()),
         }

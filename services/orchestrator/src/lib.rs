@@ -102,14 +102,14 @@ pub async fn run(
         .get_key_value(bucket::COOLDOWNS)
         .await
         .map_err(|e| AdmissionError::Open(format!("{}: {e}", bucket::COOLDOWNS)))?;
-    let admission = admit::ProvisionAdmission::new(
-        store.clone(),
-        admissions.clone(),
-        slots.clone(),
-        o.profiles.clone(),
-        ctx.bus.publisher.clone(),
-        ctx.clock.clone(),
-    );
+    let admission = admit::ProvisionAdmission {
+        store: store.clone(),
+        admissions: admissions.clone(),
+        slots: slots.clone(),
+        profiles: o.profiles.clone(),
+        publisher: ctx.bus.publisher.clone(),
+        clock: ctx.clock.clone(),
+    };
     let admit = ConsumerLoop::new(
         ctx.clone(),
         ConsumerSpec::from(consumer::ORCHESTRATOR_PROVISION),
