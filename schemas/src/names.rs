@@ -34,6 +34,10 @@ pub mod subject {
     pub const EVT_ALL: &str = "pf.evt.>";
     /// Advances of `remediate` workflows (the remediator's engine).
     pub const WORKFLOW_REMEDIATE: &str = "pf.cmd.workflow.remediate";
+    /// Advances of `scale_out` workflows (the orchestrator's engine).
+    pub const WORKFLOW_SCALE_OUT: &str = "pf.cmd.workflow.scale_out";
+    /// Advances of `provision` workflows (the provisioner's engine).
+    pub const WORKFLOW_PROVISION: &str = "pf.cmd.workflow.provision";
     /// Everything the trace stream captures.
     pub const TRACE_ALL: &str = "pf.trace.>";
     /// Prefix of dead-letter events; the consumer's durable name follows.
@@ -152,18 +156,27 @@ pub const WEBHOOK_ID_TTL_SECS: u64 = 15 * 60;
 /// Durable consumer names. Each owning service consumes under the entry of [`consumer`] that uses
 /// it; other crates read them to filter another's dead letters or to inspect a consumer.
 pub mod durable {
-    /// The provisioner's provision commands (`pf.cmd.provisioner.provision`).
-    pub const PROVISIONER: &str = "provisioner";
-    /// The orchestrator's provisioning requests (`pf.ingest.webhook.provision`).
+    /// The provisioner's `provision` workflows (`pf.cmd.workflow.provision`), advanced by its
+    /// workflow engine.
+    pub const PROVISIONER: &str = "workflow-provision";
+    /// Advances of `provision` workflows the provisioner's engine gave up on (their dead letters):
+    /// compensated and failed with the reason.
+    pub const PROVISIONER_GIVEN_UP: &str = "workflow-provision-givenup";
+    /// The orchestrator's provisioning requests (`pf.ingest.webhook.provision`), each of which
+    /// starts its `provision` workflow.
     pub const ORCHESTRATOR_PROVISION: &str = "orchestrator-provision";
-    /// The orchestrator's provisioning outcomes (`pf.evt.vm.*`), which free admission slots.
+    /// The orchestrator's provisioning outcomes (`pf.evt.vm.*`), which free a scale-out's cluster
+    /// slot and answer the remediation that asked for it.
     pub const ORCHESTRATOR_OUTCOMES: &str = "orchestrator-outcomes";
-    /// The orchestrator's view of provision commands the provisioner gave up on (its dead letters).
-    pub const ORCHESTRATOR_GIVEN_UP: &str = "orchestrator-givenup";
     /// The orchestrator's capacity events (`pf.evt.capacity.exceeded`), which start scale-outs.
     pub const ORCHESTRATOR_SCALE_OUT: &str = "orchestrator-scaleout";
     /// The orchestrator's scale-outs requested by remediation (`pf.cmd.orchestrator.scale_out`).
     pub const ORCHESTRATOR_SCALE_OUT_REQUESTED: &str = "orchestrator-scaleout-requested";
+    /// The orchestrator's `scale_out` workflows (`pf.cmd.workflow.scale_out`), advanced by its
+    /// workflow engine.
+    pub const ORCHESTRATOR_SCALE_OUT_WORKFLOW: &str = "workflow-scale_out";
+    /// Advances of `scale_out` workflows the orchestrator's engine gave up on.
+    pub const ORCHESTRATOR_SCALE_OUT_GIVEN_UP: &str = "workflow-scale_out-givenup";
     /// The remediation engine's alerts (`pf.ingest.alertmanager.alert`), run inside the orchestrator.
     pub const ORCHESTRATOR_ALERTS: &str = "orchestrator-alerts";
     /// The remediation engine's remediation outcomes (`pf.evt.remediation.outcome`, the circuit
@@ -172,6 +185,8 @@ pub mod durable {
     /// The remediator's `remediate` workflows (`pf.cmd.workflow.remediate`); the workflow engine
     /// names each kind's advance consumer `workflow-<kind>` ([`super::workflow_durable`]).
     pub const REMEDIATOR: &str = "workflow-remediate";
+    /// Advances of `remediate` workflows the remediator's engine gave up on.
+    pub const REMEDIATOR_GIVEN_UP: &str = "workflow-remediate-givenup";
     /// The remediator's view of hand-off outcomes (`pf.evt.handoff.*`), which end the waiting
     /// remediations.
     pub const REMEDIATOR_HANDOFFS: &str = "remediator-handoffs";
@@ -191,6 +206,21 @@ pub mod durable {
 /// The advance consumer of workflow kind `kind`: `workflow-<kind>` on `pf.cmd.workflow.<kind>`.
 pub fn workflow_durable(kind: &str) -> String {
     format!("workflow-{kind}")
+}
+
+/// The consumer of the advances of kind `kind` its advance consumer gave up on (its dead letters):
+/// `workflow-<kind>-givenup`.
+pub fn workflow_given_up_durable(kind: &str) -> String {
+    format!("workflow-{kind}-givenup")
+}
+
+/// The service a durable consumer belongs to, for traces and logs: its user in [`consumer::ALL`],
+/// else the durable's first word (a consumer outside the table, e.g. a test's).
+pub fn service_of(durable: &str) -> &str {
+    consumer::ALL
+        .iter()
+        .find(|c| c.durable == durable)
+        .map_or_else(|| durable.split('-').next().unwrap_or(durable), |c| c.user)
 }
 
 /// NATS users: one per service, the identity its permissions in `deploy/nats/accounts.conf` are
@@ -260,7 +290,7 @@ pub mod consumer {
     use crate::Message;
     use crate::alert::AlertReceived;
     use crate::capacity::{CapacityExceeded, ScaleOutRequested};
-    use crate::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
+    use crate::provision::{ProvisionOutcome, ProvisionRequested};
     use crate::remediation::{HandOffOutcome, RemediationOutcome};
     use crate::replication::ReplicationRequested;
     use crate::snapshot::PruneRequested;
@@ -269,7 +299,14 @@ pub mod consumer {
     pub const PROVISIONER: Consumer = Consumer {
         stream: stream::CMD,
         durable: durable::PROVISIONER,
-        filter: Filter::Subject(ProvisionCommand::SUBJECT),
+        filter: Filter::Subject(super::subject::WORKFLOW_PROVISION),
+        user: user::PROVISIONER,
+    };
+    /// See [`durable::PROVISIONER_GIVEN_UP`].
+    pub const PROVISIONER_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::PROVISIONER_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::PROVISIONER),
         user: user::PROVISIONER,
     };
     /// See [`durable::ORCHESTRATOR_PROVISION`].
@@ -286,13 +323,6 @@ pub mod consumer {
         filter: Filter::Subject(ProvisionOutcome::SUBJECT),
         user: user::ORCHESTRATOR,
     };
-    /// See [`durable::ORCHESTRATOR_GIVEN_UP`].
-    pub const ORCHESTRATOR_GIVEN_UP: Consumer = Consumer {
-        stream: stream::EVT,
-        durable: durable::ORCHESTRATOR_GIVEN_UP,
-        filter: Filter::DeadLettersOf(durable::PROVISIONER),
-        user: user::ORCHESTRATOR,
-    };
     /// See [`durable::ORCHESTRATOR_SCALE_OUT`].
     pub const ORCHESTRATOR_SCALE_OUT: Consumer = Consumer {
         stream: stream::EVT,
@@ -305,6 +335,20 @@ pub mod consumer {
         stream: stream::CMD,
         durable: durable::ORCHESTRATOR_SCALE_OUT_REQUESTED,
         filter: Filter::Subject(ScaleOutRequested::SUBJECT),
+        user: user::ORCHESTRATOR,
+    };
+    /// See [`durable::ORCHESTRATOR_SCALE_OUT_WORKFLOW`].
+    pub const ORCHESTRATOR_SCALE_OUT_WORKFLOW: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::ORCHESTRATOR_SCALE_OUT_WORKFLOW,
+        filter: Filter::Subject(super::subject::WORKFLOW_SCALE_OUT),
+        user: user::ORCHESTRATOR,
+    };
+    /// See [`durable::ORCHESTRATOR_SCALE_OUT_GIVEN_UP`].
+    pub const ORCHESTRATOR_SCALE_OUT_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::ORCHESTRATOR_SCALE_OUT_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::ORCHESTRATOR_SCALE_OUT_WORKFLOW),
         user: user::ORCHESTRATOR,
     };
     /// See [`durable::ORCHESTRATOR_ALERTS`].
@@ -326,6 +370,13 @@ pub mod consumer {
         stream: stream::CMD,
         durable: durable::REMEDIATOR,
         filter: Filter::Subject(super::subject::WORKFLOW_REMEDIATE),
+        user: user::REMEDIATOR,
+    };
+    /// See [`durable::REMEDIATOR_GIVEN_UP`].
+    pub const REMEDIATOR_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::REMEDIATOR_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::REMEDIATOR),
         user: user::REMEDIATOR,
     };
     /// See [`durable::REMEDIATOR_HANDOFFS`].
@@ -374,14 +425,17 @@ pub mod consumer {
     /// All of them, in the order `deploy/nats/accounts.conf` lists them.
     pub const ALL: &[Consumer] = &[
         PROVISIONER,
+        PROVISIONER_GIVEN_UP,
         ORCHESTRATOR_PROVISION,
         ORCHESTRATOR_OUTCOMES,
-        ORCHESTRATOR_GIVEN_UP,
         ORCHESTRATOR_SCALE_OUT,
         ORCHESTRATOR_SCALE_OUT_REQUESTED,
+        ORCHESTRATOR_SCALE_OUT_WORKFLOW,
+        ORCHESTRATOR_SCALE_OUT_GIVEN_UP,
         ORCHESTRATOR_ALERTS,
         ORCHESTRATOR_REMEDIATION_OUTCOMES,
         REMEDIATOR,
+        REMEDIATOR_GIVEN_UP,
         REMEDIATOR_HANDOFFS,
         REMEDIATOR_GIVEN_UP_REPLICATION,
         REMEDIATOR_GIVEN_UP_PRUNE,
@@ -437,13 +491,30 @@ pub mod consumer {
                 REMEDIATOR.filter_subject(),
                 subject::cmd("workflow", "remediate")
             );
+            // The engine names the consumers it spawns per kind; the table must agree with it.
+            for (advance, given_up, kind) in [
+                (REMEDIATOR, REMEDIATOR_GIVEN_UP, "remediate"),
+                (PROVISIONER, PROVISIONER_GIVEN_UP, "provision"),
+                (
+                    ORCHESTRATOR_SCALE_OUT_WORKFLOW,
+                    ORCHESTRATOR_SCALE_OUT_GIVEN_UP,
+                    "scale_out",
+                ),
+            ] {
+                assert_eq!(advance.durable, crate::names::workflow_durable(kind));
+                assert_eq!(advance.filter_subject(), subject::cmd("workflow", kind));
+                assert_eq!(
+                    given_up.durable,
+                    crate::names::workflow_given_up_durable(kind)
+                );
+            }
         }
 
         #[test]
         fn dead_letter_filters_name_a_consumer_of_the_table() {
             assert_eq!(
-                ORCHESTRATOR_GIVEN_UP.filter_subject(),
-                "pf.evt.deadletter.provisioner"
+                PROVISIONER_GIVEN_UP.filter_subject(),
+                "pf.evt.deadletter.workflow-provision"
             );
             for c in ALL {
                 if let Filter::DeadLettersOf(d) = c.filter {

@@ -90,35 +90,6 @@ impl Message for ProvisionRequested {
     }
 }
 
-/// The provisioner's work order for one provision workflow (`pf.cmd.provisioner.provision`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisionCommand {
-    /// The workflow; its record holds the progress, so a redelivered command resumes.
-    pub workflow_id: String,
-    /// What to build.
-    pub request: ProvisionRequested,
-}
-
-impl Versioned for ProvisionCommand {
-    const SCHEMA: SchemaId = SchemaId {
-        name: "pf.cmd.provision",
-        version: 1,
-    };
-}
-
-impl Message for ProvisionCommand {
-    const SUBJECT: &'static str = "pf.cmd.provisioner.provision";
-
-    fn subject(&self) -> String {
-        Self::SUBJECT.into()
-    }
-
-    fn dedupe_id(&self) -> String {
-        format!("{}/provision", self.workflow_id)
-    }
-}
-
 /// How a provision ended (`pf.evt.vm.provisioned` / `pf.evt.vm.provision_failed`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

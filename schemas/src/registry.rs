@@ -8,7 +8,7 @@ use crate::capacity::{
 };
 use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
-use crate::provision::{ProvisionCommand, ProvisionOutcome, ProvisionRequested};
+use crate::provision::{ProvisionOutcome, ProvisionRequested};
 use crate::remediation::{
     HandOffOutcome, RemediationCommand, RemediationDecision, RemediationOutcome, RemediationPage,
 };
@@ -50,7 +50,6 @@ pub fn all() -> Vec<SchemaDoc> {
     vec![
         SchemaDoc::of::<DeadLetter>(),
         SchemaDoc::of::<ProvisionRequested>(),
-        SchemaDoc::of::<ProvisionCommand>(),
         SchemaDoc::of::<ProvisionOutcome>(),
         SchemaDoc::of::<WorkflowRecord>(),
         SchemaDoc::of::<WorkflowAdvance>(),

@@ -526,7 +526,7 @@ async fn the_snapshotter_and_replicator_users_work_and_nothing_more() {
     // Least privilege: neither may publish outside its own events.
     for (ctx, subject) in [
         (&snapshotter_ctx, "pf.evt.replication.completed"),
-        (&snapshotter_ctx, "pf.cmd.provisioner.provision"),
+        (&snapshotter_ctx, "pf.cmd.workflow.provision"),
         (&replicator_ctx, "pf.evt.snapshot.taken"),
         (&replicator_ctx, "pf.evt.vm.provisioned"),
     ] {

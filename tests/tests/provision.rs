@@ -27,7 +27,7 @@ async fn a_request_becomes_a_running_onboarded_vm() {
         .collect();
     assert_eq!(
         steps,
-        proxflow_provisioner::service::STEPS
+        proxflow_provisioner::workflow::STEPS
             .map(|s| (s, StepState::Succeeded))
             .to_vec()
     );
@@ -227,9 +227,8 @@ async fn profile_caps_refuse_with_the_numbers() {
 async fn a_dead_lettered_command_fails_its_workflow_and_frees_its_slot() {
     use proxflow_runtime::admission::{Admissions, Caps, Decision};
     use proxflow_schemas::events::{DeadLetter, DeadLetterReason, PayloadEncoding};
-    use proxflow_schemas::provision::{
-        IpConfig, ProvisionCommand, ProvisionRequested, VmOverrides,
-    };
+    use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
+    use proxflow_schemas::workflow::WorkflowAdvance;
 
     let p = Platform::start(JOIN_OK, |_| {}).await;
     let request = ProvisionRequested {
@@ -244,8 +243,8 @@ async fn a_dead_lettered_command_fails_its_workflow_and_frees_its_slot() {
         requested_by: "test".into(),
         requested_at: chrono::Utc::now(),
     };
-    // A workflow the orchestrator admitted and the provisioner then gave up on, as the runtime's
-    // consumer loop reports it.
+    // A workflow admitted to its profile's slot whose advances the provisioner's engine then gave
+    // up on, as the runtime's consumer loop reports it.
     let mut record = request.pending_workflow("test", None);
     record.state = WorkflowState::Running;
     assert!(p.store.create(&record).await.unwrap());
@@ -263,20 +262,21 @@ async fn a_dead_lettered_command_fails_its_workflow_and_frees_its_slot() {
             .unwrap(),
         Decision::Admitted
     );
-    let command = ProvisionCommand {
-        workflow_id: "prov-given-up".into(),
-        request,
+    let advance = WorkflowAdvance {
+        kind: "provision".into(),
+        id: "prov-given-up".into(),
+        reason: "start".into(),
     };
     let letter = DeadLetter {
         consumer: durable::PROVISIONER.into(),
         stream: "PF_CMD".into(),
         stream_sequence: 1,
         deliveries: 5,
-        subject: "pf.cmd.provisioner.provision".into(),
+        subject: "pf.cmd.workflow.provision".into(),
         reason: DeadLetterReason::RetriesExhausted,
         detail: "workflow store: timed out".into(),
         headers: Default::default(),
-        payload: serde_json::to_string(&command).unwrap(),
+        payload: serde_json::to_string(&advance).unwrap(),
         payload_encoding: PayloadEncoding::Utf8,
         dead_lettered_at: chrono::Utc::now(),
     };

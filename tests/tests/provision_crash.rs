@@ -127,9 +127,12 @@ async fn killed_during(phase: &str) {
     first.kill().expect("kill -9");
     first.wait().expect("reaped");
 
-    // A second instance takes over once the first one's delivery times out.
+    // A second instance takes over once the first one's delivery times out and its workflow lease
+    // goes stale (3 minutes in service; this instance judges staleness after 3 s).
+    let mut taking_over = ctx.clone();
+    taking_over.leases = ctx.leases.clone().with_stale_after(Duration::from_secs(3));
     let second = tokio::spawn(proxflow_provisioner::run(
-        ctx.clone(),
+        taking_over,
         proxflow_provisioner::ProvisionerSettings {
             config: provisioner_config(sd_path.clone(), ACK_WAIT),
             pve: client,

@@ -66,14 +66,14 @@ async fn a_workflow_that_waits_is_still_one_trace() {
             .await
             .expect("fetch");
         let tree = SpanTree::build(fetched.spans);
-        if tree.spans().iter().any(|s| s.name == "demo step finish") {
+        if tree.spans().iter().any(|s| s.name == "step finish") {
             break tree;
         }
         assert!(Instant::now() < deadline, "the trace never completed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let names: Vec<&str> = tree.spans().iter().map(|s| s.name.as_str()).collect();
-    for step in ["demo step begin", "leaf step shout", "demo step finish"] {
+    for step in ["step begin", "step shout", "step finish"] {
         assert!(names.contains(&step), "{step} missing from {names:#?}");
     }
     let advances = names

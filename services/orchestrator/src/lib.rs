@@ -1,8 +1,7 @@
 //! # proxflow-orchestrator
 //!
-//! Owns the life of workflows. For provisioning it admits each `ProvisionRequested` from the gateway
-//! (`admit`): the record exists, the profile's caps allow one more, then the provisioner gets its
-//! work order. Outcome events (`pf.evt.vm.*`) free the workflow's slot again.
+//! Starts workflows. For provisioning it starts the `provision` workflow of each
+//! `ProvisionRequested` from the gateway (`admit`); the provisioner runs it, its caps included.
 //!
 //! For capacity it turns a k3s cluster's `capacity.exceeded` into a guarded scale-out ([`scaleout`]):
 //! cap, cooldown, host-headroom veto, dry-run and one at a time, then one more node through the same
@@ -25,13 +24,11 @@ use proxflow_runtime::bus::topology::ConsumerSpec;
 use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome, Publisher};
 use proxflow_runtime::clock::SharedClock;
 use proxflow_runtime::config::ConsumerConfig;
-use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
+use proxflow_runtime::workflow::{Engine, EngineError, WorkflowStore, WorkflowStoreError};
 use proxflow_runtime::{ServiceContext, TaskError, Tasks};
-use proxflow_schemas::events::DeadLetter;
 use proxflow_schemas::names::{bucket, consumer, key};
-use proxflow_schemas::provision::{ProvisionCommand, ProvisionOutcome};
+use proxflow_schemas::provision::ProvisionOutcome;
 use proxflow_schemas::remediation::HandOffResult;
-use proxflow_schemas::workflow::WorkflowState;
 use tokio_util::sync::CancellationToken;
 
 /// `[orchestrator]`.
@@ -48,6 +45,9 @@ pub enum OrchestratorError {
     /// The workflow bucket is missing.
     #[error(transparent)]
     Store(#[from] WorkflowStoreError),
+    /// The workflow bucket is missing (the engine that starts provisions).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// The admissions bucket is missing.
     #[error(transparent)]
     Admission(#[from] AdmissionError),
@@ -102,50 +102,41 @@ pub async fn run(
         .get_key_value(bucket::COOLDOWNS)
         .await
         .map_err(|e| AdmissionError::Open(format!("{}: {e}", bucket::COOLDOWNS)))?;
-    let admission = admit::ProvisionAdmission {
-        store: store.clone(),
-        admissions: admissions.clone(),
-        slots: slots.clone(),
-        profiles: o.profiles.clone(),
-        publisher: ctx.bus.publisher.clone(),
-        clock: ctx.clock.clone(),
+    // Starts provisions (the provisioner advances them); runs no definition itself.
+    let provisions = admit::ProvisionStart {
+        engine: Engine::new(&ctx).await?,
     };
     let admit = ConsumerLoop::new(
         ctx.clone(),
         ConsumerSpec::from(consumer::ORCHESTRATOR_PROVISION),
         o.consumer.clone(),
-        admission.clone(),
+        provisions.clone(),
     );
     let release = ConsumerLoop::new(
         ctx.clone(),
         ConsumerSpec::from(consumer::ORCHESTRATOR_OUTCOMES),
         o.consumer.clone(),
         Release {
-            slots: slots.clone(),
-            store: store.clone(),
-            publisher: ctx.bus.publisher.clone(),
-            clock: ctx.clock.clone(),
-        },
-    );
-    let given_up = ConsumerLoop::new(
-        ctx.clone(),
-        ConsumerSpec::from(consumer::ORCHESTRATOR_GIVEN_UP),
-        o.consumer.clone(),
-        GivenUp {
-            store: store.clone(),
             slots,
+            store,
             publisher: ctx.bus.publisher.clone(),
             clock: ctx.clock.clone(),
         },
     );
-    let scale_out_handler = |store: WorkflowStore| scaleout::ScaleOut {
-        js: ctx.bus.js.clone(),
-        store,
+    let mut engine = Engine::new(&ctx).await?;
+    engine.register(scaleout::ScaleOutFlow {
         admissions: admissions.clone(),
-        provisions: admission.clone(),
-        cooldowns: cooldowns.clone(),
+        cooldowns: scaleout::Cooldowns(cooldowns),
+        provisions,
         publisher: ctx.bus.publisher.clone(),
         profiles: o.profiles.clone(),
+        clusters: o.clusters.clone(),
+        clock: ctx.clock.clone(),
+    });
+    let scale_out_handler = || scaleout::ScaleOut {
+        js: ctx.bus.js.clone(),
+        engine: engine.clone(),
+        publisher: ctx.bus.publisher.clone(),
         clusters: o.clusters.clone(),
         clock: ctx.clock.clone(),
     };
@@ -153,31 +144,31 @@ pub async fn run(
         ctx.clone(),
         ConsumerSpec::from(consumer::ORCHESTRATOR_SCALE_OUT),
         o.consumer.clone(),
-        scale_out_handler(store.clone()),
+        scale_out_handler(),
     );
     let scale_out_requested = ConsumerLoop::<proxflow_schemas::capacity::ScaleOutRequested, _>::new(
         ctx.clone(),
         ConsumerSpec::from(consumer::ORCHESTRATOR_SCALE_OUT_REQUESTED),
         o.consumer.clone(),
-        scale_out_handler(store),
+        scale_out_handler(),
     );
     let remediation =
         remediation::run_engine(ctx.clone(), o.remediation, o.rules, shutdown.clone());
     let mut tasks = Tasks::new(&ctx, &shutdown);
     tasks.spawn("provision requests", admit.run(tasks.shutdown()));
     tasks.spawn("provision outcomes", release.run(tasks.shutdown()));
-    tasks.spawn("given-up provisions", given_up.run(tasks.shutdown()));
     tasks.spawn("capacity exceeded", scale_out.run(tasks.shutdown()));
     tasks.spawn(
         "scale-out requests",
         scale_out_requested.run(tasks.shutdown()),
     );
     tasks.spawn("remediation", remediation);
+    engine.spawn(&ctx, &o.consumer, &mut tasks);
     Ok(tasks.join().await?)
 }
 
-/// The slots a workflow may hold: its profile's provision slot and, for a scale-out's provision,
-/// its cluster's scale-out slot. Freed together whenever a provision ends, however it ends.
+/// The cluster scale-out slots a provision may hold (a scale-out's provision holds its cluster's),
+/// freed whenever a provision ends, however it ends. The provision frees its profile's slot itself.
 #[derive(Clone)]
 pub(crate) struct Slots {
     admissions: Admissions,
@@ -185,14 +176,7 @@ pub(crate) struct Slots {
 }
 
 impl Slots {
-    pub(crate) async fn free(
-        &self,
-        profile: &str,
-        workflow_id: &str,
-    ) -> Result<(), AdmissionError> {
-        self.admissions
-            .finish(&key::provision_ledger(profile), workflow_id)
-            .await?;
+    pub(crate) async fn free(&self, workflow_id: &str) -> Result<(), AdmissionError> {
         for key in &self.scale_out {
             self.admissions.finish(key, workflow_id).await?;
         }
@@ -210,11 +194,7 @@ struct Release {
 impl Handler<ProvisionOutcome> for Release {
     async fn handle(&self, delivery: Delivery<ProvisionOutcome>) -> Outcome {
         let outcome = delivery.message;
-        if let Err(e) = self
-            .slots
-            .free(&outcome.profile, &outcome.workflow_id)
-            .await
-        {
+        if let Err(e) = self.slots.free(&outcome.workflow_id).await {
             return Outcome::retry(e.to_string());
         }
         let (result, detail) = match &outcome.error {
@@ -265,60 +245,5 @@ async fn provision_ended(
         }
         Ok(None) => Outcome::Ack,
         Err(e) => Outcome::retry(e.to_string()),
-    }
-}
-
-/// A provision command the provisioner dead-lettered (its handler could not even record an outcome,
-/// e.g. the workflow store was unreachable through every retry): the workflow ends `failed` with the
-/// dead letter's reason, so it neither shows `running` forever nor holds its cap slot.
-struct GivenUp {
-    store: WorkflowStore,
-    slots: Slots,
-    publisher: Publisher,
-    clock: SharedClock,
-}
-
-impl Handler<DeadLetter> for GivenUp {
-    async fn handle(&self, delivery: Delivery<DeadLetter>) -> Outcome {
-        let letter = delivery.message;
-        let command: ProvisionCommand = match serde_json::from_str(&letter.payload) {
-            Ok(c) => c,
-            Err(e) => {
-                return Outcome::poison(format!("dead letter without a provision command: {e}"));
-            }
-        };
-        let reason = format!(
-            "the provisioner gave up after {} deliveries: {}",
-            letter.deliveries, letter.detail
-        );
-        let ended = self
-            .store
-            .update(&command.workflow_id, |r| {
-                if !r.state.is_terminal() {
-                    r.state = WorkflowState::Failed;
-                    r.error = Some(reason.clone());
-                }
-            })
-            .await;
-        match ended {
-            Ok(_) | Err(WorkflowStoreError::NotFound(_)) => {}
-            Err(e) => return Outcome::retry(e.to_string()),
-        }
-        if let Err(e) = self
-            .slots
-            .free(&command.request.profile, &command.workflow_id)
-            .await
-        {
-            return Outcome::retry(e.to_string());
-        }
-        provision_ended(
-            &self.store,
-            &self.publisher,
-            &command.workflow_id,
-            HandOffResult::Failed,
-            &reason,
-            self.clock.now(),
-        )
-        .await
     }
 }

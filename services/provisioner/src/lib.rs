@@ -10,6 +10,7 @@ pub mod join;
 pub mod service;
 pub mod steps;
 pub mod vmid;
+pub mod workflow;
 
 pub use config::ProvisionConfig;
 pub use service::{ProvisionerSettings, run};

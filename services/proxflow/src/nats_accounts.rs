@@ -133,20 +133,40 @@ fn users() -> Vec<User> {
                 bucket::LOCKS,
                 bucket::COOLDOWNS,
             ],
-            lists: vec![],
+            lists: vec![(
+                bucket::WORKFLOWS,
+                "The workflow engine's waker (scale-outs) watches the index (idx.<kind>.<state>.*)\n\
+                 with an ephemeral ordered consumer.",
+            )],
             answers: vec![],
         },
         User {
             name: user::PROVISIONER,
-            about: "Provisioner: reads its commands, publishes the VM outcomes, records its steps in the\n\
-                    workflow record and holds VMID reservations.",
-            publishes: vec![Grant::plain(&[&subject::evt("vm", ">")])],
-            buckets: vec![bucket::VMIDS, bucket::WORKFLOWS],
-            lists: vec![(
+            about: "Provisioner: runs the `provision` workflows (its workflow engine advances them, holding\n\
+                    each one's lease, and wakes the due ones from the index), admits each to its profile's\n\
+                    caps, holds VMID reservations and publishes the VM outcomes.",
+            publishes: vec![Grant::plain(&[
+                &subject::evt("vm", ">"),
+                subject::WORKFLOW_PROVISION,
+            ])],
+            buckets: vec![
                 bucket::VMIDS,
-                "Listing its reservations (a resumed provision finds its VMID) reads the bucket with an\n\
-                 ephemeral ordered consumer.",
-            )],
+                bucket::WORKFLOWS,
+                bucket::ADMISSIONS,
+                bucket::LOCKS,
+            ],
+            lists: vec![
+                (
+                    bucket::VMIDS,
+                    "Listing its reservations (a resumed provision finds its VMID) reads the bucket with an\n\
+                     ephemeral ordered consumer.",
+                ),
+                (
+                    bucket::WORKFLOWS,
+                    "The workflow engine's waker watches the index (idx.<kind>.<state>.*) with an\n\
+                     ephemeral ordered consumer.",
+                ),
+            ],
             answers: vec![],
         },
         User {

@@ -163,7 +163,7 @@ impl Platform {
                 ("PF_INGEST", durable::ORCHESTRATOR_PROVISION),
                 ("PF_CMD", durable::PROVISIONER),
                 ("PF_EVT", durable::ORCHESTRATOR_OUTCOMES),
-                ("PF_EVT", durable::ORCHESTRATOR_GIVEN_UP),
+                ("PF_EVT", durable::PROVISIONER_GIVEN_UP),
                 ("PF_EVT", durable::ORCHESTRATOR_SCALE_OUT),
             ],
         )

@@ -311,9 +311,9 @@ async fn process<M: Message, H: Handler<M>>(
         otel.name = %format_args!("{} process", received.subject),
         otel.kind = "consumer",
         messaging.consumer.group.name = %durable,
-        // Several services share one process in `proxflow dev`; the durable's first word names the
-        // service so a trace still tells them apart.
-        proxflow.service = durable.split('-').next().unwrap_or(durable),
+        // Several services share one process in `proxflow dev`; the names table says whose
+        // consumer this is, so a trace still tells them apart.
+        proxflow.service = proxflow_schemas::names::service_of(durable),
         messaging.message.id = received.headers.get(super::MSG_ID).map_or("", |v| v.as_str()),
         proxflow.attempt = attempt,
     );

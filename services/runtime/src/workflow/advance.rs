@@ -8,13 +8,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proxflow_schemas::events::DeadLetter;
 use proxflow_schemas::workflow::{StepState, WorkflowAdvance, WorkflowRecord, WorkflowState};
 use serde_json::json;
 
-use super::definition::{ErrorKind, Halt, Workflow};
+use serde::Deserialize;
+
+use super::definition::{Ending, ErrorKind, Halt, Workflow};
 use super::engine::Inner;
 use super::run::Run;
-use super::{EngineError, index};
+use super::{EngineError, WorkflowStoreError, index};
 use crate::bus::{Delivery, Handler, Outcome};
 use crate::lease::Acquired;
 
@@ -57,33 +60,31 @@ async fn drive<W: Workflow>(
     if record.state != WorkflowState::Waiting {
         record.wait = None;
     }
+    freeze_input(&mut record);
     let mut run = Run::<W> {
         inner,
         record,
         revision,
         indexed,
+        max_attempts: definition.max_attempts(),
         _definition: PhantomData,
     };
     if run.record.state == WorkflowState::Compensating {
         return compensate(definition, &mut run, None).await;
     }
     if run.record.state == WorkflowState::Pending {
-        run.record.state = WorkflowState::Running;
+        start(&mut run.record);
         run.save().await?;
     }
-    let input = run
-        .record
-        .data
-        .get("input")
-        .cloned()
-        .unwrap_or(serde_json::Value::Null);
-    let input: W::Input = match serde_json::from_value(input) {
+    let input: W::Input = match input_of::<W>(&run.record) {
         Ok(i) => i,
         Err(e) => {
+            let error = format!("the recorded input does not decode: {e}");
             return end(
+                definition,
                 &mut run,
                 WorkflowState::Failed,
-                Some(format!("the recorded input does not decode: {e}")),
+                Some(error),
                 None,
             )
             .await;
@@ -91,11 +92,14 @@ async fn drive<W: Workflow>(
     };
     match definition.run(&mut run, input).await {
         Ok(output) => {
-            let output = serde_json::to_value(&output).map_err(|e| EngineError::Encode {
-                id: run.record.id.clone(),
-                source: e,
-            })?;
-            end(&mut run, WorkflowState::Succeeded, None, Some(output)).await
+            end(
+                definition,
+                &mut run,
+                WorkflowState::Succeeded,
+                None,
+                Some(&output),
+            )
+            .await
         }
         Err(Halt::Step(e)) if e.kind != ErrorKind::Transient => {
             run.record.state = WorkflowState::Compensating;
@@ -165,20 +169,75 @@ async fn compensate<W: Workflow>(
             undo_failures.join("; ")
         ));
     }
-    end(run, end_state, error, None).await
+    end(definition, run, end_state, error, None).await
+}
+
+/// A record an edge wrote in its kind's own layout (the request as the whole of `data`, as the
+/// gateway writes a provision) gets that input frozen under `data.input` on its first advance, so
+/// what the engine and `run` add to `data` later can never change what a replay decodes.
+fn freeze_input(record: &mut WorkflowRecord) {
+    if let Some(data) = record.data.as_object_mut()
+        && !data.contains_key("input")
+    {
+        let input = serde_json::Value::Object(data.clone());
+        data.insert("input".into(), input);
+    }
+}
+
+/// The first advance of a pending workflow: it runs from now on, in the trace of the advance that
+/// started it if it carries none.
+fn start(record: &mut WorkflowRecord) {
+    record.state = WorkflowState::Running;
+    if record.traceparent.is_none() {
+        record.traceparent = crate::telemetry::traceparent(&tracing::Span::current());
+    }
+}
+
+/// The workflow's input: `data.input`, or the whole of `data` for a record not yet started that an
+/// edge wrote in its kind's own layout.
+fn input_of<W: Workflow>(record: &WorkflowRecord) -> Result<W::Input, serde_json::Error> {
+    let input = record.data.get("input").unwrap_or(&record.data);
+    W::Input::deserialize(input)
 }
 
 async fn end<W: Workflow>(
+    definition: &W,
     run: &mut Run<W>,
     state: WorkflowState,
     error: Option<String>,
-    output: Option<serde_json::Value>,
+    output: Option<&W::Output>,
 ) -> Result<(), Halt> {
+    let reason = error.as_deref().unwrap_or_default();
+    let ending = match (state, output) {
+        (WorkflowState::Succeeded, Some(output)) => Some(Ending::Succeeded(output)),
+        (WorkflowState::Cancelled, _) => Some(Ending::Cancelled(reason)),
+        (WorkflowState::Failed, _) => Some(Ending::Failed(reason)),
+        _ => None,
+    };
+    match (input_of::<W>(&run.record), ending) {
+        (Ok(input), Some(ending)) => match definition.ended(&run.record.id, &input, ending).await {
+            Ok(()) => {}
+            Err(e) if e.kind == ErrorKind::Transient => return Err(Halt::Step(e)),
+            Err(e) => {
+                tracing::error!(workflow = %run.record.id, error = %e, "announcing the end failed")
+            }
+        },
+        (Err(e), _) => {
+            tracing::warn!(workflow = %run.record.id, error = %e, "input unreadable; its end is not announced")
+        }
+        (Ok(_), None) => {}
+    }
     run.record.state = state;
     run.record.error = error;
     run.record.wait = None;
-    if let (Some(output), Some(data)) = (output, run.record.data.as_object_mut()) {
-        data.insert("output".into(), output);
+    if let Some(output) = output {
+        let output = serde_json::to_value(output).map_err(|e| EngineError::Encode {
+            id: run.record.id.clone(),
+            source: e,
+        })?;
+        if let Some(data) = run.record.data.as_object_mut() {
+            data.insert("output".into(), output);
+        }
     }
     run.save().await?;
     if let Some(parent) = run.record.parent.clone() {
@@ -267,6 +326,62 @@ impl Advance {
             Ok(()) | Err(Halt::Suspended) => Outcome::Ack,
             Err(Halt::Step(e)) => Outcome::retry(e.to_string()),
             Err(Halt::Engine(e)) => Outcome::retry(e.to_string()),
+        }
+    }
+}
+
+/// Advances of one kind its advance consumer gave up on (`pf.evt.deadletter.workflow-<kind>`): the
+/// workflow could not be moved on through every retry, so it is compensated and ends `failed` with
+/// the dead letter's reason, instead of showing `running` for ever and holding what it claimed.
+pub(crate) struct GivenUp {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Handler<DeadLetter> for GivenUp {
+    async fn handle(&self, delivery: Delivery<DeadLetter>) -> Outcome {
+        let letter = delivery.message;
+        let advance: WorkflowAdvance = match serde_json::from_str(&letter.payload) {
+            Ok(a) => a,
+            Err(e) => {
+                return Outcome::poison(format!("dead letter without a workflow advance: {e}"));
+            }
+        };
+        let reason = format!(
+            "the engine gave up after {} deliveries: {}",
+            letter.deliveries, letter.detail
+        );
+        let mut before = None;
+        let changed = self
+            .inner
+            .store
+            .update(&advance.id, |r| {
+                before = None;
+                if !r.state.is_terminal() && r.state != WorkflowState::Compensating {
+                    before = Some(r.state);
+                    r.state = WorkflowState::Compensating;
+                    r.error = Some(reason.clone());
+                }
+            })
+            .await;
+        match changed {
+            Ok(record) if record.state.is_terminal() => Outcome::Ack,
+            Ok(record) => {
+                if let Some(before) = before
+                    && let Err(e) = index::put(&self.inner.kv, &record, Some(before)).await
+                {
+                    return Outcome::retry(e.to_string());
+                }
+                match self
+                    .inner
+                    .advance(&advance.kind, &advance.id, "given-up")
+                    .await
+                {
+                    Ok(()) => Outcome::Ack,
+                    Err(e) => Outcome::retry(e.to_string()),
+                }
+            }
+            Err(WorkflowStoreError::NotFound(_)) => Outcome::Ack,
+            Err(e) => Outcome::retry(e.to_string()),
         }
     }
 }

@@ -19,10 +19,21 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     /// What it starts from; stored in the record.
     type Input: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// What it ends with; stored in the record.
-    type Output: Serialize + DeserializeOwned + Send + 'static;
+    type Output: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// How a completed step is undone, as data stored with the step (an enum of the definition's
     /// compensations). Use `()` for a workflow without compensations.
     type Undo: Serialize + DeserializeOwned + Send + 'static;
+
+    /// Write each step as `running` (one more compare-and-set) before it runs, not only when it
+    /// ends: for definitions whose steps take long enough for an operator to watch (a provision's
+    /// join runs for minutes), and so a crash inside a step counts as one of its attempts.
+    const RECORD_STARTS: bool = false;
+
+    /// Attempts a step may take: a transient failure on the last one is terminal (the workflow
+    /// compensates) instead of being retried again.
+    fn max_attempts(&self) -> u32 {
+        u32::MAX
+    }
 
     /// The workflow's body.
     fn run(
@@ -34,6 +45,31 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     /// Undoes one completed step after a later failure; called in reverse step order. An error of
     /// kind [`ErrorKind::Transient`] is retried (the compensation resumes where it stopped).
     fn undo(&self, undo: Self::Undo) -> impl Future<Output = Result<(), StepError>> + Send;
+
+    /// Called once the workflow's end is decided (after any compensation), before the end is
+    /// recorded: announce it, free what the whole run held. A crash before the end is recorded
+    /// calls it again on resume, so it must be idempotent (publish with the workflow's id as the
+    /// dedupe key). A transient error is retried; any other is logged and the workflow ends anyway.
+    fn ended(
+        &self,
+        id: &str,
+        input: &Self::Input,
+        ending: Ending<'_, Self::Output>,
+    ) -> impl Future<Output = Result<(), StepError>> + Send {
+        let _ = (id, input, ending);
+        async { Ok(()) }
+    }
+}
+
+/// How a workflow ended, as [`Workflow::ended`] hears it.
+#[derive(Debug)]
+pub enum Ending<'a, O> {
+    /// `run` returned this output.
+    Succeeded(&'a O),
+    /// A step failed for good (compensated); the error says why.
+    Failed(&'a str),
+    /// A guard refused (compensated); the reason says why.
+    Cancelled(&'a str),
 }
 
 /// Whether trying again can help.

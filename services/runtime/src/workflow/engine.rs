@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::advance::{Advance, Definition, Driver};
+use super::advance::{Advance, Definition, Driver, GivenUp};
 use super::definition::Workflow;
 use super::index;
 use super::waker::waker;
@@ -105,6 +105,18 @@ impl Engine {
         // Also when it existed: a start retried after a crash between create and advance must
         // still get the workflow going (the advance is deduplicated).
         self.inner.advance(kind, id, "start").await?;
+        Ok(created)
+    }
+
+    /// Starts a workflow whose first record the caller built in its kind's own layout (an edge's
+    /// pending record whose data is the request, e.g. `ProvisionRequested::pending_workflow`):
+    /// created unless it exists (the first writer wins), then advanced. `true` when this call
+    /// created it.
+    pub async fn start_record(&self, record: &WorkflowRecord) -> Result<bool, EngineError> {
+        let created = self.inner.insert(record).await?;
+        self.inner
+            .advance(&record.kind, &record.id, "start")
+            .await?;
         Ok(created)
     }
 
@@ -228,6 +240,21 @@ impl Engine {
                 format!("workflow {kind} advances"),
                 advances.run(tasks.shutdown()),
             );
+            let spec = ConsumerSpec {
+                stream: stream::EVT,
+                durable: proxflow_schemas::names::workflow_given_up_durable(kind),
+                filter_subject: subject::dead_letter(&proxflow_schemas::names::workflow_durable(
+                    kind,
+                )),
+            };
+            let given_up = GivenUp {
+                inner: Arc::clone(&self.inner),
+            };
+            let given_up = ConsumerLoop::new(ctx.clone(), spec, consumer.clone(), given_up);
+            tasks.spawn(
+                format!("workflow {kind} given-up advances"),
+                given_up.run(tasks.shutdown()),
+            );
         }
         let kinds: Vec<&'static str> = self.definitions.keys().copied().collect();
         let inner = Arc::clone(&self.inner);
@@ -281,9 +308,14 @@ impl Inner {
             created_at: now,
             updated_at: now,
         };
-        let created = self.store.create(&record).await?;
+        self.insert(&record).await
+    }
+
+    /// Creates `record` unless one with its id exists; indexes it.
+    pub(crate) async fn insert(&self, record: &WorkflowRecord) -> Result<bool, EngineError> {
+        let created = self.store.create(record).await?;
         if created {
-            index::put(&self.kv, &record, None).await?;
+            index::put(&self.kv, record, None).await?;
         }
         Ok(created)
     }

@@ -49,7 +49,7 @@ mod index;
 mod run;
 mod waker;
 
-pub use definition::{ErrorKind, Halt, StepError, Workflow};
+pub use definition::{Ending, ErrorKind, Halt, StepError, Workflow};
 pub use engine::Engine;
 pub use index::state_name;
 pub use run::{ChildOutcome, Run};

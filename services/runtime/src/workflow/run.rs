@@ -12,7 +12,7 @@ use proxflow_schemas::workflow::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::definition::{Halt, StepError, Workflow};
+use super::definition::{ErrorKind, Halt, StepError, Workflow};
 use super::engine::Inner;
 use super::{EngineError, child_id};
 
@@ -24,6 +24,8 @@ pub struct Run<W: Workflow> {
     pub(super) revision: u64,
     /// The state the index holds for this workflow.
     pub(super) indexed: WorkflowState,
+    /// [`Workflow::max_attempts`] of the definition.
+    pub(super) max_attempts: u32,
     pub(super) _definition: PhantomData<fn() -> W>,
 }
 
@@ -51,6 +53,18 @@ impl<W: Workflow> Run<W> {
     /// The record as it stands (steps so far, origin).
     pub fn record(&self) -> &WorkflowRecord {
         &self.record
+    }
+
+    /// Shows `value` under `key` in the record's data, for readers (the CLI, the status page,
+    /// operators) who should not have to parse step outputs; written with the next step. `run`
+    /// never reads it back: its own truth is the steps' outputs.
+    pub fn note(&mut self, key: &str, value: impl Serialize) {
+        let Ok(value) = serde_json::to_value(value) else {
+            return;
+        };
+        if let Some(data) = self.record.data.as_object_mut() {
+            data.insert(key.to_string(), value);
+        }
     }
 
     /// Runs `action` once and records its output; on replay returns the recorded output without
@@ -92,9 +106,13 @@ impl<W: Workflow> Run<W> {
             return Ok(done);
         }
         let started = self.now();
+        begin(&mut self.record, name, started);
+        if W::RECORD_STARTS {
+            self.save().await?;
+        }
         let span = tracing::info_span!(
             "workflow.step",
-            otel.name = %format_args!("{} step {name}", self.record.kind),
+            otel.name = %format_args!("step {name}"),
             workflow = %self.record.id,
             step = name,
         );
@@ -109,10 +127,7 @@ impl<W: Workflow> Run<W> {
                 self.complete(name, started, value, undo).await?;
                 Ok(output)
             }
-            Err(e) => {
-                self.failed_attempt(name, started, &e).await?;
-                Err(Halt::Step(e))
-            }
+            Err(e) => Err(Halt::Step(self.failed_attempt(name, e).await?)),
         }
     }
 
@@ -269,16 +284,27 @@ impl<W: Workflow> Run<W> {
         self.save().await
     }
 
+    /// Records a failed attempt of `name` (begun). A transient failure on the definition's last
+    /// allowed attempt becomes terminal.
     async fn failed_attempt(
         &mut self,
         name: &str,
-        started: DateTime<Utc>,
-        error: &StepError,
-    ) -> Result<(), EngineError> {
-        let step = step_mut(&mut self.record, name, started);
+        mut error: StepError,
+    ) -> Result<StepError, EngineError> {
+        let now = self.now();
+        let step = step_mut(&mut self.record, name, now);
+        if error.kind == ErrorKind::Transient && step.attempts >= self.max_attempts {
+            error.kind = ErrorKind::Terminal;
+            error.message = format!(
+                "{} (gave up after {} attempts)",
+                error.message, step.attempts
+            );
+        }
         step.state = StepState::Failed;
         step.error = Some(error.to_string());
-        self.save().await
+        step.finished_at = Some(now);
+        self.save().await?;
+        Ok(error)
     }
 
     async fn suspend<T>(&mut self, wait: Wait) -> Result<T, Halt> {
@@ -297,21 +323,27 @@ impl<W: Workflow> Run<W> {
     }
 }
 
-/// The step `name`, created (as running, first attempt) if it is not recorded yet; an existing
-/// step that failed before counts another attempt.
+/// Step `name` begins an attempt: created (running, first attempt) if it is not recorded yet;
+/// an existing one that failed, or was running when its process died, counts another attempt.
+fn begin(record: &mut WorkflowRecord, name: &str, at: DateTime<Utc>) {
+    match record.steps.iter_mut().find(|s| s.name == name) {
+        Some(step) => {
+            step.attempts += 1;
+            step.state = StepState::Running;
+            step.finished_at = None;
+        }
+        None => record.steps.push(StepRecord::started(name, at)),
+    }
+}
+
+/// The step `name`, created (as running, first attempt) if it is not recorded yet.
 fn step_mut<'a>(
     record: &'a mut WorkflowRecord,
     name: &str,
     started: DateTime<Utc>,
 ) -> &'a mut StepRecord {
     match record.steps.iter().position(|s| s.name == name) {
-        Some(i) => {
-            let step = &mut record.steps[i];
-            if step.state == StepState::Failed {
-                step.attempts += 1;
-            }
-            step
-        }
+        Some(i) => &mut record.steps[i],
         None => {
             record.steps.push(StepRecord::started(name, started));
             let last = record.steps.len() - 1;
