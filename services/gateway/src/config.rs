@@ -217,10 +217,10 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error>
 mod tests {
     use super::*;
 
-    fn with(f: impl FnOnce(&mut GatewayConfig)) -> Result<(), String> {
+    fn with(f: impl FnOnce(&mut GatewayConfig)) -> Result<(), ConfigError> {
         let mut c = GatewayConfig::default();
         f(&mut c);
-        c.validate().map_err(|e| e.to_string())
+        c.validate()
     }
 
     #[test]
@@ -248,20 +248,28 @@ mod tests {
                 Secret::new("whsec_c2hvcnQ="),
             ]
         })
-        .expect_err("short key");
+        .expect_err("short key")
+        .to_string();
         assert!(err.contains("gateway.webhook_secrets[1]"), "{err}");
         assert!(!err.contains("c2hvcnQ"), "{err}");
         let err = with(|c| {
             c.bearer_tokens.insert("ci".into(), Secret::new("short"));
         })
-        .expect_err("short token");
+        .expect_err("short token")
+        .to_string();
         assert!(err.contains("gateway.bearer_tokens.ci"), "{err}");
         assert!(!err.contains("short\""), "{err}");
-        let err = with(|c| c.signature_tolerance = Duration::from_secs(601)).expect_err("too long");
+        let err = with(|c| c.signature_tolerance = Duration::from_secs(601))
+            .expect_err("too long")
+            .to_string();
         assert!(err.contains("gateway.signature_tolerance"), "{err}");
-        let err = with(|c| c.max_body = 10).expect_err("too small");
+        let err = with(|c| c.max_body = 10)
+            .expect_err("too small")
+            .to_string();
         assert!(err.contains("gateway.max_body"), "{err}");
-        let err = with(|c| c.public_url = Some("gateway.example".into())).expect_err("no scheme");
+        let err = with(|c| c.public_url = Some("gateway.example".into()))
+            .expect_err("no scheme")
+            .to_string();
         assert!(err.contains("gateway.public_url"), "{err}");
         with(|c| c.public_url = Some("https://gw.example/proxflow/".into())).expect("valid");
     }

@@ -23,6 +23,8 @@ use crate::schema::ApiSchema;
 use crate::state::{State, Vm};
 use crate::tasks::PendingTask;
 
+pub(crate) use worker::TaskError;
+
 const CONFIG: &str = "/nodes/{node}/qemu/{vmid}/config";
 
 /// How a request failed, mapped to Proxmox's status codes by the HTTP layer.
@@ -179,9 +181,20 @@ fn no_config(node: &str, vmid: u32) -> ApiError {
     ))
 }
 
-fn locked(vm: &Vm) -> Result<(), String> {
+/// A VM whose config carries a `lock`; handlers answer 500 with it, workers end their task.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("VM is locked ({0})")]
+pub(crate) struct VmLocked(String);
+
+impl From<VmLocked> for ApiError {
+    fn from(e: VmLocked) -> Self {
+        failed(e.to_string())
+    }
+}
+
+fn locked(vm: &Vm) -> Result<(), VmLocked> {
     match vm.lock() {
-        Some(lock) => Err(format!("VM is locked ({lock})")),
+        Some(lock) => Err(VmLocked(lock.to_owned())),
         None => Ok(()),
     }
 }

@@ -169,7 +169,7 @@ impl Validate for SimConfig {
             ));
         }
         if let Err(why) = parse_token_id(&self.token_id) {
-            return Err(ConfigError::value("token_id", why));
+            return Err(ConfigError::value("token_id", why.to_string()));
         }
         if self.token_secret.is_empty() {
             return Err(ConfigError::value("token_secret", "must not be empty"));
@@ -228,13 +228,16 @@ impl Faults {
     }
 }
 
+/// A token id that is not `user@realm!tokenid` by Proxmox's rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "'{0}' is not an API token id of the form user@realm!tokenid (realm and token id start with a letter)"
+)]
+pub(crate) struct InvalidTokenId(String);
+
 /// The parts of `user@realm!tokenid`, checked with Proxmox's token-id rules.
-pub(crate) fn parse_token_id(id: &str) -> Result<(&str, &str, &str), String> {
-    let bad = || {
-        format!(
-            "'{id}' is not an API token id of the form user@realm!tokenid (realm and token id start with a letter)"
-        )
-    };
+pub(crate) fn parse_token_id(id: &str) -> Result<(&str, &str, &str), InvalidTokenId> {
+    let bad = || InvalidTokenId(id.to_owned());
     let (userid, token) = id.rsplit_once('!').ok_or_else(bad)?;
     let (user, realm) = userid.rsplit_once('@').ok_or_else(bad)?;
     let name_ok = |s: &str| {

@@ -461,7 +461,11 @@ fn apply_load(shared: &Arc<Shared>, body: &Bytes, vmid: Option<u32>) -> Response
         Err(r) => return *r,
     };
     if let Err(errors) = load.validate() {
-        return control_errors(errors);
+        return control_errors(
+            errors
+                .into_iter()
+                .map(|(field, e)| (field.to_owned(), e.to_string())),
+        );
     }
     let handle = crate::SimHandle {
         shared: Arc::clone(shared),

@@ -40,7 +40,7 @@ use tokio_util::task::TaskTracker;
 
 pub use agent::{AgentExecScript, ExecRule};
 pub use config::{DEV_TOKEN_SECRET, EndpointFault, Faults, SimConfig, TaskDurations};
-pub use load::{Level, Load};
+pub use load::{Level, LevelError, Load};
 pub use scenario::ScenarioError;
 pub use tls::TlsError;
 

@@ -49,11 +49,11 @@ impl Load {
         }
     }
 
-    /// Checks ranges and curve shapes; `Err` maps field (`cpu`, `mem`) to the problem.
-    pub fn validate(&self) -> Result<(), Vec<(String, String)>> {
-        let errors: Vec<(String, String)> = [("cpu", &self.cpu), ("mem", &self.mem)]
+    /// Checks ranges and curve shapes; `Err` pairs each bad field (`cpu`, `mem`) with its problem.
+    pub fn validate(&self) -> Result<(), Vec<(&'static str, LevelError)>> {
+        let errors: Vec<(&'static str, LevelError)> = [("cpu", &self.cpu), ("mem", &self.mem)]
             .into_iter()
-            .filter_map(|(name, level)| level.validate().err().map(|e| (name.to_owned(), e)))
+            .filter_map(|(name, level)| level.validate().err().map(|e| (name, e)))
             .collect();
         if errors.is_empty() {
             Ok(())
@@ -63,30 +63,55 @@ impl Load {
     }
 }
 
+/// Why a [`Level`] is invalid.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LevelError {
+    /// A fixed value outside 0..=1.
+    #[error("{0} is not a fraction between 0 and 1")]
+    NotAFraction(f64),
+    /// A curve without points.
+    #[error("a curve needs at least one [t_seconds, value] point")]
+    EmptyCurve,
+    /// A point's time is negative, not finite, or not after the previous point's.
+    #[error("point {index}: t = {t} must be >= 0 and above the previous point's t")]
+    PointTime {
+        /// The point's position.
+        index: usize,
+        /// Its time.
+        t: f64,
+    },
+    /// A point's value outside 0..=1.
+    #[error("point {index}: {value} is not a fraction between 0 and 1")]
+    PointValue {
+        /// The point's position.
+        index: usize,
+        /// Its value.
+        value: f64,
+    },
+}
+
 fn fraction_ok(v: f64) -> bool {
     v.is_finite() && (0.0..=1.0).contains(&v)
 }
 
 impl Level {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), LevelError> {
         match self {
             Self::Fixed(v) if fraction_ok(*v) => Ok(()),
-            Self::Fixed(v) => Err(format!("{v} is not a fraction between 0 and 1")),
+            Self::Fixed(v) => Err(LevelError::NotAFraction(*v)),
             Self::Curve(points) => {
                 if points.is_empty() {
-                    return Err("a curve needs at least one [t_seconds, value] point".into());
+                    return Err(LevelError::EmptyCurve);
                 }
                 let mut last = -1.0;
-                for (i, (t, v)) in points.iter().enumerate() {
-                    if !t.is_finite() || *t < 0.0 || *t <= last {
-                        return Err(format!(
-                            "point {i}: t = {t} must be >= 0 and above the previous point's t"
-                        ));
+                for (index, &(t, value)) in points.iter().enumerate() {
+                    if !t.is_finite() || t < 0.0 || t <= last {
+                        return Err(LevelError::PointTime { index, t });
                     }
-                    if !fraction_ok(*v) {
-                        return Err(format!("point {i}: {v} is not a fraction between 0 and 1"));
+                    if !fraction_ok(value) {
+                        return Err(LevelError::PointValue { index, value });
                     }
-                    last = *t;
+                    last = t;
                 }
                 Ok(())
             }
@@ -178,7 +203,7 @@ mod tests {
         let errors = bad.validate().expect_err("invalid");
         assert_eq!(errors.len(), 2);
         assert_eq!(errors[0].0, "cpu");
-        assert!(errors[1].1.contains("point 1"), "{errors:?}");
+        assert!(errors[1].1.to_string().contains("point 1"), "{errors:?}");
         assert!(Load::fixed(0.5, 0.5).validate().is_ok());
         let parsed: Load =
             serde_json::from_str(r#"{"cpu": 0.5, "mem": [[0, 0.1], [60, 0.9]]}"#).expect("parses");

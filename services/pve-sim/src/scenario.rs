@@ -21,12 +21,182 @@ pub const SEED: &str = include_str!("../scenarios/seed.toml");
 
 /// A scenario that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid scenario {origin}: {message}")]
-pub struct ScenarioError {
-    /// The file, or `built-in seed`.
-    pub origin: String,
-    /// The problem, naming the field.
-    pub message: String,
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("invalid scenario {origin}: cannot read it: {source}")]
+    Read {
+        /// The file.
+        origin: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a scenario's TOML (syntax, unknown or missing fields, wrong types).
+    #[error("invalid scenario {origin}: {source}")]
+    Parse {
+        /// The file, or `built-in seed`.
+        origin: String,
+        /// The TOML error.
+        source: toml::de::Error,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid scenario {origin}: {source}")]
+    Check {
+        /// The file, or `built-in seed`.
+        origin: String,
+        /// The problem, naming the field.
+        source: CheckError,
+    },
+}
+
+/// A semantic problem in a scenario, naming the field it is about (`at` is the item, e.g.
+/// `storage[1] (local-zfs)` or `vm[1] (vmid 101)`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CheckError {
+    /// `node.name` is not a host name.
+    #[error("node.name: '{0}' is not a valid node name")]
+    NodeName(String),
+    /// No cores or no sockets.
+    #[error("node.cores, node.sockets: must be at least 1")]
+    NoCpus,
+    /// A base load outside 0..=1.
+    #[error("{field}: {value} is not a fraction between 0 and 1")]
+    NotAFraction {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A size that `parse_size` refuses.
+    #[error("{field}: '{text}' is not a size (a number with an optional K, M, G or T suffix)")]
+    NotASize {
+        /// The field.
+        field: String,
+        /// Its value.
+        text: String,
+    },
+    /// A storage id Proxmox would refuse.
+    #[error("{at}.id: not a valid storage id")]
+    StorageId {
+        /// The storage.
+        at: String,
+    },
+    /// A `dir` storage without `path`, or with `pool`.
+    #[error("{at}: a dir storage needs `path` and no `pool`")]
+    DirStorage {
+        /// The storage.
+        at: String,
+    },
+    /// A `zfspool` storage without `pool`, or with `path`.
+    #[error("{at}: a zfspool storage needs `pool` and no `path`")]
+    ZfsPoolStorage {
+        /// The storage.
+        at: String,
+    },
+    /// A storage type the simulator does not know.
+    #[error("{at}.type: '{kind}' is not one of dir, zfspool")]
+    StorageType {
+        /// The storage.
+        at: String,
+        /// The type given.
+        kind: String,
+    },
+    /// `used` above `capacity`.
+    #[error("{at}.used: larger than the capacity")]
+    OverCapacity {
+        /// The storage.
+        at: String,
+    },
+    /// Two storages with one id.
+    #[error("{at}.id: duplicate storage id")]
+    DuplicateStorage {
+        /// The second storage.
+        at: String,
+    },
+    /// A bridge without a name, or with another bridge's.
+    #[error("bridge[{index}].name: empty or duplicate '{name}'")]
+    Bridge {
+        /// Its position.
+        index: usize,
+        /// Its name.
+        name: String,
+    },
+    /// A vmid outside 100..=999999999.
+    #[error("{at}.vmid: not a VM id (100 to 999999999)")]
+    Vmid {
+        /// The VM.
+        at: String,
+    },
+    /// A config value that is a table or an array.
+    #[error("{at}.config.{key}: must be a string, number or boolean")]
+    ConfigType {
+        /// The VM.
+        at: String,
+        /// The config key.
+        key: String,
+    },
+    /// A config value the API schema refuses, with Proxmox's message.
+    #[error("{at}.config.{key}: {message}")]
+    ConfigValue {
+        /// The VM.
+        at: String,
+        /// The config key.
+        key: String,
+        /// The schema's message.
+        message: String,
+    },
+    /// A disk on a storage the scenario does not define.
+    #[error("{at}.config.{key}: unknown storage '{storage}'")]
+    UnknownStorage {
+        /// The VM.
+        at: String,
+        /// The config key.
+        key: String,
+        /// The storage named.
+        storage: String,
+    },
+    /// A volume two disks use.
+    #[error("{at}.config.{key}: volume {volid} is used twice")]
+    VolumeUsedTwice {
+        /// The VM.
+        at: String,
+        /// The config key.
+        key: String,
+        /// `storage:volname`.
+        volid: String,
+    },
+    /// A NIC on a bridge the scenario does not define.
+    #[error("{at}.config.{key}: unknown bridge '{bridge}'")]
+    UnknownBridge {
+        /// The VM.
+        at: String,
+        /// The config key.
+        key: String,
+        /// The bridge named.
+        bridge: String,
+    },
+    /// Two VMs with one vmid.
+    #[error("{at}.vmid: duplicate")]
+    DuplicateVmid {
+        /// The second VM.
+        at: String,
+    },
+    /// A template marked running.
+    #[error("{at}.running: a template cannot run")]
+    RunningTemplate {
+        /// The VM.
+        at: String,
+    },
+    /// A linked clone whose base volume no VM has.
+    #[error("{volid}: linked clone of missing base volume {base}")]
+    MissingBase {
+        /// The clone's volume.
+        volid: String,
+        /// `storage:base`.
+        base: String,
+    },
+    /// A pending update without `Package` or `Version`.
+    #[error("apt_update[{0}]: Package and Version must not be empty")]
+    AptUpdate(usize),
 }
 
 /// The file's shape.
@@ -197,25 +367,24 @@ pub(crate) fn load(path: Option<&Path>, schema: &ApiSchema) -> Result<Checked, S
     let (origin, text) = match path {
         Some(p) => {
             let origin = p.display().to_string();
-            let text = std::fs::read_to_string(p).map_err(|e| ScenarioError {
-                origin: origin.clone(),
-                message: format!("cannot read it: {e}"),
-            })?;
-            (origin, text)
+            match std::fs::read_to_string(p) {
+                Ok(text) => (origin, text),
+                Err(source) => return Err(ScenarioError::Read { origin, source }),
+            }
         }
         None => ("built-in seed".to_owned(), SEED.to_owned()),
     };
-    let fail = |message: String| ScenarioError {
-        origin: origin.clone(),
-        message,
+    let raw: Scenario = match toml::from_str(&text) {
+        Ok(raw) => raw,
+        Err(source) => return Err(ScenarioError::Parse { origin, source }),
     };
-    let raw: Scenario = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
-    check(raw, schema).map_err(fail)
+    check(raw, schema).map_err(|source| ScenarioError::Check { origin, source })
 }
 
-fn size(field: &str, text: &str) -> Result<u64, String> {
-    parse_size(text).ok_or_else(|| {
-        format!("{field}: '{text}' is not a size (a number with an optional K, M, G or T suffix)")
+fn size(field: &str, text: &str) -> Result<u64, CheckError> {
+    parse_size(text).ok_or_else(|| CheckError::NotASize {
+        field: field.to_owned(),
+        text: text.to_owned(),
     })
 }
 
@@ -229,7 +398,7 @@ fn config_string(value: &toml::Value) -> Option<String> {
     }
 }
 
-fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, String> {
+fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, CheckError> {
     let node = &raw.node;
     let node_ok = !node.name.is_empty()
         && node
@@ -239,20 +408,17 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, String> {
         && !node.name.starts_with('-')
         && !node.name.ends_with('-');
     if !node_ok {
-        return Err(format!(
-            "node.name: '{}' is not a valid node name",
-            node.name
-        ));
+        return Err(CheckError::NodeName(node.name.clone()));
     }
     if node.cores == 0 || node.sockets == 0 {
-        return Err("node.cores, node.sockets: must be at least 1".into());
+        return Err(CheckError::NoCpus);
     }
-    for (field, v) in [
+    for (field, value) in [
         ("node.base_cpu", node.base_cpu),
         ("node.base_mem", node.base_mem),
     ] {
-        if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
-            return Err(format!("{field}: {v} is not a fraction between 0 and 1"));
+        if !(value.is_finite() && (0.0..=1.0).contains(&value)) {
+            return Err(CheckError::NotAFraction { field, value });
         }
     }
     let memory = size("node.memory", &node.memory)?;
@@ -266,18 +432,17 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, String> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !id_ok {
-            return Err(format!("{at}.id: not a valid storage id"));
+            return Err(CheckError::StorageId { at });
         }
         match (s.kind.as_str(), &s.path, &s.pool) {
             ("dir", Some(_), None) | ("zfspool", None, Some(_)) => {}
-            ("dir", _, _) => return Err(format!("{at}: a dir storage needs `path` and no `pool`")),
-            ("zfspool", _, _) => {
-                return Err(format!(
-                    "{at}: a zfspool storage needs `pool` and no `path`"
-                ));
-            }
+            ("dir", _, _) => return Err(CheckError::DirStorage { at }),
+            ("zfspool", _, _) => return Err(CheckError::ZfsPoolStorage { at }),
             (other, _, _) => {
-                return Err(format!("{at}.type: '{other}' is not one of dir, zfspool"));
+                return Err(CheckError::StorageType {
+                    at,
+                    kind: other.to_owned(),
+                });
             }
         }
         let capacity = size(&format!("{at}.capacity"), &s.capacity)?;
@@ -286,20 +451,23 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, String> {
             None => 0,
         };
         if used > capacity {
-            return Err(format!("{at}.used: larger than the capacity"));
+            return Err(CheckError::OverCapacity { at });
         }
         if storage_sizes
             .insert(s.id.clone(), (capacity, used))
             .is_some()
         {
-            return Err(format!("{at}.id: duplicate storage id"));
+            return Err(CheckError::DuplicateStorage { at });
         }
     }
 
     let mut bridges = BTreeSet::new();
     for (i, b) in raw.bridge.iter().enumerate() {
         if b.name.is_empty() || !bridges.insert(b.name.clone()) {
-            return Err(format!("bridge[{i}].name: empty or duplicate '{}'", b.name));
+            return Err(CheckError::Bridge {
+                index: i,
+                name: b.name.clone(),
+            });
         }
     }
 
@@ -308,7 +476,7 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, String> {
     for (i, vm) in raw.vm.iter().enumerate() {
         let at = format!("vm[{i}] (vmid {})", vm.vmid);
         if !is_vmid(&vm.vmid.to_string()) || vm.vmid < 100 {
-            return Err(format!("{at}.vmid: not a VM id (100 to 999999999)"));
+            return Err(CheckError::Vmid { at });
         }
         let mut config = BTreeMap::new();
         let mut params = Map::new();
@@ -316,9 +484,10 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, String> {
         params.insert("vmid".into(), Value::String(vm.vmid.to_string()));
         for (key, value) in &vm.config {
             let Some(text) = config_string(value) else {
-                return Err(format!(
-                    "{at}.config.{key}: must be a string, number or boolean"
-                ));
+                return Err(CheckError::ConfigType {
+                    at,
+                    key: key.clone(),
+                });
             };
             params.insert(key.clone(), Value::String(text.clone()));
             config.insert(key.clone(), text);
@@ -327,7 +496,11 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, String> {
             schema.validate_params("POST", "/nodes/{node}/qemu/{vmid}/config", &params)
             && let Some((key, msg)) = errors.into_iter().next()
         {
-            return Err(format!("{at}.config.{key}: {}", msg.trim_end()));
+            return Err(CheckError::ConfigValue {
+                at,
+                key,
+                message: msg.trim_end().to_owned(),
+            });
         }
         for (key, value) in &config {
             if let Some(DiskRef::Volume {
@@ -335,30 +508,41 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, String> {
             }) = parse_disk(key, value)
             {
                 if !storage_sizes.contains_key(&storage) {
-                    return Err(format!("{at}.config.{key}: unknown storage '{storage}'"));
+                    return Err(CheckError::UnknownStorage {
+                        at,
+                        key: key.clone(),
+                        storage,
+                    });
                 }
-                if !volumes.insert(format!("{storage}:{volname}")) {
-                    return Err(format!(
-                        "{at}.config.{key}: volume {storage}:{volname} is used twice"
-                    ));
+                let volid = format!("{storage}:{volname}");
+                if !volumes.insert(volid.clone()) {
+                    return Err(CheckError::VolumeUsedTwice {
+                        at,
+                        key: key.clone(),
+                        volid,
+                    });
                 }
             }
             if key.starts_with("net")
                 && let Some(bridge) = value.split(',').find_map(|p| p.strip_prefix("bridge="))
                 && !bridges.contains(bridge)
             {
-                return Err(format!("{at}.config.{key}: unknown bridge '{bridge}'"));
+                return Err(CheckError::UnknownBridge {
+                    at,
+                    key: key.clone(),
+                    bridge: bridge.to_owned(),
+                });
             }
         }
         if configs.insert(vm.vmid, config).is_some() {
-            return Err(format!("{at}.vmid: duplicate"));
+            return Err(CheckError::DuplicateVmid { at });
         }
         let template = configs
             .get(&vm.vmid)
             .and_then(|c| c.get("template"))
             .is_some_and(|t| t == "1");
         if vm.running && template {
-            return Err(format!("{at}.running: a template cannot run"));
+            return Err(CheckError::RunningTemplate { at });
         }
     }
     // Linked clones need their base volume.
@@ -367,16 +551,15 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, String> {
             && let Some((base, _)) = rest.split_once('/')
             && !volumes.contains(&format!("{storage}:{base}"))
         {
-            return Err(format!(
-                "{volid}: linked clone of missing base volume {storage}:{base}"
-            ));
+            return Err(CheckError::MissingBase {
+                volid: volid.clone(),
+                base: format!("{storage}:{base}"),
+            });
         }
     }
     for (i, p) in raw.apt_update.iter().enumerate() {
         if p.Package.is_empty() || p.Version.is_empty() {
-            return Err(format!(
-                "apt_update[{i}]: Package and Version must not be empty"
-            ));
+            return Err(CheckError::AptUpdate(i));
         }
     }
     Ok(Checked {
@@ -423,7 +606,9 @@ mod tests {
             Ok(raw) => raw,
             Err(e) => return e.to_string(),
         };
-        check(raw, &schema()).expect_err("must be refused")
+        check(raw, &schema())
+            .expect_err("must be refused")
+            .to_string()
     }
 
     #[test]

@@ -61,13 +61,30 @@ pub enum SchemaError {
         source: serde_json::Error,
     },
     /// The JSON is not the expected tree of `{path, info, children}` nodes.
-    #[error("the Proxmox API schema {path} has an unexpected shape: {message}")]
+    #[error("the Proxmox API schema {path} has an unexpected shape: {source}")]
     Shape {
         /// The file.
         path: PathBuf,
         /// What was expected.
-        message: String,
+        source: ShapeError,
     },
+}
+
+/// How the schema JSON departs from a tree of `{path, info, children}` nodes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// The document is not an array.
+    #[error("the top level is not a JSON list of nodes")]
+    NotAList,
+    /// A node is not an object.
+    #[error("a node is not an object")]
+    NodeNotObject,
+    /// A node has no `path` string.
+    #[error("a node has no string `path`")]
+    NoPath,
+    /// No node describes a method.
+    #[error("no node has an `info` object")]
+    NoMethods,
 }
 
 /// A request path resolved to its schema template.
@@ -144,9 +161,9 @@ impl ApiSchema {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_tree(tree).map_err(|message| SchemaError::Shape {
+        Self::from_tree(tree).map_err(|source| SchemaError::Shape {
             path: path.to_path_buf(),
-            message,
+            source,
         })
     }
 
@@ -188,18 +205,18 @@ impl ApiSchema {
         })
     }
 
-    fn from_tree(tree: Value) -> Result<Self, String> {
+    fn from_tree(tree: Value) -> Result<Self, ShapeError> {
         let Value::Array(roots) = tree else {
-            return Err("the top level is not a JSON list of nodes".into());
+            return Err(ShapeError::NotAList);
         };
         let mut methods = HashMap::new();
         let mut stack: Vec<Value> = roots;
         while let Some(node) = stack.pop() {
             let Value::Object(mut node) = node else {
-                return Err("a node is not an object".into());
+                return Err(ShapeError::NodeNotObject);
             };
             let Some(Value::String(path)) = node.remove("path") else {
-                return Err("a node has no string `path`".into());
+                return Err(ShapeError::NoPath);
             };
             if let Some(Value::Object(info)) = node.remove("info") {
                 let by_method: BTreeMap<String, Value> = info
@@ -213,7 +230,7 @@ impl ApiSchema {
             }
         }
         if methods.is_empty() {
-            return Err("no node has an `info` object".into());
+            return Err(ShapeError::NoMethods);
         }
         let mut root = Segment::default();
         for template in methods.keys() {

@@ -537,7 +537,7 @@ impl State {
         }
     }
 
-    pub(crate) fn task_end(&mut self, upid: &str, result: Result<u32, String>) {
+    pub(crate) fn task_end(&mut self, upid: &str, result: Result<u32, crate::api::TaskError>) {
         self.tasks.finish(upid, result, now_epoch());
     }
 

@@ -11,7 +11,7 @@ use proxflow_schemas::pve::Upid;
 use serde_json::{Value, json};
 
 use crate::Shared;
-use crate::api::TaskOp;
+use crate::api::{TaskError, TaskOp};
 
 /// Stopped tasks kept for `GET .../tasks` (oldest dropped first), bounding a long-running sim.
 const KEEP_STOPPED: usize = 2000;
@@ -99,7 +99,7 @@ impl Tasks {
     }
 
     /// Ends a task: final log line and exit status.
-    pub(crate) fn finish(&mut self, upid: &str, result: Result<u32, String>, now: i64) {
+    pub(crate) fn finish(&mut self, upid: &str, result: Result<u32, TaskError>, now: i64) {
         let Some(task) = self.get_mut(upid) else {
             return;
         };
@@ -112,8 +112,8 @@ impl Tasks {
                 task.log.push(format!("TASK WARNINGS: {warnings}"));
                 format!("WARNINGS: {warnings}")
             }
-            Err(msg) => {
-                let msg = msg.trim_end().to_owned();
+            Err(error) => {
+                let msg = error.to_string().trim_end().to_owned();
                 task.log.push(format!("TASK ERROR: {msg}"));
                 msg
             }
@@ -147,8 +147,8 @@ async fn run(shared: Arc<Shared>, pending: PendingTask) {
     // The handler's response (carrying the UPID) goes out before the task can finish.
     tokio::task::yield_now().await;
     let started = shared.lock().task_begin(&pending.upid, &pending.op);
-    if let Err(msg) = started {
-        shared.lock().task_end(&pending.upid, Err(msg));
+    if let Err(error) = started {
+        shared.lock().task_end(&pending.upid, Err(error));
         return;
     }
     tokio::time::sleep(pending.delay).await;
@@ -164,10 +164,8 @@ mod tests {
     #[test]
     fn finishing_writes_the_last_log_line() {
         let mut tasks = Tasks::default();
-        for (i, result) in [Ok(0), Ok(2), Err("VM 101 already running\n".to_owned())]
-            .into_iter()
-            .enumerate()
-        {
+        let injected = TaskError::Injected("VM 101 already running\n".to_owned());
+        for (i, result) in [Ok(0), Ok(2), Err(injected)].into_iter().enumerate() {
             let upid = format!("u{i}");
             tasks.push(TaskRecord {
                 upid: upid.clone(),

@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::config::{PolicyConfig, SnapshotConfig};
 use crate::plan::{self, Plan, Rules};
 use crate::service::Snapshotter;
-use crate::target::Backends;
+use crate::target::{Backends, TargetError};
 
 /// What one pass did to one target.
 #[derive(Debug, Clone)]
@@ -60,14 +60,14 @@ pub struct PassReport {
 }
 
 /// One planned target, for dry-run output.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TargetPlan {
     /// The policy.
     pub policy: String,
     /// The target.
     pub target: SnapshotTarget,
     /// Its plan, or why there is none.
-    pub plan: Result<Plan, String>,
+    pub plan: Result<Plan, TargetError>,
 }
 
 /// Plans every policy's targets without changing anything (`proxflow snapshot plan`, dry-run).
@@ -88,7 +88,7 @@ pub async fn plan_all(
                     target: SnapshotTarget::Dataset {
                         dataset: "<targets>".into(),
                     },
-                    plan: Err(e.to_string()),
+                    plan: Err(e),
                 });
                 continue;
             }
@@ -97,8 +97,7 @@ pub async fn plan_all(
             let plan = backends
                 .list(&target)
                 .await
-                .map(|existing| plan::plan(&rules, &existing, now))
-                .map_err(|e| e.to_string());
+                .map(|existing| plan::plan(&rules, &existing, now));
             out.push(TargetPlan {
                 policy: policy.name.clone(),
                 target,

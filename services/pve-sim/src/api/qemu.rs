@@ -49,7 +49,7 @@ impl State {
         let vmid = p.vmid()?;
         let newid: u32 = p.num("newid")?;
         let src = self.existing(vmid)?.clone();
-        locked(&src).map_err(ApiError::Failed)?;
+        locked(&src)?;
         let base_config = match p.str("snapname") {
             Some(snap) => src
                 .snapshots
@@ -319,7 +319,7 @@ impl State {
             return Err(failed("checksum mismatch (file change by other user?)"));
         }
         if !p.flag("skiplock").unwrap_or(false) {
-            locked(vm).map_err(ApiError::Failed)?;
+            locked(vm)?;
         }
         let changes: Vec<(String, String)> =
             p.0.keys()
@@ -524,7 +524,7 @@ impl State {
             return Err(failed("checksum mismatch (file change by other user?)"));
         }
         if !p.flag("skiplock").unwrap_or(false) {
-            locked(vm).map_err(ApiError::Failed)?;
+            locked(vm)?;
         }
         let value = vm
             .config
@@ -596,7 +596,7 @@ impl State {
         let vmid = p.vmid()?;
         let vm = self.existing(vmid)?;
         if !p.flag("skiplock").unwrap_or(false) {
-            locked(vm).map_err(ApiError::Failed)?;
+            locked(vm)?;
         }
         if vm.config.get("protection").is_some_and(|v| v == "1") {
             return Err(failed(format!(

@@ -6,12 +6,44 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, P, Reply, TaskOp, locked, param_error};
+use super::{ApiError, P, Reply, TaskOp, VmLocked, locked, param_error};
 use crate::state::{Power, Snapshot, State, StorageKind, Vm, now_epoch};
 use proxflow_schemas::pve::Upid;
 
 use crate::tasks::TaskRecord;
 use crate::volumes::{DiskRef, format_size, is_cloudinit, parse_disk, with_size};
+
+/// Why a task ended in error; `Display` is its exit status, as Proxmox's worker would `die`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TaskError {
+    #[error("Configuration file 'nodes/{node}/qemu-server/{vmid}.conf' does not exist")]
+    NoConfig { node: String, vmid: u32 },
+    #[error(transparent)]
+    Locked(#[from] VmLocked),
+    #[error("VM {0} already running")]
+    AlreadyRunning(u32),
+    #[error("VM {0} not running")]
+    NotRunning(u32),
+    #[error("you can't take a snapshot if it's a template")]
+    SnapshotOfTemplate,
+    #[error("snapshot name '{0}' already used")]
+    SnapshotExists(String),
+    #[error("snapshot feature is not available")]
+    SnapshotUnsupported,
+    #[error("snapshot '{0}' does not exist")]
+    NoSnapshot(String),
+    #[error("can't rollback, '{name}' is not most recent snapshot on '{volid}'")]
+    NotMostRecent { name: String, volid: String },
+    #[error("VM {0} is running - destroy failed")]
+    DestroyRunning(u32),
+    #[error("base volume '{0}' is still in use by linked cloned")]
+    BaseInUse(String),
+    #[error("disk '{0}' does not exist")]
+    NoDisk(String),
+    /// The text configured in `faults.task_failures`.
+    #[error("{0}")]
+    Injected(String),
+}
 
 impl State {
     /// A task by UPID, answering like `Tasks.pm` for bad and unknown ones.
@@ -101,10 +133,11 @@ impl State {
     }
 
     /// The worker's first step: the checks Proxmox makes inside the task, and locks taken.
-    pub(crate) fn task_begin(&mut self, upid: &str, op: &TaskOp) -> Result<(), String> {
+    pub(crate) fn task_begin(&mut self, upid: &str, op: &TaskOp) -> Result<(), TaskError> {
         let node = self.node.name.clone();
-        let missing = |vmid: u32| {
-            format!("Configuration file 'nodes/{node}/qemu-server/{vmid}.conf' does not exist")
+        let missing = |vmid: u32| TaskError::NoConfig {
+            node: node.clone(),
+            vmid,
         };
         let mut log: Vec<String> = Vec::new();
         match op {
@@ -121,7 +154,7 @@ impl State {
                 let vm = self.vms.get(vmid).ok_or_else(|| missing(*vmid))?;
                 locked(vm)?;
                 if vm.running() {
-                    return Err(format!("VM {vmid} already running"));
+                    return Err(TaskError::AlreadyRunning(*vmid));
                 }
                 if vm.config.values().any(|v| v.contains("-cloudinit")) {
                     log.push("generating cloud-init ISO".into());
@@ -131,7 +164,7 @@ impl State {
                 let vm = self.vms.get(vmid).ok_or_else(|| missing(*vmid))?;
                 locked(vm)?;
                 if !vm.running() {
-                    return Err(format!("VM {vmid} not running"));
+                    return Err(TaskError::NotRunning(*vmid));
                 }
                 if matches!(op, TaskOp::Shutdown { .. }) && vm.agent_enabled() {
                     log.push("requesting shutdown via QEMU guest agent".into());
@@ -155,15 +188,15 @@ impl State {
             TaskOp::Snapshot { vmid, name, .. } => {
                 let vm = self.vms.get(vmid).ok_or_else(|| missing(*vmid))?;
                 if vm.is_template() {
-                    return Err("you can't take a snapshot if it's a template".into());
+                    return Err(TaskError::SnapshotOfTemplate);
                 }
                 locked(vm)?;
                 if vm.snapshots.iter().any(|s| &s.name == name) {
-                    return Err(format!("snapshot name '{name}' already used"));
+                    return Err(TaskError::SnapshotExists(name.clone()));
                 }
                 let disks = self.vm_disks(vm);
                 if disks.iter().any(|(_, volid)| !self.on_zfs(volid)) {
-                    return Err("snapshot feature is not available".into());
+                    return Err(TaskError::SnapshotUnsupported);
                 }
                 for (drive, volid) in disks {
                     log.push(format!("snapshotting 'drive-{drive}' ({volid})"));
@@ -173,7 +206,7 @@ impl State {
             TaskOp::DelSnapshot { vmid, name } => {
                 let vm = self.vms.get(vmid).ok_or_else(|| missing(*vmid))?;
                 if !vm.snapshots.iter().any(|s| &s.name == name) {
-                    return Err(format!("snapshot '{name}' does not exist"));
+                    return Err(TaskError::NoSnapshot(name.clone()));
                 }
                 locked(vm)?;
                 self.set_lock(*vmid, Some("snapshot-delete"));
@@ -181,7 +214,7 @@ impl State {
             TaskOp::Rollback { vmid, name, .. } => {
                 let vm = self.vms.get(vmid).ok_or_else(|| missing(*vmid))?;
                 let Some(pos) = vm.snapshots.iter().position(|s| &s.name == name) else {
-                    return Err(format!("snapshot '{name}' does not exist"));
+                    return Err(TaskError::NoSnapshot(name.clone()));
                 };
                 locked(vm)?;
                 // ZFS can only roll back to a volume's most recent snapshot (pve-storage
@@ -199,9 +232,10 @@ impl State {
                         .into_iter()
                         .find(|(_, volid)| self.on_zfs(volid))
                     {
-                        return Err(format!(
-                            "can't rollback, '{name}' is not most recent snapshot on '{volid}'"
-                        ));
+                        return Err(TaskError::NotMostRecent {
+                            name: name.clone(),
+                            volid,
+                        });
                     }
                 }
                 if vm.running() {
@@ -216,14 +250,12 @@ impl State {
             TaskOp::Destroy { vmid } => {
                 let vm = self.vms.get(vmid).ok_or_else(|| missing(*vmid))?;
                 if vm.running() {
-                    return Err(format!("VM {vmid} is running - destroy failed"));
+                    return Err(TaskError::DestroyRunning(*vmid));
                 }
                 for (_, volid) in self.vm_disks(vm) {
                     let prefix = format!("{volid}/");
                     if self.volumes.keys().any(|k| k.starts_with(&prefix)) {
-                        return Err(format!(
-                            "base volume '{volid}' is still in use by linked cloned"
-                        ));
+                        return Err(TaskError::BaseInUse(volid));
                     }
                 }
             }
@@ -235,15 +267,16 @@ impl State {
     }
 
     /// The worker's last step; `Ok(n)` is the number of warnings.
-    pub(crate) fn task_finish(&mut self, upid: &str, op: &TaskOp) -> Result<u32, String> {
+    pub(crate) fn task_finish(&mut self, upid: &str, op: &TaskOp) -> Result<u32, TaskError> {
         let kind = op.kind();
         if let Some(error) = self.faults.task_failures.get(kind).cloned() {
             self.abort(op);
-            return Err(error);
+            return Err(TaskError::Injected(error));
         }
         let node = self.node.name.clone();
-        let missing = |vmid: u32| {
-            format!("Configuration file 'nodes/{node}/qemu-server/{vmid}.conf' does not exist")
+        let missing = |vmid: u32| TaskError::NoConfig {
+            node: node.clone(),
+            vmid,
         };
         match op {
             TaskOp::Clone { newid, .. } => {
@@ -265,7 +298,7 @@ impl State {
                     .config
                     .get(disk)
                     .cloned()
-                    .ok_or_else(|| format!("disk '{disk}' does not exist"))?;
+                    .ok_or_else(|| TaskError::NoDisk(disk.clone()))?;
                 if let Some(DiskRef::Volume {
                     storage, volname, ..
                 }) = parse_disk(disk, &value)
@@ -331,7 +364,7 @@ impl State {
                     .snapshots
                     .iter()
                     .find(|s| &s.name == name)
-                    .ok_or_else(|| format!("snapshot '{name}' does not exist"))?;
+                    .ok_or_else(|| TaskError::NoSnapshot(name.clone()))?;
                 let mut config = snap.config.clone();
                 config.insert("parent".into(), name.clone());
                 vm.config = config;
@@ -341,7 +374,7 @@ impl State {
             }
             TaskOp::Destroy { vmid } => {
                 if self.vms.get(vmid).is_some_and(Vm::running) {
-                    return Err(format!("VM {vmid} is running - destroy failed"));
+                    return Err(TaskError::DestroyRunning(*vmid));
                 }
                 self.vms.remove(vmid).ok_or_else(|| missing(*vmid))?;
                 self.volumes.retain(|_, v| v.vmid != *vmid);

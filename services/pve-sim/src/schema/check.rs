@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use super::formats;
+use super::formats::{self, FormatError};
 
 /// Per-parameter messages keyed by dotted path (`net0.tag`); `_root` for the value itself.
 pub type Errors = BTreeMap<String, String>;
@@ -23,6 +23,42 @@ const DEFAULT_INDEX_MAX: u32 = 31;
 pub(crate) struct Checker<'a> {
     pub(crate) patterns: &'a HashMap<String, OnceLock<Option<Regex>>>,
     pub(crate) named_dicts: &'a HashMap<&'static str, Value>,
+}
+
+/// Why `parse_property_string` refused a property string; `Display` is pve-common's `die` text,
+/// trailing newline included.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PropertyStringError {
+    #[error("properties must not contain newlines\n")]
+    Newline,
+    #[error("duplicate key in comma-separated list property: {0}\n")]
+    DuplicateKey(String),
+    #[error("key alias '{0}' is already defined\n")]
+    DuplicateKeyAlias(String),
+    #[error("value without key, but schema does not define a default key\n")]
+    NoDefaultKey,
+    #[error("missing key in comma-separated list property\n")]
+    MissingKey,
+    /// The parts parsed but break the format's schema: `PVE::Exception` stringifies as its
+    /// message, then one `key: msg` line per error.
+    #[error("format error\n{}", error_lines(.0))]
+    Invalid(Errors),
+}
+
+fn error_lines(errors: &Errors) -> String {
+    errors
+        .iter()
+        .map(|(key, err)| format!("{key}: {}\n", err.trim_end_matches('\n')))
+        .collect()
+}
+
+/// Why a value does not match its `format`: an inline or named property string, or a named format.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum InvalidFormat {
+    #[error(transparent)]
+    PropertyString(#[from] PropertyStringError),
+    #[error(transparent)]
+    Named(#[from] FormatError),
 }
 
 fn add_error(errors: &mut Errors, path: &str, msg: impl Into<String>) {
@@ -345,22 +381,26 @@ impl Checker<'_> {
     }
 
     /// `check_format`: an inline dict is a property string; a name is a registered format.
-    /// `Err` is the Perl `die` text, with its trailing newline.
-    fn check_format(&self, format: &Value, text: &str, path: &str) -> Result<(), String> {
+    fn check_format(&self, format: &Value, text: &str, path: &str) -> Result<(), InvalidFormat> {
         match format {
-            Value::Object(dict) => self.parse_property_string(dict, text, path).map(drop),
+            Value::Object(dict) => {
+                self.parse_property_string(dict, text, path)?;
+            }
             Value::String(name) => {
-                if let Some(dict) = self
+                match self
                     .named_dicts
                     .get(name.as_str())
                     .and_then(Value::as_object)
                 {
-                    return self.parse_property_string(dict, text, path).map(drop);
+                    Some(dict) => {
+                        self.parse_property_string(dict, text, path)?;
+                    }
+                    None => formats::check_named(name, text)?,
                 }
-                formats::check_named(name, text)
             }
-            _ => Ok(()),
+            _ => {}
         }
+        Ok(())
     }
 
     /// `parse_property_string` of pve-common: `k=v` parts, a bare value for the `default_key`,
@@ -371,7 +411,7 @@ impl Checker<'_> {
         format: &Map<String, Value>,
         data: &str,
         path: &str,
-    ) -> Result<Map<String, Value>, String> {
+    ) -> Result<Map<String, Value>, PropertyStringError> {
         let mut res = Map::new();
         let mut default_key: Option<String> = None;
         for part in split_perl(data) {
@@ -379,14 +419,12 @@ impl Checker<'_> {
                 continue;
             }
             if part.contains('\n') {
-                return Err("properties must not contain newlines\n".into());
+                return Err(PropertyStringError::Newline);
             }
             match part.split_once('=') {
                 Some((k, v)) if !k.is_empty() && !v.is_empty() => {
                     if res.contains_key(k) {
-                        return Err(format!(
-                            "duplicate key in comma-separated list property: {k}\n"
-                        ));
+                        return Err(PropertyStringError::DuplicateKey(k.to_owned()));
                     }
                     let mut key = k.to_owned();
                     let mut schema = format.get(k);
@@ -397,8 +435,8 @@ impl Checker<'_> {
                             .and_then(Value::as_str)
                         {
                             if res.contains_key(key_alias) {
-                                return Err(format!(
-                                    "key alias '{key_alias}' is already defined\n"
+                                return Err(PropertyStringError::DuplicateKeyAlias(
+                                    key_alias.to_owned(),
                                 ));
                             }
                             res.insert(key_alias.to_owned(), Value::String(k.to_owned()));
@@ -415,42 +453,32 @@ impl Checker<'_> {
                     res.insert(key, Value::String(value));
                 }
                 None => {
-                    if let Some(dk) = &default_key {
-                        return Err(format!(
-                            "duplicate key in comma-separated list property: {dk}\n"
-                        ));
+                    if let Some(dk) = default_key {
+                        return Err(PropertyStringError::DuplicateKey(dk));
                     }
                     let Some(dk) = format
                         .iter()
                         .find(|(_, s)| truthy(s.get("default_key")))
                         .map(|(k, _)| k.clone())
                     else {
-                        return Err(
-                            "value without key, but schema does not define a default key\n".into(),
-                        );
+                        return Err(PropertyStringError::NoDefaultKey);
                     };
                     if res.get(&dk).is_some_and(|v| truthy(Some(v))) {
-                        return Err(format!(
-                            "duplicate key in comma-separated list property: {dk}\n"
-                        ));
+                        return Err(PropertyStringError::DuplicateKey(dk));
                     }
                     res.insert(dk.clone(), Value::String(part.to_owned()));
                     default_key = Some(dk);
                 }
-                Some(_) => return Err("missing key in comma-separated list property\n".into()),
+                Some(_) => return Err(PropertyStringError::MissingKey),
             }
         }
         let mut errors = Errors::new();
         self.check_object(path, format, &res, Some(&Value::from(0)), &mut errors);
         if errors.is_empty() {
-            return Ok(res);
+            Ok(res)
+        } else {
+            Err(PropertyStringError::Invalid(errors))
         }
-        // PVE::Exception stringifies as its message then one "key: msg" line per error.
-        let mut msg = String::from("format error\n");
-        for (key, err) in errors {
-            msg.push_str(&format!("{key}: {}\n", err.trim_end_matches('\n')));
-        }
-        Err(msg)
     }
 }
 

@@ -36,8 +36,58 @@ pub fn split_list(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Checks `text` against a named format; `Err` is Proxmox's `die` text (with its newline).
-pub(crate) fn check_named(name: &str, text: &str) -> Result<(), String> {
+/// Why a value does not match a named format; `Display` is Proxmox's `die` text, trailing
+/// newline included, as it appears after `invalid format - ` in the `errors` map.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum FormatError {
+    #[error("value does not look like a valid VM ID\n")]
+    Vmid,
+    #[error("value does not look like a valid node name\n")]
+    Node,
+    #[error("invalid configuration ID '{0}'\n")]
+    ConfigId(String),
+    #[error("storage ID '{0}' contains illegal characters\n")]
+    StorageId(String),
+    #[error("pool name '{0}' contains invalid characters\n")]
+    PoolId(String),
+    #[error("value does not look like a valid DNS name\n")]
+    DnsName,
+    #[error("invalid characters in tag\n")]
+    Tag,
+    #[error("invalid urlencoded string: {0}\n")]
+    UrlEncoded(String),
+    #[error("value does not look like a valid IPv4 address\n")]
+    Ipv4,
+    #[error("value does not look like a valid IPv6 address\n")]
+    Ipv6,
+    #[error("value does not look like a valid IP address\n")]
+    Ip,
+    #[error("value does not look like a valid IPv4 CIDR network\n")]
+    CidrV4,
+    #[error("value does not look like a valid IPv6 CIDR network\n")]
+    CidrV6,
+    #[error("value does not look like a valid CIDR network\n")]
+    Cidr,
+    #[error("value does not look like a valid IP address or CIDR network\n")]
+    IpOrCidr,
+    #[error("value does not look like a valid ipv4 network configuration\n")]
+    Ipv4Config,
+    #[error("value does not look like a valid ipv6 network configuration\n")]
+    Ipv6Config,
+    #[error("value does not look like a valid address: {0}\n")]
+    Address(String),
+    #[error("value does not look like a valid unicast MAC address\n")]
+    Mac,
+    #[error("invalid bridge ID '{0}'\n")]
+    BridgeId(String),
+    #[error("invalid network interface name '{0}'\n")]
+    Iface(String),
+    #[error("value does not look like a valid disk size: {0}\n")]
+    DiskSize(String),
+}
+
+/// Checks `text` against a named format.
+pub(crate) fn check_named(name: &str, text: &str) -> Result<(), FormatError> {
     if let Some(result) = check_known(name, text) {
         return result;
     }
@@ -61,83 +111,52 @@ pub(crate) fn check_named(name: &str, text: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn fail(ok: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
-    if ok { Ok(()) } else { Err(msg()) }
+fn fail(ok: bool, error: impl FnOnce() -> FormatError) -> Result<(), FormatError> {
+    if ok { Ok(()) } else { Err(error()) }
 }
 
 /// `None` when the format is not one we implement.
-fn check_known(name: &str, v: &str) -> Option<Result<(), String>> {
+fn check_known(name: &str, v: &str) -> Option<Result<(), FormatError>> {
+    let text = || v.to_owned();
     Some(match name {
         "string" => Ok(()),
-        "pve-vmid" => fail(is_vmid(v), || {
-            "value does not look like a valid VM ID\n".into()
-        }),
-        "pve-node" => fail(is_dns_label(v), || {
-            "value does not look like a valid node name\n".into()
-        }),
-        "pve-configid" => fail(is_configid(v), || {
-            format!("invalid configuration ID '{v}'\n")
-        }),
-        "pve-storage-id" => fail(is_storage_id(v), || {
-            format!("storage ID '{v}' contains illegal characters\n")
-        }),
-        "pve-poolid" => fail(is_poolid(v), || {
-            format!("pool name '{v}' contains invalid characters\n")
-        }),
-        "dns-name" => fail(is_dns_name(v), || {
-            "value does not look like a valid DNS name\n".into()
-        }),
-        "pve-tag" => fail(is_tag(v), || "invalid characters in tag\n".into()),
-        "urlencoded" => fail(is_urlencoded(v), || {
-            format!("invalid urlencoded string: {v}\n")
-        }),
-        "ipv4" => fail(is_ipv4(v), || {
-            "value does not look like a valid IPv4 address\n".into()
-        }),
-        "ipv6" => fail(is_ipv6(v), || {
-            "value does not look like a valid IPv6 address\n".into()
-        }),
-        "ip" => fail(is_ipv4(v) || is_ipv6(v), || {
-            "value does not look like a valid IP address\n".into()
-        }),
-        "CIDRv4" => fail(is_cidr_v4(v), || {
-            "value does not look like a valid IPv4 CIDR network\n".into()
-        }),
-        "CIDRv6" => fail(is_cidr_v6(v), || {
-            "value does not look like a valid IPv6 CIDR network\n".into()
-        }),
-        "CIDR" => fail(is_cidr_v4(v) || is_cidr_v6(v), || {
-            "value does not look like a valid CIDR network\n".into()
-        }),
+        "pve-vmid" => fail(is_vmid(v), || FormatError::Vmid),
+        "pve-node" => fail(is_dns_label(v), || FormatError::Node),
+        "pve-configid" => fail(is_configid(v), || FormatError::ConfigId(text())),
+        "pve-storage-id" => fail(is_storage_id(v), || FormatError::StorageId(text())),
+        "pve-poolid" => fail(is_poolid(v), || FormatError::PoolId(text())),
+        "dns-name" => fail(is_dns_name(v), || FormatError::DnsName),
+        "pve-tag" => fail(is_tag(v), || FormatError::Tag),
+        "urlencoded" => fail(is_urlencoded(v), || FormatError::UrlEncoded(text())),
+        "ipv4" => fail(is_ipv4(v), || FormatError::Ipv4),
+        "ipv6" => fail(is_ipv6(v), || FormatError::Ipv6),
+        "ip" => fail(is_ipv4(v) || is_ipv6(v), || FormatError::Ip),
+        "CIDRv4" => fail(is_cidr_v4(v), || FormatError::CidrV4),
+        "CIDRv6" => fail(is_cidr_v6(v), || FormatError::CidrV6),
+        "CIDR" => fail(is_cidr_v4(v) || is_cidr_v6(v), || FormatError::Cidr),
         "IPorCIDR" => fail(
             is_ipv4(v) || is_ipv6(v) || is_cidr_v4(v) || is_cidr_v6(v),
-            || "value does not look like a valid IP address or CIDR network\n".into(),
+            || FormatError::IpOrCidr,
         ),
         "pve-ipv4-config" => fail(matches!(v, "dhcp" | "manual") || is_cidr_v4(v), || {
-            "value does not look like a valid ipv4 network configuration\n".into()
+            FormatError::Ipv4Config
         }),
         "pve-ipv6-config" => fail(
             matches!(v, "auto" | "dhcp" | "manual") || is_cidr_v6(v),
-            || "value does not look like a valid ipv6 network configuration\n".into(),
+            || FormatError::Ipv6Config,
         ),
         "address" => fail(is_ipv4(v) || is_ipv6(v) || is_dns_name(v), || {
-            format!("value does not look like a valid address: {v}\n")
+            FormatError::Address(text())
         }),
-        "mac-addr" => fail(is_unicast_mac(v), || {
-            "value does not look like a valid unicast MAC address\n".into()
-        }),
+        "mac-addr" => fail(is_unicast_mac(v), || FormatError::Mac),
         "pve-bridge-id" => fail(
             !v.is_empty()
                 && v.chars()
                     .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.')),
-            || format!("invalid bridge ID '{v}'\n"),
+            || FormatError::BridgeId(text()),
         ),
-        "pve-iface" => fail(is_iface(v), || {
-            format!("invalid network interface name '{v}'\n")
-        }),
-        "disk-size" => fail(parse_size(v).is_some(), || {
-            format!("value does not look like a valid disk size: {v}\n")
-        }),
+        "pve-iface" => fail(is_iface(v), || FormatError::Iface(text())),
+        "disk-size" => fail(parse_size(v).is_some(), || FormatError::DiskSize(text())),
         _ => return None,
     })
 }
