@@ -281,7 +281,11 @@ action = { kind = "notify", url = "http://127.0.0.1:9/" }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+    let last = sorted.len().saturating_sub(1);
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(last))
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 struct AlertLoad<'a> {

@@ -116,6 +116,20 @@ async fn answer(
     publisher.publish(&outcome).await.map(drop)
 }
 
+/// Why the newest capacity sample could not be read (a requested scale-out is retried).
+#[derive(Debug, thiserror::Error)]
+enum SampleError {
+    /// The event stream is unavailable.
+    #[error("the event stream: {0}")]
+    Stream(#[source] async_nats::jetstream::context::GetStreamError),
+    /// Reading its last sample failed.
+    #[error("reading the newest capacity sample: {0}")]
+    Read(#[source] async_nats::jetstream::stream::LastRawMessageError),
+    /// The sample does not decode.
+    #[error("the newest capacity sample does not decode: {0}")]
+    Decode(#[source] serde_json::Error),
+}
+
 /// The origin source of a scale-out an alert remediation asked for.
 const REQUESTED: &str = "alert";
 
@@ -165,7 +179,7 @@ impl Handler<ScaleOutRequested> for ScaleOut {
                 let why = "no capacity.sample on the bus yet: is the capacity service running?";
                 return self.fail_request(&request, why.into()).await;
             }
-            Err(e) => return Outcome::retry(e),
+            Err(e) => return Outcome::retry(e.to_string()),
         };
         let event = CapacityExceeded {
             metric: MetricId::new(Scope::Cluster, &request.cluster, "requested"),
@@ -207,21 +221,21 @@ impl ScaleOut {
     }
 
     /// The newest `capacity.sample` in the event stream.
-    async fn latest_sample(&self) -> Result<Option<CapacitySample>, String> {
+    async fn latest_sample(&self) -> Result<Option<CapacitySample>, SampleError> {
         let stream = self
             .js
             .get_stream(proxflow_schemas::names::stream::EVT)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(SampleError::Stream)?;
         match stream
             .get_last_raw_message_by_subject(CapacitySample::SUBJECT)
             .await
         {
             Ok(message) => serde_json::from_slice(&message.payload)
                 .map(Some)
-                .map_err(|e| format!("the newest capacity sample does not decode: {e}")),
+                .map_err(SampleError::Decode),
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(SampleError::Read(e)),
         }
     }
 

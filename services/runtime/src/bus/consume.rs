@@ -163,6 +163,7 @@ impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
             spec: self.spec.clone(),
             tuning: self.tuning.clone(),
             metrics: self.ctx.metrics.consumer(&self.spec.durable),
+            service: proxflow_schemas::names::service_of(&self.spec.durable).to_owned(),
         });
 
         let mut consumer = Some(consumer);
@@ -273,6 +274,8 @@ struct Shared {
     spec: ConsumerSpec,
     tuning: ConsumerConfig,
     metrics: ConsumerMetrics,
+    /// The service the consumer belongs to ([`proxflow_schemas::names::service_of`]), for spans.
+    service: String,
 }
 
 /// The parts of a delivery that outlive the split into payload and acker.
@@ -313,7 +316,7 @@ async fn process<M: Message, H: Handler<M>>(
         messaging.consumer.group.name = %durable,
         // Several services share one process in `proxflow dev`; the names table says whose
         // consumer this is, so a trace still tells them apart.
-        proxflow.service = proxflow_schemas::names::service_of(durable),
+        proxflow.service = shared.service.as_str(),
         messaging.message.id = received.headers.get(super::MSG_ID).map_or("", |v| v.as_str()),
         proxflow.attempt = attempt,
     );
