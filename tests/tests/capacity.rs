@@ -499,7 +499,11 @@ async fn metrics_show_the_figures_computed_by_hand() {
     let addr = listener.local_addr().unwrap();
     let stop = s.p.stop.clone();
     let router = proxflow_runtime::ops::router(s.p.ctx.ops_state());
-    tokio::spawn(proxflow_runtime::ops::serve(listener, router, stop));
+    tokio::spawn(async move {
+        let limits = proxflow_runtime::serve::HttpLimits::default();
+        proxflow_runtime::serve::serve(listener, router, stop, &limits, Duration::from_secs(1))
+            .await
+    });
     let page = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap()

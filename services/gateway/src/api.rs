@@ -68,6 +68,8 @@ pub(crate) struct Api {
     profiles: Profiles,
     store: Store,
     max_body: usize,
+    /// `gateway.http.body_read_timeout`.
+    body_read_timeout: std::time::Duration,
     public_base: Option<String>,
     outcomes: CounterFamily<2>,
     alert_max_body: usize,
@@ -84,10 +86,9 @@ impl Api {
         auth: Authenticator,
         profiles: Profiles,
         store: Store,
-        max_body: usize,
-        public_base: Option<String>,
-        alerts: &crate::config::AlertIngestConfig,
+        config: &crate::config::GatewayConfig,
     ) -> Self {
+        let alerts = &config.alerts;
         let outcomes = ctx.metrics.counter_family(
             "webhooks",
             "Requests to the gateway's webhook endpoints, by outcome",
@@ -104,8 +105,9 @@ impl Api {
             auth,
             profiles,
             store,
-            max_body,
-            public_base,
+            max_body: config.max_body,
+            body_read_timeout: config.http.body_read_timeout,
+            public_base: config.public_base().map(str::to_owned),
             outcomes,
             alert_max_body: alerts.max_body,
             alert_permits: Arc::new(tokio::sync::Semaphore::new(alerts.max_in_flight)),
@@ -132,6 +134,8 @@ enum Rejection {
     UnsupportedType,
     #[error("the body exceeds {0} bytes")]
     TooLarge(usize),
+    #[error("the body did not arrive within {0:?} (gateway.http.body_read_timeout)")]
+    SlowBody(std::time::Duration),
     #[error("unauthorized")]
     Unauthorized,
     #[error("webhook-id {0} was already accepted")]
@@ -153,6 +157,7 @@ impl Rejection {
         match self {
             Self::UnsupportedType => "unsupported_type",
             Self::TooLarge(_) => "too_large",
+            Self::SlowBody(_) => "slow_body",
             Self::Unauthorized => "unauthorized",
             Self::Replayed(_) => "duplicate",
             Self::Invalid(_) | Self::Malformed(_) => "invalid",
@@ -166,6 +171,7 @@ impl Rejection {
         match self {
             Self::UnsupportedType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Replayed(_) => StatusCode::CONFLICT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -305,6 +311,16 @@ async fn remediations(
                 )]))
             })?,
         };
+        // The event stream keeps far less; a bound also keeps `now - since` from overflowing.
+        const MAX_SINCE: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+        if since > MAX_SINCE {
+            return Err(Rejection::Invalid(FieldErrors::from([(
+                "since".into(),
+                format!(
+                    "{since:?} is longer than the 366 days a remediation history can reach back"
+                ),
+            )])));
+        }
         let limit = query.limit.unwrap_or(100);
         if !(1..=10_000).contains(&limit) {
             return Err(Rejection::Invalid(FieldErrors::from([(
@@ -348,8 +364,14 @@ impl Api {
         if !is_json(&parts.headers) {
             return Err(Rejection::UnsupportedType);
         }
-        let body = self.read_body(&parts.headers, body).await?;
         let now = Utc::now();
+        self.auth
+            .before_body(&parts.headers, now.timestamp())
+            .map_err(|e| {
+                tracing::info!(reason = %e, "credentials refused before the body");
+                Rejection::Unauthorized
+            })?;
+        let body = self.read_body(&parts.headers, body).await?;
         let caller = self
             .auth
             .signed(&parts.headers, &body, now.timestamp())
@@ -428,11 +450,18 @@ impl Api {
         if !is_json(&parts.headers) {
             return Err(Rejection::UnsupportedType);
         }
-        let body = read_limited(&parts.headers, body, self.alert_max_body).await?;
+        // Credentials come from the headers: nobody unauthenticated gets a body read.
         let caller = self.auth.alertmanager(&parts.headers).map_err(|e| {
             tracing::info!(reason = %e, "alert credentials refused");
             Rejection::Unauthorized
         })?;
+        let body = read_limited(
+            &parts.headers,
+            body,
+            self.alert_max_body,
+            self.body_read_timeout,
+        )
+        .await?;
         let alerts = crate::alertmanager::parse(&body, &caller.requested_by(), Utc::now())
             .map_err(Rejection::Malformed)?;
         self.ensure_connected()?;
@@ -475,7 +504,7 @@ impl Api {
 
     /// Reads the body up to `max_body`: a declared length over the limit is refused before reading.
     async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Rejection> {
-        read_limited(headers, body, self.max_body).await
+        read_limited(headers, body, self.max_body, self.body_read_timeout).await
     }
 }
 
@@ -502,11 +531,13 @@ impl Drop for InFlight {
     }
 }
 
-/// Reads a body up to `max_body`: a declared length over the limit is refused before reading.
+/// Reads a body up to `max_body` within `deadline`: a declared length over the limit is refused
+/// before reading, a body still arriving at the deadline is refused with 408.
 async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     max_body: usize,
+    deadline: std::time::Duration,
 ) -> Result<bytes::Bytes, Rejection> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -517,9 +548,10 @@ async fn read_limited(
     }
     // Past the limit the read stops with an error; the other way it fails, a broken connection,
     // leaves nobody to answer.
-    axum::body::to_bytes(body, max_body)
-        .await
-        .map_err(|_| Rejection::TooLarge(max_body))
+    match tokio::time::timeout(deadline, axum::body::to_bytes(body, max_body)).await {
+        Ok(read) => read.map_err(|_| Rejection::TooLarge(max_body)),
+        Err(_) => Err(Rejection::SlowBody(deadline)),
+    }
 }
 
 impl Api {

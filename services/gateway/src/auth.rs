@@ -161,6 +161,28 @@ impl Authenticator {
         }
     }
 
+    /// What a `POST`'s headers alone decide, before its body is read: a bearer token is checked in
+    /// full, a webhook delivery as far as its headers go ([`webhook::Verifier::check_headers`]).
+    /// Nobody without plausible credentials gets a body read (or memory held) on their behalf.
+    pub fn before_body(&self, headers: &HeaderMap, now: i64) -> Result<(), AuthError> {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let signed = [ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER]
+            .iter()
+            .any(|h| headers.contains_key(*h));
+        if signed {
+            return Ok(self.verifier.check_headers(
+                Delivery {
+                    id: text(ID_HEADER),
+                    timestamp: text(TIMESTAMP_HEADER),
+                    signature: text(SIGNATURE_HEADER),
+                    body: &[],
+                },
+                now,
+            )?);
+        }
+        self.bearer(headers).map(drop)
+    }
+
     /// A request with a body (`POST`): a webhook signature or a bearer token.
     pub fn signed(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<Caller, AuthError> {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use proxflow_runtime::config::{ConfigError, Secret, Validate};
+use proxflow_runtime::serve::HttpLimits;
 use proxflow_schemas::names::WEBHOOK_ID_TTL_SECS;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -47,6 +48,8 @@ pub struct GatewayConfig {
     pub public_url: Option<String>,
     /// `[gateway.alerts]`: the Alertmanager webhook.
     pub alerts: AlertIngestConfig,
+    /// `[gateway.http]`: connection cap, header, body and idle timeouts.
+    pub http: HttpLimits,
 }
 
 /// `[gateway.alerts]`. Alertmanager cannot sign requests: it authenticates with a bearer token
@@ -85,12 +88,14 @@ impl Default for GatewayConfig {
             max_body: 64 * 1024,
             public_url: None,
             alerts: AlertIngestConfig::default(),
+            http: HttpLimits::default(),
         }
     }
 }
 
 impl Validate for GatewayConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.http.validate_at("gateway.http")?;
         for (i, secret) in self.webhook_secrets.iter().enumerate() {
             // The error says what is wrong with the shape, never the secret itself.
             WebhookKey::parse(secret).map_err(|e| {

@@ -93,18 +93,17 @@ pub async fn run(
     .map_err(|e| ConfigError::value("gateway.webhook_secrets", e.to_string()))?
     .with_basic(&config.alerts.basic_auth);
     let store = store::Store::open(&ctx.bus.js).await?;
-    let api = api::Api::new(
-        &ctx,
-        auth,
-        profiles,
-        store,
-        config.max_body,
-        config.public_base().map(str::to_owned),
-        &config.alerts,
-    );
+    let api = api::Api::new(&ctx, auth, profiles, store, &config);
     ctx.health.set("gateway http", true);
     let router = http::router(&ctx, Arc::new(api));
-    let result = proxflow_runtime::ops::serve(listener, router, shutdown).await;
+    let result = proxflow_runtime::serve::serve(
+        listener,
+        router,
+        shutdown,
+        &config.http,
+        ctx.shutdown_grace,
+    )
+    .await;
     ctx.health.set("gateway http", false);
     Ok(result?)
 }

@@ -225,9 +225,23 @@ impl Verifier {
         !self.keys.is_empty()
     }
 
-    /// Verifies a delivery at time `now` (unix seconds). Every signature is compared with every key
-    /// in constant time (`verify_slice`), so timing tells nothing about how close a forgery came.
-    pub fn verify(&self, delivery: Delivery<'_>, now: i64) -> Result<Verified, VerifyError> {
+    /// Checks everything about a delivery that its headers alone decide (the three headers, the id,
+    /// the timestamp window, a well-formed `v1` signature), so a caller that cannot be authentic is
+    /// refused before its body is read. [`Verifier::verify`] then checks the signature itself.
+    pub fn check_headers(&self, delivery: Delivery<'_>, now: i64) -> Result<(), VerifyError> {
+        let (_, _, candidates) = self.envelope(&delivery, now)?;
+        if candidates.is_empty() {
+            return Err(VerifyError::NoMatch);
+        }
+        Ok(())
+    }
+
+    /// The id, timestamp and decoded `v1` signatures of a delivery inside the time window.
+    fn envelope<'d>(
+        &self,
+        delivery: &Delivery<'d>,
+        now: i64,
+    ) -> Result<(&'d str, i64, Vec<Vec<u8>>), VerifyError> {
         let id = delivery.id.ok_or(VerifyError::Header(ID_HEADER))?;
         let timestamp = delivery
             .timestamp
@@ -252,6 +266,13 @@ impl Verifier {
             .filter_map(|s| s.strip_prefix("v1,"))
             .filter_map(|b64| BASE64.decode(b64).ok())
             .collect();
+        Ok((id, timestamp, candidates))
+    }
+
+    /// Verifies a delivery at time `now` (unix seconds). Every signature is compared with every key
+    /// in constant time (`verify_slice`), so timing tells nothing about how close a forgery came.
+    pub fn verify(&self, delivery: Delivery<'_>, now: i64) -> Result<Verified, VerifyError> {
+        let (id, timestamp, candidates) = self.envelope(&delivery, now)?;
         for key in &self.keys {
             let mac = key.mac(id, timestamp, delivery.body);
             if candidates

@@ -15,6 +15,7 @@ use proxflow_pve::PveClient;
 use proxflow_runtime::bus::{self, topology};
 use proxflow_runtime::config::Validate;
 use proxflow_runtime::ops::{self, Health, Metrics};
+use proxflow_runtime::serve::HttpLimits;
 use proxflow_runtime::telemetry::SpanSink;
 use proxflow_runtime::{ServiceContext, shutdown};
 use tokio::net::TcpListener;
@@ -294,11 +295,21 @@ pub async fn run(
         gateway: None,
     };
     tasks.spawn({
-        let (router, stop) = (ops::router(ctx.ops_state()), stop.clone());
+        let (router, stop, grace) = (
+            ops::router(ctx.ops_state()),
+            stop.clone(),
+            ctx.shutdown_grace,
+        );
         async move {
-            ops::serve(ops_listener, router, stop)
-                .await
-                .context("ops endpoint")
+            proxflow_runtime::serve::serve(
+                ops_listener,
+                router,
+                stop,
+                &HttpLimits::default(),
+                grace,
+            )
+            .await
+            .context("ops endpoint")
         }
     });
     for launch in launches {

@@ -20,6 +20,8 @@
 //! - [`schedule`] — periodic schedules (`daily@03:00`, `weekly@sun 03:00`, `monthly@1 03:00`) in a time
 //!   zone, as slots, and [`schedule::every`], the pass loop; shared by the snapshotter and the replicator.
 //! - [`ops`] — `/healthz`, `/readyz`, `/metrics`, the [`ops::Health`] and [`ops::Metrics`] handles.
+//! - [`serve`] — the HTTP server of every listener: connection cap, header and idle timeouts, a
+//!   shutdown bounded by the grace period.
 //! - [`service`] — [`ServiceContext`], what each service's `run` receives, and [`service::Tasks`],
 //!   the supervisor of its named tasks.
 //! - [`shutdown`] — SIGINT/SIGTERM to a cancellation token.
@@ -38,6 +40,7 @@ pub mod lease;
 pub mod nats_server;
 pub mod ops;
 pub mod schedule;
+pub mod serve;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -18,8 +18,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use proxflow_schemas::events::DeadLetterReason;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// Readiness of the process: NATS plus named components (consumers, listeners).
 #[derive(Clone, Default, Debug)]
@@ -337,17 +335,6 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
         )],
         state.metrics.encode(),
     )
-}
-
-/// Serves `router` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
 
 #[cfg(test)]

@@ -1,0 +1,277 @@
+//! The HTTP edge under hostile clients, over raw TCP against the real gateway and a real
+//! nats-server: credentials before bodies, header / body / idle timeouts, the connection cap, a
+//! shutdown that no client can hold up, and query parameters that cannot overflow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use proxflow_gateway::{GatewayConfig, GatewaySettings};
+use proxflow_runtime::config::Secret;
+use proxflow_runtime::serve::HttpLimits;
+use proxflow_testkit::TestNats;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "edge-test-token-0123456789";
+
+struct Edge {
+    _nats: TestNats,
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), proxflow_gateway::GatewayError>>,
+}
+
+async fn gateway(http: HttpLimits) -> Edge {
+    let nats = TestNats::start().expect("nats-server");
+    let mut ctx = nats.context("edge").await.expect("context");
+    ctx.shutdown_grace = Duration::from_secs(2);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(proxflow_gateway::run(
+        ctx,
+        GatewaySettings {
+            config: GatewayConfig {
+                bearer_tokens: [("edge".to_string(), Secret::new(TOKEN))].into(),
+                webhook_secrets: vec![proxflow_gateway::webhook::generate_secret()],
+                http,
+                ..GatewayConfig::default()
+            },
+            profiles: proxflow_platform::Profiles::default(),
+            listener,
+        },
+        stop.clone(),
+    ));
+    // Ready once it answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the gateway never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Edge {
+        _nats: nats,
+        addr,
+        stop,
+        server,
+    }
+}
+
+/// Reads what the server sends until it closes the connection or `within` passes: `Some(text)`
+/// once closed, `None` if still open.
+async fn until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&seen).into_owned()),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads the status line of the first response, waiting at most `within`.
+async fn status_line(stream: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    while !seen.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    text.lines().next().map(str::to_owned)
+}
+
+fn limits(f: impl FnOnce(&mut HttpLimits)) -> HttpLimits {
+    let mut limits = HttpLimits::default();
+    f(&mut limits);
+    limits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_checked_before_a_body_is_read() {
+    let edge = gateway(HttpLimits::default()).await;
+    for path in ["/v1/alerts/alertmanager", "/v1/provision"] {
+        // A megabyte announced, none sent, no credentials: refused from the headers alone.
+        let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: 1000000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let status = status_line(&mut stream, Duration::from_secs(3)).await;
+        assert_eq!(
+            status.as_deref(),
+            Some("HTTP/1.1 401 Unauthorized"),
+            "{path} waited for the body of an unauthenticated caller"
+        );
+    }
+    // A webhook signature too old to be valid is refused from its headers as well.
+    let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+    let head = "POST /v1/provision HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                webhook-id: msg_1\r\nwebhook-timestamp: 1000\r\nwebhook-signature: v1,AAAA\r\n\
+                content-length: 1000000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(
+        status_line(&mut stream, Duration::from_secs(3))
+            .await
+            .as_deref(),
+        Some("HTTP/1.1 401 Unauthorized")
+    );
+    edge.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_slow_bodies_and_idle_connections_are_closed() {
+    let edge = gateway(limits(|l| {
+        l.header_read_timeout = Duration::from_secs(1);
+        l.body_read_timeout = Duration::from_secs(1);
+        l.idle_timeout = Duration::from_secs(1);
+    }))
+    .await;
+    // Slowloris: a header line every 300 ms, never finished.
+    let mut slowloris = TcpStream::connect(edge.addr).await.unwrap();
+    slowloris
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for i in 0..40 {
+            if slowloris
+                .write_all(format!("x-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return (true, slowloris);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        (false, slowloris)
+    });
+    // Idle: connected, nothing sent.
+    let mut idle = TcpStream::connect(edge.addr).await.unwrap();
+    // Slow body: authenticated, announces 100 bytes, sends 10.
+    let mut slow_body = TcpStream::connect(edge.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/alerts/alertmanager HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {TOKEN}\r\ncontent-length: 100\r\n\r\n{{\"alerts\":"
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
+
+    let started = Instant::now();
+    assert!(
+        until_closed(&mut idle, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "an idle connection stayed open"
+    );
+    let answer = until_closed(&mut slow_body, Duration::from_secs(5))
+        .await
+        .expect("a slow body's connection stayed open");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let (closed, mut slowloris) = trickle.await.unwrap();
+    let closed = closed
+        || until_closed(&mut slowloris, Duration::from_secs(1))
+            .await
+            .is_some();
+    assert!(closed, "a slowloris connection stayed open");
+    assert!(started.elapsed() < Duration::from_secs(12));
+    edge.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused_with_the_limit() {
+    let edge = gateway(limits(|l| l.max_connections = 3)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+        // A request in flight on each (headers only), so each really holds its slot.
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = TcpStream::connect(edge.addr).await.unwrap();
+    let answer = until_closed(&mut fourth, Duration::from_secs(3))
+        .await
+        .expect("the connection over the cap was neither answered nor closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("the limit is 3"), "{answer}");
+    // Freed slots are usable again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ok = reqwest::get(format!("http://{}/healthz", edge.addr))
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots were not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    edge.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_within_the_grace_period_whatever_clients_do() {
+    // Timeouts far longer than the grace period (2 s): only the shutdown can end these.
+    let edge = gateway(limits(|l| {
+        l.header_read_timeout = Duration::from_secs(600);
+        l.body_read_timeout = Duration::from_secs(600);
+        l.idle_timeout = Duration::from_secs(600);
+    }))
+    .await;
+    let mut mid_headers = TcpStream::connect(edge.addr).await.unwrap();
+    mid_headers
+        .write_all(b"POST /v1/alerts/alertmanager HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut mid_body = TcpStream::connect(edge.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/alerts/alertmanager HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {TOKEN}\r\ncontent-length: 100\r\n\r\n{{\"alerts\":"
+    );
+    mid_body.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    edge.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(4), edge.server)
+        .await
+        .expect("the gateway outlived its grace period")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(4));
+    drop((mid_headers, mid_body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enormous_since_is_a_field_error_not_a_panic() {
+    let edge = gateway(HttpLimits::default()).await;
+    let http = reqwest::Client::new();
+    for since in ["999999999999h", "400days"] {
+        let response = http
+            .get(format!(
+                "http://{}/v1/remediations?since={since}",
+                edge.addr
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(response.status(), 422, "since={since}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["errors"]["since"].is_string(), "{body}");
+    }
+    edge.stop.cancel();
+}
