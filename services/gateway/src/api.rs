@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{Authenticator, Caller};
 use crate::request::{self, FieldErrors, ProvisionRequest};
-use crate::store::{self, Created, Store, StoreError};
+use crate::store::{self, Created, Store, StoreError, WebhookSeen};
 
 /// `POST` path of Alertmanager deliveries.
 pub const ALERTS_PATH: &str = "/v1/alerts/alertmanager";
@@ -70,7 +70,9 @@ pub(crate) struct Api {
     max_body: usize,
     /// `gateway.http.body_read_timeout`.
     body_read_timeout: std::time::Duration,
-    public_base: Option<String>,
+    /// Where links (`Location`, `status_url`) point: `gateway.public_url`, else the listener's own
+    /// address; never the request's `Host`, which the caller controls.
+    base: String,
     outcomes: CounterFamily<2>,
     alert_max_body: usize,
     /// One permit per alert being published, across deliveries (back-pressure).
@@ -87,6 +89,7 @@ impl Api {
         profiles: Profiles,
         store: Store,
         config: &crate::config::GatewayConfig,
+        base: String,
     ) -> Self {
         let alerts = &config.alerts;
         let outcomes = ctx.metrics.counter_family(
@@ -107,7 +110,7 @@ impl Api {
             store,
             max_body: config.max_body,
             body_read_timeout: config.http.body_read_timeout,
-            public_base: config.public_base().map(str::to_owned),
+            base,
             outcomes,
             alert_max_body: alerts.max_body,
             alert_permits: Arc::new(tokio::sync::Semaphore::new(alerts.max_in_flight)),
@@ -138,7 +141,7 @@ enum Rejection {
     SlowBody(std::time::Duration),
     #[error("unauthorized")]
     Unauthorized,
-    #[error("webhook-id {0} was already accepted")]
+    #[error("webhook-id {0} was already accepted with another body")]
     Replayed(String),
     #[error("invalid request")]
     Invalid(FieldErrors),
@@ -392,12 +395,13 @@ impl Api {
             request::parse(&body, header_key, &self.profiles).map_err(Rejection::Invalid)?;
 
         self.ensure_connected()?;
+        let digest = hex::encode(Sha256::digest(&body));
         if let Caller::Webhook { id, .. } = &caller
-            && self.store.webhook_seen(id).await?
+            && let Some(seen) = self.store.webhook(id).await?
         {
-            return Err(Rejection::Replayed(id.clone()));
+            return self.replayed(id, &seen, &digest).await;
         }
-        let base = self.base_url(&parts.headers);
+        let base = self.base.clone();
         let message = requested(&request, &caller, now);
         let record = first_record(&message, &caller);
         let accepted = match self.store.create_workflow(&record).await? {
@@ -429,10 +433,20 @@ impl Api {
             }
         };
         if let Caller::Webhook { id, .. } = &caller {
-            match self.store.record_webhook(id, &accepted.record.id).await {
+            match self
+                .store
+                .record_webhook(id, &accepted.record.id, &digest)
+                .await
+            {
                 Ok(true) => {}
-                // Another delivery of the same id got there first (a concurrent retry).
-                Ok(false) => return Err(Rejection::Replayed(id.clone())),
+                // Another delivery of the same id got there first (a concurrent retry): answered
+                // like any later retry of it.
+                Ok(false) => {
+                    return match self.store.webhook(id).await? {
+                        Some(seen) => self.replayed(id, &seen, &digest).await,
+                        None => Err(Rejection::Replayed(id.clone())),
+                    };
+                }
                 // The request is in; without the record a replay still maps to the same workflow.
                 Err(e) => {
                     tracing::warn!(error = %e, "accepted, but the webhook id could not be recorded")
@@ -440,6 +454,30 @@ impl Api {
             }
         }
         Ok(accepted)
+    }
+
+    /// A webhook id accepted before: a sender retrying after it lost our answer gets the same
+    /// workflow again (200, `Location`), so it never records a failure for a VM that exists; the
+    /// same id with another body is a sender's bug, refused with 409.
+    async fn replayed(
+        &self,
+        id: &str,
+        seen: &WebhookSeen,
+        digest: &str,
+    ) -> Result<Accepted, Rejection> {
+        if seen.body_sha256.as_deref().is_some_and(|d| d != digest) {
+            return Err(Rejection::Replayed(id.to_string()));
+        }
+        let record = self
+            .store
+            .workflow(&seen.workflow_id)
+            .await?
+            .ok_or_else(|| Rejection::NotFound(seen.workflow_id.clone()))?;
+        Ok(Accepted {
+            record,
+            created: false,
+            base: self.base.clone(),
+        })
     }
 
     /// A delivery passes content type (415), size (413), credentials (401), payload (400), then every
@@ -597,23 +635,6 @@ impl Api {
 
     /// `public_url`, else `http://<Host>` when the `Host` header is a plain authority, else nothing
     /// (a relative URL).
-    fn base_url(&self, headers: &HeaderMap) -> String {
-        if let Some(base) = &self.public_base {
-            return base.clone();
-        }
-        headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .filter(|host| {
-                !host.is_empty()
-                    && host
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
-            })
-            .map(|host| format!("http://{host}"))
-            .unwrap_or_default()
-    }
-
     fn accepted_response(accepted: Accepted) -> Response {
         let record = accepted.record;
         let status_url = format!("{}{WORKFLOWS_PATH}/{}", accepted.base, record.id);

@@ -44,7 +44,7 @@ pub struct GatewayConfig {
     /// Largest accepted request body, bytes.
     pub max_body: usize,
     /// Base URL callers reach the gateway at (behind a proxy), for `Location` and `status_url`;
-    /// unset, the request's `Host` is used.
+    /// unset, the listener's own address (never the request's `Host`, which the caller controls).
     pub public_url: Option<String>,
     /// `[gateway.alerts]`: the Alertmanager webhook.
     pub alerts: AlertIngestConfig,

@@ -93,7 +93,21 @@ pub async fn run(
     .map_err(|e| ConfigError::value("gateway.webhook_secrets", e.to_string()))?
     .with_basic(&config.alerts.basic_auth);
     let store = store::Store::open(&ctx.bus.js).await?;
-    let api = api::Api::new(&ctx, auth, profiles, store, &config);
+    let base = match config.public_base() {
+        Some(base) => base.to_owned(),
+        None => {
+            let local = listener.local_addr()?;
+            if local.ip().is_unspecified() {
+                tracing::warn!(
+                    listen = %local,
+                    "gateway.public_url is unset and the listener is a wildcard address: links \
+                     (Location, status_url) will name {local}; set gateway.public_url"
+                );
+            }
+            format!("http://{local}")
+        }
+    };
+    let api = api::Api::new(&ctx, auth, profiles, store, &config, base);
     ctx.health.set("gateway http", true);
     let router = http::router(&ctx, Arc::new(api));
     let result = proxflow_runtime::serve::serve(

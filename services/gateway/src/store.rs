@@ -104,25 +104,38 @@ impl Store {
         Ok(self.workflows.get(id).await?.map(|(record, _)| record))
     }
 
-    /// Whether a delivery with this webhook id was accepted within the bucket's lifetime.
-    pub async fn webhook_seen(&self, webhook_id: &str) -> Result<bool, StoreError> {
-        self.webhook_ids
+    /// What an accepted webhook id maps to, if it was accepted (within the id's lifetime).
+    pub async fn webhook(&self, webhook_id: &str) -> Result<Option<WebhookSeen>, StoreError> {
+        let value = self
+            .webhook_ids
             .get(key::webhook_id(webhook_id))
             .await
-            .map(|v| v.is_some())
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok(value.map(|bytes| {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| WebhookSeen {
+                // Written before the body digest was recorded: the value is the workflow id.
+                workflow_id: String::from_utf8_lossy(&bytes).into_owned(),
+                body_sha256: None,
+            })
+        }))
     }
 
-    /// Records an accepted webhook id; `false` when another delivery of it was recorded first.
+    /// Records that `webhook_id` (with a body of digest `body_sha256`) was accepted as
+    /// `workflow_id`; `false` when another delivery of it recorded first.
     pub async fn record_webhook(
         &self,
         webhook_id: &str,
         workflow_id: &str,
+        body_sha256: &str,
     ) -> Result<bool, StoreError> {
-        let value = bytes::Bytes::copy_from_slice(workflow_id.as_bytes());
+        let seen = WebhookSeen {
+            workflow_id: workflow_id.to_string(),
+            body_sha256: Some(body_sha256.to_string()),
+        };
+        let value = serde_json::to_vec(&seen).map_err(unavailable)?;
         match self
             .webhook_ids
-            .create(key::webhook_id(webhook_id), value)
+            .create(key::webhook_id(webhook_id), value.into())
             .await
         {
             Ok(_) => Ok(true),
@@ -130,6 +143,15 @@ impl Store {
             Err(e) => Err(unavailable(e)),
         }
     }
+}
+
+/// An accepted webhook id, as `pf_webhook_ids` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookSeen {
+    /// The workflow it was accepted as.
+    pub workflow_id: String,
+    /// SHA-256 of the body it came with (hex); a retry must carry the same body.
+    pub body_sha256: Option<String>,
 }
 
 #[cfg(test)]

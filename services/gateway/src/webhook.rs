@@ -124,10 +124,15 @@ impl SignedHeaders {
     /// Signs `body` now under a new random id.
     pub fn new(secret: &Secret, body: &[u8]) -> Result<Self, SecretError> {
         let id = format!("msg_{}", hex::encode(rand::random::<[u8; 16]>()));
+        Self::with_id(secret, &id, body)
+    }
+
+    /// Signs `body` now under the message id `id` (a sender's retry keeps its id).
+    pub fn with_id(secret: &Secret, id: &str, body: &[u8]) -> Result<Self, SecretError> {
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = sign(secret, &id, timestamp, body)?;
+        let signature = sign(secret, id, timestamp, body)?;
         Ok(Self {
-            id,
+            id: id.to_string(),
             timestamp,
             signature,
         })
