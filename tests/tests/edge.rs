@@ -23,6 +23,10 @@ struct Edge {
 }
 
 async fn gateway(http: HttpLimits) -> Edge {
+    gateway_with(|c| c.http = http).await
+}
+
+async fn gateway_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Edge {
     let nats = TestNats::start().expect("nats-server");
     let mut ctx = nats.context("edge").await.expect("context");
     ctx.shutdown_grace = Duration::from_secs(2);
@@ -32,11 +36,14 @@ async fn gateway(http: HttpLimits) -> Edge {
     let server = tokio::spawn(proxflow_gateway::run(
         ctx,
         GatewaySettings {
-            config: GatewayConfig {
-                bearer_tokens: [("edge".to_string(), Secret::new(TOKEN))].into(),
-                webhook_secrets: vec![proxflow_gateway::webhook::generate_secret()],
-                http,
-                ..GatewayConfig::default()
+            config: {
+                let mut config = GatewayConfig {
+                    bearer_tokens: [("edge".to_string(), Secret::new(TOKEN))].into(),
+                    webhook_secrets: vec![proxflow_gateway::webhook::generate_secret()],
+                    ..GatewayConfig::default()
+                };
+                tweak(&mut config);
+                config
             },
             profiles: proxflow_platform::Profiles::default(),
             listener,
@@ -273,5 +280,93 @@ async fn an_enormous_since_is_a_field_error_not_a_panic() {
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(body["errors"]["since"].is_string(), "{body}");
     }
+    edge.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_delivery_leaves_room_for_small_ones() {
+    let edge = gateway_with(|c| {
+        c.alerts.max_in_flight = 64;
+        c.alerts.max_per_delivery = 16;
+        c.alerts.max_body = 16 << 20;
+    })
+    .await;
+    let delivery = |alerts: Vec<serde_json::Value>| {
+        serde_json::json!({"version": "4", "receiver": "proxflow", "status": "firing",
+                           "alerts": alerts})
+    };
+    let huge: Vec<serde_json::Value> = (0..20_000)
+        .map(|i| {
+            let vmid = i.to_string();
+            proxflow_e2e::alertmanager_alert(
+                "VmDown",
+                &[("vmid", vmid.as_str())],
+                "firing",
+                "2026-12-06T08:00:00Z",
+            )
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/alerts/alertmanager", edge.addr);
+    let big = tokio::spawn({
+        let (http, url, body) = (http.clone(), url.clone(), delivery(huge));
+        async move {
+            http.post(url)
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    // Once the big delivery is publishing, a one-alert delivery must still get in.
+    let metrics = format!("http://{}/metrics", edge.addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = http
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let publishing = page
+            .lines()
+            .find(|l| l.starts_with("proxflow_gateway_alerts_in_flight "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0);
+        if publishing {
+            break;
+        }
+        assert!(
+            !big.is_finished(),
+            "the big delivery ended before it was seen publishing"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the big delivery never started publishing"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let small = delivery(vec![proxflow_e2e::alertmanager_alert(
+        "VmDown",
+        &[("vmid", "999999")],
+        "firing",
+        "2026-12-06T08:00:00Z",
+    )]);
+    let answer = http
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .json(&small)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+    assert!(
+        !big.is_finished(),
+        "the big delivery had ended: the test proved nothing"
+    );
+    assert_eq!(big.await.unwrap().unwrap(), 200);
     edge.stop.cancel();
 }

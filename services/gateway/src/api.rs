@@ -78,6 +78,8 @@ pub(crate) struct Api {
     /// One permit per alert being published, across deliveries (back-pressure).
     alert_permits: Arc<tokio::sync::Semaphore>,
     alert_max_in_flight: usize,
+    /// `gateway.alerts.max_per_delivery`.
+    alert_max_per_delivery: usize,
     /// `proxflow_gateway_alerts_in_flight`: how close the gateway is to answering 503.
     alerts_in_flight: Gauge,
 }
@@ -115,6 +117,7 @@ impl Api {
             alert_max_body: alerts.max_body,
             alert_permits: Arc::new(tokio::sync::Semaphore::new(alerts.max_in_flight)),
             alert_max_in_flight: alerts.max_in_flight,
+            alert_max_per_delivery: alerts.max_per_delivery,
             alerts_in_flight,
         }
     }
@@ -503,7 +506,10 @@ impl Api {
         let alerts = crate::alertmanager::parse(&body, &caller.requested_by(), Utc::now())
             .map_err(Rejection::Malformed)?;
         self.ensure_connected()?;
-        let wanted = u32::try_from(alerts.len().min(self.alert_max_in_flight)).unwrap_or(u32::MAX);
+        // One delivery holds at most its share of the permits and publishes through them in
+        // turn, so a 10,000-alert delivery cannot starve the one-alert deliveries next to it.
+        let share = alerts.len().min(self.alert_max_per_delivery).max(1);
+        let wanted = u32::try_from(share).unwrap_or(u32::MAX);
         let _in_flight = self
             .alert_permits
             .clone()
@@ -517,8 +523,12 @@ impl Api {
                 ))
             })?;
         let publisher = &self.ctx.bus.publisher;
-        let results =
-            futures::future::join_all(alerts.iter().map(|alert| publisher.publish(alert))).await;
+        let mut results = Vec::with_capacity(alerts.len());
+        for wave in alerts.chunks(share) {
+            results.extend(
+                futures::future::join_all(wave.iter().map(|alert| publisher.publish(alert))).await,
+            );
+        }
         let mut duplicates = 0;
         let mut failed = Vec::new();
         for (alert, result) in alerts.iter().zip(results) {

@@ -65,6 +65,9 @@ pub struct AlertIngestConfig {
     /// Alerts being published at once across deliveries; past it a delivery gets 503 and
     /// Alertmanager retries it later (back-pressure instead of unbounded queueing).
     pub max_in_flight: usize,
+    /// Of those, what one delivery may hold: a big delivery publishes through its share in turn,
+    /// so small ones next to it keep flowing.
+    pub max_per_delivery: usize,
 }
 
 impl Default for AlertIngestConfig {
@@ -73,6 +76,7 @@ impl Default for AlertIngestConfig {
             basic_auth: BTreeMap::new(),
             max_body: 1 << 20,
             max_in_flight: 4096,
+            max_per_delivery: 512,
         }
     }
 }
@@ -141,6 +145,17 @@ impl Validate for GatewayConfig {
             return Err(ConfigError::value(
                 "gateway.alerts",
                 format!("max_body must be at least {MIN_BODY} bytes and max_in_flight above zero"),
+            ));
+        }
+        if self.alerts.max_per_delivery == 0
+            || self.alerts.max_per_delivery > self.alerts.max_in_flight
+        {
+            return Err(ConfigError::value(
+                "gateway.alerts.max_per_delivery",
+                format!(
+                    "must be 1 to max_in_flight ({}), so other deliveries keep a share",
+                    self.alerts.max_in_flight
+                ),
             ));
         }
         if self.signature_tolerance.is_zero() || self.signature_tolerance > MAX_SIGNATURE_TOLERANCE
