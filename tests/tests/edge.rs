@@ -27,7 +27,10 @@ async fn gateway(http: HttpLimits) -> Edge {
 }
 
 async fn gateway_with(tweak: impl FnOnce(&mut GatewayConfig)) -> Edge {
-    let nats = TestNats::start().expect("nats-server");
+    gateway_on(TestNats::start().expect("nats-server"), tweak).await
+}
+
+async fn gateway_on(nats: TestNats, tweak: impl FnOnce(&mut GatewayConfig)) -> Edge {
     let mut ctx = nats.context("edge").await.expect("context");
     ctx.shutdown_grace = Duration::from_secs(2);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -368,5 +371,62 @@ async fn a_huge_delivery_leaves_room_for_small_ones() {
         "the big delivery had ended: the test proved nothing"
     );
     assert_eq!(big.await.unwrap().unwrap(), 200);
+    edge.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_can_never_fit_the_bus_is_413_not_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.conf");
+    std::fs::write(&config, "max_payload: 16384\n").unwrap();
+    let nats = TestNats::start_with_config(&config, &[]).expect("nats-server");
+    let edge = gateway_on(nats, |_| {}).await;
+    let http = reqwest::Client::new();
+
+    // One alert of 20 KB: under gateway.alerts.max_body, over the server's max_payload.
+    let mut alert = proxflow_e2e::alertmanager_alert(
+        "VmDown",
+        &[("vmid", "101")],
+        "firing",
+        "2026-12-06T08:00:00Z",
+    );
+    alert["annotations"]["description"] = serde_json::json!("x".repeat(20_000));
+    let delivery = serde_json::json!({"version": "4", "receiver": "proxflow",
+                                      "status": "firing", "alerts": [alert]});
+    let answer = http
+        .post(format!("http://{}/v1/alerts/alertmanager", edge.addr))
+        .bearer_auth(TOKEN)
+        .json(&delivery)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_payload is 16384"),
+        "{body}"
+    );
+
+    // A 30 KB provisioning request: under gateway.max_body (64 KiB), over max_payload.
+    let request = serde_json::json!({"name": "k3s-big", "tags": ["x".repeat(30_000)]});
+    let answer = http
+        .post(format!("http://{}/v1/provision", edge.addr))
+        .bearer_auth(TOKEN)
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 413);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_payload is 16384"),
+        "{body}"
+    );
     edge.stop.cancel();
 }

@@ -142,6 +142,10 @@ enum Rejection {
     TooLarge(usize),
     #[error("the body did not arrive within {0:?} (gateway.http.body_read_timeout)")]
     SlowBody(std::time::Duration),
+    #[error(
+        "{what} is larger than the bus accepts (the NATS server's max_payload is {max_payload} bytes)"
+    )]
+    TooLargeForBus { what: String, max_payload: usize },
     #[error("unauthorized")]
     Unauthorized,
     #[error("webhook-id {0} was already accepted with another body")]
@@ -164,6 +168,7 @@ impl Rejection {
             Self::UnsupportedType => "unsupported_type",
             Self::TooLarge(_) => "too_large",
             Self::SlowBody(_) => "slow_body",
+            Self::TooLargeForBus { .. } => "too_large",
             Self::Unauthorized => "unauthorized",
             Self::Replayed(_) => "duplicate",
             Self::Invalid(_) | Self::Malformed(_) => "invalid",
@@ -178,6 +183,8 @@ impl Rejection {
             Self::UnsupportedType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
+            // Never 503: a sender retries that for ever, and it can never fit.
+            Self::TooLargeForBus { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Replayed(_) => StatusCode::CONFLICT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -378,6 +385,14 @@ impl Api {
                 Rejection::Unauthorized
             })?;
         let body = self.read_body(&parts.headers, body).await?;
+        // The request travels as one message: one that cannot fit the bus is refused before a
+        // workflow is recorded for it.
+        if body.len() + BUS_HEADROOM > self.max_payload() {
+            return Err(Rejection::TooLargeForBus {
+                what: format!("a {}-byte provisioning request", body.len()),
+                max_payload: self.max_payload(),
+            });
+        }
         let caller = self
             .auth
             .signed(&parts.headers, &body, now.timestamp())
@@ -534,6 +549,12 @@ impl Api {
         for (alert, result) in alerts.iter().zip(results) {
             match result {
                 Ok(receipt) => duplicates += usize::from(receipt.duplicate),
+                Err(e) if e.is_too_large() => {
+                    return Err(Rejection::TooLargeForBus {
+                        what: format!("alert {}", alert.fingerprint),
+                        max_payload: self.max_payload(),
+                    });
+                }
                 Err(e) => failed.push(format!("{}: {e}", alert.fingerprint)),
             }
         }
@@ -602,7 +623,15 @@ async fn read_limited(
     }
 }
 
+/// Room a message needs beyond the request body: its envelope fields and headers.
+const BUS_HEADROOM: usize = 4096;
+
 impl Api {
+    /// The connected server's `max_payload` (1 MiB by default; a server may be configured lower).
+    fn max_payload(&self) -> usize {
+        self.ctx.bus.client.server_info().max_payload
+    }
+
     /// Fails fast with 503 while NATS is disconnected instead of waiting out request timeouts.
     fn ensure_connected(&self) -> Result<(), Rejection> {
         if self.ctx.bus.client.connection_state() == async_nats::connection::State::Connected {
@@ -621,7 +650,16 @@ impl Api {
             .publish(message)
             .await
             .map(drop)
-            .map_err(|e| Rejection::Unavailable(format!("the request could not be queued: {e}")))
+            .map_err(|e| {
+                if e.is_too_large() {
+                    Rejection::TooLargeForBus {
+                        what: "the provisioning request".into(),
+                        max_payload: self.max_payload(),
+                    }
+                } else {
+                    Rejection::Unavailable(format!("the request could not be queued: {e}"))
+                }
+            })
     }
 
     async fn read_workflow(

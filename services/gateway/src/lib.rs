@@ -93,6 +93,15 @@ pub async fn run(
     .map_err(|e| ConfigError::value("gateway.webhook_secrets", e.to_string()))?
     .with_basic(&config.alerts.basic_auth);
     let store = store::Store::open(&ctx.bus.js).await?;
+    let max_payload = ctx.bus.client.server_info().max_payload;
+    if config.max_body > max_payload {
+        tracing::warn!(
+            max_body = config.max_body,
+            max_payload,
+            "gateway.max_body is above the NATS server's max_payload: provisioning requests that \
+             cannot fit one message get 413"
+        );
+    }
     let base = match config.public_base() {
         Some(base) => base.to_owned(),
         None => {

@@ -166,6 +166,14 @@ impl Publisher {
     }
 }
 
+impl PublishError {
+    /// The message is larger than the server's `max_payload`: no retry can ever deliver it.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, PublishError::Failed { source, .. }
+            if source.kind() == PublishErrorKind::MaxPayloadExceeded)
+    }
+}
+
 /// Failures where the message may simply not have reached a (restarting) server.
 fn is_transient(kind: PublishErrorKind) -> bool {
     matches!(
