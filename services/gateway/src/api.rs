@@ -117,7 +117,7 @@ impl Api {
             alert_max_body: alerts.max_body,
             alert_permits: Arc::new(tokio::sync::Semaphore::new(alerts.max_in_flight)),
             alert_max_in_flight: alerts.max_in_flight,
-            alert_max_per_delivery: alerts.max_per_delivery,
+            alert_max_per_delivery: alerts.max_per_delivery.min(alerts.max_in_flight),
             alerts_in_flight,
         }
     }
@@ -432,6 +432,16 @@ impl Api {
                 }
             }
             Created::Existing(existing) => {
+                if !asks_the_same(&existing, &message) {
+                    return Err(Rejection::Invalid(FieldErrors::from([(
+                        "idempotency_key".into(),
+                        format!(
+                            "already used for a different request (workflow {}); a new request \
+                             needs a new key",
+                            existing.id
+                        ),
+                    )])));
+                }
                 // Still pending: the earlier request's publish may have failed after its record was
                 // created. Publishing the stored request again heals that, and is dropped by the
                 // stream's dedupe window when the first one did land.
@@ -703,6 +713,31 @@ impl Api {
         }
         response
     }
+}
+
+/// Whether `message` asks for what the workflow `existing` was started for (a retry under the same
+/// idempotency key), as its record keeps the request (`data.input` once started, `data` before).
+fn asks_the_same(existing: &WorkflowRecord, message: &ProvisionRequested) -> bool {
+    let stored = existing.data.get("input").unwrap_or(&existing.data);
+    let Ok(stored) = serde_json::from_value::<ProvisionRequested>(stored.clone()) else {
+        // Unreadable (an older layout): the key alone decides, as before.
+        return true;
+    };
+    (
+        &stored.name,
+        &stored.profile,
+        &stored.overrides,
+        &stored.ssh_keys,
+        &stored.ip,
+        &stored.tags,
+    ) == (
+        &message.name,
+        &message.profile,
+        &message.overrides,
+        &message.ssh_keys,
+        &message.ip,
+        &message.tags,
+    )
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).

@@ -65,8 +65,8 @@ pub struct AlertIngestConfig {
     /// Alerts being published at once across deliveries; past it a delivery gets 503 and
     /// Alertmanager retries it later (back-pressure instead of unbounded queueing).
     pub max_in_flight: usize,
-    /// Of those, what one delivery may hold: a big delivery publishes through its share in turn,
-    /// so small ones next to it keep flowing.
+    /// Of those, what one delivery may hold (at most `max_in_flight`): a big delivery publishes
+    /// through its share in turn, so small ones next to it keep flowing.
     pub max_per_delivery: usize,
 }
 
@@ -147,15 +147,10 @@ impl Validate for GatewayConfig {
                 format!("max_body must be at least {MIN_BODY} bytes and max_in_flight above zero"),
             ));
         }
-        if self.alerts.max_per_delivery == 0
-            || self.alerts.max_per_delivery > self.alerts.max_in_flight
-        {
+        if self.alerts.max_per_delivery == 0 {
             return Err(ConfigError::value(
                 "gateway.alerts.max_per_delivery",
-                format!(
-                    "must be 1 to max_in_flight ({}), so other deliveries keep a share",
-                    self.alerts.max_in_flight
-                ),
+                "must be at least 1 (it is capped at max_in_flight)",
             ));
         }
         if self.signature_tolerance.is_zero() || self.signature_tolerance > MAX_SIGNATURE_TOLERANCE

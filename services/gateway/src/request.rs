@@ -20,6 +20,8 @@ pub const DEFAULT_PROFILE: &str = "k8s-node";
 const MAX_LIST: usize = 32;
 /// Longest idempotency key.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Longest tag (Proxmox keeps tags in the VM's one-line config; nobody needs more).
+const MAX_TAG: usize = 64;
 /// OpenSSH public key types cloud-init can install.
 const SSH_KEY_TYPES: [&str; 7] = [
     "ssh-ed25519",
@@ -138,6 +140,12 @@ pub fn parse(
     profiles: &Profiles,
 ) -> Result<ProvisionRequest, FieldErrors> {
     let mut p = Problems::default();
+    // serde_json keeps the last of two equal keys; a request saying two things is refused instead.
+    if let Err(e) = serde_json::from_slice::<UniqueKeys>(body)
+        && e.is_data()
+    {
+        return Err(FieldErrors::from([("body".into(), e.to_string())]));
+    }
     let mut fields = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => {
@@ -226,7 +234,10 @@ pub fn parse(
             .into_iter()
             .filter_map(|(path, v)| {
                 let tag = p.string(&path, v)?;
-                if is_tag(&tag) {
+                if tag.len() > MAX_TAG {
+                    p.add(&path, format!("is {} characters; at most {MAX_TAG}", tag.len()));
+                    None
+                } else if is_tag(&tag) {
                     Some(tag)
                 } else {
                     p.add(
@@ -400,6 +411,63 @@ fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// A JSON document whose objects, at every depth, have no key twice (checked while reading; the
+/// values are discarded).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object"
+                )));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+}
+
 /// Proxmox tag syntax, `^[a-z0-9_][a-z0-9_\-+.]*$`.
 fn is_tag(tag: &str) -> bool {
     let mut bytes = tag.bytes();
@@ -517,6 +585,20 @@ mod tests {
             parse(&body, None, &Profiles::default()).expect("valid"),
             request
         );
+    }
+
+    #[test]
+    fn duplicate_keys_and_overlong_tags_are_field_errors() {
+        let e = errors_of(br#"{"name": "a", "name": "b"}"#);
+        assert!(e["body"].contains("\"name\" appears twice"), "{e:?}");
+        let e = errors_of(br#"{"name": "a", "overrides": {"cores": 2, "cores": 64}}"#);
+        assert!(e["body"].contains("\"cores\" appears twice"), "{e:?}");
+        let e = errors(json!({"name": "a", "tags": ["x".repeat(65_519)]}));
+        assert!(e["tags[0]"].contains("at most 64"), "{e:?}");
+    }
+
+    fn errors_of(body: &[u8]) -> FieldErrors {
+        parse(body, None, &Profiles::default()).expect_err("refused")
     }
 
     #[test]

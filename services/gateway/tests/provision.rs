@@ -391,6 +391,21 @@ async fn one_idempotency_key_is_one_workflow_and_one_message() {
         .expect("post");
     assert_eq!(third.status(), 200);
     assert_eq!(gw.published().await, 1);
+    // The same key for a different request is the caller's mistake: 422 naming the key, nothing
+    // started (as Stripe answers).
+    let different = body(json!({"name": "k3s-9", "idempotency_key": "ticket-42"}));
+    let (fourth, _) = gw.signed(&different);
+    let fourth = fourth.send().await.expect("post");
+    assert_eq!(fourth.status(), 422);
+    let err: Value = fourth.json().await.expect("json");
+    assert!(
+        err["errors"]["idempotency_key"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already used for a different request"),
+        "{err}"
+    );
+    assert_eq!(gw.published().await, 1);
 
     // Two concurrent deliveries of one new webhook id: one creates, the other gets the same workflow.
     let request = body(json!({"name": "k3s-6"}));
@@ -456,10 +471,10 @@ async fn a_pending_workflow_whose_publish_was_lost_is_published_on_the_next_requ
     assert!(store.create(&record).await.expect("create"));
     assert_eq!(gw.published().await, 0);
 
-    // The caller retries (here with another body): it gets the existing workflow, and the stored
-    // request, not this one, is what goes out.
+    // The caller retries the same request: it gets the existing workflow, and the stored request
+    // is what goes out.
     let retry = gw
-        .post(&body(json!({"name": "k3s-other"})))
+        .post(&body(json!({"name": "k3s-lost"})))
         .bearer_auth(TOKEN)
         .header("idempotency-key", "ticket-lost")
         .send()
