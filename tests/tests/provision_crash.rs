@@ -22,7 +22,20 @@ const ACK_WAIT: Duration = Duration::from_secs(2);
 const NAME: &str = "crash-vm";
 
 fn spawn_provisioner(nats: &TestNats, sim: &RunningSim, file_sd: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pf-test-provisioner"))
+    spawn_provisioner_joining(nats, sim, file_sd, None)
+}
+
+fn spawn_provisioner_joining(
+    nats: &TestNats,
+    sim: &RunningSim,
+    file_sd: &std::path::Path,
+    join: Option<&str>,
+) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pf-test-provisioner"));
+    if let Some(script) = join {
+        command.env("PF_JOIN_SCRIPT", script);
+    }
+    command
         .env("PF_NATS_URL", nats.url())
         .env("PF_PVE_URL", sim.base_url())
         .env("PF_PVE_TOKEN_ID", sim.token_id())
@@ -183,4 +196,83 @@ async fn killed_mid_clone_the_workflow_completes_with_one_vm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_start_the_workflow_completes_with_one_vm() {
     killed_during("start").await;
+}
+
+/// Alive and not a zombie (a container's init may not reap orphans).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_the_join_its_commands_die_with_it() {
+    let nats = TestNats::start().expect("nats-server");
+    let (sim, _client) = start_sim(|c| c.durations.agent_boot = Duration::from_millis(200))
+        .await
+        .expect("simulator");
+    let ctx = nats.context("orphans").await.expect("context");
+    let file_sd = tempfile::tempdir().unwrap();
+    let pids = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(proxflow_orchestrator::run(
+        ctx.clone(),
+        proxflow_orchestrator::Orchestration::new(
+            test_consumer(ACK_WAIT),
+            proxflow_platform::Profiles::default(),
+        ),
+        stop.clone(),
+    ));
+    // The join shell starts a child of its own (as ansible-playbook starts ssh), and both wait.
+    let child = pids.path().join("child");
+    let grandchild = pids.path().join("grandchild");
+    let script = format!(
+        "cat > /dev/null; sh -c 'echo $$ > {g}; exec sleep 600' & echo $$ > {c}; wait",
+        g = grandchild.display(),
+        c = child.display()
+    );
+    let mut provisioner = spawn_provisioner_joining(
+        &nats,
+        &sim,
+        &file_sd.path().join("k3s-nodes.json"),
+        Some(&script),
+    );
+    let request = ProvisionRequested {
+        workflow_id: "prov-orphans".into(),
+        idempotency_key: "orphans".into(),
+        name: "orphans".into(),
+        profile: "k8s-node".into(),
+        overrides: VmOverrides::default(),
+        ssh_keys: vec![],
+        ip: IpConfig::Dhcp,
+        tags: vec![],
+        requested_by: "test".into(),
+        requested_at: Utc::now(),
+    };
+    ctx.bus
+        .publisher
+        .publish(&request)
+        .await
+        .expect("published");
+    until("the join's commands", Duration::from_secs(60), || {
+        let written = |p: &std::path::Path| {
+            std::fs::read_to_string(p).is_ok_and(|s| s.trim().parse::<u32>().is_ok())
+        };
+        written(&child) && written(&grandchild)
+    })
+    .await;
+    let started: Vec<String> = [&child, &grandchild]
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap().trim().to_owned())
+        .collect();
+    assert!(started.iter().all(|pid| alive(pid)));
+    provisioner.kill().expect("kill -9");
+    provisioner.wait().expect("reaped");
+    until("the join's commands to die", Duration::from_secs(5), || {
+        started.iter().all(|pid| !alive(pid))
+    })
+    .await;
+    stop.cancel();
 }

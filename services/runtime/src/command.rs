@@ -136,6 +136,7 @@ async fn run_inner(spec: &CommandSpec, program: &str) -> Result<CommandOutput, C
         program: program.to_string(),
         source,
     })?;
+    let guard = guard(child.id());
     if let Some(mut stdin) = child.stdin.take() {
         let input = spec.stdin.clone();
         tokio::spawn(async move {
@@ -159,6 +160,12 @@ async fn run_inner(spec: &CommandSpec, program: &str) -> Result<CommandOutput, C
             (None, true)
         }
     };
+    if let Some(mut guard) = guard {
+        // Closing its stdin makes it kill what the command left behind in its group (nothing may
+        // outlive the step), then itself.
+        drop(guard.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(5), guard.wait()).await;
+    }
     Ok(CommandOutput {
         code,
         timed_out,
@@ -166,6 +173,33 @@ async fn run_inner(spec: &CommandSpec, program: &str) -> Result<CommandOutput, C
         stderr: stderr.await.unwrap_or_default(),
         duration: started.elapsed(),
     })
+}
+
+/// A guard in the command's process group: `sh` blocked reading a pipe this process holds the
+/// only write end of. When this process ends in any way — `kill -9` included, which runs no code of
+/// ours — the kernel closes the pipe, the guard's read returns, and it SIGKILLs the whole group:
+/// the command and everything it started (`ansible-playbook`, its `ssh`), so no external command
+/// outlives the service that started it and a redelivered step never finds a previous attempt's
+/// command still running. (A parent-death signal would need `unsafe` `pre_exec` and reaches only
+/// the direct child, not its children.) `None` when the command already ended and took its group.
+fn guard(leader: Option<u32>) -> Option<tokio::process::Child> {
+    let group = i32::try_from(leader?).ok()?;
+    let spawned = Command::new("/bin/sh")
+        .args(["-c", "read _ignored; kill -9 0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(group)
+        .kill_on_drop(true)
+        .spawn();
+    match spawned {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            // The group is gone (the command ended at once) or no /bin/sh: run unguarded.
+            tracing::debug!(error = %e, "command guard not started");
+            None
+        }
+    }
 }
 
 /// SIGKILL to the whole process group of a child spawned as its group's leader (`process_group(0)`;
@@ -243,6 +277,35 @@ mod tests {
             !marker.exists(),
             "a child of the timed-out command survived"
         );
+    }
+
+    /// Alive and not a zombie (a container's init may not reap orphans).
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
+    }
+
+    #[tokio::test]
+    async fn nothing_a_command_started_outlives_it() {
+        let out = run(&sh(
+            "sleep 600 >/dev/null 2>&1 & echo $!",
+            Duration::from_secs(10),
+        ))
+        .await
+        .unwrap();
+        assert!(out.success(), "{out:?}");
+        let pid = out.stdout.trim().to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive(&pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the command's background process {pid} outlived it"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
