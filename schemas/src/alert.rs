@@ -52,10 +52,13 @@ pub struct AlertReceived {
     pub generator_url: String,
     /// The Alertmanager receiver that sent it.
     pub receiver: String,
-    /// The group it was delivered in.
-    #[serde(default)]
-    pub group_key: String,
-    /// The sending Alertmanager.
+    /// The group it was delivered in: the first 16 hex digits of the SHA-256 of the delivery's
+    /// `groupKey`. Alerts of one delivery share it; the key itself (the group's label matchers,
+    /// often kilobytes) is not copied into every alert. (v1 carried the whole key as `group_key`,
+    /// still read.)
+    #[serde(default, alias = "group_key")]
+    pub group: String,
+    /// The sending Alertmanager (at most 2,048 characters).
     #[serde(default)]
     pub external_url: String,
     /// Who delivered it: `token:<name>` or `basic:<user>`.
@@ -74,7 +77,7 @@ impl AlertReceived {
 impl Versioned for AlertReceived {
     const SCHEMA: SchemaId = SchemaId {
         name: "pf.ingest.alert_received",
-        version: 1,
+        version: 2,
     };
 }
 

@@ -211,7 +211,9 @@ pub struct RemediationCommand {
 impl Versioned for RemediationCommand {
     const SCHEMA: SchemaId = SchemaId {
         name: "pf.cmd.remediation",
-        version: 1,
+        // v2: the alert it carries is `pf.ingest.alert_received` v2 (`group` instead of
+        // `group_key`, which is still read).
+        version: 2,
     };
 }
 

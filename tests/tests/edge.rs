@@ -430,3 +430,54 @@ async fn what_can_never_fit_the_bus_is_413_not_503() {
     );
     edge.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_is_not_amplified_on_the_bus() {
+    let edge = gateway_with(|c| c.alerts.max_body = 4 << 20).await;
+    let js =
+        async_nats::jetstream::new(async_nats::connect(edge._nats.url()).await.expect("client"));
+    let bytes = || async {
+        js.get_stream("PF_INGEST")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .bytes
+    };
+    let before = bytes().await;
+    // 200 small alerts with a 100 KB group key (the group's label matchers), as one delivery.
+    let alerts: Vec<serde_json::Value> = (0..200)
+        .map(|i| {
+            let vmid = i.to_string();
+            proxflow_e2e::alertmanager_alert(
+                "VmDown",
+                &[("vmid", vmid.as_str())],
+                "firing",
+                "2026-12-06T08:00:00Z",
+            )
+        })
+        .collect();
+    let delivery = serde_json::json!({"version": "4", "receiver": "proxflow", "status": "firing",
+                                      "groupKey": "g".repeat(100_000),
+                                      "externalURL": "http://alertmanager:9093",
+                                      "alerts": alerts});
+    let body = serde_json::to_vec(&delivery).unwrap();
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/v1/alerts/alertmanager", edge.addr))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+    let written = bytes().await - before;
+    assert!(
+        written < 3 * body.len() as u64,
+        "a {}-byte delivery wrote {written} bytes to PF_INGEST",
+        body.len()
+    );
+    edge.stop.cancel();
+}

@@ -75,7 +75,7 @@ async fn kill_9_of_the_remediator_while_a_hand_off_waits_resumes_and_ends_once()
         ends_at: None,
         generator_url: String::new(),
         receiver: "proxflow".into(),
-        group_key: String::new(),
+        group: String::new(),
         external_url: String::new(),
         received_by: "token:test".into(),
         received_at: now,

@@ -94,7 +94,7 @@ pub(crate) mod tests {
             ends_at: None,
             generator_url: String::new(),
             receiver: "proxflow".into(),
-            group_key: String::new(),
+            group: String::new(),
             external_url: String::new(),
             received_by: "token:am".into(),
             received_at: Utc::now(),
