@@ -305,6 +305,39 @@ struct RemediationsQuery {
     limit: Option<usize>,
 }
 
+/// `?since=` (a duration, default 24h, at most 366 days) and `?limit=` (1 to 10,000, default 100)
+/// of a history query, or the field errors.
+pub fn history_window(
+    since: Option<&str>,
+    limit: Option<usize>,
+) -> Result<(std::time::Duration, usize), FieldErrors> {
+    // The event stream keeps far less; a bound also keeps `now - since` from overflowing.
+    const MAX_SINCE: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+    let since = match since {
+        None => std::time::Duration::from_secs(24 * 3600),
+        Some(text) => humantime_serde::re::humantime::parse_duration(text).map_err(|e| {
+            FieldErrors::from([(
+                "since".into(),
+                format!("{text:?} is not a duration like 24h or 30m: {e}"),
+            )])
+        })?,
+    };
+    if since > MAX_SINCE {
+        return Err(FieldErrors::from([(
+            "since".into(),
+            format!("{since:?} is longer than the 366 days a remediation history can reach back"),
+        )]));
+    }
+    let limit = limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(FieldErrors::from([(
+            "limit".into(),
+            "must be 1 to 10000".into(),
+        )]));
+    }
+    Ok((since, limit))
+}
+
 /// The remediation decisions (acted or suppressed, with the guard and the numbers), newest last.
 async fn remediations(
     State(api): State<Arc<Api>>,
@@ -315,32 +348,8 @@ async fn remediations(
         api.auth
             .read(&headers)
             .map_err(|_| Rejection::Unauthorized)?;
-        let since = match query.since.as_deref() {
-            None => std::time::Duration::from_secs(24 * 3600),
-            Some(text) => humantime_serde::re::humantime::parse_duration(text).map_err(|e| {
-                Rejection::Invalid(FieldErrors::from([(
-                    "since".into(),
-                    format!("{text:?} is not a duration like 24h or 30m: {e}"),
-                )]))
-            })?,
-        };
-        // The event stream keeps far less; a bound also keeps `now - since` from overflowing.
-        const MAX_SINCE: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
-        if since > MAX_SINCE {
-            return Err(Rejection::Invalid(FieldErrors::from([(
-                "since".into(),
-                format!(
-                    "{since:?} is longer than the 366 days a remediation history can reach back"
-                ),
-            )])));
-        }
-        let limit = query.limit.unwrap_or(100);
-        if !(1..=10_000).contains(&limit) {
-            return Err(Rejection::Invalid(FieldErrors::from([(
-                "limit".into(),
-                "must be 1 to 10000".into(),
-            )])));
-        }
+        let (since, limit) =
+            history_window(query.since.as_deref(), query.limit).map_err(Rejection::Invalid)?;
         api.ensure_connected()?;
         let from = Utc::now() - chrono::Duration::from_std(since).unwrap_or_default();
         proxflow_runtime::bus::history::since::<RemediationDecision>(

@@ -335,26 +335,39 @@ impl PveClient {
             Ok(b) => b,
             Err(e) => return Err(transport_error(method, path, &e)),
         };
-        let json: Option<Value> = if body.is_empty() {
-            None
-        } else {
-            serde_json::from_slice(&body).ok()
-        };
-        if status.is_success() {
-            return match json {
-                Some(v) => Ok(v),
-                None if body.is_empty() => Ok(Value::Null),
-                None => Err(PveError::new(
-                    ErrorKind::Decode,
-                    method.as_str(),
-                    path,
-                    Some(status.as_u16()),
-                    format!("response is not JSON: {}", snippet(&body)),
-                )),
-            };
-        }
-        Err(error_response(method, path, status, &reason, json.as_ref()))
+        decode_response(method, path, status, &reason, &body)
     }
+}
+
+/// What an answer of Proxmox comes to: the JSON body of a 2xx (`null` when empty), else the error
+/// it describes. Total over any status and any bytes: whatever a server (or something posing as
+/// one) sends, this returns, never panics.
+pub fn decode_response(
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    reason: &str,
+    body: &[u8],
+) -> Result<Value, PveError> {
+    let json: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(body).ok()
+    };
+    if status.is_success() {
+        return match json {
+            Some(v) => Ok(v),
+            None if body.is_empty() => Ok(Value::Null),
+            None => Err(PveError::new(
+                ErrorKind::Decode,
+                method.as_str(),
+                path,
+                Some(status.as_u16()),
+                format!("response is not JSON: {}", snippet(body)),
+            )),
+        };
+    }
+    Err(error_response(method, path, status, reason, json.as_ref()))
 }
 
 /// Decodes a non-2xx answer. Prefers the body `message` (full die text, http-server ≥ 5.2), falls back
