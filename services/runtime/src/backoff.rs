@@ -32,6 +32,16 @@ impl Backoff {
         deadline: Duration::from_secs(10),
     };
 
+    /// For a JetStream call that failed for a passing reason (a leader election in a cluster, a
+    /// restarting server, a timeout): retried within a deadline instead of failing the handler and
+    /// spending a message delivery.
+    pub const UNAVAILABLE: Backoff = Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+        attempts: u32::MAX,
+        deadline: Duration::from_secs(15),
+    };
+
     /// The delay before attempt `attempt + 1`, after `attempt` (1-based) failed.
     pub fn delay(&self, attempt: u32) -> Duration {
         let cap = self

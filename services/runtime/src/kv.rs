@@ -126,7 +126,12 @@ pub struct Read<T> {
 
 /// Reads `key` and decodes it.
 pub async fn read<T: DeserializeOwned>(store: &kv::Store, key: &str) -> Result<Read<T>, CasError> {
-    let entry = store.entry(key).await.map_err(|e| CasError::kv(key, e))?;
+    let entry = patiently(
+        || store.entry(key),
+        |e: &kv::EntryError| e.kind() != kv::EntryErrorKind::InvalidKey,
+    )
+    .await
+    .map_err(|e| CasError::kv(key, e))?;
     match entry {
         Some(e) if e.operation == kv::Operation::Put => {
             let value = serde_json::from_slice(&e.value).map_err(|source| CasError::Corrupt {
@@ -213,17 +218,66 @@ async fn write(
     bytes: Bytes,
     revision: Option<u64>,
 ) -> Result<Written, CasError> {
+    // A write that timed out may have landed: the retry then meets the new revision as a conflict,
+    // reads it, and `change` decides again on what is stored.
     match revision {
-        Some(rev) => match store.update(key, bytes, rev).await {
+        Some(rev) => match patiently(
+            || store.update(key, bytes.clone(), rev),
+            |e: &kv::UpdateError| {
+                !matches!(
+                    e.kind(),
+                    kv::UpdateErrorKind::InvalidKey | kv::UpdateErrorKind::WrongLastRevision
+                )
+            },
+        )
+        .await
+        {
             Ok(next) => Ok(Written::Done(Some(next))),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Written::Conflict),
             Err(e) => Err(CasError::kv(key, e)),
         },
-        None => match store.create(key, bytes).await {
+        None => match patiently(
+            || store.create(key, bytes.clone()),
+            |e: &kv::CreateError| {
+                !matches!(
+                    e.kind(),
+                    kv::CreateErrorKind::AlreadyExists | kv::CreateErrorKind::InvalidKey
+                )
+            },
+        )
+        .await
+        {
             Ok(next) => Ok(Written::Done(Some(next))),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Written::Conflict),
             Err(e) => Err(CasError::kv(key, e)),
         },
+    }
+}
+
+/// Runs one KV call, retrying the failures `transient` accepts (no responders during a leader
+/// election, a restarting server, a timeout) with [`Backoff::UNAVAILABLE`]: a cluster electing a
+/// new leader costs a pause, not a failed handler and a spent delivery.
+pub(crate) async fn patiently<T, E, Fut>(
+    mut call: impl FnMut() -> Fut,
+    transient: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut retries = Backoff::UNAVAILABLE.start();
+    // The first attempt: at once.
+    retries.next().await;
+    loop {
+        match call().await {
+            Err(e) if transient(&e) => {
+                let Some(attempt) = retries.next().await else {
+                    return Err(e);
+                };
+                tracing::debug!(attempt, error = %e, "KV unavailable; retrying");
+            }
+            other => return other,
+        }
     }
 }
 

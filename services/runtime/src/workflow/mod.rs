@@ -209,10 +209,27 @@ impl WorkflowStore {
             key: record.id.clone(),
             source,
         })?;
-        match self.kv.update(&record.id, bytes.into(), revision).await {
+        use async_nats::jetstream::kv::UpdateErrorKind;
+        let bytes = bytes::Bytes::from(bytes);
+        let written = kv::patiently(
+            || self.kv.update(&record.id, bytes.clone(), revision),
+            |e: &async_nats::jetstream::kv::UpdateError| {
+                !matches!(
+                    e.kind(),
+                    UpdateErrorKind::InvalidKey | UpdateErrorKind::WrongLastRevision
+                )
+            },
+        )
+        .await;
+        match written {
             Ok(next) => Ok(next),
-            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
-                Err(WorkflowStoreError::Stale(record.id.clone()))
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                // An attempt that timed out may have landed before the retry: then the stored
+                // record is exactly this one (it carries its own update time), and that is success.
+                match self.kv.entry(&record.id).await {
+                    Ok(Some(entry)) if entry.value == bytes => Ok(entry.revision),
+                    _ => Err(WorkflowStoreError::Stale(record.id.clone())),
+                }
             }
             Err(e) => Err(CasError::kv(&record.id, e).into()),
         }
