@@ -124,11 +124,7 @@ pub fn init(cfg: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, Tele
 
     let (spans, bus) = SpanSink::new(sink::QUEUE_CAPACITY);
     let provider = provider(cfg, service, bus)?;
-    let log_filter = || {
-        EnvFilter::try_from_default_env()
-            .or_else(|_| EnvFilter::try_new(&cfg.log_level))
-            .unwrap_or_else(|_| EnvFilter::new("info"))
-    };
+    let log_filter = || log_filter(&cfg.log_level);
     let (human, json) = match cfg.log_format {
         LogFormat::Human => (
             Some(
@@ -157,6 +153,23 @@ pub fn init(cfg: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, Tele
         .try_init()
         .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
     Ok(TelemetryGuard { provider, spans })
+}
+
+/// The log filter: `RUST_LOG` if set, else `telemetry.log_level` (an invalid one falls back to
+/// `info`). async-nats logs every connection event at INFO ("event: disconnected") beside the one
+/// line proxflow writes for it with its meaning; its own lines start at WARN unless `RUST_LOG` or
+/// the level names `async_nats` explicitly.
+pub fn log_filter(level: &str) -> EnvFilter {
+    let with_client_quiet = |level: &str| {
+        if level.contains("async_nats") {
+            level.to_owned()
+        } else {
+            format!("{level},async_nats=warn")
+        }
+    };
+    EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(with_client_quiet(level)))
+        .unwrap_or_else(|_| EnvFilter::new(with_client_quiet("info")))
 }
 
 /// What the trace layer records (and so what reaches the bus and OTLP): INFO everywhere, DEBUG from
@@ -310,6 +323,53 @@ mod tests {
     use tracing::Level;
 
     use super::*;
+
+    #[test]
+    fn each_nats_event_is_logged_once() {
+        use std::io::Write;
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().map_or(Ok(0), |mut b| {
+                    b.extend_from_slice(buf);
+                    Ok(buf.len())
+                })
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        if std::env::var_os("RUST_LOG").is_some() {
+            // The filter is the operator's then; this test checks the default.
+            return;
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .with_writer(move || writer.clone())
+                .with_filter(log_filter("info")),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            // What async-nats writes for an event, and what proxflow writes for it.
+            tracing::info!(target: "async_nats", "event: disconnected");
+            tracing::warn!(target: "proxflow_runtime::bus", "NATS disconnected");
+            tracing::warn!(target: "async_nats", "a warning of the client's own");
+        });
+        let text = captured
+            .0
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap();
+        assert!(!text.contains("event: disconnected"), "{text}");
+        assert_eq!(text.matches("disconnected").count(), 1, "{text}");
+        assert!(text.contains("a warning of the client's own"), "{text}");
+    }
 
     #[test]
     fn the_trace_filter_keeps_debug_spans_of_every_proxflow_crate_and_info_of_others() {
