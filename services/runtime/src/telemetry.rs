@@ -365,7 +365,7 @@ mod tests {
             .0
             .lock()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap();
+            .expect("the capture lock");
         assert!(!text.contains("event: disconnected"), "{text}");
         assert_eq!(text.matches("disconnected").count(), 1, "{text}");
         assert!(text.contains("a warning of the client's own"), "{text}");
