@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use proxflow_pve_sim::RunningSim;
-use proxflow_runtime::config::{NATS_URL_ENV, Secret};
+use proxflow_runtime::config::{NATS_URL_ENV, NatsUrls, Secret};
 use proxflow_runtime::nats_server::{self, NatsServerProcess, ServerOptions};
 use proxflow_runtime::telemetry::SpanSink;
 
@@ -52,7 +52,7 @@ async fn run_inner(
                 store_dir.display()
             )
         })?;
-        settings.nats.url = process.url();
+        settings.nats.url = NatsUrls::local(process.port());
         *server = Some(process);
     }
     let nats = if external {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::{self, topology};
-use proxflow_runtime::config::NatsConfig;
+use proxflow_runtime::config::{NatsConfig, NatsUrls};
 use proxflow_runtime::nats_server::{self, NatsServerError, NatsServerProcess, ServerOptions};
 use proxflow_runtime::ops::{Health, Metrics};
 
@@ -129,7 +129,7 @@ impl TestNats {
     /// Client settings for this server, tuned for tests (short timeouts).
     pub fn nats_config(&self) -> NatsConfig {
         NatsConfig {
-            url: self.url(),
+            url: NatsUrls::local(self.process.port()),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
             ..NatsConfig::default()
