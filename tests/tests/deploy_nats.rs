@@ -60,6 +60,11 @@ fn every_shipped_config_passes_the_servers_own_check() {
         for var in PASSWORDS {
             cmd.env(var, "test-password");
         }
+        // The cluster nodes take their route URLs (with the route credentials) from here.
+        cmd.env(
+            "PF_ROUTE_URLS",
+            r#"["nats-route://route:test-password@pf-nats-1:6222", "nats-route://route:test-password@pf-nats-2:6222"]"#,
+        );
         let out = cmd.output().expect("nats-server runs");
         assert!(
             out.status.success(),

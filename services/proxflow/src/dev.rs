@@ -44,6 +44,7 @@ async fn run_inner(
             port: settings.dev.nats_port,
             ready_timeout: Duration::from_secs(20),
             config_file: None,
+            config_is_complete: false,
             env: Vec::new(),
         })
         .with_context(|| {
