@@ -1,14 +1,17 @@
 //! The shipped 3-node cluster (`deploy/nats/cluster-node{1,2,3}.conf`) on real nats-servers: it
-//! forms, elects a JetStream meta leader and stores R3 streams.
+//! forms, elects a JetStream meta leader and stores R3 streams; and a process's `/readyz` follows
+//! JetStream's availability through a quorum loss, not just its connection.
 
 use std::time::Duration;
 
 use async_nats::jetstream::stream;
-use proxflow_runtime::bus::{self, topology};
-use proxflow_runtime::ops::Metrics;
+use proxflow_runtime::bus::{self, JetStreamProbe, topology};
+use proxflow_runtime::ops::{self, Health, Metrics, OpsState};
+use proxflow_runtime::serve::{self, HttpLimits};
 use proxflow_schemas::names::stream as stream_name;
-use proxflow_testkit::TestCluster;
+use proxflow_testkit::{TestCluster, TestNats};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// `/jsz` of node `node`.
 async fn jsz(cluster: &TestCluster, node: usize) -> serde_json::Value {
@@ -97,4 +100,145 @@ async fn the_shipped_cluster_elects_a_meta_leader_and_stores_r3_streams() {
         .expect("R3 topology");
     let events = bus.js.get_stream(stream_name::EVT).await.expect("PF_EVT");
     assert_eq!(events.cached_info().config.num_replicas, 3);
+}
+
+/// Serves the ops router of `health` on a free port; returns its `/readyz` URL.
+async fn serve_ops(health: &Health, stop: &CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/readyz", listener.local_addr().expect("addr"));
+    let router = ops::router(OpsState {
+        health: health.clone(),
+        metrics: Metrics::new(),
+    });
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        serve::serve(
+            listener,
+            router,
+            stop,
+            &HttpLimits::default(),
+            Duration::from_secs(1),
+        )
+        .await
+    });
+    url
+}
+
+/// Polls `/readyz` until `done` holds for (status, body); panics after `within`.
+async fn readyz_until(
+    url: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(u16, &serde_json::Value) -> bool,
+) -> (u16, serde_json::Value) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    let mut last = (0, serde_json::Value::Null);
+    while Instant::now() < deadline {
+        if let Ok(response) = http.get(url).timeout(Duration::from_secs(1)).send().await {
+            let status = response.status().as_u16();
+            let body = response.json().await.unwrap_or(serde_json::Value::Null);
+            if done(status, &body) {
+                return (status, body);
+            }
+            last = (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/readyz not {what} within {within:?}; last {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_jetstream_through_a_quorum_loss() {
+    let mut cluster = TestCluster::start().expect("three nodes from the shipped files");
+    cluster
+        .wait_for_jetstream(Duration::from_secs(30))
+        .await
+        .expect("JetStream answers");
+    let bus = bus::connect(&cluster.nats_config("admin"), "readyz-test", Metrics::new())
+        .await
+        .expect("connects");
+    topology::declare(&bus.client, &bus.js, 3)
+        .await
+        .expect("R3 topology");
+
+    // What `proxflow serve` runs: the connection check, the JetStream probe, the ops endpoint.
+    let health = Health::default();
+    health.watch_nats(bus.client.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(JetStreamProbe::default().run(health.clone(), bus.js.clone(), stop.clone()));
+    let readyz = serve_ops(&health, &stop).await;
+    readyz_until(&readyz, Duration::from_secs(30), "ready", |status, body| {
+        status == 200 && body["jetstream"] == true
+    })
+    .await;
+
+    // Two of three nodes go. The one kept leads the probed stream: a raft leader keeps answering
+    // for about ten seconds after losing its followers, which must not read as ready.
+    let info = bus
+        .js
+        .get_stream(stream_name::EVT)
+        .await
+        .expect("PF_EVT")
+        .cached_info()
+        .clone();
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .and_then(|name| cluster.node_named(&name))
+        .expect("PF_EVT has a leader on one of the nodes");
+    let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+    tokio::task::block_in_place(|| {
+        for node in &others {
+            cluster.stop(*node).expect("stops");
+        }
+    });
+    let (_, body) = readyz_until(
+        &readyz,
+        Duration::from_secs(5),
+        "503 naming jetstream",
+        |status, body| status == 503 && body["jetstream"] == false,
+    )
+    .await;
+    assert_eq!(body["jetstream"], false, "{body}");
+
+    // They come back: ready again once JetStream has its quorum.
+    tokio::task::block_in_place(|| {
+        for node in &others {
+            cluster.restart(*node).expect("restarts");
+        }
+    });
+    readyz_until(
+        &readyz,
+        Duration::from_secs(60),
+        "ready again",
+        |status, body| status == 200 && body["jetstream"] == true,
+    )
+    .await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_single_server_counts_as_jetstream_ready() {
+    let nats = TestNats::start().expect("nats-server");
+    let ctx = nats.context("probe").await.expect("context");
+    let stop = CancellationToken::new();
+    tokio::spawn(JetStreamProbe::default().run(
+        ctx.health.clone(),
+        ctx.bus.js.clone(),
+        stop.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ready, checks) = ctx.health.report();
+        if checks.get("jetstream") == Some(&true) {
+            assert!(ready, "{checks:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no jetstream check: {checks:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
 }

@@ -210,6 +210,35 @@ async fn the_gateway_user_may_ingest_and_nothing_more() {
     );
 }
 
+/// Every service's readiness probe works as its own user: a permission missing from
+/// `accounts.conf` would leave that service unready for ever.
+#[tokio::test]
+async fn every_shipped_user_may_probe_jetstream() {
+    let (_dir, nats) = accounts_server();
+    admin_declares(&nats).await;
+    for name in [
+        "gateway",
+        "orchestrator",
+        "provisioner",
+        "capacity",
+        "snapshotter",
+        "replicator",
+        "remediator",
+    ] {
+        let bus = bus::connect(
+            &user(&nats, name, &format!("_INBOX_{name}")),
+            name,
+            Metrics::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name} connects: {e}"));
+        bus::JetStreamProbe::default()
+            .check(&bus.js)
+            .await
+            .unwrap_or_else(|e| panic!("{name} may not probe JetStream: {e}"));
+    }
+}
+
 async fn service_context(nats: &TestNats, name: &str) -> ServiceContext {
     let metrics = Metrics::new();
     let bus = bus::connect(

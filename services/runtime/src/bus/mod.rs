@@ -1,7 +1,9 @@
-//! NATS and JetStream: connection, topology, publishing, the consumer loop, and reading events back.
+//! NATS and JetStream: connection, topology, publishing, the consumer loop, reading events back, and
+//! the JetStream readiness probe.
 
 pub mod consume;
 pub mod history;
+pub mod probe;
 pub mod publish;
 pub mod topology;
 
@@ -15,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::config::NatsConfig;
 use crate::ops::Metrics;
 pub use consume::{ConsumerLoop, Delivery, Handler, Outcome};
+pub use probe::{JETSTREAM_CHECK, JetStreamProbe};
 pub use publish::{PublishError, Publisher, Receipt};
 
 /// `Nats-Msg-Id`, parsed once: a `&str` header key is validated and parsed on every insert and lookup.
