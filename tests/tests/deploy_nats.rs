@@ -60,6 +60,11 @@ fn every_shipped_config_passes_the_servers_own_check() {
         for var in PASSWORDS {
             cmd.env(var, "test-password");
         }
+        // The cluster nodes take their route URLs (with the route credentials) from here.
+        cmd.env(
+            "PF_ROUTE_URLS",
+            r#"["nats-route://route:test-password@pf-nats-1:6222", "nats-route://route:test-password@pf-nats-2:6222"]"#,
+        );
         let out = cmd.output().expect("nats-server runs");
         assert!(
             out.status.success(),
@@ -203,6 +208,35 @@ async fn the_gateway_user_may_ingest_and_nothing_more() {
         result.await.is_err(),
         "replies on the shared _INBOX reached the gateway"
     );
+}
+
+/// Every service's readiness probe works as its own user: a permission missing from
+/// `accounts.conf` would leave that service unready for ever.
+#[tokio::test]
+async fn every_shipped_user_may_probe_jetstream() {
+    let (_dir, nats) = accounts_server();
+    admin_declares(&nats).await;
+    for name in [
+        "gateway",
+        "orchestrator",
+        "provisioner",
+        "capacity",
+        "snapshotter",
+        "replicator",
+        "remediator",
+    ] {
+        let bus = bus::connect(
+            &user(&nats, name, &format!("_INBOX_{name}")),
+            name,
+            Metrics::new(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name} connects: {e}"));
+        bus::JetStreamProbe::default()
+            .check(&bus.js)
+            .await
+            .unwrap_or_else(|e| panic!("{name} may not probe JetStream: {e}"));
+    }
 }
 
 async fn service_context(nats: &TestNats, name: &str) -> ServiceContext {

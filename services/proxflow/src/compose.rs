@@ -12,7 +12,7 @@ use std::pin::Pin;
 
 use anyhow::Context;
 use proxflow_pve::PveClient;
-use proxflow_runtime::bus::{self, topology};
+use proxflow_runtime::bus::{self, JetStreamProbe, topology};
 use proxflow_runtime::config::Validate;
 use proxflow_runtime::ops::{self, Health, Metrics};
 use proxflow_runtime::serve::HttpLimits;
@@ -289,6 +289,15 @@ pub async fn run(
     let ctx = ServiceContext::new(bus, health, metrics, settings.ops.shutdown_grace).await?;
 
     let mut tasks = JoinSet::new();
+    // Readiness follows JetStream, not just the connection: a quorum loss leaves the client
+    // connected to a survivor while every request fails.
+    tasks.spawn({
+        let (health, js, stop) = (ctx.health.clone(), ctx.bus.js.clone(), stop.clone());
+        async move {
+            JetStreamProbe::default().run(health, js, stop).await;
+            anyhow::Ok(())
+        }
+    });
     let ops_listener = bind(settings.ops.listen, "ops").await?;
     let mut listening = Listening {
         ops: ops_listener.local_addr()?,

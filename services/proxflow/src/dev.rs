@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use proxflow_pve_sim::RunningSim;
-use proxflow_runtime::config::{NATS_URL_ENV, Secret};
+use proxflow_runtime::config::{NATS_URL_ENV, NatsUrls, Secret};
 use proxflow_runtime::nats_server::{self, NatsServerProcess, ServerOptions};
 use proxflow_runtime::telemetry::SpanSink;
 
@@ -44,6 +44,7 @@ async fn run_inner(
             port: settings.dev.nats_port,
             ready_timeout: Duration::from_secs(20),
             config_file: None,
+            config_is_complete: false,
             env: Vec::new(),
         })
         .with_context(|| {
@@ -52,7 +53,7 @@ async fn run_inner(
                 store_dir.display()
             )
         })?;
-        settings.nats.url = process.url();
+        settings.nats.url = NatsUrls::local(process.port());
         *server = Some(process);
     }
     let nats = if external {

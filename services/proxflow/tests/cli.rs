@@ -84,6 +84,64 @@ fn a_bad_value_names_its_key_and_exits_78() {
 }
 
 #[test]
+fn nats_url_takes_a_cluster_list_and_a_malformed_one_exits_78() {
+    let cluster = "nats://pf-nats-1:4222,nats://pf-nats-2:4222,nats://pf-nats-3:4222";
+    let out = proxflow()
+        .arg("config")
+        .env("PROXFLOW_NATS__URL", cluster)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("toml");
+    let urls: Vec<&str> = printed["nats"]["url"]
+        .as_array()
+        .expect("several URLs print as a list")
+        .iter()
+        .filter_map(toml::Value::as_str)
+        .collect();
+    assert_eq!(urls, cluster.split(',').collect::<Vec<_>>());
+
+    // The same list as a TOML array in the file.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("proxflow.toml");
+    std::fs::write(
+        &file,
+        "[nats]\nurl = [\"nats://pf-nats-1:4222\", \"nats://pf-nats-2:4222\"]\n",
+    )
+    .expect("write");
+    let out = proxflow()
+        .arg("--config")
+        .arg(&file)
+        .arg("config")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A bad entry is a configuration error naming the key, not 30 s of "not reachable".
+    let out = proxflow()
+        .arg("config")
+        .env(
+            "PROXFLOW_NATS__URL",
+            "nats://pf-nats-1:4222,nats://pf-nats-2:42x22",
+        )
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nats.url"), "{stderr}");
+    assert!(stderr.contains("entry 2"), "{stderr}");
+    assert!(stderr.contains("PROXFLOW_NATS__URL"), "{stderr}");
+}
+
+#[test]
 fn an_unknown_key_or_missing_file_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("proxflow.toml");

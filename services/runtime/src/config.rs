@@ -114,10 +114,9 @@ fn describe(error: figment::Error) -> ConfigError {
                     }
                     // Name the exact variable: "PROXFLOW_ environment variable(s)" sends the
                     // operator hunting through the whole environment.
-                    Some(m) if m.name.contains("environment") && !e.path.is_empty() => format!(
-                        " (from environment variable {ENV_PREFIX}{})",
-                        e.path.join("__").to_uppercase()
-                    ),
+                    Some(m) if m.name.contains("environment") && !e.path.is_empty() => {
+                        format!(" (from environment variable {})", env_variable(&e.path))
+                    }
                     Some(m) => format!(" (from {})", m.name),
                     None => String::new(),
                 };
@@ -125,6 +124,19 @@ fn describe(error: figment::Error) -> ConfigError {
             })
             .collect(),
     )
+}
+
+/// The environment variable that set the value at `path`: `PROXFLOW_<A>__<B>`, or the
+/// `PROXFLOW_NATS_URL` shorthand when that is what the operator set.
+fn env_variable(path: &[String]) -> String {
+    let full = format!("{ENV_PREFIX}{}", path.join("__").to_uppercase());
+    if path == ["nats", "url"]
+        && std::env::var_os(&full).is_none()
+        && std::env::var_os(NATS_URL_ENV).is_some()
+    {
+        return NATS_URL_ENV.to_owned();
+    }
+    full
 }
 
 /// A secret value: shown as `<redacted>` by `Debug`, `Display` and serialisation, so printing a config
@@ -170,12 +182,184 @@ impl Serialize for Secret {
     }
 }
 
+/// Why a `nats.url` entry is not a NATS server URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidNatsUrl {
+    /// No URL at all.
+    #[error("no server URL given")]
+    Empty,
+    /// An empty entry in a list (`a,,b` or a trailing comma).
+    #[error("entry {position} is empty")]
+    EmptyEntry {
+        /// 1-based position in the list.
+        position: usize,
+    },
+    /// An entry that does not parse.
+    #[error("entry {position} `{url}` is not a NATS server URL: {reason}")]
+    Malformed {
+        /// 1-based position in the list.
+        position: usize,
+        /// The entry, its credentials redacted.
+        url: String,
+        /// What the client library said.
+        reason: String,
+    },
+}
+
+/// The servers a process connects to: one URL, or several for a cluster (the client picks one and
+/// fails over to the others). Configured as one string, comma-separated for several (the form an
+/// environment variable has), or as a TOML list of strings. Every entry is checked when the
+/// configuration loads, so a typo is a configuration error naming `nats.url` instead of a start-up
+/// that retries an unparseable address until `nats.connect_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsUrls(Vec<String>);
+
+impl NatsUrls {
+    /// One comma-separated string: `nats://a:4222,nats://b:4222`.
+    pub fn parse(text: &str) -> Result<Self, InvalidNatsUrl> {
+        Self::from_list(text.split(','))
+    }
+
+    /// A list of URLs, each one server.
+    pub fn from_list<I, S>(list: I) -> Result<Self, InvalidNatsUrl>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let urls = list
+            .into_iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let url = url.as_ref().trim();
+                parse_entry(i + 1, url).map(|_| url.to_owned())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err(InvalidNatsUrl::Empty);
+        }
+        Ok(Self(urls))
+    }
+
+    /// `nats://127.0.0.1:<port>`: a server on this host (the embedded one, a test's).
+    pub fn local(port: u16) -> Self {
+        Self(vec![format!("nats://127.0.0.1:{port}")])
+    }
+
+    /// Every URL of both lists, these first.
+    pub fn plus(mut self, other: Self) -> Self {
+        self.0.extend(other.0);
+        self
+    }
+
+    /// The URLs as configured.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    /// The addresses for the client. Checked again here because a `NatsUrls` can also be built
+    /// in code; a bad one is an error, never a panic.
+    pub fn server_addrs(&self) -> Result<Vec<async_nats::ServerAddr>, InvalidNatsUrl> {
+        if self.0.is_empty() {
+            return Err(InvalidNatsUrl::Empty);
+        }
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, url)| parse_entry(i + 1, url))
+            .collect()
+    }
+}
+
+/// One entry of a URL list, `position` 1-based.
+fn parse_entry(position: usize, url: &str) -> Result<async_nats::ServerAddr, InvalidNatsUrl> {
+    if url.is_empty() {
+        return Err(InvalidNatsUrl::EmptyEntry { position });
+    }
+    url.parse()
+        .map_err(|e: std::io::Error| InvalidNatsUrl::Malformed {
+            position,
+            url: redact_userinfo(url),
+            reason: e.to_string(),
+        })
+}
+
+impl Default for NatsUrls {
+    fn default() -> Self {
+        Self::local(4222)
+    }
+}
+
+impl std::str::FromStr for NatsUrls {
+    type Err = InvalidNatsUrl;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text)
+    }
+}
+
+/// Comma-separated, credentials redacted: safe for logs and error messages.
+impl fmt::Display for NatsUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted: Vec<String> = self.0.iter().map(|u| redact_userinfo(u)).collect();
+        f.write_str(&redacted.join(","))
+    }
+}
+
+/// One URL as a string, several as a list; credentials in a URL print as `<redacted>`, as every
+/// [`Secret`] does.
+impl Serialize for NatsUrls {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => serializer.serialize_str(&redact_userinfo(one)),
+            many => serializer.collect_seq(many.iter().map(|u| redact_userinfo(u))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NatsUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let parsed = match OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a URL string (comma-separated for several) or a list of URL strings",
+            )
+        })? {
+            OneOrMany::One(text) => Self::parse(&text),
+            OneOrMany::Many(list) => Self::from_list(list),
+        };
+        parsed.map_err(serde::de::Error::custom)
+    }
+}
+
+/// `nats://user:pass@host` → `nats://user:<redacted>@host`; a lone user part is a token
+/// (`nats://token@host`) and is redacted whole.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None => REDACTED.to_owned(),
+    };
+    format!("{scheme}://{shown}{}", &rest[at..])
+}
+
 /// How a service reaches NATS.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsConfig {
-    /// Server URL; several may be given comma-separated for a cluster.
-    pub url: String,
+    /// Server URL(s): one, or several for a cluster (a comma-separated string or a list).
+    pub url: NatsUrls,
     /// User name (with `password`); the deploy configs give each service its own least-privilege user.
     pub user: Option<String>,
     /// Password for `user`.
@@ -201,7 +385,7 @@ pub struct NatsConfig {
 impl Default for NatsConfig {
     fn default() -> Self {
         Self {
-            url: "nats://127.0.0.1:4222".into(),
+            url: NatsUrls::default(),
             user: None,
             password: Secret::default(),
             credentials_file: None,
@@ -216,9 +400,10 @@ impl Default for NatsConfig {
 
 impl Validate for NatsConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.url.trim().is_empty() {
-            return Err(ConfigError::value("nats.url", "must not be empty"));
-        }
+        // Deserialising checked every entry; a value built in code is checked here.
+        self.url
+            .server_addrs()
+            .map_err(|e| ConfigError::value("nats.url", e.to_string()))?;
         if !matches!(self.replicas, 1 | 3 | 5) {
             return Err(ConfigError::value(
                 "nats.replicas",
@@ -473,7 +658,11 @@ mod tests {
             )?;
             jail.set_env("PROXFLOW_NATS__URL", "nats://env:4222");
             let cfg: Sample = load(Some(Path::new("pf.toml"))).map_err(|e| e.to_string())?;
-            assert_eq!(cfg.nats.url, "nats://env:4222", "env beats file");
+            assert_eq!(
+                cfg.nats.url.to_string(),
+                "nats://env:4222",
+                "env beats file"
+            );
             assert_eq!(cfg.nats.replicas, 3, "file beats default");
             assert_eq!(cfg.ops.listen.port(), 1111);
             assert_eq!(
@@ -493,7 +682,7 @@ mod tests {
             jail.set_env("PROXFLOW_NATS_URL", "nats://short:1");
             let cfg: Sample = load(None).map_err(|e| e.to_string())?;
             assert_eq!(cfg.nats.replicas, 5);
-            assert_eq!(cfg.nats.url, "nats://short:1");
+            assert_eq!(cfg.nats.url.to_string(), "nats://short:1");
             Ok(())
         });
     }
@@ -544,6 +733,110 @@ mod tests {
             assert!(err.contains("nats.replicas"), "{err}");
             Ok(())
         });
+    }
+
+    const THREE: &str = "nats://a:4222,nats://b:4222,nats://c:4222";
+
+    #[test]
+    fn nats_url_takes_a_comma_separated_string() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "PROXFLOW_NATS__URL",
+                "nats://a:4222, nats://b:4222,nats://c:4222",
+            );
+            let cfg: Sample = load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.nats.url.to_string(), THREE);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn nats_url_takes_a_toml_list_and_an_environment_list() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "pf.toml",
+                "[nats]\nurl = [\"nats://a:4222\", \"nats://b:4222\", \"nats://c:4222\"]\n",
+            )?;
+            let cfg: Sample = load(Some(Path::new("pf.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.nats.url.to_string(), THREE);
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "PROXFLOW_NATS__URL",
+                "[nats://a:4222, nats://b:4222, nats://c:4222]",
+            );
+            let cfg: Sample = load(None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.nats.url.to_string(), THREE);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_malformed_nats_url_names_the_key_the_entry_and_the_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PROXFLOW_NATS__URL", "nats://a:4222,nats://b:42x22");
+            let err = load::<Sample>(None)
+                .expect_err("a bad port must fail")
+                .to_string();
+            assert!(err.contains("nats.url"), "{err}");
+            assert!(err.contains("entry 2"), "{err}");
+            assert!(err.contains("PROXFLOW_NATS__URL"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PROXFLOW_NATS_URL", "nats://a:4222,");
+            let err = load::<Sample>(None)
+                .expect_err("a trailing comma must fail")
+                .to_string();
+            assert!(err.contains("nats.url"), "{err}");
+            assert!(err.contains("entry 2 is empty"), "{err}");
+            assert!(
+                err.contains("PROXFLOW_NATS_URL)"),
+                "the shorthand is named: {err}"
+            );
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("pf.toml", "[nats]\nurl = [\"nats://a:4222\", \"\"]\n")?;
+            let err = load::<Sample>(Some(Path::new("pf.toml")))
+                .expect_err("an empty entry must fail")
+                .to_string();
+            assert!(err.contains("nats.url") && err.contains("pf.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn nats_urls_print_without_credentials() {
+        let urls = NatsUrls::from_list([
+            "nats://svc:hunter2@a:4222",
+            "nats://t0ken@b:4222",
+            "nats://c:4222",
+        ])
+        .expect("valid");
+        assert_eq!(
+            urls.to_string(),
+            "nats://svc:<redacted>@a:4222,nats://<redacted>@b:4222,nats://c:4222"
+        );
+        assert_eq!(
+            serde_json::to_string(&urls).expect("serialises"),
+            r#"["nats://svc:<redacted>@a:4222","nats://<redacted>@b:4222","nats://c:4222"]"#
+        );
+        assert_eq!(
+            serde_json::to_string(&NatsUrls::local(4222)).expect("serialises"),
+            r#""nats://127.0.0.1:4222""#,
+            "one URL prints as a string, as it was written"
+        );
+        let err = NatsUrls::parse("nats://svc:hunter2@a:42x22")
+            .expect_err("bad port")
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert_eq!(
+            urls.server_addrs().expect("addresses").len(),
+            3,
+            "the client gets every server"
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!   [`config::Secret`].
 //! - [`bus`] — connecting to NATS, the JetStream topology ([`bus::topology`]), the publisher that sets
 //!   `Nats-Msg-Id`, schema and trace headers ([`bus::publish`]), and the consumer loop that maps handler
-//!   outcomes to ack / nak / term + dead letter ([`bus::consume`]).
+//!   outcomes to ack / nak / term + dead letter ([`bus::consume`]), and the probe that makes
+//!   readiness follow JetStream's availability ([`bus::probe`]).
 //! - [`telemetry`] — subscriber, spans recorded on the bus (`pf.trace.*`) and read back, OTLP export,
 //!   trace context over NATS and HTTP headers.
 //! - [`lease`] — one holder at a time per target, in KV, renewed while held.

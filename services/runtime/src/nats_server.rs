@@ -131,8 +131,13 @@ pub struct ServerOptions {
     pub port: u16,
     /// How long to wait for "Server is ready".
     pub ready_timeout: Duration,
-    /// A config file (`-c`); the address, port and store given here still win over it.
+    /// A config file (`-c`); the address, port and store given here still win over it, unless
+    /// `config_is_complete`.
     pub config_file: Option<PathBuf>,
+    /// The config file sets the listen address, the port and the JetStream store itself (the
+    /// cluster nodes do): no command-line flags are added, since nats-server refuses a store given
+    /// twice. `port` and `store_dir` must then match what the file says.
+    pub config_is_complete: bool,
     /// Extra environment (config files take secrets as `$VARIABLE` references).
     pub env: Vec<(String, String)>,
 }
@@ -168,9 +173,12 @@ impl NatsServerProcess {
             command.arg("-c").arg(config);
         }
         command.envs(options.env.iter().map(|(k, v)| (k, v)));
+        if !options.config_is_complete {
+            command
+                .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+                .arg(&options.store_dir);
+        }
         let mut child = command
-            .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
-            .arg(&options.store_dir)
             // Its own process group: a terminal's Ctrl-C reaches proxflow, which stops the services
             // first and the server last, instead of the server vanishing under in-flight work.
             .process_group(0)

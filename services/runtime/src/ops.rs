@@ -1,6 +1,7 @@
-//! The operations surface of a process: `/healthz` (alive), `/readyz` (NATS connected and every
-//! component ready) and `/metrics` (Prometheus text). One per process; the gateway also mounts it on its
-//! public listener.
+//! The operations surface of a process: `/healthz` (alive), `/readyz` (NATS connected, JetStream
+//! answering with a quorum — the `jetstream` check, set by [`crate::bus::probe`] — and every
+//! component ready) and `/metrics` (Prometheus text). One per process; the gateway also mounts it on
+//! its public listener.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;

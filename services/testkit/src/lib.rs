@@ -6,11 +6,13 @@
 //!
 //! ## Layout
 //! - [`TestNats`]: the server.
+//! - [`TestCluster`]: the shipped 3-node cluster (`deploy/nats/cluster-node{1,2,3}.conf`).
 //! - [`TestNats::context`]: a connected [`ServiceContext`] with the topology declared, as a service has.
 //! - [`pve`]: a Proxmox simulator on a free port and a client for it.
 //! - [`alertmanager`]: a real Alertmanager whose receiver posts to a gateway.
 
 pub mod alertmanager;
+pub mod cluster;
 pub mod pve;
 
 use std::path::{Path, PathBuf};
@@ -18,9 +20,11 @@ use std::time::Duration;
 
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus::{self, topology};
-use proxflow_runtime::config::NatsConfig;
+use proxflow_runtime::config::{NatsConfig, NatsUrls};
 use proxflow_runtime::nats_server::{self, NatsServerError, NatsServerProcess, ServerOptions};
 use proxflow_runtime::ops::{Health, Metrics};
+
+pub use cluster::TestCluster;
 
 /// Why the harness could not provide a server or a context.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,34 @@ pub enum TestkitError {
     /// The locks bucket could not be opened.
     #[error(transparent)]
     Lease(#[from] proxflow_runtime::lease::LeaseError),
+    /// A shipped config file could not be read, or its rewritten copy written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No free ports for the cluster.
+    #[error("picking free ports: {0}")]
+    Ports(#[source] std::io::Error),
+    /// A shipped cluster file no longer has the shape the harness rewrites.
+    #[error("cluster config: {0}")]
+    ClusterConfig(String),
+    /// The cluster's JetStream did not answer in time (no meta leader).
+    #[error("JetStream did not answer within {timeout:?} (last: {last}); node logs:\n{logs}")]
+    NoJetStream {
+        /// How long it waited.
+        timeout: Duration,
+        /// The last answer.
+        last: String,
+        /// Every node's last log lines.
+        logs: String,
+    },
+    /// A node number outside 1 to 3.
+    #[error("no cluster node {0} (nodes are 1 to 3)")]
+    NoSuchNode(usize),
 }
 
 /// The workspace root (where `.tools/` lives).
@@ -89,6 +121,7 @@ impl TestNats {
             port: 0,
             ready_timeout: Duration::from_secs(15),
             config_file: config.map(Path::to_path_buf),
+            config_is_complete: false,
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -129,7 +162,7 @@ impl TestNats {
     /// Client settings for this server, tuned for tests (short timeouts).
     pub fn nats_config(&self) -> NatsConfig {
         NatsConfig {
-            url: self.url(),
+            url: NatsUrls::local(self.process.port()),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
             ..NatsConfig::default()

@@ -20,7 +20,9 @@ async fn main() -> anyhow::Result<()> {
         proxflow_runtime::telemetry::init(&TelemetryConfig::default(), "pf-test-engine")?;
     let metrics = Metrics::new();
     let nats = NatsConfig {
-        url: std::env::var("PF_NATS_URL").context("PF_NATS_URL not set")?,
+        url: std::env::var("PF_NATS_URL")
+            .context("PF_NATS_URL not set")?
+            .parse()?,
         ..NatsConfig::default()
     };
     let journal = Journal(

@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
         proxflow_runtime::telemetry::init(&TelemetryConfig::default(), "pf-test-provisioner")?;
     let metrics = Metrics::new();
     let nats = NatsConfig {
-        url: env("PF_NATS_URL")?,
+        url: env("PF_NATS_URL")?.parse()?,
         ..NatsConfig::default()
     };
     let bus = bus::connect(&nats, "pf-test-provisioner", metrics.clone()).await?;

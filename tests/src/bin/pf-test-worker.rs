@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         proxflow_runtime::telemetry::init(&TelemetryConfig::default(), "pf-test-worker")?;
     let metrics = Metrics::new();
     let nats = NatsConfig {
-        url: env("PF_NATS_URL")?,
+        url: env("PF_NATS_URL")?.parse()?,
         ..NatsConfig::default()
     };
     let bus = bus::connect(&nats, "pf-test-worker", metrics.clone()).await?;

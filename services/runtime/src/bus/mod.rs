@@ -1,7 +1,9 @@
-//! NATS and JetStream: connection, topology, publishing, the consumer loop, and reading events back.
+//! NATS and JetStream: connection, topology, publishing, the consumer loop, reading events back, and
+//! the JetStream readiness probe.
 
 pub mod consume;
 pub mod history;
+pub mod probe;
 pub mod publish;
 pub mod topology;
 
@@ -15,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::config::NatsConfig;
 use crate::ops::Metrics;
 pub use consume::{ConsumerLoop, Delivery, Handler, Outcome};
+pub use probe::{JETSTREAM_CHECK, JetStreamProbe};
 pub use publish::{PublishError, Publisher, Receipt};
 
 /// `Nats-Msg-Id`, parsed once: a `&str` header key is validated and parsed on every insert and lookup.
@@ -34,10 +37,14 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    /// `nats.url` holds something that is not a server address (only reachable when a
+    /// [`NatsConfig`] was built in code: loading the configuration already refuses it).
+    #[error("nats.url: {0}")]
+    InvalidUrl(#[from] crate::config::InvalidNatsUrl),
     /// No connection within `nats.connect_timeout`.
     #[error("cannot reach NATS at {url} within {timeout:?}: {last}")]
     Unreachable {
-        /// The configured URL.
+        /// The configured URLs, comma-separated, credentials redacted.
         url: String,
         /// The configured timeout.
         timeout: Duration,
@@ -62,6 +69,9 @@ pub struct Bus {
 /// Connects, retrying with backoff until `nats.connect_timeout`; afterwards the client reconnects on
 /// its own for as long as the process lives.
 pub async fn connect(cfg: &NatsConfig, name: &str, metrics: Metrics) -> Result<Bus, ConnectError> {
+    // Every configured server: the client connects to one and fails over to the others (and to
+    // those the cluster announces) for as long as the process lives.
+    let servers = cfg.url.server_addrs()?;
     let mut retries = Backoff {
         base: Duration::from_millis(100),
         max: Duration::from_secs(2),
@@ -96,12 +106,12 @@ pub async fn connect(cfg: &NatsConfig, name: &str, metrics: Metrics) -> Result<B
                 }
             })?;
         }
-        match options.connect(cfg.url.as_str()).await {
+        match options.connect(servers.clone()).await {
             Ok(client) => break client,
             Err(e) => {
                 if retries.next().await.is_none() {
                     return Err(ConnectError::Unreachable {
-                        url: cfg.url.clone(),
+                        url: cfg.url.to_string(),
                         timeout: cfg.connect_timeout,
                         last: e.to_string(),
                     });

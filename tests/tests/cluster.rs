@@ -1,0 +1,244 @@
+//! The shipped 3-node cluster (`deploy/nats/cluster-node{1,2,3}.conf`) on real nats-servers: it
+//! forms, elects a JetStream meta leader and stores R3 streams; and a process's `/readyz` follows
+//! JetStream's availability through a quorum loss, not just its connection.
+
+use std::time::Duration;
+
+use async_nats::jetstream::stream;
+use proxflow_runtime::bus::{self, JetStreamProbe, topology};
+use proxflow_runtime::ops::{self, Health, Metrics, OpsState};
+use proxflow_runtime::serve::{self, HttpLimits};
+use proxflow_schemas::names::stream as stream_name;
+use proxflow_testkit::{TestCluster, TestNats};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// `/jsz` of node `node`.
+async fn jsz(cluster: &TestCluster, node: usize) -> serde_json::Value {
+    let url = format!("{}/jsz", cluster.monitor_url(node).expect("node"));
+    reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_cluster_elects_a_meta_leader_and_stores_r3_streams() {
+    let cluster = TestCluster::start().expect("three nodes from the shipped files");
+    cluster
+        .wait_for_jetstream(Duration::from_secs(30))
+        .await
+        .expect("JetStream answers");
+
+    // Every node sees the same meta leader of a 3-node group, and fsyncs every write.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let mut leaders = Vec::new();
+        for node in 1..=3 {
+            let jsz = jsz(&cluster, node).await;
+            assert_eq!(
+                jsz["config"]["sync_always"], true,
+                "node {node} does not fsync every write: {jsz:#}"
+            );
+            leaders.push((
+                jsz["meta_cluster"]["leader"].as_str().map(str::to_owned),
+                jsz["meta_cluster"]["cluster_size"].as_u64(),
+            ));
+        }
+        if let Some((Some(leader), Some(3))) = leaders.first().cloned()
+            && leaders.iter().all(|l| l.0.as_deref() == Some(&leader[..]))
+        {
+            break leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed meta leader: {leaders:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(cluster.node_named(&leader).is_some(), "leader {leader}");
+
+    // A client given all three URLs writes an R3 stream, acknowledged by a majority.
+    let bus = bus::connect(
+        &cluster.nats_config("admin"),
+        "cluster-test",
+        Metrics::new(),
+    )
+    .await
+    .expect("admin connects to the cluster");
+    let created = bus
+        .js
+        .create_stream(stream::Config {
+            name: "PF_CLUSTER_TEST".into(),
+            subjects: vec!["cluster.test.>".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("R3 stream: {e}\n{}", cluster.logs()));
+    assert_eq!(created.cached_info().config.num_replicas, 3);
+    for i in 0..10 {
+        bus.js
+            .publish(format!("cluster.test.{i}"), "written".into())
+            .await
+            .expect("sent")
+            .await
+            .expect("acknowledged by a majority");
+    }
+    let mut test_stream = bus.js.get_stream("PF_CLUSTER_TEST").await.expect("stream");
+    let info = test_stream.info().await.expect("info");
+    assert_eq!(info.state.messages, 10);
+    let replicas = &info.cluster.as_ref().expect("clustered").replicas;
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+
+    // The proxflow topology itself, as `PROXFLOW_NATS__REPLICAS=3` declares it.
+    topology::declare(&bus.client, &bus.js, 3)
+        .await
+        .expect("R3 topology");
+    let events = bus.js.get_stream(stream_name::EVT).await.expect("PF_EVT");
+    assert_eq!(events.cached_info().config.num_replicas, 3);
+}
+
+/// Serves the ops router of `health` on a free port; returns its `/readyz` URL.
+async fn serve_ops(health: &Health, stop: &CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/readyz", listener.local_addr().expect("addr"));
+    let router = ops::router(OpsState {
+        health: health.clone(),
+        metrics: Metrics::new(),
+    });
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        serve::serve(
+            listener,
+            router,
+            stop,
+            &HttpLimits::default(),
+            Duration::from_secs(1),
+        )
+        .await
+    });
+    url
+}
+
+/// Polls `/readyz` until `done` holds for (status, body); panics after `within`.
+async fn readyz_until(
+    url: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(u16, &serde_json::Value) -> bool,
+) -> (u16, serde_json::Value) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    let mut last = (0, serde_json::Value::Null);
+    while Instant::now() < deadline {
+        if let Ok(response) = http.get(url).timeout(Duration::from_secs(1)).send().await {
+            let status = response.status().as_u16();
+            let body = response.json().await.unwrap_or(serde_json::Value::Null);
+            if done(status, &body) {
+                return (status, body);
+            }
+            last = (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/readyz not {what} within {within:?}; last {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_jetstream_through_a_quorum_loss() {
+    let mut cluster = TestCluster::start().expect("three nodes from the shipped files");
+    cluster
+        .wait_for_jetstream(Duration::from_secs(30))
+        .await
+        .expect("JetStream answers");
+    let bus = bus::connect(&cluster.nats_config("admin"), "readyz-test", Metrics::new())
+        .await
+        .expect("connects");
+    topology::declare(&bus.client, &bus.js, 3)
+        .await
+        .expect("R3 topology");
+
+    // What `proxflow serve` runs: the connection check, the JetStream probe, the ops endpoint.
+    let health = Health::default();
+    health.watch_nats(bus.client.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(JetStreamProbe::default().run(health.clone(), bus.js.clone(), stop.clone()));
+    let readyz = serve_ops(&health, &stop).await;
+    readyz_until(&readyz, Duration::from_secs(30), "ready", |status, body| {
+        status == 200 && body["jetstream"] == true
+    })
+    .await;
+
+    // Two of three nodes go. The one kept leads the probed stream: a raft leader keeps answering
+    // for about ten seconds after losing its followers, which must not read as ready.
+    let info = bus
+        .js
+        .get_stream(stream_name::EVT)
+        .await
+        .expect("PF_EVT")
+        .cached_info()
+        .clone();
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .and_then(|name| cluster.node_named(&name))
+        .expect("PF_EVT has a leader on one of the nodes");
+    let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+    tokio::task::block_in_place(|| {
+        for node in &others {
+            cluster.stop(*node).expect("stops");
+        }
+    });
+    let (_, body) = readyz_until(
+        &readyz,
+        Duration::from_secs(5),
+        "503 naming jetstream",
+        |status, body| status == 503 && body["jetstream"] == false,
+    )
+    .await;
+    assert_eq!(body["jetstream"], false, "{body}");
+
+    // They come back: ready again once JetStream has its quorum.
+    tokio::task::block_in_place(|| {
+        for node in &others {
+            cluster.restart(*node).expect("restarts");
+        }
+    });
+    readyz_until(
+        &readyz,
+        Duration::from_secs(60),
+        "ready again",
+        |status, body| status == 200 && body["jetstream"] == true,
+    )
+    .await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_single_server_counts_as_jetstream_ready() {
+    let nats = TestNats::start().expect("nats-server");
+    let ctx = nats.context("probe").await.expect("context");
+    let stop = CancellationToken::new();
+    tokio::spawn(JetStreamProbe::default().run(
+        ctx.health.clone(),
+        ctx.bus.js.clone(),
+        stop.clone(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ready, checks) = ctx.health.report();
+        if checks.get("jetstream") == Some(&true) {
+            assert!(ready, "{checks:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no jetstream check: {checks:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+}
