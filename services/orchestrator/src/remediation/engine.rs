@@ -497,7 +497,10 @@ fn render(rule: &Rule, alert: &AlertReceived) -> Result<(String, RemediationActi
             pool: r(pool, "action.pool")?,
         },
         Action::Notify { url } => RemediationAction::Notify {
-            url: r(url, "action.url")?,
+            url: template::render_url(url, alert).map_err(|source| RenderError::Template {
+                field: "action.url".to_string(),
+                source,
+            })?,
         },
         Action::Command { argv, timeout } => RemediationAction::Command {
             argv: argv

@@ -50,6 +50,29 @@ pub fn check(text: &str) -> Result<(), TemplateError> {
 
 /// Fills a template from `alert`.
 pub fn render(text: &str, alert: &AlertReceived) -> Result<String, TemplateError> {
+    render_with(text, alert, |value, out| out.push_str(value))
+}
+
+/// Fills a URL template from `alert`, each value percent-encoded (everything but `A-Z a-z 0-9 - .
+/// _ ~`), so a label can only ever be data inside its segment: `x/../../admin?q=1#` cannot climb
+/// the path, add a query or cut it short.
+pub fn render_url(text: &str, alert: &AlertReceived) -> Result<String, TemplateError> {
+    render_with(text, alert, |value, out| {
+        for b in value.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    })
+}
+
+fn render_with(
+    text: &str,
+    alert: &AlertReceived,
+    put: impl Fn(&str, &mut String),
+) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(text.len());
     let mut last = 0;
     for (start, end, name) in placeholders(text)? {
@@ -64,7 +87,10 @@ pub fn render(text: &str, alert: &AlertReceived) -> Result<String, TemplateError
                 _ => None,
             },
         };
-        out.push_str(value.ok_or_else(|| TemplateError::Missing(name.to_string()))?);
+        put(
+            value.ok_or_else(|| TemplateError::Missing(name.to_string()))?,
+            &mut out,
+        );
         last = end;
     }
     out.push_str(&text[last..]);
@@ -126,5 +152,18 @@ pub(crate) mod tests {
             Err(TemplateError::Unknown(_))
         ));
         assert!(check("plain text").is_ok());
+    }
+
+    #[test]
+    fn a_label_in_a_url_stays_inside_its_segment() {
+        let a = alert(&[("alertname", "VMDown"), ("host", "x/../../admin?q=1#")]);
+        let url = render_url("http://pager.example/hooks/{labels.host}/page", &a).unwrap();
+        assert_eq!(
+            url,
+            "http://pager.example/hooks/x%2F..%2F..%2Fadmin%3Fq%3D1%23/page"
+        );
+        assert!(!url.contains(['?', '#']), "{url}");
+        // The plain renderer (targets, job names) is unchanged.
+        assert_eq!(render("{labels.host}", &a).unwrap(), "x/../../admin?q=1#");
     }
 }
