@@ -7,6 +7,7 @@
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use proxflow_pve::{ErrorKind, PveClient, PveError};
+use proxflow_runtime::backoff::Backoff;
 use proxflow_schemas::names::bucket;
 
 /// Candidates tried before giving up (each taken one moves to the next id).
@@ -41,8 +42,22 @@ impl Reservations {
             .map_err(|e| VmidError::Kv(e.to_string()))
     }
 
-    /// The VMID reserved for `workflow_id`, if any.
+    /// The VMID reserved for `workflow_id`, if any. Retried while the bucket does not answer (a
+    /// leader election), so an election costs a pause, not one of the step's attempts.
     pub async fn find(&self, workflow_id: &str) -> Result<Option<u32>, VmidError> {
+        let mut retries = Backoff::UNAVAILABLE.start();
+        retries.next().await;
+        loop {
+            match self.find_once(workflow_id).await {
+                Err(e) if retries.next().await.is_some() => {
+                    tracing::debug!(error = %e, "VMID reservations unavailable; retrying");
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn find_once(&self, workflow_id: &str) -> Result<Option<u32>, VmidError> {
         let mut keys = self
             .kv
             .keys()
@@ -67,23 +82,53 @@ impl Reservations {
         Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// Creates the reservation `key` for `workflow_id`: `true` when it is ours (now, or from an
+    /// earlier attempt whose answer was lost), `false` when another workflow holds it. During a
+    /// leader election a create can fail although it landed, or report an existing key as a
+    /// generic "wrong last sequence": the stored owner decides, and while the bucket does not
+    /// answer the claim is retried (an election costs a pause, not one of the step's attempts).
+    async fn claim(&self, key: &str, workflow_id: &str) -> Result<bool, VmidError> {
+        let mut retries = Backoff::UNAVAILABLE.start();
+        retries.next().await;
+        loop {
+            let failed = match self
+                .kv
+                .create(key, workflow_id.as_bytes().to_vec().into())
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(false),
+                Err(e) if e.kind() == kv::CreateErrorKind::InvalidKey => {
+                    return Err(VmidError::Kv(e.to_string()));
+                }
+                Err(e) => match self.owner(key).await {
+                    Ok(Some(owner)) => return Ok(owner == workflow_id),
+                    Ok(None) | Err(_) => e,
+                },
+            };
+            if retries.next().await.is_none() {
+                return Err(VmidError::Kv(failed.to_string()));
+            }
+        }
+    }
+
     /// Reserves a VMID for `workflow_id` (the one it already holds, if any): Proxmox's next free id,
     /// or the next one up that is neither reserved nor used by a VM.
     pub async fn reserve(&self, client: &PveClient, workflow_id: &str) -> Result<u32, VmidError> {
         if let Some(vmid) = self.find(workflow_id).await? {
-            return Ok(vmid);
+            // Held from an earlier attempt: still good unless a VM appeared on it meanwhile (this
+            // step runs before the clone, so any VM there is someone else's).
+            match client.vm_config(vmid).await {
+                Err(e) if e.kind == ErrorKind::NotFound => return Ok(vmid),
+                Ok(_) => self.release(vmid, workflow_id).await?,
+                Err(e) => return Err(e.into()),
+            }
         }
         let first = client.next_id().await?;
         for candidate in first..first.saturating_add(MAX_CANDIDATES) {
             let key = candidate.to_string();
-            match self
-                .kv
-                .create(&key, workflow_id.as_bytes().to_vec().into())
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(VmidError::Kv(e.to_string())),
+            if !self.claim(&key, workflow_id).await? {
+                continue;
             }
             // Reserved in KV; make sure nothing outside proxflow created that VM meanwhile.
             match client.vm_config(candidate).await {

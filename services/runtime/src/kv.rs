@@ -236,21 +236,7 @@ async fn write(
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Written::Conflict),
             Err(e) => Err(CasError::kv(key, e)),
         },
-        None => match patiently(
-            || store.create(key, bytes.clone()),
-            |e: &kv::CreateError| {
-                !matches!(
-                    e.kind(),
-                    kv::CreateErrorKind::AlreadyExists | kv::CreateErrorKind::InvalidKey
-                )
-            },
-        )
-        .await
-        {
-            Ok(next) => Ok(Written::Done(Some(next))),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Written::Conflict),
-            Err(e) => Err(CasError::kv(key, e)),
-        },
+        None => create(store, key, bytes).await,
     }
 }
 
@@ -278,6 +264,36 @@ where
             }
             other => return other,
         }
+    }
+}
+
+/// Creates `key`: a conflict when it exists. During a leader election the client can report an
+/// existing key (or a create of ours that landed before its answer was lost) as a generic "wrong
+/// last sequence": whenever the key exists after a failed create, it is a conflict, decided again
+/// on what is stored; while the bucket does not answer, the create is retried.
+async fn create(store: &kv::Store, key: &str, bytes: Bytes) -> Result<Written, CasError> {
+    let mut retries = Backoff::UNAVAILABLE.start();
+    retries.next().await;
+    loop {
+        let failed = match store.create(key, bytes.clone()).await {
+            Ok(next) => return Ok(Written::Done(Some(next))),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                return Ok(Written::Conflict);
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::InvalidKey => {
+                return Err(CasError::kv(key, e));
+            }
+            Err(e) => match store.entry(key).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                    return Ok(Written::Conflict);
+                }
+                _ => e,
+            },
+        };
+        if retries.next().await.is_none() {
+            return Err(CasError::kv(key, failed));
+        }
+        tracing::debug!(key, error = %failed, "KV create unavailable; retrying");
     }
 }
 

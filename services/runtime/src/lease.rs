@@ -281,19 +281,29 @@ impl LeaseInner {
             return Ok(());
         }
         let revision = self.revision.load(Ordering::SeqCst);
-        match self
-            .kv
-            .delete_expect_revision(&self.key, Some(revision))
-            .await
-        {
-            Ok(()) => Ok(()),
-            // The client reports a revision mismatch as a generic publish error: look whether the
-            // key moved on (someone else's now, or gone), which is not a failure of this release.
-            Err(e) => match self.kv.entry(&self.key).await {
-                Ok(Some(entry)) if entry.revision == revision => Err(kv_error(&self.key, e)),
-                Ok(_) => Ok(()),
-                Err(_) => Err(kv_error(&self.key, e)),
-            },
+        // A release lost to a leader election would leave the lease to age out (minutes of every
+        // later holder being told "busy"): it is retried while the bucket is unavailable.
+        let mut retries = crate::backoff::Backoff::UNAVAILABLE.start();
+        retries.next().await;
+        loop {
+            let failed = match self
+                .kv
+                .delete_expect_revision(&self.key, Some(revision))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                // The client reports a revision mismatch as a generic publish error: look whether
+                // the key moved on (someone else's now, or gone), which is not a failure of this
+                // release.
+                Err(e) => match self.kv.entry(&self.key).await {
+                    Ok(Some(entry)) if entry.revision == revision => e,
+                    Ok(_) => return Ok(()),
+                    Err(_) => e,
+                },
+            };
+            if retries.next().await.is_none() {
+                return Err(kv_error(&self.key, failed));
+            }
         }
     }
 }

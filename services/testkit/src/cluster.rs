@@ -182,6 +182,12 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Kills node `node` outright (`kill -9`: no goodbye to its peers; its store is kept).
+    pub fn kill(&mut self, node: usize) -> Result<(), TestkitError> {
+        self.node_mut(node)?.kill();
+        Ok(())
+    }
+
     /// Starts node `node` again on its ports and store.
     pub fn restart(&mut self, node: usize) -> Result<(), TestkitError> {
         Ok(self.node_mut(node)?.restart()?)

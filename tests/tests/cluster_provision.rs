@@ -1,0 +1,156 @@
+//! On the shipped 3-node cluster (R3): 20 concurrent provisions while the leader of `PF_CMD` is
+//! killed -9. Every workflow succeeds exactly once, with 20 VMs and no dead letters.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use proxflow_e2e::{provisioner_config, test_consumer};
+use proxflow_runtime::ServiceContext;
+use proxflow_runtime::bus::{self, topology};
+use proxflow_runtime::ops::{Health, Metrics};
+use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_schemas::names::stream;
+use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
+use proxflow_schemas::workflow::WorkflowState;
+use proxflow_testkit::TestCluster;
+use proxflow_testkit::pve::start_sim;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_provisions_survive_a_kill_9_of_the_command_streams_leader() {
+    let mut cluster = TestCluster::start().expect("three nodes from the shipped files");
+    cluster
+        .wait_for_jetstream(Duration::from_secs(30))
+        .await
+        .expect("JetStream answers");
+    let bus = bus::connect(&cluster.nats_config("admin"), "cluster-e2e", Metrics::new())
+        .await
+        .expect("connects");
+    topology::declare(&bus.client, &bus.js, 3)
+        .await
+        .expect("R3 topology");
+    let ctx = ServiceContext::new(
+        bus,
+        Health::default(),
+        Metrics::new(),
+        Duration::from_secs(2),
+    )
+    .await
+    .expect("context");
+    let (sim, client) = start_sim(|c| c.durations.agent_boot = Duration::from_millis(300))
+        .await
+        .expect("simulator");
+    let file_sd = tempfile::tempdir().unwrap();
+    let config = provisioner_config(
+        file_sd.path().join("k3s-nodes.json"),
+        Duration::from_secs(30),
+    );
+    let stop = CancellationToken::new();
+    tokio::spawn(proxflow_orchestrator::run(
+        ctx.clone(),
+        proxflow_orchestrator::Orchestration::new(
+            test_consumer(Duration::from_secs(30)),
+            config.profiles.clone(),
+        ),
+        stop.clone(),
+    ));
+    tokio::spawn(proxflow_provisioner::run(
+        ctx.clone(),
+        proxflow_provisioner::ProvisionerSettings {
+            config,
+            pve: client,
+        },
+        stop.clone(),
+    ));
+    let before: BTreeSet<u32> = sim.handle().vm_ids().into_iter().collect();
+
+    let ids: Vec<String> = (0..20).map(|i| format!("prov-cluster-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let request = ProvisionRequested {
+            workflow_id: id.clone(),
+            idempotency_key: id.clone(),
+            name: format!("k3s-c{i}"),
+            profile: "k8s-node".into(),
+            overrides: VmOverrides::default(),
+            ssh_keys: vec![],
+            ip: IpConfig::Dhcp,
+            tags: vec![],
+            requested_by: "test".into(),
+            requested_at: Utc::now(),
+        };
+        ctx.bus
+            .publisher
+            .publish(&request)
+            .await
+            .expect("published");
+    }
+    // Once the provisions are under way, the node leading the command stream dies without a word.
+    let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut running = 0;
+        for id in &ids {
+            if let Some((r, _)) = store.get(id).await.unwrap()
+                && r.state != WorkflowState::Pending
+            {
+                running += 1;
+            }
+        }
+        if running >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the provisions never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut commands = ctx.bus.js.get_stream(stream::CMD).await.unwrap();
+    let leader = commands
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("PF_CMD has a leader");
+    let node = cluster.node_named(&leader).expect("a node of ours");
+    cluster.kill(node).expect("kill -9");
+
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut vmids = BTreeSet::new();
+    for id in &ids {
+        let record = loop {
+            let current = store.get(id).await;
+            match &current {
+                Ok(Some((r, _))) if r.state.is_terminal() => break r.clone(),
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id} did not finish after the leader was killed: {current:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            record.state,
+            WorkflowState::Succeeded,
+            "{id}: {:?}",
+            record.error
+        );
+        vmids.insert(record.data["vmid"].as_u64().unwrap() as u32);
+    }
+    assert_eq!(vmids.len(), 20, "distinct VMIDs");
+    let after: BTreeSet<u32> = sim.handle().vm_ids().into_iter().collect();
+    let created: BTreeSet<u32> = after.difference(&before).copied().collect();
+    assert_eq!(created, vmids, "exactly one VM per workflow, no orphans");
+    let events = ctx.bus.js.get_stream(stream::EVT).await.unwrap();
+    let dead_letters = events
+        .info_with_subjects(proxflow_schemas::names::subject::dead_letter("*"))
+        .await
+        .unwrap();
+    use futures::TryStreamExt;
+    let dead_letters: Vec<(String, usize)> = dead_letters.try_collect().await.unwrap();
+    assert!(dead_letters.is_empty(), "dead letters: {dead_letters:?}");
+    stop.cancel();
+    cluster.restart(node).ok();
+}
