@@ -242,3 +242,148 @@ async fn a_single_server_counts_as_jetstream_ready() {
     }
     stop.cancel();
 }
+
+/// Two of three nodes down: the gateway refuses a provisioning request at once with 503 naming
+/// JetStream (not after every publish retry, not with "no stream found"); once the quorum is back,
+/// the same request succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_a_quorum_loss_are_refused_naming_jetstream_and_succeed_after() {
+    const TOKEN: &str = "cluster-test-token-0123456789";
+    let mut cluster = TestCluster::start().expect("three nodes from the shipped files");
+    cluster
+        .wait_for_jetstream(Duration::from_secs(30))
+        .await
+        .expect("JetStream answers");
+    let bus = bus::connect(&cluster.nats_config("admin"), "quorum-test", Metrics::new())
+        .await
+        .expect("admin connects");
+    topology::declare(&bus.client, &bus.js, 3)
+        .await
+        .expect("R3 topology");
+    let health = Health::default();
+    health.watch_nats(bus.client.clone());
+    let ctx = proxflow_runtime::ServiceContext::new(
+        bus,
+        health.clone(),
+        Metrics::new(),
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("context");
+    let stop = CancellationToken::new();
+    tokio::spawn(JetStreamProbe::default().run(health, ctx.bus.js.clone(), stop.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(proxflow_gateway::run(
+        ctx.clone(),
+        proxflow_gateway::GatewaySettings {
+            config: proxflow_gateway::GatewayConfig {
+                bearer_tokens: [(
+                    "ci".to_string(),
+                    proxflow_runtime::config::Secret::new(TOKEN),
+                )]
+                .into(),
+                ..proxflow_gateway::GatewayConfig::default()
+            },
+            profiles: proxflow_platform::Profiles::default(),
+            listener,
+        },
+        stop.clone(),
+    ));
+    let readyz = format!("{base}/readyz");
+    readyz_until(&readyz, Duration::from_secs(30), "ready", |status, body| {
+        status == 200 && body["jetstream"] == true
+    })
+    .await;
+
+    let leader = ctx
+        .bus
+        .js
+        .get_stream(stream_name::EVT)
+        .await
+        .expect("PF_EVT")
+        .cached_info()
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .and_then(|name| cluster.node_named(&name))
+        .expect("PF_EVT has a leader");
+    let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+    tokio::task::block_in_place(|| {
+        for node in &others {
+            cluster.stop(*node).expect("stops");
+        }
+    });
+    readyz_until(&readyz, Duration::from_secs(5), "503", |status, body| {
+        status == 503 && body["jetstream"] == false
+    })
+    .await;
+
+    let http = reqwest::Client::new();
+    let request = || {
+        http.post(format!("{base}/v1/provision"))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", "quorum-1")
+            .json(&serde_json::json!({"name": "k3s-quorum"}))
+            .timeout(Duration::from_secs(30))
+            .send()
+    };
+    let started = Instant::now();
+    let refused = request().await.expect("an answer");
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.expect("json");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("JetStream is unavailable"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused only after retries"
+    );
+
+    tokio::task::block_in_place(|| {
+        for node in &others {
+            cluster.restart(*node).expect("restarts");
+        }
+    });
+    readyz_until(
+        &readyz,
+        Duration::from_secs(60),
+        "ready again",
+        |status, body| status == 200 && body["jetstream"] == true,
+    )
+    .await;
+    // Each stream elects its own leader: the ingest stream may follow a moment after the probed
+    // one, answered 503 meanwhile. A sender's retry (as Alertmanager's or a CI job's) gets through.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let accepted = loop {
+        let answer = request().await.expect("an answer");
+        if answer.status() != 503 {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused 30 s after the quorum came back: {:?}",
+            answer.text().await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // 202, or 200 when an earlier retry already recorded the workflow (its request is published
+    // again): either way the one workflow of this idempotency key is accepted.
+    let status = accepted.status().as_u16();
+    let body: serde_json::Value = accepted.json().await.expect("json");
+    assert!(matches!(status, 200 | 202), "{status} {body}");
+    assert!(
+        body["workflow_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("prov-")),
+        "{body}"
+    );
+    stop.cancel();
+}

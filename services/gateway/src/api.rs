@@ -653,13 +653,26 @@ impl Api {
 
     /// Fails fast with 503 while NATS is disconnected instead of waiting out request timeouts.
     fn ensure_connected(&self) -> Result<(), Rejection> {
-        if self.ctx.bus.client.connection_state() == async_nats::connection::State::Connected {
-            Ok(())
-        } else {
-            Err(Rejection::Unavailable(
+        if self.ctx.bus.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Rejection::Unavailable(
                 "the message bus (NATS) is not connected; retry later".into(),
-            ))
+            ));
         }
+        // Connected is not enough on a cluster: without a quorum every publish would wait out
+        // its retries and fail. The JetStream probe's last answer refuses at once, with the cause.
+        if self
+            .ctx
+            .health
+            .check(proxflow_runtime::bus::probe::JETSTREAM_CHECK)
+            == Some(false)
+        {
+            return Err(Rejection::Unavailable(
+                "JetStream is unavailable (no quorum: NATS nodes down, or a leader election); \
+                 retry later"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn publish(&self, message: &ProvisionRequested) -> Result<(), Rejection> {

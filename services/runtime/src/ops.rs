@@ -42,6 +42,11 @@ impl Health {
         self.components.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The last state of one check, if it was ever set.
+    pub fn check(&self, component: &str) -> Option<bool> {
+        self.lock().get(component).copied()
+    }
+
     /// (ready, per-check report).
     pub fn report(&self) -> (bool, BTreeMap<String, bool>) {
         let mut checks = self.lock().clone();
