@@ -279,6 +279,23 @@ pub async fn start_gateway(
 /// The gateway's Alertmanager bearer token in tests that post alerts.
 pub const ALERT_TOKEN: &str = "alertmanager-token-0123456789";
 
+/// A provisioning request as a webhook sends it: workflow `id` (also its idempotency key), VM
+/// `name`, the default profile, DHCP, no SSH keys or tags; tests change what they vary.
+pub fn provision_request(id: &str, name: &str) -> proxflow_schemas::provision::ProvisionRequested {
+    proxflow_schemas::provision::ProvisionRequested {
+        workflow_id: id.to_owned(),
+        idempotency_key: id.to_owned(),
+        name: name.to_owned(),
+        profile: "k8s-node".into(),
+        overrides: proxflow_schemas::provision::VmOverrides::default(),
+        ssh_keys: Vec::new(),
+        ip: proxflow_schemas::provision::IpConfig::Dhcp,
+        tags: Vec::new(),
+        requested_by: "test".into(),
+        requested_at: chrono::Utc::now(),
+    }
+}
+
 /// One alert as Alertmanager posts it (webhook v4).
 pub fn alertmanager_alert(
     name: &str,

@@ -126,6 +126,35 @@ async fn serve_ops(health: &Health, stop: &CancellationToken) -> String {
     url
 }
 
+/// Stops every node but the one leading `stream` (whose raft leader keeps answering for a while
+/// after losing its followers, the case readiness must not mistake for ready); returns them.
+async fn stop_all_but_the_leader_of(
+    cluster: &mut TestCluster,
+    ctx: &proxflow_runtime::ServiceContext,
+    stream: &str,
+) -> Vec<usize> {
+    let leader = cluster
+        .stream_leader(&ctx.bus.js, stream)
+        .await
+        .unwrap_or_else(|| panic!("{stream} has a leader on one of the nodes"));
+    let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+    tokio::task::block_in_place(|| {
+        for node in &others {
+            cluster.stop(*node).expect("stops");
+        }
+    });
+    others
+}
+
+/// Starts `nodes` again.
+fn restart(cluster: &mut TestCluster, nodes: &[usize]) {
+    tokio::task::block_in_place(|| {
+        for node in nodes {
+            cluster.restart(*node).expect("restarts");
+        }
+    });
+}
+
 /// Polls `/readyz` until `done` holds for (status, body); panics after `within`.
 async fn readyz_until(
     url: &str,
@@ -157,18 +186,11 @@ async fn readyz_follows_jetstream_through_a_quorum_loss() {
         .wait_for_jetstream(Duration::from_secs(30))
         .await
         .expect("JetStream answers");
-    let bus = bus::connect(&cluster.nats_config("admin"), "readyz-test", Metrics::new())
-        .await
-        .expect("connects");
-    topology::declare(&bus.client, &bus.js, 3)
-        .await
-        .expect("R3 topology");
-
     // What `proxflow serve` runs: the connection check, the JetStream probe, the ops endpoint.
-    let health = Health::default();
-    health.watch_nats(bus.client.clone());
+    let ctx = cluster.context("readyz-test").await.expect("context");
+    let health = ctx.health.clone();
     let stop = CancellationToken::new();
-    tokio::spawn(JetStreamProbe::default().run(health.clone(), bus.js.clone(), stop.clone()));
+    tokio::spawn(JetStreamProbe::default().run(health.clone(), ctx.bus.js.clone(), stop.clone()));
     let readyz = serve_ops(&health, &stop).await;
     readyz_until(&readyz, Duration::from_secs(30), "ready", |status, body| {
         status == 200 && body["jetstream"] == true
@@ -177,24 +199,7 @@ async fn readyz_follows_jetstream_through_a_quorum_loss() {
 
     // Two of three nodes go. The one kept leads the probed stream: a raft leader keeps answering
     // for about ten seconds after losing its followers, which must not read as ready.
-    let info = bus
-        .js
-        .get_stream(stream_name::EVT)
-        .await
-        .expect("PF_EVT")
-        .cached_info()
-        .clone();
-    let leader = info
-        .cluster
-        .and_then(|c| c.leader)
-        .and_then(|name| cluster.node_named(&name))
-        .expect("PF_EVT has a leader on one of the nodes");
-    let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
-    tokio::task::block_in_place(|| {
-        for node in &others {
-            cluster.stop(*node).expect("stops");
-        }
-    });
+    let others = stop_all_but_the_leader_of(&mut cluster, &ctx, stream_name::EVT).await;
     let (_, body) = readyz_until(
         &readyz,
         Duration::from_secs(5),
@@ -205,11 +210,7 @@ async fn readyz_follows_jetstream_through_a_quorum_loss() {
     assert_eq!(body["jetstream"], false, "{body}");
 
     // They come back: ready again once JetStream has its quorum.
-    tokio::task::block_in_place(|| {
-        for node in &others {
-            cluster.restart(*node).expect("restarts");
-        }
-    });
+    restart(&mut cluster, &others);
     readyz_until(
         &readyz,
         Duration::from_secs(60),
@@ -254,24 +255,13 @@ async fn requests_during_a_quorum_loss_are_refused_naming_jetstream_and_succeed_
         .wait_for_jetstream(Duration::from_secs(30))
         .await
         .expect("JetStream answers");
-    let bus = bus::connect(&cluster.nats_config("admin"), "quorum-test", Metrics::new())
-        .await
-        .expect("admin connects");
-    topology::declare(&bus.client, &bus.js, 3)
-        .await
-        .expect("R3 topology");
-    let health = Health::default();
-    health.watch_nats(bus.client.clone());
-    let ctx = proxflow_runtime::ServiceContext::new(
-        bus,
-        health.clone(),
-        Metrics::new(),
-        Duration::from_secs(1),
-    )
-    .await
-    .expect("context");
+    let ctx = cluster.context("quorum-test").await.expect("context");
     let stop = CancellationToken::new();
-    tokio::spawn(JetStreamProbe::default().run(health, ctx.bus.js.clone(), stop.clone()));
+    tokio::spawn(JetStreamProbe::default().run(
+        ctx.health.clone(),
+        ctx.bus.js.clone(),
+        stop.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -298,24 +288,7 @@ async fn requests_during_a_quorum_loss_are_refused_naming_jetstream_and_succeed_
     })
     .await;
 
-    let leader = ctx
-        .bus
-        .js
-        .get_stream(stream_name::EVT)
-        .await
-        .expect("PF_EVT")
-        .cached_info()
-        .cluster
-        .clone()
-        .and_then(|c| c.leader)
-        .and_then(|name| cluster.node_named(&name))
-        .expect("PF_EVT has a leader");
-    let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
-    tokio::task::block_in_place(|| {
-        for node in &others {
-            cluster.stop(*node).expect("stops");
-        }
-    });
+    let others = stop_all_but_the_leader_of(&mut cluster, &ctx, stream_name::EVT).await;
     readyz_until(&readyz, Duration::from_secs(5), "503", |status, body| {
         status == 503 && body["jetstream"] == false
     })
@@ -347,11 +320,7 @@ async fn requests_during_a_quorum_loss_are_refused_naming_jetstream_and_succeed_
         "refused only after retries"
     );
 
-    tokio::task::block_in_place(|| {
-        for node in &others {
-            cluster.restart(*node).expect("restarts");
-        }
-    });
+    restart(&mut cluster, &others);
     readyz_until(
         &readyz,
         Duration::from_secs(60),

@@ -5,14 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use proxflow_e2e::{provisioner_config, test_consumer};
-use proxflow_runtime::ServiceContext;
-use proxflow_runtime::bus::{self, topology};
-use proxflow_runtime::ops::{Health, Metrics};
+use proxflow_e2e::{provision_request, provisioner_config, test_consumer};
 use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::names::stream;
-use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
 use proxflow_schemas::workflow::WorkflowState;
 use proxflow_testkit::TestCluster;
 use proxflow_testkit::pve::start_sim;
@@ -25,20 +20,7 @@ async fn twenty_provisions_survive_a_kill_9_of_the_command_streams_leader() {
         .wait_for_jetstream(Duration::from_secs(30))
         .await
         .expect("JetStream answers");
-    let bus = bus::connect(&cluster.nats_config("admin"), "cluster-e2e", Metrics::new())
-        .await
-        .expect("connects");
-    topology::declare(&bus.client, &bus.js, 3)
-        .await
-        .expect("R3 topology");
-    let ctx = ServiceContext::new(
-        bus,
-        Health::default(),
-        Metrics::new(),
-        Duration::from_secs(2),
-    )
-    .await
-    .expect("context");
+    let ctx = cluster.context("cluster-e2e").await.expect("context");
     let (sim, client) = start_sim(|c| c.durations.agent_boot = Duration::from_millis(300))
         .await
         .expect("simulator");
@@ -68,18 +50,7 @@ async fn twenty_provisions_survive_a_kill_9_of_the_command_streams_leader() {
 
     let ids: Vec<String> = (0..20).map(|i| format!("prov-cluster-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        let request = ProvisionRequested {
-            workflow_id: id.clone(),
-            idempotency_key: id.clone(),
-            name: format!("k3s-c{i}"),
-            profile: "k8s-node".into(),
-            overrides: VmOverrides::default(),
-            ssh_keys: vec![],
-            ip: IpConfig::Dhcp,
-            tags: vec![],
-            requested_by: "test".into(),
-            requested_at: Utc::now(),
-        };
+        let request = provision_request(id, &format!("k3s-c{i}"));
         ctx.bus
             .publisher
             .publish(&request)
@@ -104,16 +75,10 @@ async fn twenty_provisions_survive_a_kill_9_of_the_command_streams_leader() {
         assert!(Instant::now() < deadline, "the provisions never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut commands = ctx.bus.js.get_stream(stream::CMD).await.unwrap();
-    let leader = commands
-        .info()
+    let node = cluster
+        .stream_leader(&ctx.bus.js, stream::CMD)
         .await
-        .unwrap()
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .expect("PF_CMD has a leader");
-    let node = cluster.node_named(&leader).expect("a node of ours");
+        .expect("PF_CMD has a leader on one of the nodes");
     cluster.kill(node).expect("kill -9");
 
     let deadline = Instant::now() + Duration::from_secs(150);

@@ -106,6 +106,23 @@ fn limits(f: impl FnOnce(&mut HttpLimits)) -> HttpLimits {
     limits
 }
 
+/// Header, body and idle timeouts all `timeout`.
+fn timeouts(timeout: Duration) -> HttpLimits {
+    limits(|l| {
+        l.header_read_timeout = timeout;
+        l.body_read_timeout = timeout;
+        l.idle_timeout = timeout;
+    })
+}
+
+/// An authenticated alert delivery's head announcing a 100-byte body, and its first bytes.
+fn slow_body_start() -> String {
+    format!(
+        "POST /v1/alerts/alertmanager HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {TOKEN}\r\ncontent-length: 100\r\n\r\n{{\"alerts\":"
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_checked_before_a_body_is_read() {
     let edge = gateway(HttpLimits::default()).await;
@@ -141,12 +158,7 @@ async fn credentials_are_checked_before_a_body_is_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_slow_bodies_and_idle_connections_are_closed() {
-    let edge = gateway(limits(|l| {
-        l.header_read_timeout = Duration::from_secs(1);
-        l.body_read_timeout = Duration::from_secs(1);
-        l.idle_timeout = Duration::from_secs(1);
-    }))
-    .await;
+    let edge = gateway(timeouts(Duration::from_secs(1))).await;
     // Slowloris: a header line every 300 ms, never finished.
     let mut slowloris = TcpStream::connect(edge.addr).await.unwrap();
     slowloris
@@ -170,11 +182,10 @@ async fn slow_headers_slow_bodies_and_idle_connections_are_closed() {
     let mut idle = TcpStream::connect(edge.addr).await.unwrap();
     // Slow body: authenticated, announces 100 bytes, sends 10.
     let mut slow_body = TcpStream::connect(edge.addr).await.unwrap();
-    let head = format!(
-        "POST /v1/alerts/alertmanager HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-         authorization: Bearer {TOKEN}\r\ncontent-length: 100\r\n\r\n{{\"alerts\":"
-    );
-    slow_body.write_all(head.as_bytes()).await.unwrap();
+    slow_body
+        .write_all(slow_body_start().as_bytes())
+        .await
+        .unwrap();
 
     let started = Instant::now();
     assert!(
@@ -250,23 +261,17 @@ async fn connections_past_the_cap_are_refused_with_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_within_the_grace_period_whatever_clients_do() {
     // Timeouts far longer than the grace period (2 s): only the shutdown can end these.
-    let edge = gateway(limits(|l| {
-        l.header_read_timeout = Duration::from_secs(600);
-        l.body_read_timeout = Duration::from_secs(600);
-        l.idle_timeout = Duration::from_secs(600);
-    }))
-    .await;
+    let edge = gateway(timeouts(Duration::from_secs(600))).await;
     let mut mid_headers = TcpStream::connect(edge.addr).await.unwrap();
     mid_headers
         .write_all(b"POST /v1/alerts/alertmanager HTTP/1.1\r\nhost: x\r\n")
         .await
         .unwrap();
     let mut mid_body = TcpStream::connect(edge.addr).await.unwrap();
-    let head = format!(
-        "POST /v1/alerts/alertmanager HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
-         authorization: Bearer {TOKEN}\r\ncontent-length: 100\r\n\r\n{{\"alerts\":"
-    );
-    mid_body.write_all(head.as_bytes()).await.unwrap();
+    mid_body
+        .write_all(slow_body_start().as_bytes())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     edge.stop.cancel();

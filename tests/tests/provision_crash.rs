@@ -6,13 +6,11 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use futures::StreamExt;
-use proxflow_e2e::{provisioner_config, test_consumer};
+use proxflow_e2e::{provision_request, provisioner_config, test_consumer};
 use proxflow_pve_sim::RunningSim;
 use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::names::bucket;
-use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
 use proxflow_schemas::workflow::WorkflowState;
 use proxflow_testkit::TestNats;
 use proxflow_testkit::pve::start_sim;
@@ -85,18 +83,8 @@ async fn killed_during(phase: &str) {
     let mut first = spawn_provisioner(&nats, &sim, &sd_path);
 
     let workflow_id = format!("prov-crash-{phase}");
-    let request = ProvisionRequested {
-        workflow_id: workflow_id.clone(),
-        idempotency_key: format!("crash-{phase}"),
-        name: NAME.into(),
-        profile: "k8s-node".into(),
-        overrides: VmOverrides::default(),
-        ssh_keys: vec![],
-        ip: IpConfig::Dhcp,
-        tags: vec![],
-        requested_by: "test".into(),
-        requested_at: Utc::now(),
-    };
+    let mut request = provision_request(&workflow_id, NAME);
+    request.idempotency_key = format!("crash-{phase}");
     ctx.bus
         .publisher
         .publish(&request)
@@ -239,18 +227,7 @@ async fn killed_during_the_join_its_commands_die_with_it() {
         &file_sd.path().join("k3s-nodes.json"),
         Some(&script),
     );
-    let request = ProvisionRequested {
-        workflow_id: "prov-orphans".into(),
-        idempotency_key: "orphans".into(),
-        name: "orphans".into(),
-        profile: "k8s-node".into(),
-        overrides: VmOverrides::default(),
-        ssh_keys: vec![],
-        ip: IpConfig::Dhcp,
-        tags: vec![],
-        requested_by: "test".into(),
-        requested_at: Utc::now(),
-    };
+    let request = provision_request("prov-orphans", "orphans");
     ctx.bus
         .publisher
         .publish(&request)

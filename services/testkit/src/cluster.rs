@@ -182,6 +182,26 @@ impl TestCluster {
         Ok(())
     }
 
+    /// A service context as `admin` on every node, the topology declared R3 (what a
+    /// `proxflow serve` of the cluster runs on).
+    pub async fn context(
+        &self,
+        name: &str,
+    ) -> Result<proxflow_runtime::ServiceContext, TestkitError> {
+        crate::context(&self.nats_config("admin"), name).await
+    }
+
+    /// The node leading `stream` now, if it has a leader on one of ours.
+    pub async fn stream_leader(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+    ) -> Option<usize> {
+        let mut stream = js.get_stream(stream).await.ok()?;
+        let leader = stream.info().await.ok()?.cluster.as_ref()?.leader.clone()?;
+        self.node_named(&leader)
+    }
+
     /// Kills node `node` outright (`kill -9`: no goodbye to its peers; its store is kept).
     pub fn kill(&mut self, node: usize) -> Result<(), TestkitError> {
         self.node_mut(node)?.kill();

@@ -172,11 +172,20 @@ impl TestNats {
     /// A service context connected to this server with the proxflow topology declared, on the wall
     /// clock ([`ServiceContext::with_clock`] sets another).
     pub async fn context(&self, name: &str) -> Result<ServiceContext, TestkitError> {
-        let metrics = Metrics::new();
-        let bus = bus::connect(&self.nats_config(), name, metrics.clone()).await?;
-        topology::declare(&bus.client, &bus.js, bus.replicas).await?;
-        let health = Health::default();
-        health.watch_nats(bus.client.clone());
-        Ok(ServiceContext::new(bus, health, metrics, Duration::from_secs(5)).await?)
+        context(&self.nats_config(), name).await
     }
+}
+
+/// A service context on `config`, the proxflow topology declared (with its replicas) and readiness
+/// tied to the connection.
+pub(crate) async fn context(
+    config: &NatsConfig,
+    name: &str,
+) -> Result<ServiceContext, TestkitError> {
+    let metrics = Metrics::new();
+    let bus = bus::connect(config, name, metrics.clone()).await?;
+    topology::declare(&bus.client, &bus.js, bus.replicas).await?;
+    let health = Health::default();
+    health.watch_nats(bus.client.clone());
+    Ok(ServiceContext::new(bus, health, metrics, Duration::from_secs(5)).await?)
 }
