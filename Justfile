@@ -24,6 +24,7 @@ bench: (_tools "bench")
     cargo bench -p proxflow-e2e --bench capacity
     cargo bench -p proxflow-e2e --bench replication
     cargo bench -p proxflow-e2e --bench workflow
+    cargo bench -p proxflow-e2e --bench edge
 
 # Regenerate schemas/json from the wire types.
 schemas:

@@ -145,6 +145,10 @@ pub mod bucket {
     /// (`detector/cluster/k3s/cpu_avg`), changed by compare-and-set so a restart resumes its windows
     /// and a second replica never fires twice.
     pub const CAPACITY: &str = "pf_capacity";
+    /// VM names and static addresses in use (`name/<name>`, `ip/<address>`), each claimed by
+    /// compare-and-set by the provision that will use it, or found on Proxmox by the provisioner's
+    /// sweep; a second request for either is refused.
+    pub const CLAIMS: &str = "pf_claims";
 }
 
 /// Lifetime of an accepted webhook id in [`bucket::WEBHOOK_IDS`]. A replay is refused by this record
@@ -633,6 +637,17 @@ pub mod key {
     /// `remediation.breaker.<rule>` in `pf_cooldowns`: a rule's circuit breaker.
     pub fn remediation_breaker(rule: &str) -> String {
         format!("remediation.breaker.{}", key_part(rule))
+    }
+
+    /// `name/<vm name>` in `pf_claims` (names are DNS labels, lower-cased here as Proxmox compares
+    /// them).
+    pub fn claim_name(name: &str) -> String {
+        format!("name/{}", key_part(&name.to_ascii_lowercase()))
+    }
+
+    /// `ip/<IPv4 address>` in `pf_claims`.
+    pub fn claim_ip(addr: std::net::Ipv4Addr) -> String {
+        format!("ip/{addr}")
     }
 
     /// `provision.<profile>` in `pf_admissions`: the admission ledger of a provisioning profile.

@@ -71,6 +71,16 @@ pub struct ProvisionRequested {
     pub requested_at: DateTime<Utc>,
 }
 
+impl IpConfig {
+    /// The fixed address of a static configuration (`10.20.0.44` of `10.20.0.44/24`).
+    pub fn static_address(&self) -> Option<std::net::Ipv4Addr> {
+        match self {
+            Self::Dhcp => None,
+            Self::Static { cidr, .. } => cidr.split('/').next()?.parse().ok(),
+        }
+    }
+}
+
 impl Versioned for ProvisionRequested {
     const SCHEMA: SchemaId = SchemaId {
         name: "pf.ingest.provision_requested",

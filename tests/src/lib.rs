@@ -349,3 +349,53 @@ pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An environment variable a test child process (`pf-test-*`) is configured by.
+pub fn child_env(name: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    std::env::var(name).with_context(|| format!("{name} not set"))
+}
+
+/// What a test child process (`pf-test-*`) runs on: telemetry installed as `proxflow serve` does,
+/// and a service context on the nats-server of `PF_NATS_URL` with `grace` to shut down in.
+pub async fn child_context(
+    name: &str,
+    grace: Duration,
+) -> anyhow::Result<(
+    proxflow_runtime::ServiceContext,
+    proxflow_runtime::telemetry::TelemetryGuard,
+)> {
+    proxflow_runtime::install_crypto_provider();
+    let telemetry = proxflow_runtime::telemetry::init(
+        &proxflow_runtime::config::TelemetryConfig::default(),
+        name,
+    )?;
+    let metrics = proxflow_runtime::ops::Metrics::new();
+    let nats = proxflow_runtime::config::NatsConfig {
+        url: child_env("PF_NATS_URL")?.parse()?,
+        ..proxflow_runtime::config::NatsConfig::default()
+    };
+    let bus = proxflow_runtime::bus::connect(&nats, name, metrics.clone()).await?;
+    let ctx = proxflow_runtime::ServiceContext::new(
+        bus,
+        proxflow_runtime::ops::Health::default(),
+        metrics,
+        grace,
+    )
+    .await?;
+    Ok((ctx, telemetry))
+}
+
+/// The body of a `harness = false` bench: nothing unless cargo passes `--bench` (`cargo test` builds
+/// and runs benches without it), else `bench` on a multi-threaded runtime.
+pub fn bench_main<F: std::future::Future<Output = ()>>(bench: impl FnOnce() -> F) {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    proxflow_runtime::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(bench());
+}

@@ -5,47 +5,18 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use proxflow_e2e::{provision_request, provisioner_config, test_consumer};
-use proxflow_runtime::workflow::WorkflowStore;
+use proxflow_e2e::{JOIN_OK, provision_request};
 use proxflow_schemas::names::stream;
 use proxflow_schemas::workflow::WorkflowState;
-use proxflow_testkit::TestCluster;
-use proxflow_testkit::pve::start_sim;
-use tokio_util::sync::CancellationToken;
+
+mod support;
+
+use support::{Platform, Servers};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_provisions_survive_a_kill_9_of_the_command_streams_leader() {
-    let mut cluster = TestCluster::start().expect("three nodes from the shipped files");
-    cluster
-        .wait_for_jetstream(Duration::from_secs(30))
-        .await
-        .expect("JetStream answers");
-    let ctx = cluster.context("cluster-e2e").await.expect("context");
-    let (sim, client) = start_sim(|c| c.durations.agent_boot = Duration::from_millis(300))
-        .await
-        .expect("simulator");
-    let file_sd = tempfile::tempdir().unwrap();
-    let config = provisioner_config(
-        file_sd.path().join("k3s-nodes.json"),
-        Duration::from_secs(30),
-    );
-    let stop = CancellationToken::new();
-    tokio::spawn(proxflow_orchestrator::run(
-        ctx.clone(),
-        proxflow_orchestrator::Orchestration::new(
-            test_consumer(Duration::from_secs(30)),
-            config.profiles.clone(),
-        ),
-        stop.clone(),
-    ));
-    tokio::spawn(proxflow_provisioner::run(
-        ctx.clone(),
-        proxflow_provisioner::ProvisionerSettings {
-            config,
-            pve: client,
-        },
-        stop.clone(),
-    ));
+    let mut p = Platform::start_on_cluster(JOIN_OK, |_| {}, |_| {}).await;
+    let (ctx, sim) = (p.ctx.clone(), &p.sim);
     let before: BTreeSet<u32> = sim.handle().vm_ids().into_iter().collect();
 
     let ids: Vec<String> = (0..20).map(|i| format!("prov-cluster-{i}")).collect();
@@ -58,7 +29,7 @@ async fn twenty_provisions_survive_a_kill_9_of_the_command_streams_leader() {
             .expect("published");
     }
     // Once the provisions are under way, the node leading the command stream dies without a word.
-    let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();
+    let store = p.store.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut running = 0;
@@ -75,6 +46,9 @@ async fn twenty_provisions_survive_a_kill_9_of_the_command_streams_leader() {
         assert!(Instant::now() < deadline, "the provisions never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let Servers::Three(cluster) = &mut p.servers else {
+        unreachable!("started on the cluster")
+    };
     let node = cluster
         .stream_leader(&ctx.bus.js, stream::CMD)
         .await
@@ -116,6 +90,5 @@ async fn twenty_provisions_survive_a_kill_9_of_the_command_streams_leader() {
     use futures::TryStreamExt;
     let dead_letters: Vec<(String, usize)> = dead_letters.try_collect().await.unwrap();
     assert!(dead_letters.is_empty(), "dead letters: {dead_letters:?}");
-    stop.cancel();
     cluster.restart(node).ok();
 }

@@ -214,9 +214,10 @@ async fn connections_past_the_cap_are_refused_with_the_limit() {
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut stream = TcpStream::connect(edge.addr).await.unwrap();
-        // A request in flight on each (headers only), so each really holds its slot.
+        // An authenticated request in flight on each (its body still arriving), so each really
+        // holds its slot: a connection without one would be closed to make room.
         stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            .write_all(slow_body_start().as_bytes())
             .await
             .unwrap();
         held.push(stream);
@@ -256,6 +257,45 @@ async fn connections_past_the_cap_are_refused_with_the_limit() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     edge.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_connections_without_a_request_make_room_for_one_that_asks() {
+    let edge = gateway(limits(|l| l.max_connections = 4)).await;
+    // The cap filled by clients that ask nothing: two idle, two slowloris (headers never finished).
+    let mut abusers = Vec::new();
+    for slow in [false, false, true, true] {
+        let mut stream = TcpStream::connect(edge.addr).await.unwrap();
+        if slow {
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+                .await
+                .unwrap();
+        }
+        abusers.push(stream);
+    }
+    // Every legitimate request is served, each by closing the longest-waiting abuser (each client
+    // keeps its connection alive, so each newcomer finds the cap full).
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(reqwest::Client::new());
+        let answer = clients[clients.len() - 1]
+            .get(format!("http://{}/healthz", edge.addr))
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+            .expect("served, not refused");
+        assert_eq!(answer.status(), 200);
+    }
+    for (i, abuser) in abusers.iter_mut().enumerate() {
+        assert_eq!(
+            until_closed(abuser, Duration::from_secs(2))
+                .await
+                .as_deref(),
+            Some(""),
+            "abuser {i} was closed without an answer"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

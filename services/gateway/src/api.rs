@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use prometheus_client::metrics::gauge::Gauge;
 use proxflow_platform::Profiles;
+use proxflow_platform::claims::{self, ClaimError, Claimed};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::ops::CounterFamily;
 use proxflow_runtime::telemetry;
@@ -152,6 +153,8 @@ enum Rejection {
     Replayed(String),
     #[error("invalid request")]
     Invalid(FieldErrors),
+    #[error("in use")]
+    InUse(FieldErrors),
     #[error("malformed payload: {0}")]
     Malformed(crate::alertmanager::PayloadError),
     #[error("workflow {0} not found")]
@@ -172,6 +175,7 @@ impl Rejection {
             Self::Unauthorized => "unauthorized",
             Self::Replayed(_) => "duplicate",
             Self::Invalid(_) | Self::Malformed(_) => "invalid",
+            Self::InUse(_) => "conflict",
             Self::NotFound(_) => "not_found",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "error",
@@ -188,6 +192,8 @@ impl Rejection {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Replayed(_) => StatusCode::CONFLICT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // The request is well-formed, but what it names is taken (a name, an address).
+            Self::InUse(_) => StatusCode::CONFLICT,
             // Alertmanager drops a delivery answered 4xx and retries 5xx: a malformed one must not
             // be retried forever.
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
@@ -202,7 +208,7 @@ impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match &self {
-            Self::Invalid(errors) => json!({ "errors": errors }),
+            Self::Invalid(errors) | Self::InUse(errors) => json!({ "errors": errors }),
             Self::Malformed(e) => json!({ "error": self.to_string(), "field": e.path }),
             other => json!({ "error": other.to_string() }),
         };
@@ -218,6 +224,19 @@ impl IntoResponse for Rejection {
             _ => {}
         }
         response
+    }
+}
+
+impl From<ClaimError> for Rejection {
+    fn from(e: ClaimError) -> Self {
+        match e {
+            ClaimError::Held { field, message } => {
+                Self::InUse(FieldErrors::from([(field.to_string(), message)]))
+            }
+            ClaimError::Kv(_) => Self::Unavailable(e.to_string()),
+            ClaimError::Workflow(ref w) if w.is_transient() => Self::Unavailable(e.to_string()),
+            ClaimError::Workflow(_) => Self::Internal(e.to_string()),
+        }
     }
 }
 
@@ -431,41 +450,40 @@ impl Api {
         let base = self.base.clone();
         let message = requested(&request, &caller, now);
         let record = first_record(&message, &caller);
-        let accepted = match self.store.create_workflow(&record).await? {
-            Created::New => {
-                self.publish(&message).await?;
-                Accepted {
-                    record,
-                    created: true,
-                    base,
-                }
-            }
-            Created::Existing(existing) => {
-                if !asks_the_same(&existing, &message) {
-                    return Err(Rejection::Invalid(FieldErrors::from([(
-                        "idempotency_key".into(),
-                        format!(
-                            "already used for a different request (workflow {}); a new request \
-                             needs a new key",
-                            existing.id
-                        ),
-                    )])));
-                }
-                // Still pending: the earlier request's publish may have failed after its record was
-                // created. Publishing the stored request again heals that, and is dropped by the
-                // stream's dedupe window when the first one did land.
-                if existing.state == WorkflowState::Pending {
-                    match serde_json::from_value::<ProvisionRequested>(existing.data.clone()) {
-                        Ok(original) => self.publish(&original).await?,
-                        Err(e) => {
-                            tracing::warn!(workflow = %existing.id, error = %e, "pending workflow's request is unreadable; not re-published")
+        let accepted = match self.store.workflow(&record.id).await? {
+            Some(existing) => self.repeated(existing, &message, base).await?,
+            None => {
+                // The name and the address are claimed before the record exists: a request refused
+                // here leaves no workflow behind for a retry of its key to find.
+                let claimed = claims::of_request(&message);
+                self.store.claims.take(&record.id, &claimed, now).await?;
+                match self.store.create_workflow(&record).await? {
+                    Created::New => {
+                        self.publish(&message).await?;
+                        Accepted {
+                            record,
+                            created: true,
+                            base,
                         }
                     }
-                }
-                Accepted {
-                    record: *existing,
-                    created: false,
-                    base,
+                    // A concurrent request with the same key created it first.
+                    Created::Existing(existing) => {
+                        let stored = stored_request(&existing);
+                        let theirs = stored.as_ref().map(claims::of_request);
+                        let repeated = self.repeated(*existing, &message, base).await;
+                        if repeated.is_err() {
+                            // What this request claimed that the workflow does not use goes back.
+                            let extra: Vec<Claimed<'_>> = claimed
+                                .iter()
+                                .filter(|c| theirs.as_ref().is_none_or(|t| !t.contains(c)))
+                                .copied()
+                                .collect();
+                            if let Err(e) = self.store.claims.release(&record.id, &extra).await {
+                                tracing::warn!(error = %e, "claims of a refused request not released");
+                            }
+                        }
+                        repeated?
+                    }
                 }
             }
         };
@@ -491,6 +509,42 @@ impl Api {
             }
         }
         Ok(accepted)
+    }
+
+    /// A request whose idempotency key started a workflow already: the same request gets that
+    /// workflow (200), another request under the key is refused (422).
+    async fn repeated(
+        &self,
+        existing: WorkflowRecord,
+        message: &ProvisionRequested,
+        base: String,
+    ) -> Result<Accepted, Rejection> {
+        if !asks_the_same(&existing, message) {
+            return Err(Rejection::Invalid(FieldErrors::from([(
+                "idempotency_key".into(),
+                format!(
+                    "already used for a different request (workflow {}); a new request needs a \
+                     new key",
+                    existing.id
+                ),
+            )])));
+        }
+        // Still pending: the earlier request's publish may have failed after its record was
+        // created. Publishing the stored request again heals that, and is dropped by the stream's
+        // dedupe window when the first one did land.
+        if existing.state == WorkflowState::Pending {
+            match serde_json::from_value::<ProvisionRequested>(existing.data.clone()) {
+                Ok(original) => self.publish(&original).await?,
+                Err(e) => {
+                    tracing::warn!(workflow = %existing.id, error = %e, "pending workflow's request is unreadable; not re-published")
+                }
+            }
+        }
+        Ok(Accepted {
+            record: existing,
+            created: false,
+            base,
+        })
     }
 
     /// A webhook id accepted before: a sender retrying after it lost our answer gets the same
@@ -737,11 +791,17 @@ impl Api {
     }
 }
 
-/// Whether `message` asks for what the workflow `existing` was started for (a retry under the same
-/// idempotency key), as its record keeps the request (`data.input` once started, `data` before).
-fn asks_the_same(existing: &WorkflowRecord, message: &ProvisionRequested) -> bool {
+/// The request a workflow was started for, as its record keeps it (`data.input` once started,
+/// `data` before).
+fn stored_request(existing: &WorkflowRecord) -> Option<ProvisionRequested> {
     let stored = existing.data.get("input").unwrap_or(&existing.data);
-    let Ok(stored) = serde_json::from_value::<ProvisionRequested>(stored.clone()) else {
+    serde_json::from_value(stored.clone()).ok()
+}
+
+/// Whether `message` asks for what the workflow `existing` was started for (a retry under the same
+/// idempotency key).
+fn asks_the_same(existing: &WorkflowRecord, message: &ProvisionRequested) -> bool {
+    let Some(stored) = stored_request(existing) else {
         // Unreadable (an older layout): the key alone decides, as before.
         return true;
     };

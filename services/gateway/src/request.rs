@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use proxflow_platform::Profiles;
+use proxflow_platform::{Profile, Profiles, Subnet};
 use proxflow_schemas::provision::{IpConfig, VmOverrides};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -227,6 +227,11 @@ pub fn parse(
         Some(v) => ip_config(&mut p, v),
         None => Some(IpConfig::Dhcp),
     };
+    if let (Some(profile), Some(IpConfig::Static { cidr, .. })) = (chosen, &ip)
+        && let Some(why) = outside_subnet(profile, profile_name, cidr)
+    {
+        p.add("ip.cidr", why);
+    }
 
     let tags: Vec<String> = match fields.remove("tags") {
         Some(v) => p
@@ -399,6 +404,20 @@ fn check_static(cidr: &str, gateway: &str) -> Result<(), (&'static str, String)>
         ));
     }
     Ok(())
+}
+
+/// Why a (well-formed) static address does not belong on the profile's network, if it does not.
+fn outside_subnet(profile: &Profile, profile_name: &str, cidr: &str) -> Option<String> {
+    // The profile's subnet was checked when the configuration was loaded.
+    let subnet = Subnet::parse(profile.subnet.as_deref()?).ok()?;
+    let (addr, prefix) = cidr.split_once('/')?;
+    let (addr, prefix) = (addr.parse().ok()?, prefix.parse().ok()?);
+    (!subnet.holds(addr, prefix)).then(|| {
+        let vlan = profile
+            .vlan
+            .map_or_else(String::new, |v| format!(" (VLAN {v})"));
+        format!("must be an address of {subnet}, the network of profile {profile_name:?}{vlan}")
+    })
 }
 
 /// RFC 1123 label, lowercase: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
@@ -634,6 +653,20 @@ mod tests {
         assert_eq!(e["colour"], "unknown field");
         assert!(e["overrides.cores"].contains("1 to 16"), "{e:?}");
         assert!(e["ip.gateway"].contains("10.20.0.0/24"), "{e:?}");
+    }
+
+    #[test]
+    fn a_static_address_must_lie_in_the_profiles_subnet() {
+        let request = |cidr: &str, gateway: &str| json!({"name": "a", "ip": {"mode": "static", "cidr": cidr, "gateway": gateway}});
+        let e = errors(request("192.168.7.44/24", "192.168.7.1"));
+        assert_eq!(
+            e["ip.cidr"],
+            "must be an address of 10.20.0.0/24, the network of profile \"k8s-node\" (VLAN 20)"
+        );
+        let e = errors(request("10.20.0.44/16", "10.20.0.1"));
+        assert!(e["ip.cidr"].contains("10.20.0.0/24"), "{e:?}");
+        let body = serde_json::to_vec(&request("10.20.0.44/24", "10.20.0.1")).expect("json");
+        parse(&body, None, &Profiles::default()).expect("inside the subnet");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! What the gateway keeps in KV: the first record of each workflow it starts (`pf_workflows`, created
 //! atomically, so two requests with one idempotency key start one workflow) and the webhook ids it
-//! accepted (`pf_webhook_ids`, so a replayed delivery is refused).
+//! accepted (`pf_webhook_ids`, so a replayed delivery is refused), and the claims on VM names and
+//! addresses (`pf_claims`, so a second request for either is refused).
 
 use async_nats::jetstream::{self, kv};
+use proxflow_platform::claims::Claims;
 use proxflow_runtime::workflow::{WorkflowStore, WorkflowStoreError};
 use proxflow_schemas::names::{bucket, key};
 use proxflow_schemas::workflow::WorkflowRecord;
@@ -45,6 +47,8 @@ pub enum Created {
 pub struct Store {
     workflows: WorkflowStore,
     webhook_ids: kv::Store,
+    /// VM names and static addresses in use.
+    pub claims: Claims,
 }
 
 fn unavailable(message: impl ToString) -> StoreError {
@@ -78,9 +82,14 @@ impl Store {
                     bucket: bucket::WEBHOOK_IDS,
                     message: e.to_string(),
                 })?;
+        let claims = Claims::open(js).await.map_err(|e| StoreError::Open {
+            bucket: bucket::CLAIMS,
+            message: e.to_string(),
+        })?;
         Ok(Self {
             workflows,
             webhook_ids,
+            claims,
         })
     }
 

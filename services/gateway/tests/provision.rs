@@ -619,11 +619,16 @@ async fn a_rotated_secret_and_bearer_tokens_are_accepted() {
         .to_owned();
     assert_eq!(record.data["requested_by"], format!("webhook:{second_key}"));
 
-    // A bearer token: recorded by name; without a key every call is a workflow of its own.
-    let by_token = || gw.post(&request).bearer_auth(TOKEN).send();
+    // A bearer token: recorded by name; without a key every call is a workflow of its own (each
+    // for a VM of its own name: one name is one VM).
+    let by_token = |name: &str| {
+        gw.post(&body(json!({ "name": name })))
+            .bearer_auth(TOKEN)
+            .send()
+    };
     let (a, b) = (
-        by_token().await.expect("post"),
-        by_token().await.expect("post"),
+        by_token("k3s-13").await.expect("post"),
+        by_token("k3s-14").await.expect("post"),
     );
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (202, 202));
     let a: WorkflowAccepted = a.json().await.expect("json");
@@ -635,7 +640,7 @@ async fn a_rotated_secret_and_bearer_tokens_are_accepted() {
 
     // With an Idempotency-Key header a token caller is idempotent too.
     let keyed = || {
-        gw.post(&request)
+        gw.post(&body(json!({"name": "k3s-15"})))
             .bearer_auth(TOKEN)
             .header("idempotency-key", "deploy-7")
             .send()

@@ -8,6 +8,9 @@
 //!   the provisioner builds from them).
 //! - [`cluster`] — `[capacity.clusters.<name>]`: the k3s clusters and their scale-out settings (the
 //!   capacity service measures them, the orchestrator scales them).
+//! - [`claims`] — the VM names and static addresses in use (`pf_claims`): claimed by the gateway and
+//!   the provisioner, settled or released when a provision ends, kept true to Proxmox by the
+//!   provisioner's sweep.
 //! - [`remediation`] — `[remediation]`: the rules file's path and the guardrails across all rules
 //!   (the orchestrator decides with them, the remediator acts under them).
 //!
@@ -15,10 +18,11 @@
 //! [`Clusters::validate_at`], and [`Clusters::check_profiles`] across the two); the services take the
 //! loaded values as they are.
 
+pub mod claims;
 pub mod cluster;
 pub mod profile;
 pub mod remediation;
 
 pub use cluster::{ClusterConfig, Clusters, ScaleOutConfig};
-pub use profile::{OverrideLimits, Profile, Profiles, VmShape};
+pub use profile::{OverrideLimits, Profile, Profiles, Subnet, VmShape};
 pub use remediation::RemediationConfig;

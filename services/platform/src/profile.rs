@@ -4,6 +4,7 @@
 //! cluster VLAN.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use proxflow_runtime::config::ConfigError;
 use proxflow_schemas::provision::VmOverrides;
@@ -61,6 +62,9 @@ pub struct Profile {
     pub bridge: String,
     /// VLAN tag of `net0`.
     pub vlan: Option<u16>,
+    /// The IPv4 subnet of that VLAN (`10.20.0.0/24`): a static address a request asks for must lie
+    /// inside it, with its prefix length. `None` accepts any.
+    pub subnet: Option<String>,
     /// Cloud-init user.
     pub ciuser: String,
     /// Cloud-init DNS server.
@@ -93,6 +97,7 @@ impl Default for Profile {
             scsihw: "virtio-scsi-pci".into(),
             bridge: "vmbr1".into(),
             vlan: Some(20),
+            subnet: Some("10.20.0.0/24".into()),
             ciuser: "ubuntu".into(),
             nameserver: Some("10.20.0.1".into()),
             searchdomain: Some("k3s.lan".into()),
@@ -161,6 +166,50 @@ impl Profile {
     }
 }
 
+/// An IPv4 network in CIDR form with its host bits zero (`10.20.0.0/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Subnet {
+    /// Parses `a.b.c.d/p`; the message says what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not an IPv4 network such as 10.20.0.0/24");
+        let (addr, prefix) = text.split_once('/').ok_or_else(bad)?;
+        let network: Ipv4Addr = addr.trim().parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
+        if !(1..=31).contains(&prefix) {
+            return Err(format!("{text:?}: the prefix length must be 1 to 31"));
+        }
+        let subnet = Self { network, prefix };
+        if subnet.network_of(network) != network {
+            return Err(format!(
+                "{text:?} has host bits set; the network is {}/{prefix}",
+                subnet.network_of(network)
+            ));
+        }
+        Ok(subnet)
+    }
+
+    /// The network address `addr` has under this prefix length.
+    fn network_of(&self, addr: Ipv4Addr) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(addr) & (u32::MAX << (32 - u32::from(self.prefix))))
+    }
+
+    /// Whether `addr/prefix` is an address of this subnet, with this subnet's prefix length.
+    pub fn holds(&self, addr: Ipv4Addr, prefix: u8) -> bool {
+        prefix == self.prefix && self.network_of(addr) == self.network
+    }
+}
+
+impl std::fmt::Display for Subnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
 /// `[provision.profiles]`: profiles by name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -210,6 +259,11 @@ impl Profiles {
             if p.vlan.is_some_and(|v| !(1..=4094).contains(&v)) {
                 return Err(ConfigError::value(key("vlan"), "must be 1 to 4094"));
             }
+            if let Some(subnet) = &p.subnet
+                && let Err(why) = Subnet::parse(subnet)
+            {
+                return Err(ConfigError::value(key("subnet"), why));
+            }
             if p.max_concurrent == 0 || p.max_per_hour == 0 {
                 return Err(ConfigError::value(
                     key("max_concurrent"),
@@ -224,6 +278,36 @@ impl Profiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnets_hold_their_addresses_with_their_prefix() {
+        let s = Subnet::parse("10.20.0.0/24").expect("valid");
+        let a = |t: &str| t.parse::<Ipv4Addr>().expect("addr");
+        assert!(s.holds(a("10.20.0.44"), 24));
+        assert!(!s.holds(a("10.30.0.44"), 24));
+        assert!(
+            !s.holds(a("10.20.0.44"), 16),
+            "another prefix is another network"
+        );
+        assert!(
+            Subnet::parse("10.20.0.1/24")
+                .expect_err("host bits")
+                .contains("10.20.0.0/24")
+        );
+        assert!(Subnet::parse("10.20.0.0").is_err());
+        assert!(Subnet::parse("10.20.0.0/0").is_err());
+        let mut profiles = Profiles::default();
+        if let Some(p) = profiles.0.get_mut("k8s-node") {
+            p.subnet = Some("10.20.0.0/33".into());
+        }
+        let e = profiles
+            .validate_at("provision.profiles")
+            .expect_err("bad subnet");
+        assert!(
+            e.to_string().contains("provision.profiles.k8s-node.subnet"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_default_profile_is_the_seeds_k8s_node() {

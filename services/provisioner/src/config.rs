@@ -24,6 +24,10 @@ pub struct ProvisionConfig {
     /// How long a new VM may take to report an address through the guest agent.
     #[serde(with = "humantime_serde")]
     pub ip_timeout: Duration,
+    /// How often the VM names and static addresses in use (`pf_claims`) are compared with Proxmox:
+    /// VMs made outside proxflow are claimed, claims of VMs destroyed since are dropped.
+    #[serde(with = "humantime_serde")]
+    pub claims_sweep: Duration,
     /// Delivery settings of the provisioner's command consumer. A provision runs minutes, so the
     /// defaults allow fewer in flight than a message-sized consumer.
     pub consumer: ConsumerConfig,
@@ -37,6 +41,7 @@ impl Default for ProvisionConfig {
             file_sd: PathBuf::from(".proxflow/file_sd/k3s-nodes.json"),
             node_exporter_port: 9100,
             ip_timeout: Duration::from_secs(300),
+            claims_sweep: Duration::from_secs(60),
             consumer: ConsumerConfig {
                 max_in_flight: 25,
                 ..ConsumerConfig::default()
@@ -58,6 +63,12 @@ impl Validate for ProvisionConfig {
             return Err(ConfigError::value(
                 "provision.ip_timeout",
                 "timeouts must be greater than zero",
+            ));
+        }
+        if self.claims_sweep < Duration::from_secs(1) {
+            return Err(ConfigError::value(
+                "provision.claims_sweep",
+                "must be at least 1s",
             ));
         }
         if self.file_sd.as_os_str().is_empty() {

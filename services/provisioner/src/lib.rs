@@ -9,6 +9,7 @@ pub mod file_sd;
 pub mod join;
 pub mod service;
 pub mod steps;
+pub mod sweep;
 pub mod vmid;
 pub mod workflow;
 

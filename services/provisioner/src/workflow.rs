@@ -1,7 +1,7 @@
 //! The `provision` workflow: one k3s node VM from a [`ProvisionRequested`], as steps of the
 //! workflow engine, each recorded with its typed output before the next one starts.
 //!
-//! `admit` (the profile's caps) → `reserve_vmid` → `clone` → `configure` → `resize` → `start` →
+//! `admit` (the name and address claims, the profile's caps) → `reserve_vmid` → `clone` → `configure` → `resize` → `start` →
 //! `wait_ip` → `join` → `onboard`.
 //!
 //! Every Proxmox step is idempotent against Proxmox (it looks before it acts), so a step that ran
@@ -9,12 +9,14 @@
 //! failure is retried by the engine up to `[provision.consumer] max_deliver` attempts of the step;
 //! then, or on a failure retrying cannot fix, the VMID's compensation runs: the VM is stopped and
 //! destroyed, its scrape target removed and its reservation released. However the workflow ends,
-//! its profile's slot is freed and `pf.evt.vm.provisioned` / `provision_failed` announces it.
+//! its profile's slot is freed, its name and address claims are settled with the VMID (or released)
+//! and `pf.evt.vm.provisioned` / `provision_failed` announces it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use proxflow_platform::claims::{self, ClaimError, Claims};
 use proxflow_pve::PveClient;
 use proxflow_runtime::admission::{Admissions, Caps, Decision};
 use proxflow_runtime::bus::Publisher;
@@ -50,6 +52,7 @@ pub struct Provision {
     pub(crate) pve: PveClient,
     pub(crate) vmids: Reservations,
     pub(crate) admissions: Admissions,
+    pub(crate) claims: Claims,
     pub(crate) file_sd: FileSd,
     pub(crate) publisher: Publisher,
     pub(crate) clock: SharedClock,
@@ -161,6 +164,12 @@ impl Workflow for Provision {
             Ending::Succeeded(done) => (Some(done), None),
             Ending::Failed(why) | Ending::Cancelled(why) => (None, Some(why.to_string())),
         };
+        let claimed = claims::of_request(req);
+        let claims = match done {
+            Some(done) => self.claims.settle(id, &claimed, done.vmid).await,
+            None => self.claims.release(id, &claimed).await,
+        };
+        claims.map_err(|e| StepError::transient(e.to_string()).with_source(e))?;
         if let Some(done) = done
             && let Err(e) = self.vmids.release(done.vmid, id).await
         {
@@ -310,6 +319,32 @@ impl Provision {
         profile: &proxflow_platform::Profile,
         now: chrono::DateTime<Utc>,
     ) -> Result<(), StepError> {
+        // The name and the address first: a provision refused for them takes no slot. The gateway
+        // claimed them for this workflow already (a no-op here); a scale-out's node is claimed here.
+        self.claims
+            .take(id, &claims::of_request(req), now)
+            .await
+            .map_err(|e| match e {
+                ClaimError::Held { .. } => StepError::refused(e.to_string()),
+                other => StepError::transient(other.to_string()).with_source(other),
+            })?;
+        // A VM made by hand since the last claims sweep has no claim yet; Proxmox itself would
+        // accept a second VM of the same name.
+        let vms = self
+            .pve
+            .list_vms()
+            .await
+            .map_err(|e| step_error(steps::StepError::from(e)))?;
+        if let Some(vm) = vms.iter().find(|vm| {
+            vm.name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&req.name))
+        }) {
+            return Err(StepError::refused(format!(
+                "name: the name {} is already in use: VM {} on Proxmox",
+                req.name, vm.vmid
+            )));
+        }
         let caps = Caps {
             max_running: profile.max_concurrent,
             max_per_window: profile.max_per_hour,

@@ -92,7 +92,7 @@ fn users() -> Vec<User> {
                     ],
                 ),
             ],
-            buckets: vec![bucket::WORKFLOWS, bucket::WEBHOOK_IDS],
+            buckets: vec![bucket::WORKFLOWS, bucket::WEBHOOK_IDS, bucket::CLAIMS],
             lists: vec![],
             answers: vec![],
         },
@@ -154,8 +154,14 @@ fn users() -> Vec<User> {
                 bucket::WORKFLOWS,
                 bucket::ADMISSIONS,
                 bucket::LOCKS,
+                bucket::CLAIMS,
             ],
             lists: vec![
+                (
+                    bucket::CLAIMS,
+                    "The claims sweep lists the names and addresses in use with an ephemeral ordered\n\
+                     consumer.",
+                ),
                 (
                     bucket::VMIDS,
                     "Listing its reservations (a resumed provision finds its VMID) reads the bucket with an\n\

@@ -34,8 +34,9 @@ pub enum Change<T, R> {
 /// Why a compare-and-set change did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum CasError {
-    /// KV failed (bucket missing, server unavailable, timeout).
-    #[error("kv {key}: {source}")]
+    /// KV failed (bucket missing, server unavailable, timeout); the message names the likely
+    /// cause before the client's text.
+    #[error("kv {key}: {}: {source}", crate::bus::Cause::of(source))]
     Kv {
         /// The key.
         key: String,
@@ -260,7 +261,7 @@ where
                 let Some(attempt) = retries.next().await else {
                     return Err(e);
                 };
-                tracing::debug!(attempt, error = %e, "KV unavailable; retrying");
+                tracing::debug!(attempt, cause = %crate::bus::Cause::of(&e), error = %e, "KV unavailable; retrying");
             }
             other => return other,
         }
@@ -293,7 +294,7 @@ async fn create(store: &kv::Store, key: &str, bytes: Bytes) -> Result<Written, C
         if retries.next().await.is_none() {
             return Err(CasError::kv(key, failed));
         }
-        tracing::debug!(key, error = %failed, "KV create unavailable; retrying");
+        tracing::debug!(key, cause = %crate::bus::Cause::of(&failed), error = %failed, "KV create unavailable; retrying");
     }
 }
 

@@ -423,7 +423,9 @@ async fn renew(lease: Arc<LeaseInner>, record: LeaseRecord, every: Duration) {
                 return;
             }
             // A transient KV failure: try again next round, well before the entry ages out.
-            Err(e) => tracing::warn!(key = %lease.key, error = %e, "lease renewal failed"),
+            Err(e) => {
+                tracing::warn!(key = %lease.key, cause = %crate::bus::Cause::of(&e), error = %e, "lease renewal failed")
+            }
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The HTTP server of every proxflow listener (the gateway's API, each service's ops endpoints):
 //! one hyper HTTP/1 connection per socket, under the limits an edge facing untrusted clients needs.
 //!
-//! - **Connections** are capped ([`HttpLimits::max_connections`]); one over the cap gets an
-//!   immediate `503` naming the limit and is closed, instead of queueing in the kernel for ever.
+//! - **Connections** are capped ([`HttpLimits::max_connections`]). At the cap, the connection that
+//!   has waited longest without a request in flight (an idle or slowloris client, or an idle
+//!   keep-alive) is closed to make room, so clients that hold sockets without asking cannot lock out
+//!   the ones that ask; only when every connection is serving a request does a newcomer get an
+//!   immediate `503` naming the limit.
 //! - **Headers** must arrive within [`HttpLimits::header_read_timeout`] (slowloris); a connection
 //!   with no request in flight and no bytes moving for [`HttpLimits::idle_timeout`] is closed.
 //!   Bodies are read by the handlers, under their own deadline and only for authenticated callers.
@@ -29,7 +32,8 @@ use tower::ServiceExt;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpLimits {
-    /// Open connections at most; one more is answered `503` and closed.
+    /// Open connections at most. At the cap the longest-waiting connection with no request in
+    /// flight is closed for a newcomer; with none, the newcomer is answered `503` and closed.
     pub max_connections: usize,
     /// Time a client has to send a request's whole header block.
     #[serde(with = "humantime_serde")]
@@ -87,6 +91,7 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let waiting = Arc::new(Waiting::default());
     let finish = CancellationToken::new();
     let mut connections = JoinSet::new();
     loop {
@@ -104,13 +109,27 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            connections.spawn(refuse(stream, limits.max_connections));
-            continue;
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            // Full: the longest-waiting connection without a request makes room, and hands over
+            // its permit as it closes (awaited in the newcomer's task, not here).
+            Err(_) if waiting.evict_oldest() => None,
+            Err(_) => {
+                connections.spawn(refuse(stream, limits.max_connections));
+                continue;
+            }
         };
         let (router, limits, finish) = (router.clone(), limits.clone(), finish.clone());
+        let (permits, waiting) = (Arc::clone(&permits), Arc::clone(&waiting));
         connections.spawn(async move {
-            connection(stream, router, &limits, finish).await;
+            let permit = match permit {
+                Some(permit) => permit,
+                None => match tokio::time::timeout(EVICTION_WAIT, permits.acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => return refuse(stream, limits.max_connections).await,
+                },
+            };
+            connection(stream, router, &limits, &waiting, finish).await;
             drop(permit);
         });
     }
@@ -148,12 +167,65 @@ async fn refuse(mut stream: TcpStream, max: usize) {
     .await;
 }
 
-/// One connection: HTTP/1 with the header timeout, closed when idle, when `finish` asks (after the
-/// request in flight) or when the server drops it.
+/// How long a newcomer waits for the permit of the connection evicted for it.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// The open connections, oldest first, each with its eviction token and its requests in flight.
+#[derive(Default)]
+struct Waiting {
+    next: AtomicU64,
+    open: std::sync::Mutex<std::collections::BTreeMap<u64, (CancellationToken, Arc<AtomicUsize>)>>,
+}
+
+impl Waiting {
+    fn open(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::BTreeMap<u64, (CancellationToken, Arc<AtomicUsize>)>,
+    > {
+        // A poisoned map only means a panic elsewhere while it was held; its entries are intact.
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn register(&self, in_flight: &Arc<AtomicUsize>) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        self.open()
+            .insert(id, (token.clone(), Arc::clone(in_flight)));
+        (id, token)
+    }
+
+    fn remove(&self, id: u64) {
+        self.open().remove(&id);
+    }
+
+    /// Closes the oldest connection with no request in flight; `false` when every one is serving.
+    fn evict_oldest(&self) -> bool {
+        let mut open = self.open();
+        let victim = open
+            .iter()
+            .find(|(_, (_, in_flight))| in_flight.load(Ordering::Acquire) == 0)
+            .map(|(id, _)| *id);
+        match victim.and_then(|id| open.remove(&id)) {
+            Some((token, _)) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One connection: HTTP/1 with the header timeout, closed when idle, when evicted for a newcomer,
+/// when `finish` asks (after the request in flight) or when the server drops it.
 async fn connection(
     stream: TcpStream,
     router: Router,
     limits: &HttpLimits,
+    waiting: &Waiting,
     finish: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
@@ -163,6 +235,7 @@ async fn connection(
         activity: Arc::clone(&activity),
     });
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let (id, evicted) = waiting.register(&in_flight);
     let counted = Arc::clone(&in_flight);
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -188,7 +261,17 @@ async fn connection(
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "HTTP connection ended with an error");
                 }
+                waiting.remove(id);
                 return;
+            }
+            () = evicted.cancelled(), if !closing => {
+                // A request that began since the choice finishes first; otherwise the socket goes.
+                if in_flight.load(Ordering::Acquire) == 0 {
+                    tracing::debug!("connection without a request closed to make room");
+                    return;
+                }
+                closing = true;
+                conn.as_mut().graceful_shutdown();
             }
             () = finish.cancelled(), if !closing => {
                 closing = true;

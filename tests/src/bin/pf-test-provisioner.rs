@@ -5,32 +5,15 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-use proxflow_e2e::provisioner_config;
+use proxflow_e2e::{child_context, child_env as env, provisioner_config};
 use proxflow_provisioner::ProvisionerSettings;
 use proxflow_pve::{PveClient, PveConfig};
-use proxflow_runtime::ServiceContext;
-use proxflow_runtime::bus;
-use proxflow_runtime::config::{NatsConfig, Secret, TelemetryConfig};
-use proxflow_runtime::ops::{Health, Metrics};
+use proxflow_runtime::config::Secret;
 use tokio_util::sync::CancellationToken;
-
-fn env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| format!("{name} not set"))
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    proxflow_runtime::install_crypto_provider();
-    let telemetry =
-        proxflow_runtime::telemetry::init(&TelemetryConfig::default(), "pf-test-provisioner")?;
-    let metrics = Metrics::new();
-    let nats = NatsConfig {
-        url: env("PF_NATS_URL")?.parse()?,
-        ..NatsConfig::default()
-    };
-    let bus = bus::connect(&nats, "pf-test-provisioner", metrics.clone()).await?;
-    let ctx = ServiceContext::new(bus, Health::default(), metrics, Duration::from_secs(1)).await?;
+    let (ctx, telemetry) = child_context("pf-test-provisioner", Duration::from_secs(1)).await?;
     let pve = PveClient::new(&PveConfig {
         url: env("PF_PVE_URL")?,
         token_id: env("PF_PVE_TOKEN_ID")?,

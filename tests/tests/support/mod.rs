@@ -16,12 +16,18 @@ use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::names::{bucket, durable};
 use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
 use proxflow_schemas::workflow::WorkflowRecord;
-use proxflow_testkit::TestNats;
 use proxflow_testkit::pve::start_sim;
+use proxflow_testkit::{TestCluster, TestNats};
 use tokio_util::sync::CancellationToken;
 
+/// The NATS servers under a platform: one, or the shipped 3-node cluster (R3).
+pub enum Servers {
+    One(TestNats),
+    Three(TestCluster),
+}
+
 pub struct Platform {
-    pub nats: TestNats,
+    pub servers: Servers,
     pub sim: RunningSim,
     pub ctx: ServiceContext,
     pub store: WorkflowStore,
@@ -60,17 +66,59 @@ impl Platform {
         clock: proxflow_runtime::clock::SharedClock,
     ) -> Self {
         let nats = TestNats::start().expect("nats-server");
+        let ctx = nats.context("provision-e2e").await.expect("context");
+        Self::start_on(
+            Servers::One(nats),
+            ctx,
+            join_script,
+            tweak_sim,
+            tweak_provisioner,
+            tweak_orchestration,
+            clock,
+        )
+        .await
+    }
+
+    /// As [`Platform::start_with`], on the shipped 3-node cluster (every stream and bucket R3).
+    pub async fn start_on_cluster(
+        join_script: &str,
+        tweak_sim: impl FnOnce(&mut SimConfig),
+        tweak_provisioner: impl FnOnce(&mut ProvisionConfig),
+    ) -> Self {
+        let cluster = TestCluster::start().expect("three nodes from the shipped files");
+        cluster
+            .wait_for_jetstream(Duration::from_secs(30))
+            .await
+            .expect("JetStream answers");
+        let ctx = cluster.context("provision-e2e").await.expect("context");
+        Self::start_on(
+            Servers::Three(cluster),
+            ctx,
+            join_script,
+            tweak_sim,
+            tweak_provisioner,
+            |_| {},
+            proxflow_runtime::clock::system(),
+        )
+        .await
+    }
+
+    async fn start_on(
+        servers: Servers,
+        ctx: ServiceContext,
+        join_script: &str,
+        tweak_sim: impl FnOnce(&mut SimConfig),
+        tweak_provisioner: impl FnOnce(&mut ProvisionConfig),
+        tweak_orchestration: impl FnOnce(&mut Orchestration),
+        clock: proxflow_runtime::clock::SharedClock,
+    ) -> Self {
         let (sim, client) = start_sim(|c| {
             c.durations.agent_boot = Duration::from_millis(500);
             tweak_sim(c);
         })
         .await
         .expect("simulator");
-        let ctx = nats
-            .context("provision-e2e")
-            .await
-            .expect("context")
-            .with_clock(clock);
+        let ctx = ctx.with_clock(clock);
         let file_sd = tempfile::tempdir().unwrap();
         let mut config = provisioner_config(
             file_sd.path().join("k3s-nodes.json"),
@@ -99,7 +147,7 @@ impl Platform {
         ));
         let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();
         Self {
-            nats,
+            servers,
             sim,
             ctx,
             store,
@@ -188,7 +236,9 @@ impl Platform {
 impl Drop for Platform {
     fn drop(&mut self) {
         self.stop.cancel();
-        self.nats.stop();
+        if let Servers::One(nats) = &mut self.servers {
+            nats.stop();
+        }
     }
 }
 

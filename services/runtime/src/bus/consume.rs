@@ -21,6 +21,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bus::Cause;
 use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
@@ -188,7 +189,7 @@ impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
             {
                 Ok(messages) => messages,
                 Err(e) => {
-                    tracing::warn!(consumer = %self.spec.durable, error = %e, "cannot pull, declaring again");
+                    tracing::warn!(consumer = %self.spec.durable, cause = %Cause::of(&e), error = %e, "cannot pull, declaring again");
                     continue;
                 }
             };
@@ -221,10 +222,10 @@ impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
                     }
                     Some(Err(e)) if matches!(e.kind(), MessagesErrorKind::MissingHeartbeat) => {
                         // Non-terminal: the server or the link hiccupped; the stream keeps polling.
-                        tracing::warn!(consumer = %self.spec.durable, error = %e, "missed heartbeat");
+                        tracing::warn!(consumer = %self.spec.durable, cause = %Cause::MissedHeartbeat, error = %e, "missed heartbeat");
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(consumer = %self.spec.durable, error = %e, "pull stream failed, reopening");
+                        tracing::warn!(consumer = %self.spec.durable, cause = %Cause::of(&e), error = %e, "pull stream failed, reopening");
                         break;
                     }
                     None => break,
@@ -261,7 +262,7 @@ impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
                     return Some(consumer);
                 }
                 Err(e) => {
-                    tracing::warn!(consumer = %self.spec.durable, error = %e, "cannot declare yet")
+                    tracing::warn!(consumer = %self.spec.durable, cause = %Cause::of(&e), error = %e, "cannot declare yet")
                 }
             }
         }
@@ -342,7 +343,7 @@ async fn process<M: Message, H: Handler<M>>(
         let Some(outcome) = outcome else {
             // Shutdown overtook the handler: hand the message back for immediate redelivery.
             if let Err(e) = acker.ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(error = %e, "could not return message; it comes back after ack_wait");
+                tracing::warn!(cause = %Cause::of(&e), error = %e, "could not return message; it comes back after ack_wait");
             }
             return;
         };
@@ -420,7 +421,7 @@ async fn run_handler<M: Message, H: Handler<M>>(
             result = &mut work => return Some(result.unwrap_or_else(panic_outcome)),
             _ = progress.tick() => {
                 if let Err(e) = acker.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %e, "progress ack failed");
+                    tracing::warn!(cause = %Cause::of(&e), error = %e, "progress ack failed");
                 }
             }
             () = abort.cancelled() => return None,
@@ -476,7 +477,7 @@ async fn settle(shared: &Shared, received: &Received, acker: &Acker, outcome: Ou
     };
     if let Err(e) = result {
         // The server will redeliver after ack_wait; handlers are idempotent.
-        tracing::warn!(error = %e, "could not settle message");
+        tracing::warn!(cause = %Cause::of(&e), error = %e, "could not settle message");
     }
 }
 

@@ -1,6 +1,7 @@
 //! NATS and JetStream: connection, topology, publishing, the consumer loop, reading events back, and
 //! the JetStream readiness probe.
 
+pub mod cause;
 pub mod consume;
 pub mod history;
 pub mod probe;
@@ -16,6 +17,7 @@ use proxflow_schemas::names::header;
 use crate::backoff::Backoff;
 use crate::config::NatsConfig;
 use crate::ops::Metrics;
+pub use cause::Cause;
 pub use consume::{ConsumerLoop, Delivery, Handler, Outcome};
 pub use probe::{JETSTREAM_CHECK, JetStreamProbe};
 pub use publish::{PublishError, Publisher, Receipt};

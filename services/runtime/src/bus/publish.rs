@@ -9,6 +9,7 @@ use proxflow_schemas::Message;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::bus::Cause;
 use crate::ops::{Metrics, PublishCounters};
 use crate::telemetry;
 
@@ -150,7 +151,7 @@ impl Publisher {
                 Err(e) => e,
             };
             if is_transient(source.kind()) && attempt < self.attempts {
-                tracing::warn!(%subject, attempt, cause = cause(source.kind()), error = %source, "publish not acknowledged, retrying");
+                tracing::warn!(%subject, attempt, cause = %Cause::of(&source), error = %source, "publish not acknowledged, retrying");
                 if let Some(next) = retries.next().await {
                     attempt = next;
                     continue;
@@ -171,21 +172,6 @@ impl PublishError {
     pub fn is_too_large(&self) -> bool {
         matches!(self, PublishError::Failed { source, .. }
             if source.kind() == PublishErrorKind::MaxPayloadExceeded)
-    }
-}
-
-/// What a failed publish most likely means, for the one log line it gets: async-nats reports a
-/// JetStream without a stream leader (an election, a quorum loss) as "no stream found".
-fn cause(kind: PublishErrorKind) -> &'static str {
-    match kind {
-        PublishErrorKind::StreamNotFound => {
-            "JetStream unavailable: no stream answered (a leader election, a quorum loss, or the \
-             stream is missing)"
-        }
-        PublishErrorKind::TimedOut => "timeout: JetStream did not acknowledge in time",
-        PublishErrorKind::BrokenPipe => "connection lost",
-        PublishErrorKind::MaxPayloadExceeded => "message larger than the server's max_payload",
-        _ => "other",
     }
 }
 

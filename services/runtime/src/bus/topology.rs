@@ -194,6 +194,12 @@ pub fn buckets() -> Vec<BucketSpec> {
             max_age: Duration::ZERO,
         },
         BucketSpec {
+            name: bucket::CLAIMS,
+            description: "VM names and static addresses in use, claimed by CAS",
+            history: 1,
+            max_age: Duration::ZERO,
+        },
+        BucketSpec {
             name: bucket::CAPACITY,
             description: "capacity detector state per metric (CAS)",
             history: 1,

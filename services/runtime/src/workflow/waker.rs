@@ -49,7 +49,7 @@ pub(crate) async fn waker(
         let mut watch = match inner.kv.watch_many_with_history(filters.iter()).await {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the workflow index; trying again");
+                tracing::warn!(cause = %crate::bus::Cause::of(&e), error = %e, "cannot watch the workflow index; trying again");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(WATCH_RETRY) => continue 'watch,
@@ -72,7 +72,7 @@ pub(crate) async fn waker(
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "workflow index watch failed; watching again");
+                        tracing::warn!(cause = %crate::bus::Cause::of(&e), error = %e, "workflow index watch failed; watching again");
                         continue 'watch;
                     }
                     None => continue 'watch,
