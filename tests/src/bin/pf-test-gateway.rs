@@ -10,6 +10,10 @@ use proxflow_gateway::{GatewayConfig, GatewaySettings};
 use proxflow_runtime::config::Secret;
 use tokio_util::sync::CancellationToken;
 
+/// The allocator of the `proxflow` binary, so the benchmark measures the RSS it would have.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (ctx, telemetry) = child_context("pf-test-gateway", Duration::from_secs(2)).await?;
