@@ -25,6 +25,7 @@ bench: (_tools "bench")
     cargo bench -p proxflow-e2e --bench replication
     cargo bench -p proxflow-e2e --bench workflow
     cargo bench -p proxflow-e2e --bench edge
+    cargo bench -p proxflow-e2e --bench sim
 
 # Regenerate schemas/json from the wire types.
 schemas:

@@ -9,6 +9,7 @@
 //! ~10 s staleness of `/cluster/resources`.
 
 mod node;
+mod observe;
 mod qemu;
 mod worker;
 
@@ -34,8 +35,9 @@ pub(crate) enum ApiError {
     Params(BTreeMap<String, String>),
     /// 500 with the message (a handler `die`).
     Failed(String),
-    /// 501 `Method '...' not implemented`.
-    NotImplemented(String),
+    /// 501 for a method the schema has but the simulator does not answer (`GET /cluster/status`):
+    /// distinct from PVE's own 501 for a path that does not exist, so nobody concludes PVE lacks it.
+    NotSimulated(String),
 }
 
 fn failed(msg: impl Into<String>) -> ApiError {
@@ -67,7 +69,6 @@ impl Reply {
 /// One validated request.
 pub(crate) struct Request<'a> {
     pub(crate) method: &'a str,
-    pub(crate) path: &'a str,
     pub(crate) template: &'a str,
     pub(crate) params: &'a Map<String, Value>,
 }
@@ -242,16 +243,19 @@ impl State {
             ("GET", "/cluster/resources") => {
                 Ok(Reply::data(self.resources(p.str("type").as_deref())))
             }
-            ("GET", "/nodes/{node}/qemu") => Ok(Reply::data(json!(
-                self.vms
-                    .keys()
-                    .map(|id| self.vm_entry(*id, false))
-                    .collect::<Vec<_>>()
-            ))),
+            ("GET", "/nodes/{node}/qemu") => {
+                let full = p.flag("full").unwrap_or(false);
+                Ok(Reply::data(json!(
+                    self.vms
+                        .keys()
+                        .map(|id| self.vm_list_entry(*id, full))
+                        .collect::<Vec<_>>()
+                )))
+            }
             ("POST", "/nodes/{node}/qemu/{vmid}/clone") => self.clone_vm(&p),
             ("GET", CONFIG) => self.get_config(schema, &p),
-            ("POST", CONFIG) => self.update_config(&p, false),
-            ("PUT", CONFIG) => self.update_config(&p, true),
+            ("POST", CONFIG) => self.update_config(schema, &p, false),
+            ("PUT", CONFIG) => self.update_config(schema, &p, true),
             ("PUT", "/nodes/{node}/qemu/{vmid}/resize") => self.resize(&p),
             ("POST", "/nodes/{node}/qemu/{vmid}/status/start") => self.power(&p, "start"),
             ("POST", "/nodes/{node}/qemu/{vmid}/status/shutdown") => self.power(&p, "shutdown"),
@@ -319,10 +323,28 @@ impl State {
             }
             ("GET", "/nodes/{node}/tasks/{upid}/log") => self.task_log_page(&p),
             ("GET", "/nodes/{node}/tasks") => Ok(self.task_list(&p)),
-            _ => Err(ApiError::NotImplemented(format!(
-                "Method '{} {}' not implemented",
-                req.method, req.path
-            ))),
+            ("GET", "/cluster/status") => Ok(Reply::data(self.cluster_status())),
+            ("GET", "/cluster/tasks") => Ok(Reply::data(self.cluster_tasks())),
+            ("GET", "/nodes/{node}/apt/versions") => Ok(Reply::data(self.apt_versions())),
+            ("GET", "/nodes/{node}/qemu/{vmid}/pending") => self.pending(&p),
+            ("GET", "/nodes/{node}/rrddata" | "/nodes/{node}/qemu/{vmid}/rrddata") => {
+                self.rrddata(&p)
+            }
+            ("GET", "/nodes/{node}/certificates/info") => Ok(Reply::data(self.certificates())),
+            ("GET", "/nodes/{node}/qemu/{vmid}/agent/info") => self.agent_info(&p),
+            ("GET", "/nodes/{node}/disks/list") => Ok(Reply::data(self.disks())),
+            ("GET", "/nodes/{node}/disks/smart") => self.smart(&p),
+            _ => {
+                tracing::info!(
+                    method = req.method,
+                    template = req.template,
+                    "pve-sim: endpoint not simulated"
+                );
+                Err(ApiError::NotSimulated(format!(
+                    "not simulated by pve-sim: {} {}",
+                    req.method, req.template
+                )))
+            }
         }
     }
 

@@ -39,6 +39,12 @@ pub struct SimConfig {
     pub seed: u64,
     /// Faults injected from the start (changeable at runtime through the control API).
     pub faults: Faults,
+    /// The request journal (`/_sim/journal`, the contract check) keeps at most this many of the
+    /// newest requests …
+    pub journal_max_entries: usize,
+    /// … and at most about this many bytes of them (their parameters and answers as JSON), so a
+    /// long-running simulator stays bounded whatever it answers.
+    pub journal_max_bytes: usize,
 }
 
 impl Default for SimConfig {
@@ -54,6 +60,8 @@ impl Default for SimConfig {
             durations: TaskDurations::default(),
             seed: 1,
             faults: Faults::default(),
+            journal_max_entries: 10_000,
+            journal_max_bytes: 16 << 20,
         }
     }
 }
@@ -101,6 +109,9 @@ pub struct TaskDurations {
     /// From a finished start until the guest agent answers.
     #[serde(with = "humantime_serde")]
     pub agent_boot: Duration,
+    /// How long pveproxy holds a request that failed authentication before its 401.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure: Duration,
 }
 
 impl Default for TaskDurations {
@@ -120,6 +131,7 @@ impl Default for TaskDurations {
             destroy: ms(1000),
             aptupdate: ms(3000),
             agent_boot: ms(5000),
+            auth_failure: ms(3000),
         }
     }
 }
@@ -166,6 +178,12 @@ impl Validate for SimConfig {
             return Err(ConfigError::value(
                 "time_scale",
                 format!("{} is not a finite number >= 0", self.time_scale),
+            ));
+        }
+        if self.journal_max_entries == 0 || self.journal_max_bytes < 4096 {
+            return Err(ConfigError::value(
+                "journal_max_entries",
+                "the journal needs room for at least one entry and 4096 bytes",
             ));
         }
         if let Err(why) = parse_token_id(&self.token_id) {

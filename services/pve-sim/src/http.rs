@@ -1,9 +1,8 @@
 //! The HTTP side: `/api2/json/*` answered like pveproxy, the `/_sim/*` control API, and the
 //! connection loop (TLS or plain, HTTP/1.1).
 //!
-//! Per request, in Proxmox's order: authentication (401 with an empty body; the real server's 3 s
-//! delay on a failed login is left out because it only slows tests and is not part of the
-//! contract), routing against the schema (501), parameters from the query string and a form or
+//! Per request, in Proxmox's order: authentication (401 with an empty body, after the real
+//! server's 3 s delay on a failed login, scaled by `time_scale` — `durations.auth_failure`), routing against the schema (501), parameters from the query string and a form or
 //! JSON body merged with the path (a conflicting duplicate is a 400), schema validation (400
 //! `Parameter verification failed.`), injected faults, then the handler. Every request is
 //! journaled with what was answered.
@@ -143,10 +142,15 @@ impl Outcome {
 
     fn from_api_error(error: ApiError) -> Self {
         match error {
+            // PVE 8.4's server puts `message` into every JSON error.
             ApiError::Params(errors) => Self::error(
                 StatusCode::BAD_REQUEST,
                 "Parameter verification failed.",
-                Some(json!({"data": null, "errors": errors})),
+                Some(json!({
+                    "data": null,
+                    "errors": errors,
+                    "message": "Parameter verification failed.\n",
+                })),
             ),
             ApiError::Failed(msg) => {
                 let message = if msg.ends_with('\n') {
@@ -160,10 +164,10 @@ impl Outcome {
                     Some(json!({"data": null, "message": message})),
                 )
             }
-            ApiError::NotImplemented(msg) => Self::error(
+            ApiError::NotSimulated(msg) => Self::error(
                 StatusCode::NOT_IMPLEMENTED,
                 &msg,
-                Some(json!({"data": null})),
+                Some(json!({"data": null, "message": format!("{msg}\n")})),
             ),
         }
     }
@@ -214,15 +218,19 @@ async fn process(
     params: &mut Map<String, Value>,
 ) -> Outcome {
     if let Err(reason) = authenticate(shared, headers) {
+        // pveproxy answers a failed authentication after about 3 s (scaled here).
+        let delay = shared.lock().auth_failure_delay();
+        tokio::time::sleep(delay).await;
         return Outcome::error(StatusCode::UNAUTHORIZED, reason, None);
     }
     let route = match shared.schema.route(method.as_str(), path) {
         Ok(route) => route,
         Err(e) => {
+            let msg = e.to_string();
             return Outcome::error(
                 StatusCode::NOT_IMPLEMENTED,
-                &e.to_string(),
-                Some(json!({"data": null})),
+                &msg,
+                Some(json!({"data": null, "message": format!("{msg}\n")})),
             );
         }
     };
@@ -273,7 +281,6 @@ async fn handle_routed(
     }
     let request = Request {
         method,
-        path,
         template: &route.template,
         params,
     };

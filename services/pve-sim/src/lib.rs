@@ -47,8 +47,43 @@ pub use tls::TlsError;
 use schema::{ApiSchema, SchemaError};
 use state::State;
 
-/// Journal entries kept (oldest dropped first), so a long-running `proxflow sim` stays bounded.
-const JOURNAL_CAP: usize = 10_000;
+/// The newest requests, bounded in count and in bytes (oldest dropped first).
+#[derive(Debug, Default)]
+struct Journal {
+    entries: VecDeque<(JournalEntry, usize)>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl Journal {
+    fn push(&mut self, entry: JournalEntry) {
+        let size = entry.approximate_size();
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.entries.len() > self.max_entries
+            || (self.bytes > self.max_bytes && self.entries.len() > 1)
+        {
+            if let Some((_, dropped)) = self.entries.pop_front() {
+                self.bytes -= dropped;
+            }
+        }
+    }
+}
+
+/// Counts the bytes written through it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// One `/api2/json` request and its answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,6 +101,19 @@ pub struct JournalEntry {
     pub status: u16,
     /// Body answered, parsed; `Null` when empty.
     pub response: Value,
+}
+
+impl JournalEntry {
+    /// About what it holds: its strings and its parameters and answer as JSON text.
+    fn approximate_size(&self) -> usize {
+        let mut count = ByteCount(
+            self.method.len() + self.path.len() + self.template.as_ref().map_or(0, String::len),
+        );
+        // Writing into a counter cannot fail.
+        let _ = serde_json::to_writer(&mut count, &self.params);
+        let _ = serde_json::to_writer(&mut count, &self.response);
+        count.0
+    }
 }
 
 /// Why the simulator could not start.
@@ -100,7 +148,7 @@ pub enum SimError {
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub(crate) schema: ApiSchema,
-    journal: Mutex<VecDeque<JournalEntry>>,
+    journal: Mutex<Journal>,
     pub(crate) tracker: TaskTracker,
     pub(crate) cancel: CancellationToken,
     pub(crate) token_id: String,
@@ -116,11 +164,10 @@ impl Shared {
     }
 
     pub(crate) fn record(&self, entry: JournalEntry) {
-        let mut journal = self.journal.lock().unwrap_or_else(PoisonError::into_inner);
-        if journal.len() >= JOURNAL_CAP {
-            journal.pop_front();
-        }
-        journal.push_back(entry);
+        self.journal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry);
     }
 }
 
@@ -172,7 +219,11 @@ pub async fn start(config: SimConfig) -> Result<RunningSim, SimError> {
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         schema,
-        journal: Mutex::new(VecDeque::new()),
+        journal: Mutex::new(Journal {
+            max_entries: config.journal_max_entries,
+            max_bytes: config.journal_max_bytes,
+            ..Journal::default()
+        }),
         tracker: TaskTracker::new(),
         cancel: CancellationToken::new(),
         token_id: config.token_id.clone(),
@@ -284,14 +335,16 @@ impl std::fmt::Debug for SimHandle {
 }
 
 impl SimHandle {
-    /// Every `/api2/json` request received, oldest first (the last 10 000).
+    /// The `/api2/json` requests received, oldest first: the newest `journal_max_entries`, within
+    /// about `journal_max_bytes`.
     pub fn journal(&self) -> Vec<JournalEntry> {
         self.shared
             .journal
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .entries
             .iter()
-            .cloned()
+            .map(|(entry, _)| entry.clone())
             .collect()
     }
 

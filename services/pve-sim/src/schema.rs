@@ -395,6 +395,19 @@ impl ApiSchema {
         }
     }
 
+    /// Every path template that has `method`, sorted (for sweeps over the whole API).
+    pub fn templates(&self, method: &str) -> Vec<String> {
+        let mut templates: Vec<String> = self
+            .inner
+            .methods
+            .iter()
+            .filter(|(_, methods)| methods.contains_key(method))
+            .map(|(template, _)| template.clone())
+            .collect();
+        templates.sort();
+        templates
+    }
+
     /// Whether an API token may call the method (`allowtoken`, 1 unless the dump says 0).
     pub(crate) fn allows_token(&self, method: &str, template: &str) -> bool {
         self.method_info(method, template)

@@ -366,6 +366,11 @@ impl State {
         Duration::try_from_secs_f64(d.as_secs_f64() * self.time_scale).unwrap_or(Duration::MAX)
     }
 
+    /// The delay before a 401, in real time.
+    pub(crate) fn auth_failure_delay(&self) -> Duration {
+        self.scaled(self.durations.auth_failure)
+    }
+
     pub(crate) fn next_pid(&mut self) -> u32 {
         self.next_pid = self
             .next_pid

@@ -33,9 +33,14 @@ impl TaskRecord {
         self.exitstatus.is_none()
     }
 
-    /// The fields the status call and the task list share.
+    /// The fields the status call and the task list share. A token's task carries the whole
+    /// `user@realm!token` in its UPID, but PVE reports `user` and `tokenid` apart.
     fn identity_json(&self) -> Value {
-        json!({
+        let (user, token) = match self.info.user.split_once('!') {
+            Some((user, token)) => (user, Some(token)),
+            None => (self.info.user.as_str(), None),
+        };
+        let mut v = json!({
             "upid": self.upid,
             "node": self.info.node,
             "pid": self.info.pid,
@@ -43,17 +48,18 @@ impl TaskRecord {
             "starttime": self.info.starttime,
             "type": self.info.task_type,
             "id": self.info.id,
-            "user": self.info.user,
-        })
+            "user": user,
+        });
+        if let Some(token) = token {
+            v["tokenid"] = json!(token);
+        }
+        v
     }
 
     /// `GET .../tasks/{upid}/status`.
     pub(crate) fn status_json(&self) -> Value {
         let mut v = self.identity_json();
         v["status"] = json!(if self.running() { "running" } else { "stopped" });
-        if let Some((_, token)) = self.info.user.split_once('!') {
-            v["tokenid"] = json!(token);
-        }
         if let Some(exit) = &self.exitstatus {
             v["exitstatus"] = json!(exit);
         }

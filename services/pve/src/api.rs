@@ -177,7 +177,7 @@ impl PveClient {
             .filter(|t| {
                 t.task_type == task_type
                     && t.id == object_id
-                    && t.user == self.token_id()
+                    && t.started_by() == self.token_id()
                     && t.starttime >= since
             })
             .filter_map(|t| t.upid.parse().ok())
@@ -548,10 +548,23 @@ struct TaskStatusLite {
     task_type: String,
     #[serde(default, deserialize_with = "perl::string")]
     id: String,
+    /// `root@pam` for a token's task: PVE reports the token apart, in `tokenid`.
     #[serde(default)]
     user: String,
+    #[serde(default)]
+    tokenid: Option<String>,
     #[serde(default, deserialize_with = "perl::u64")]
     starttime: u64,
+}
+
+impl TaskStatusLite {
+    /// Who started it as one id: `root@pam!proxflow` for a token, as the UPID carries it.
+    fn started_by(&self) -> String {
+        match &self.tokenid {
+            Some(token) => format!("{}!{token}", self.user),
+            None => self.user.clone(),
+        }
+    }
 }
 
 fn parse_upid(method: &Method, path: &str, data: &Value) -> Result<Upid, PveError> {

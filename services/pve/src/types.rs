@@ -446,9 +446,12 @@ pub struct TaskStatus {
     /// The object it works on (a VMID for VM tasks).
     #[serde(default, deserialize_with = "perl::string")]
     pub id: String,
-    /// Who started it.
+    /// Who started it (`root@pam`; a token's name is in `tokenid`).
     #[serde(default)]
     pub user: String,
+    /// The API token that started it, if one did (`proxflow`).
+    #[serde(default)]
+    pub tokenid: Option<String>,
     /// Start, epoch seconds.
     #[serde(default, deserialize_with = "perl::u64")]
     pub starttime: u64,

@@ -159,6 +159,81 @@ impl State {
         v
     }
 
+    /// An entry of `GET /nodes/{node}/qemu`; with `full`, a running VM also gets what
+    /// `vmstatus($full)` adds from QMP: run state, balloon, block and NIC counters, machine and QEMU
+    /// versions, and the `proxmox-support` feature map.
+    pub(super) fn vm_list_entry(&self, vmid: u32, full: bool) -> Value {
+        let mut v = self.vm_entry(vmid, false);
+        let Some(vm) = self.vms.get(&vmid) else {
+            return v;
+        };
+        if !full || !vm.running() {
+            return v;
+        }
+        let uptime = vm.uptime();
+        let (maxmem, mem) = (vm.maxmem(), self.vm_mem(vmid));
+        v["qmpstatus"] = json!("running");
+        v["running-machine"] = json!("pc-i440fx-9.0+pve0");
+        v["running-qemu"] = json!("9.0.2");
+        v["ballooninfo"] = json!({
+            "actual": maxmem,
+            "max_mem": maxmem,
+            "total_mem": maxmem,
+            "free_mem": maxmem.saturating_sub(mem),
+            "mem_swapped_in": 0,
+            "mem_swapped_out": 0,
+            "major_page_faults": uptime.saturating_mul(3),
+            "minor_page_faults": uptime.saturating_mul(900),
+            "last_update": crate::state::now_epoch(),
+        });
+        let blockstat: serde_json::Map<String, Value> = self
+            .vm_disks(vm)
+            .into_iter()
+            .map(|(drive, _)| {
+                (
+                    drive,
+                    json!({
+                        "rd_bytes": uptime.saturating_mul(50_000),
+                        "wr_bytes": uptime.saturating_mul(30_000),
+                        "rd_operations": uptime.saturating_mul(12),
+                        "wr_operations": uptime.saturating_mul(8),
+                        "flush_operations": uptime,
+                        "failed_rd_operations": 0,
+                        "failed_wr_operations": 0,
+                    }),
+                )
+            })
+            .collect();
+        v["blockstat"] = Value::Object(blockstat);
+        let nics: serde_json::Map<String, Value> = vm
+            .config
+            .keys()
+            .filter_map(|k| k.strip_prefix("net"))
+            .filter(|n| n.parse::<u32>().is_ok())
+            .map(|n| {
+                (
+                    format!("tap{vmid}i{n}"),
+                    json!({
+                        "netin": uptime.saturating_mul(12_000),
+                        "netout": uptime.saturating_mul(8_000),
+                    }),
+                )
+            })
+            .collect();
+        v["nics"] = Value::Object(nics);
+        v["proxmox-support"] = json!({
+            "backup-fleecing": true,
+            "backup-max-workers": true,
+            "pbs-dirty-bitmap": true,
+            "pbs-dirty-bitmap-migration": true,
+            "pbs-dirty-bitmap-savevm": true,
+            "pbs-library-version": "1.4.1 (UNKNOWN)",
+            "pbs-masterkey": true,
+            "query-bitmap-info": true,
+        });
+        v
+    }
+
     pub(super) fn resources(&self, kind: Option<&str>) -> Value {
         let mut out = Vec::new();
         let all = kind.is_none();
@@ -181,6 +256,16 @@ impl State {
                     "maxdisk": total,
                 }));
             }
+        }
+        if all || kind == Some("sdn") {
+            // PVE 8 lists each node's local network zone, SDN configured or not.
+            out.push(json!({
+                "id": format!("sdn/{}/localnetwork", self.node.name),
+                "type": "sdn",
+                "sdn": "localnetwork",
+                "node": self.node.name,
+                "status": "ok",
+            }));
         }
         if all || kind == Some("vm") {
             for (vmid, vm) in &self.vms {

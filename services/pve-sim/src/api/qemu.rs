@@ -246,6 +246,14 @@ impl State {
 
     pub(super) fn get_config(&self, schema: &ApiSchema, p: &P<'_>) -> Result<Reply, ApiError> {
         let vmid = p.vmid()?;
+        if p.str("snapshot").is_some() && p.flag("current").unwrap_or(false) {
+            let msg = "cannot use 'snapshot' parameter with 'current'";
+            return Err(ApiError::Params(
+                [("snapshot", msg), ("current", msg)]
+                    .map(|(k, m)| (k.to_owned(), m.to_owned()))
+                    .into(),
+            ));
+        }
         let vm = self.existing(vmid)?;
         if let Some(snap) = p.str("snapshot") {
             let s = vm
@@ -253,7 +261,10 @@ impl State {
                 .iter()
                 .find(|s| s.name == snap)
                 .ok_or_else(|| failed(format!("snapshot '{snap}' does not exist")))?;
-            return Ok(Reply::data(Value::Object(typed_config(schema, &s.config))));
+            // qemu-server hands back the snapshot's section with the config file's digest.
+            let mut typed = typed_config(schema, &s.config);
+            typed.insert("digest".into(), json!(Self::digest(vm)));
+            return Ok(Reply::data(Value::Object(typed)));
         }
         let mut config = vm.config.clone();
         if config.contains_key("cipassword") {
@@ -287,7 +298,12 @@ impl State {
 
     /// `PUT` (sync, null) and `POST` (async, UPID) config: both make their checks and write the
     /// config before answering, as qemu-server's `update_vm` does.
-    pub(super) fn update_config(&mut self, p: &P<'_>, sync: bool) -> Result<Reply, ApiError> {
+    pub(super) fn update_config(
+        &mut self,
+        schema: &ApiSchema,
+        p: &P<'_>,
+        sync: bool,
+    ) -> Result<Reply, ApiError> {
         const NOT_CONFIG: [&str; 8] = [
             "node",
             "vmid",
@@ -304,6 +320,12 @@ impl State {
             .map(|d| split_list(&d).into_iter().map(str::to_owned).collect())
             .unwrap_or_default();
         for key in &deletes {
+            // `PVE::QemuServer::check_delete` knows every option of the config schema.
+            if schema.param_type("POST", super::CONFIG, key).is_none()
+                || NOT_CONFIG.contains(&key.as_str())
+            {
+                return Err(param_error("delete", format!("unknown option '{key}'")));
+            }
             if p.0.contains_key(key) {
                 return Err(param_error(
                     "delete",
@@ -574,12 +596,7 @@ impl State {
         let vmid = p.vmid()?;
         let vm = self.existing(vmid)?;
         let op = match action {
-            "start" => {
-                if vm.is_template() {
-                    return Err(failed("you can't start a vm if it's a template"));
-                }
-                TaskOp::Start { vmid }
-            }
+            "start" => TaskOp::Start { vmid },
             "reboot" => {
                 if !vm.running() {
                     return Err(failed(format!("VM {vmid} not running")));

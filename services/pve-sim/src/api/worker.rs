@@ -24,6 +24,8 @@ pub(crate) enum TaskError {
     AlreadyRunning(u32),
     #[error("VM {0} not running")]
     NotRunning(u32),
+    #[error("you can't start a vm if it's a template")]
+    StartTemplate,
     #[error("you can't take a snapshot if it's a template")]
     SnapshotOfTemplate,
     #[error("snapshot name '{0}' already used")]
@@ -152,6 +154,10 @@ impl State {
             }
             TaskOp::Start { vmid } => {
                 let vm = self.vms.get(vmid).ok_or_else(|| missing(*vmid))?;
+                // qemu-server checks this inside the worker: the API call returns a UPID.
+                if vm.is_template() {
+                    return Err(TaskError::StartTemplate);
+                }
                 locked(vm)?;
                 if vm.running() {
                     return Err(TaskError::AlreadyRunning(*vmid));
@@ -163,7 +169,9 @@ impl State {
             TaskOp::Shutdown { vmid } | TaskOp::Stop { vmid } | TaskOp::Reboot { vmid } => {
                 let vm = self.vms.get(vmid).ok_or_else(|| missing(*vmid))?;
                 locked(vm)?;
-                if !vm.running() {
+                // `_do_vm_stop` returns when there is no QEMU process: stopping or shutting down
+                // a stopped VM ends its task OK. A reboot needs a running VM.
+                if !vm.running() && matches!(op, TaskOp::Reboot { .. }) {
                     return Err(TaskError::NotRunning(*vmid));
                 }
                 if matches!(op, TaskOp::Shutdown { .. }) && vm.agent_enabled() {
