@@ -73,7 +73,9 @@ impl Scaling {
         let clock = ManualClock::new(start_time());
         let p = Platform::start_orchestrated(
             join,
-            |_| {},
+            // Each poll here is a step of a manual clock and must see the load the test just set:
+            // the simulator's pvestatd lag (its status interval, in real time) is taken out.
+            |sim| sim.durations.status_interval = std::time::Duration::ZERO,
             |_| {},
             |o| {
                 o.clusters = config.clusters.clone();

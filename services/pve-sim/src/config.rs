@@ -109,6 +109,10 @@ pub struct TaskDurations {
     /// From a finished start until the guest agent answers.
     #[serde(with = "humantime_serde")]
     pub agent_boot: Duration,
+    /// How often pvestatd broadcasts the usage figures `/cluster/resources` shows (they are up to
+    /// this old); 0 keeps them current.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
     /// How long pveproxy holds a request that failed authentication before its 401.
     #[serde(with = "humantime_serde")]
     pub auth_failure: Duration,
@@ -131,6 +135,7 @@ impl Default for TaskDurations {
             destroy: ms(1000),
             aptupdate: ms(3000),
             agent_boot: ms(5000),
+            status_interval: ms(10_000),
             auth_failure: ms(3000),
         }
     }

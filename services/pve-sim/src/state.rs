@@ -235,6 +235,8 @@ pub(crate) struct State {
     /// The token id, which the UPIDs of tasks it starts carry as user.
     pub(crate) user: String,
     pub(crate) fingerprint: Option<String>,
+    /// What pvestatd last broadcast for `/cluster/resources`, and when.
+    pub(crate) status_snapshot: Option<(Instant, serde_json::Value)>,
     pub(crate) started: Instant,
     next_pid: u32,
 }
@@ -356,6 +358,7 @@ impl State {
             durations: config.durations.clone(),
             user: config.token_id.clone(),
             fingerprint,
+            status_snapshot: None,
             started: now,
             next_pid,
         }

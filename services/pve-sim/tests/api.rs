@@ -369,7 +369,7 @@ async fn unknown_paths_are_501_and_bad_tokens_401_with_an_empty_body() {
         "{head}"
     );
     // In the schema but not simulated: also 501.
-    let a = s.get("/nodes/pve1/qemu/101/rrddata?timeframe=hour").await;
+    let a = s.get("/nodes/pve1/lxc").await;
     assert_eq!(a.status, 501);
 
     for auth in [

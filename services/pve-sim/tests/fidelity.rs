@@ -17,25 +17,23 @@ use support::*;
 async fn an_unsimulated_endpoint_says_so_and_an_unknown_path_answers_as_pve_does() {
     let s = sim().await;
     // In the schema, not simulated: a distinct 501 naming the simulator and the method.
-    let a = s.get("/nodes/pve1/qemu/101/rrddata?timeframe=hour").await;
+    let a = s.get("/nodes/pve1/lxc").await;
     assert_eq!(a.status, 501);
     assert_eq!(
         a.body["message"],
-        "not simulated by pve-sim: GET /nodes/{node}/qemu/{vmid}/rrddata\n"
+        "not simulated by pve-sim: GET /nodes/{node}/lxc\n"
     );
     let (head, _) = raw(
         &s,
         &format!(
-            "GET /api2/json/nodes/pve1/qemu/101/rrddata?timeframe=hour HTTP/1.1\r\nHost: x\r\n\
+            "GET /api2/json/nodes/pve1/lxc HTTP/1.1\r\nHost: x\r\n\
              Authorization: {}\r\nConnection: close\r\n\r\n",
             s.auth
         ),
     )
     .await;
     assert!(
-        head.starts_with(
-            "HTTP/1.1 501 not simulated by pve-sim: GET /nodes/{node}/qemu/{vmid}/rrddata\r\n"
-        ),
+        head.starts_with("HTTP/1.1 501 not simulated by pve-sim: GET /nodes/{node}/lxc\r\n"),
         "{head}"
     );
     // Not in the schema: PVE's own answer, now with its `message` as PVE 8.4 sends it.
@@ -262,5 +260,58 @@ async fn the_full_vm_list_adds_the_qmp_status_of_running_vms() {
     let running = entry(&full, 101);
     assert!(running["blockstat"]["scsi0"]["rd_bytes"].is_u64());
     assert!(running["nics"]["tap101i0"]["netin"].is_u64());
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn cluster_resources_figures_are_as_old_as_the_last_status_broadcast() {
+    let mut config = config(false);
+    config.durations.status_interval = Duration::from_millis(400);
+    let s = sim_with(config).await;
+    let cpu_of = |a: &Answer, id: &str| {
+        a.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["cpu"].clone())
+    };
+    let before = s.get("/cluster/resources?type=vm").await;
+    let broadcast = Instant::now();
+    s.sim.handle().set_vm_load(
+        101,
+        serde_json::from_value(json!({"cpu": 0.9, "mem": 0.5})).unwrap(),
+    );
+    // status/current is live; cluster/resources still shows the last broadcast …
+    let live = s.get("/nodes/pve1/qemu/101/status/current").await;
+    assert!((live.body["data"]["cpu"].as_f64().unwrap() - 0.9).abs() < 0.05);
+    let stale = s.get("/cluster/resources?type=vm").await;
+    if broadcast.elapsed() < Duration::from_millis(400) {
+        assert_eq!(cpu_of(&stale, "qemu/101"), cpu_of(&before, "qemu/101"));
+    }
+    // … and a VM cloned since is listed at once, without figures yet.
+    let a = s
+        .post(
+            "/nodes/pve1/qemu/9000/clone",
+            &[("newid", "150"), ("name", "fresh")],
+        )
+        .await;
+    assert_eq!(s.run(a).await, "OK");
+    let listed = s.get("/cluster/resources?type=vm").await;
+    if broadcast.elapsed() < Duration::from_millis(400) {
+        let fresh = listed.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == "qemu/150")
+            .unwrap()
+            .clone();
+        assert_eq!(fresh["status"], "unknown", "{fresh}");
+    }
+    // After the next broadcast the figures are current.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let after = s.get("/cluster/resources?type=vm").await;
+    let cpu = cpu_of(&after, "qemu/101").unwrap().as_f64().unwrap();
+    assert!((cpu - 0.9).abs() < 0.05, "{cpu}");
     s.finish().await;
 }

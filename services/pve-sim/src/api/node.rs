@@ -2,6 +2,8 @@
 //! status, storages and their content, the ZFS pool and the bridges. Figures derive from the
 //! scenario, the volumes and the load model (see `crate::load`).
 
+use std::time::Instant;
+
 use serde_json::{Value, json};
 
 use super::{ApiError, P, Reply, param_error};
@@ -234,13 +236,83 @@ impl State {
         v
     }
 
-    pub(super) fn resources(&self, kind: Option<&str>) -> Value {
-        let mut out = Vec::new();
-        let all = kind.is_none();
-        if all || kind == Some("node") {
-            out.push(self.node_entry());
+    /// `GET /cluster/resources`. The guests and the storages are listed as they are now (PVE
+    /// reads them from the cluster file system), but the figures — node, storage and guest usage,
+    /// guest status and uptime — are those pvestatd last broadcast, refreshed every
+    /// `durations.status_interval` (10 s); a guest created since has none yet (`status: unknown`).
+    pub(super) fn resources(&mut self, kind: Option<&str>) -> Value {
+        let interval = self.scaled(self.durations.status_interval);
+        if self
+            .status_snapshot
+            .as_ref()
+            .is_none_or(|(taken, _)| taken.elapsed() >= interval)
+        {
+            let live = self.live_resources();
+            self.status_snapshot = Some((Instant::now(), live));
         }
-        if all || kind == Some("storage") {
+        let Some((_, snapshot)) = &self.status_snapshot else {
+            return json!([]);
+        };
+        let all = kind.is_none();
+        let mut out = Vec::new();
+        for entry in snapshot.as_array().into_iter().flatten() {
+            let shown = match entry["type"].as_str() {
+                Some("node") => all || kind == Some("node"),
+                Some("storage") => all || kind == Some("storage"),
+                _ => false,
+            };
+            if shown {
+                out.push(entry.clone());
+            }
+        }
+        if all || kind == Some("sdn") {
+            // PVE 8 lists each node's local network zone, SDN configured or not.
+            out.push(json!({
+                "id": format!("sdn/{}/localnetwork", self.node.name),
+                "type": "sdn",
+                "sdn": "localnetwork",
+                "node": self.node.name,
+                "status": "ok",
+            }));
+        }
+        if all || kind == Some("vm") {
+            for (vmid, vm) in &self.vms {
+                let id = format!("qemu/{vmid}");
+                let seen = snapshot
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e["id"] == json!(id));
+                let mut v = seen.cloned().unwrap_or_else(|| {
+                    json!({"id": id, "type": "qemu", "vmid": vmid, "node": self.node.name,
+                           "status": "unknown"})
+                });
+                // From the configuration, not from pvestatd: current at once.
+                v["template"] = json!(u8::from(vm.is_template()));
+                for (key, value) in [
+                    ("lock", vm.lock()),
+                    ("tags", vm.config.get("tags").map(String::as_str)),
+                ] {
+                    match value {
+                        Some(value) => v[key] = json!(value),
+                        None => {
+                            if let Some(map) = v.as_object_mut() {
+                                map.remove(key);
+                            }
+                        }
+                    }
+                }
+                out.push(v);
+            }
+        }
+        json!(out)
+    }
+
+    /// Every node, storage and guest entry as they are now: what pvestatd would broadcast.
+    fn live_resources(&self) -> Value {
+        let mut out = Vec::new();
+        out.push(self.node_entry());
+        {
             for s in &self.storages {
                 let (total, used, _) = self.storage_usage(s);
                 out.push(json!({
@@ -257,17 +329,7 @@ impl State {
                 }));
             }
         }
-        if all || kind == Some("sdn") {
-            // PVE 8 lists each node's local network zone, SDN configured or not.
-            out.push(json!({
-                "id": format!("sdn/{}/localnetwork", self.node.name),
-                "type": "sdn",
-                "sdn": "localnetwork",
-                "node": self.node.name,
-                "status": "ok",
-            }));
-        }
-        if all || kind == Some("vm") {
+        {
             for (vmid, vm) in &self.vms {
                 let entry = self.vm_entry(*vmid, false);
                 let mut v = json!({

@@ -29,6 +29,7 @@ pub fn fast() -> TaskDurations {
         aptupdate: ms(20),
         agent_boot: ms(400),
         auth_failure: ms(50),
+        status_interval: Duration::ZERO,
     }
 }
 
