@@ -219,7 +219,10 @@ impl Claims {
 
     async fn judge(&self, holder: &VmClaim, now: DateTime<Utc>) -> Result<Holder, ClaimError> {
         if let Some(vmid) = holder.vmid {
-            return Ok(Holder::Live(format!("VM {vmid}")));
+            return Ok(Holder::Live(match &holder.workflow_id {
+                Some(workflow) => format!("VM {vmid}, provisioned by workflow {workflow}"),
+                None => format!("VM {vmid}"),
+            }));
         }
         let Some(workflow) = &holder.workflow_id else {
             return Ok(Holder::Live("a VM on Proxmox".into()));
