@@ -204,7 +204,8 @@ pub async fn stored<T: serde::de::DeserializeOwned>(
 
 /// Waits until each (stream, durable) consumer has nothing pending or unacknowledged: whatever the
 /// last input caused has happened. A consumer not declared yet (its service still starting) is not
-/// idle.
+/// idle, nor is one whose ack floor is behind what it delivered (a message a handler asked to retry
+/// later, waiting out its back-off, need not count as pending or unacknowledged).
 pub async fn until_idle(ctx: &proxflow_runtime::ServiceContext, consumers: &[(&str, &str)]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for (stream, durable) in consumers {
@@ -213,7 +214,10 @@ pub async fn until_idle(ctx: &proxflow_runtime::ServiceContext, consumers: &[(&s
                 ctx.bus.js.get_consumer_from_stream(*durable, *stream).await;
             if let Ok(mut consumer) = consumer {
                 let info = consumer.info().await.expect("consumer info");
-                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                if info.num_pending == 0
+                    && info.num_ack_pending == 0
+                    && info.ack_floor.stream_sequence >= info.delivered.stream_sequence
+                {
                     break;
                 }
             }
