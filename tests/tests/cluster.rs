@@ -146,13 +146,30 @@ async fn stop_all_but_the_leader_of(
     others
 }
 
-/// Starts `nodes` again.
-fn restart(cluster: &mut TestCluster, nodes: &[usize]) {
+/// `/readyz` answering ready with JetStream available.
+fn jetstream_ready(status: u16, body: &serde_json::Value) -> bool {
+    status == 200 && body["jetstream"] == true
+}
+
+/// `/readyz` answering 503 because JetStream is not.
+fn jetstream_down(status: u16, body: &serde_json::Value) -> bool {
+    status == 503 && body["jetstream"] == false
+}
+
+/// Restarts `nodes` and waits until `/readyz` at `readyz` is ready again (the quorum is back).
+async fn restart_until_ready(cluster: &mut TestCluster, nodes: &[usize], readyz: &str) {
     tokio::task::block_in_place(|| {
         for node in nodes {
             cluster.restart(*node).expect("restarts");
         }
     });
+    readyz_until(
+        readyz,
+        Duration::from_secs(60),
+        "ready again",
+        jetstream_ready,
+    )
+    .await;
 }
 
 /// Polls `/readyz` until `done` holds for (status, body); panics after `within`.
@@ -192,10 +209,7 @@ async fn readyz_follows_jetstream_through_a_quorum_loss() {
     let stop = CancellationToken::new();
     tokio::spawn(JetStreamProbe::default().run(health.clone(), ctx.bus.js.clone(), stop.clone()));
     let readyz = serve_ops(&health, &stop).await;
-    readyz_until(&readyz, Duration::from_secs(30), "ready", |status, body| {
-        status == 200 && body["jetstream"] == true
-    })
-    .await;
+    readyz_until(&readyz, Duration::from_secs(30), "ready", jetstream_ready).await;
 
     // Two of three nodes go. The one kept leads the probed stream: a raft leader keeps answering
     // for about ten seconds after losing its followers, which must not read as ready.
@@ -204,20 +218,13 @@ async fn readyz_follows_jetstream_through_a_quorum_loss() {
         &readyz,
         Duration::from_secs(5),
         "503 naming jetstream",
-        |status, body| status == 503 && body["jetstream"] == false,
+        jetstream_down,
     )
     .await;
     assert_eq!(body["jetstream"], false, "{body}");
 
     // They come back: ready again once JetStream has its quorum.
-    restart(&mut cluster, &others);
-    readyz_until(
-        &readyz,
-        Duration::from_secs(60),
-        "ready again",
-        |status, body| status == 200 && body["jetstream"] == true,
-    )
-    .await;
+    restart_until_ready(&mut cluster, &others, &readyz).await;
     stop.cancel();
 }
 
@@ -262,37 +269,12 @@ async fn requests_during_a_quorum_loss_are_refused_naming_jetstream_and_succeed_
         ctx.bus.js.clone(),
         stop.clone(),
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(proxflow_gateway::run(
-        ctx.clone(),
-        proxflow_gateway::GatewaySettings {
-            config: proxflow_gateway::GatewayConfig {
-                bearer_tokens: [(
-                    "ci".to_string(),
-                    proxflow_runtime::config::Secret::new(TOKEN),
-                )]
-                .into(),
-                ..proxflow_gateway::GatewayConfig::default()
-            },
-            profiles: proxflow_platform::Profiles::default(),
-            listener,
-        },
-        stop.clone(),
-    ));
+    let base = proxflow_e2e::start_gateway(&ctx, "ci", TOKEN, &stop).await;
     let readyz = format!("{base}/readyz");
-    readyz_until(&readyz, Duration::from_secs(30), "ready", |status, body| {
-        status == 200 && body["jetstream"] == true
-    })
-    .await;
+    readyz_until(&readyz, Duration::from_secs(30), "ready", jetstream_ready).await;
 
     let others = stop_all_but_the_leader_of(&mut cluster, &ctx, stream_name::EVT).await;
-    readyz_until(&readyz, Duration::from_secs(5), "503", |status, body| {
-        status == 503 && body["jetstream"] == false
-    })
-    .await;
+    readyz_until(&readyz, Duration::from_secs(5), "503", jetstream_down).await;
 
     let http = reqwest::Client::new();
     let request = || {
@@ -320,14 +302,7 @@ async fn requests_during_a_quorum_loss_are_refused_naming_jetstream_and_succeed_
         "refused only after retries"
     );
 
-    restart(&mut cluster, &others);
-    readyz_until(
-        &readyz,
-        Duration::from_secs(60),
-        "ready again",
-        |status, body| status == 200 && body["jetstream"] == true,
-    )
-    .await;
+    restart_until_ready(&mut cluster, &others, &readyz).await;
     // Each stream elects its own leader: the ingest stream may follow a moment after the probed
     // one, answered 503 meanwhile. A sender's retry (as Alertmanager's or a CI job's) gets through.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -123,6 +123,21 @@ fn slow_body_start() -> String {
     )
 }
 
+/// A firing `VmDown` alert for each VMID of `vmids`, as Alertmanager sends them.
+fn vm_down(vmids: std::ops::Range<u32>) -> Vec<serde_json::Value> {
+    vmids
+        .map(|vmid| {
+            let vmid = vmid.to_string();
+            proxflow_e2e::alertmanager_alert(
+                "VmDown",
+                &[("vmid", vmid.as_str())],
+                "firing",
+                "2026-12-06T08:00:00Z",
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_checked_before_a_body_is_read() {
     let edge = gateway(HttpLimits::default()).await;
@@ -357,17 +372,7 @@ async fn a_huge_delivery_leaves_room_for_small_ones() {
         serde_json::json!({"version": "4", "receiver": "proxflow", "status": "firing",
                            "alerts": alerts})
     };
-    let huge: Vec<serde_json::Value> = (0..20_000)
-        .map(|i| {
-            let vmid = i.to_string();
-            proxflow_e2e::alertmanager_alert(
-                "VmDown",
-                &[("vmid", vmid.as_str())],
-                "firing",
-                "2026-12-06T08:00:00Z",
-            )
-        })
-        .collect();
+    let huge = vm_down(0..20_000);
     let http = reqwest::Client::new();
     let url = format!("http://{}/v1/alerts/alertmanager", edge.addr);
     let big = tokio::spawn({
@@ -411,12 +416,7 @@ async fn a_huge_delivery_leaves_room_for_small_ones() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let small = delivery(vec![proxflow_e2e::alertmanager_alert(
-        "VmDown",
-        &[("vmid", "999999")],
-        "firing",
-        "2026-12-06T08:00:00Z",
-    )]);
+    let small = delivery(vm_down(999_999..1_000_000));
     let answer = http
         .post(&url)
         .bearer_auth(TOKEN)
@@ -443,12 +443,7 @@ async fn what_can_never_fit_the_bus_is_413_not_503() {
     let http = reqwest::Client::new();
 
     // One alert of 20 KB: under gateway.alerts.max_body, over the server's max_payload.
-    let mut alert = proxflow_e2e::alertmanager_alert(
-        "VmDown",
-        &[("vmid", "101")],
-        "firing",
-        "2026-12-06T08:00:00Z",
-    );
+    let mut alert = vm_down(101..102).remove(0);
     // Two annotations within their bound (16 KiB each), together over max_payload.
     alert["annotations"]["description"] = serde_json::json!("x".repeat(10_000));
     alert["annotations"]["runbook"] = serde_json::json!("y".repeat(10_000));
@@ -509,17 +504,7 @@ async fn a_delivery_is_not_amplified_on_the_bus() {
     };
     let before = bytes().await;
     // 200 small alerts with a 100 KB group key (the group's label matchers), as one delivery.
-    let alerts: Vec<serde_json::Value> = (0..200)
-        .map(|i| {
-            let vmid = i.to_string();
-            proxflow_e2e::alertmanager_alert(
-                "VmDown",
-                &[("vmid", vmid.as_str())],
-                "firing",
-                "2026-12-06T08:00:00Z",
-            )
-        })
-        .collect();
+    let alerts = vm_down(0..200);
     let delivery = serde_json::json!({"version": "4", "receiver": "proxflow", "status": "firing",
                                       "groupKey": "g".repeat(100_000),
                                       "externalURL": "http://alertmanager:9093",

@@ -17,15 +17,40 @@ fn proxflow() -> Command {
     cmd
 }
 
-#[test]
-fn file_overrides_defaults_and_env_overrides_the_file() {
+/// A configuration file with `contents` (the directory lives as long as the returned guard).
+fn config_file(contents: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("proxflow.toml");
-    std::fs::write(
-        &file,
+    std::fs::write(&file, contents).expect("write");
+    (dir, file)
+}
+
+/// What `proxflow config` printed, asserting that it succeeded.
+fn printed_config(out: &std::process::Output) -> toml::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("toml")
+}
+
+/// The `nats.url` entries a printed configuration lists.
+fn printed_urls(printed: &toml::Value) -> Vec<String> {
+    printed["nats"]["url"]
+        .as_array()
+        .expect("several URLs print as a list")
+        .iter()
+        .filter_map(toml::Value::as_str)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn file_overrides_defaults_and_env_overrides_the_file() {
+    let (_dir, file) = config_file(
         "[nats]\nurl = \"nats://from-file:4222\"\nreplicas = 3\n[gateway]\nlisten = \"0.0.0.0:8443\"\n",
-    )
-    .expect("write");
+    );
     let out = proxflow()
         .args(["--config"])
         .arg(&file)
@@ -33,12 +58,7 @@ fn file_overrides_defaults_and_env_overrides_the_file() {
         .env("PROXFLOW_NATS__URL", "nats://from-env:4222")
         .output()
         .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("toml");
+    let printed = printed_config(&out);
     assert_eq!(
         printed["nats"]["url"].as_str(),
         Some("nats://from-env:4222")
@@ -91,38 +111,23 @@ fn nats_url_takes_a_cluster_list_and_a_malformed_one_exits_78() {
         .env("PROXFLOW_NATS__URL", cluster)
         .output()
         .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        printed_urls(&printed_config(&out)),
+        cluster.split(',').collect::<Vec<_>>()
     );
-    let printed: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("toml");
-    let urls: Vec<&str> = printed["nats"]["url"]
-        .as_array()
-        .expect("several URLs print as a list")
-        .iter()
-        .filter_map(toml::Value::as_str)
-        .collect();
-    assert_eq!(urls, cluster.split(',').collect::<Vec<_>>());
 
     // The same list as a TOML array in the file.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("proxflow.toml");
-    std::fs::write(
-        &file,
-        "[nats]\nurl = [\"nats://pf-nats-1:4222\", \"nats://pf-nats-2:4222\"]\n",
-    )
-    .expect("write");
+    let (_dir, file) =
+        config_file("[nats]\nurl = [\"nats://pf-nats-1:4222\", \"nats://pf-nats-2:4222\"]\n");
     let out = proxflow()
         .arg("--config")
         .arg(&file)
         .arg("config")
         .output()
         .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        printed_urls(&printed_config(&out)),
+        ["nats://pf-nats-1:4222", "nats://pf-nats-2:4222"]
     );
 
     // A bad entry is a configuration error naming the key, not 30 s of "not reachable".
@@ -143,9 +148,7 @@ fn nats_url_takes_a_cluster_list_and_a_malformed_one_exits_78() {
 
 #[test]
 fn an_unknown_key_or_missing_file_is_an_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("proxflow.toml");
-    std::fs::write(&file, "[gateway]\nlisten_addr = \"127.0.0.1:1\"\n").expect("write");
+    let (dir, file) = config_file("[gateway]\nlisten_addr = \"127.0.0.1:1\"\n");
     let out = proxflow()
         .arg("--config")
         .arg(&file)
@@ -401,24 +404,18 @@ fn the_shipped_example_config_is_complete_and_matches_the_defaults() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/proxflow.example.toml"
     );
-    let from_file = proxflow()
-        .args(["--config", example, "config"])
-        .output()
-        .expect("runs");
-    assert!(
-        from_file.status.success(),
-        "the example config does not load: {}",
-        String::from_utf8_lossy(&from_file.stderr)
+    // The example must load (a failure prints why), and documents the defaults: loading it must
+    // change nothing.
+    let from_file = printed_config(
+        &proxflow()
+            .args(["--config", example, "config"])
+            .output()
+            .expect("runs"),
     );
-    let defaults = proxflow().arg("config").output().expect("runs");
-    let parse = |out: &std::process::Output| -> toml::Value {
-        toml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("toml")
-    };
-    // The example documents the defaults: loading it must change nothing.
-    assert_eq!(parse(&from_file), parse(&defaults));
+    let table = printed_config(&proxflow().arg("config").output().expect("runs"));
+    assert_eq!(from_file, table);
     // And it names every key that has a default, so none is undocumented.
     let text = std::fs::read_to_string(example).expect("read example");
-    let table = parse(&defaults);
     assert_documented(&text, "", table.as_table().expect("table"));
 }
 

@@ -214,6 +214,18 @@ impl Vm {
     }
 }
 
+/// The figures pvestatd last broadcast, as `/cluster/resources` entries.
+pub(crate) struct StatusBroadcast {
+    /// When.
+    pub(crate) taken: Instant,
+    /// The node's entry.
+    pub(crate) node: serde_json::Value,
+    /// The storages' entries.
+    pub(crate) storages: Vec<serde_json::Value>,
+    /// The guests' entries by VMID, without what comes from their configs (template, lock, tags).
+    pub(crate) vms: BTreeMap<u32, serde_json::Value>,
+}
+
 /// The mutable world.
 pub(crate) struct State {
     pub(crate) node: Node,
@@ -235,8 +247,8 @@ pub(crate) struct State {
     /// The token id, which the UPIDs of tasks it starts carry as user.
     pub(crate) user: String,
     pub(crate) fingerprint: Option<String>,
-    /// What pvestatd last broadcast for `/cluster/resources`, and when.
-    pub(crate) status_snapshot: Option<(Instant, serde_json::Value)>,
+    /// What pvestatd last broadcast for `/cluster/resources`.
+    pub(crate) broadcast: Option<StatusBroadcast>,
     pub(crate) started: Instant,
     next_pid: u32,
 }
@@ -358,7 +370,7 @@ impl State {
             durations: config.durations.clone(),
             user: config.token_id.clone(),
             fingerprint,
-            status_snapshot: None,
+            broadcast: None,
             started: now,
             next_pid,
         }

@@ -12,9 +12,10 @@
 //! - **Shutdown** stops accepting at once, asks every connection to finish its request, and after
 //!   `grace` drops whatever is left: a client stalled mid-request cannot keep the process alive.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -91,7 +92,7 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let waiting = Arc::new(Waiting::default());
+    let open = Arc::new(OpenConnections::default());
     let finish = CancellationToken::new();
     let mut connections = JoinSet::new();
     loop {
@@ -113,14 +114,14 @@ pub async fn serve(
             Ok(permit) => Some(permit),
             // Full: the longest-waiting connection without a request makes room, and hands over
             // its permit as it closes (awaited in the newcomer's task, not here).
-            Err(_) if waiting.evict_oldest() => None,
+            Err(_) if open.evict_oldest_idle() => None,
             Err(_) => {
                 connections.spawn(refuse(stream, limits.max_connections));
                 continue;
             }
         };
         let (router, limits, finish) = (router.clone(), limits.clone(), finish.clone());
-        let (permits, waiting) = (Arc::clone(&permits), Arc::clone(&waiting));
+        let (permits, open) = (Arc::clone(&permits), Arc::clone(&open));
         connections.spawn(async move {
             let permit = match permit {
                 Some(permit) => permit,
@@ -129,7 +130,7 @@ pub async fn serve(
                     _ => return refuse(stream, limits.max_connections).await,
                 },
             };
-            connection(stream, router, &limits, &waiting, finish).await;
+            connection(stream, router, &limits, &open, finish).await;
             drop(permit);
         });
     }
@@ -170,46 +171,42 @@ async fn refuse(mut stream: TcpStream, max: usize) {
 /// How long a newcomer waits for the permit of the connection evicted for it.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
-/// The open connections, oldest first, each with its eviction token and its requests in flight.
+/// One open connection: what closes it to make room, and its requests in flight.
+type Entry = (CancellationToken, Arc<AtomicUsize>);
+
+/// The open connections, oldest first (ids only grow).
 #[derive(Default)]
-struct Waiting {
+struct OpenConnections {
     next: AtomicU64,
-    open: std::sync::Mutex<std::collections::BTreeMap<u64, (CancellationToken, Arc<AtomicUsize>)>>,
+    entries: Mutex<BTreeMap<u64, Entry>>,
 }
 
-impl Waiting {
-    fn open(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::BTreeMap<u64, (CancellationToken, Arc<AtomicUsize>)>,
-    > {
+impl OpenConnections {
+    fn entries(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
         // A poisoned map only means a panic elsewhere while it was held; its entries are intact.
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn register(&self, in_flight: &Arc<AtomicUsize>) -> (u64, CancellationToken) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
-        self.open()
+        self.entries()
             .insert(id, (token.clone(), Arc::clone(in_flight)));
         (id, token)
     }
 
     fn remove(&self, id: u64) {
-        self.open().remove(&id);
+        self.entries().remove(&id);
     }
 
     /// Closes the oldest connection with no request in flight; `false` when every one is serving.
-    fn evict_oldest(&self) -> bool {
-        let mut open = self.open();
-        let victim = open
+    fn evict_oldest_idle(&self) -> bool {
+        let mut entries = self.entries();
+        let victim = entries
             .iter()
             .find(|(_, (_, in_flight))| in_flight.load(Ordering::Acquire) == 0)
             .map(|(id, _)| *id);
-        match victim.and_then(|id| open.remove(&id)) {
+        match victim.and_then(|id| entries.remove(&id)) {
             Some((token, _)) => {
                 token.cancel();
                 true
@@ -225,7 +222,7 @@ async fn connection(
     stream: TcpStream,
     router: Router,
     limits: &HttpLimits,
-    waiting: &Waiting,
+    open: &OpenConnections,
     finish: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
@@ -235,7 +232,7 @@ async fn connection(
         activity: Arc::clone(&activity),
     });
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let (id, evicted) = waiting.register(&in_flight);
+    let (id, evicted) = open.register(&in_flight);
     let counted = Arc::clone(&in_flight);
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -261,7 +258,7 @@ async fn connection(
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "HTTP connection ended with an error");
                 }
-                waiting.remove(id);
+                open.remove(id);
                 return;
             }
             () = evicted.cancelled(), if !closing => {

@@ -8,13 +8,10 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-use proxflow_e2e::Probe;
-use proxflow_runtime::ServiceContext;
+use proxflow_e2e::{Probe, child_context, child_env as env};
 use proxflow_runtime::bus::topology::ConsumerSpec;
-use proxflow_runtime::bus::{self, ConsumerLoop, Delivery, Handler, Outcome};
-use proxflow_runtime::config::{ConsumerConfig, NatsConfig, TelemetryConfig};
-use proxflow_runtime::ops::{Health, Metrics};
+use proxflow_runtime::bus::{ConsumerLoop, Delivery, Handler, Outcome};
+use proxflow_runtime::config::ConsumerConfig;
 use proxflow_schemas::names::{stream, subject};
 use tokio_util::sync::CancellationToken;
 
@@ -36,25 +33,13 @@ impl Handler<Probe> for Scripted {
     }
 }
 
-fn env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).with_context(|| format!("{name} not set"))
-}
-
 fn env_ms(name: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(env(name)?.parse()?))
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let telemetry =
-        proxflow_runtime::telemetry::init(&TelemetryConfig::default(), "pf-test-worker")?;
-    let metrics = Metrics::new();
-    let nats = NatsConfig {
-        url: env("PF_NATS_URL")?.parse()?,
-        ..NatsConfig::default()
-    };
-    let bus = bus::connect(&nats, "pf-test-worker", metrics.clone()).await?;
-    let ctx = ServiceContext::new(bus, Health::default(), metrics, env_ms("PF_GRACE_MS")?).await?;
+    let (ctx, telemetry) = child_context("pf-test-worker", env_ms("PF_GRACE_MS")?).await?;
     let spec = ConsumerSpec {
         stream: stream::EVT,
         durable: env("PF_DURABLE")?,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, P, Reply, param_error};
 use crate::schema::split_list;
-use crate::state::{Power, State, StorageKind};
+use crate::state::{Power, State, StatusBroadcast, StorageKind};
 
 impl State {
     pub(super) fn version(&self) -> Value {
@@ -236,36 +236,31 @@ impl State {
         v
     }
 
-    /// `GET /cluster/resources`. The guests and the storages are listed as they are now (PVE
-    /// reads them from the cluster file system), but the figures — node, storage and guest usage,
+    /// `GET /cluster/resources`. The guests are listed as they are now (PVE reads the VM list and
+    /// configs from the cluster file system), but the figures — node, storage and guest usage,
     /// guest status and uptime — are those pvestatd last broadcast, refreshed every
     /// `durations.status_interval` (10 s); a guest created since has none yet (`status: unknown`).
     pub(super) fn resources(&mut self, kind: Option<&str>) -> Value {
         let interval = self.scaled(self.durations.status_interval);
         if self
-            .status_snapshot
+            .broadcast
             .as_ref()
-            .is_none_or(|(taken, _)| taken.elapsed() >= interval)
+            .is_none_or(|b| b.taken.elapsed() >= interval)
         {
-            let live = self.live_resources();
-            self.status_snapshot = Some((Instant::now(), live));
+            self.broadcast = Some(self.live_broadcast());
         }
-        let Some((_, snapshot)) = &self.status_snapshot else {
+        let Some(broadcast) = &self.broadcast else {
             return json!([]);
         };
-        let all = kind.is_none();
+        let shows = |k: &str| kind.is_none_or(|wanted| wanted == k);
         let mut out = Vec::new();
-        for entry in snapshot.as_array().into_iter().flatten() {
-            let shown = match entry["type"].as_str() {
-                Some("node") => all || kind == Some("node"),
-                Some("storage") => all || kind == Some("storage"),
-                _ => false,
-            };
-            if shown {
-                out.push(entry.clone());
-            }
+        if shows("node") {
+            out.push(broadcast.node.clone());
         }
-        if all || kind == Some("sdn") {
+        if shows("storage") {
+            out.extend(broadcast.storages.iter().cloned());
+        }
+        if shows("sdn") {
             // PVE 8 lists each node's local network zone, SDN configured or not.
             out.push(json!({
                 "id": format!("sdn/{}/localnetwork", self.node.name),
@@ -275,32 +270,19 @@ impl State {
                 "status": "ok",
             }));
         }
-        if all || kind == Some("vm") {
+        if shows("vm") {
             for (vmid, vm) in &self.vms {
-                let id = format!("qemu/{vmid}");
-                let seen = snapshot
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|e| e["id"] == json!(id));
-                let mut v = seen.cloned().unwrap_or_else(|| {
-                    json!({"id": id, "type": "qemu", "vmid": vmid, "node": self.node.name,
-                           "status": "unknown"})
+                let mut v = broadcast.vms.get(vmid).cloned().unwrap_or_else(|| {
+                    json!({"id": format!("qemu/{vmid}"), "type": "qemu", "vmid": vmid,
+                           "node": self.node.name, "status": "unknown"})
                 });
                 // From the configuration, not from pvestatd: current at once.
                 v["template"] = json!(u8::from(vm.is_template()));
-                for (key, value) in [
-                    ("lock", vm.lock()),
-                    ("tags", vm.config.get("tags").map(String::as_str)),
-                ] {
-                    match value {
-                        Some(value) => v[key] = json!(value),
-                        None => {
-                            if let Some(map) = v.as_object_mut() {
-                                map.remove(key);
-                            }
-                        }
-                    }
+                if let Some(lock) = vm.lock() {
+                    v["lock"] = json!(lock);
+                }
+                if let Some(tags) = vm.config.get("tags") {
+                    v["tags"] = json!(tags);
                 }
                 out.push(v);
             }
@@ -308,14 +290,14 @@ impl State {
         json!(out)
     }
 
-    /// Every node, storage and guest entry as they are now: what pvestatd would broadcast.
-    fn live_resources(&self) -> Value {
-        let mut out = Vec::new();
-        out.push(self.node_entry());
-        {
-            for s in &self.storages {
+    /// The node, storage and guest figures as they are now: what pvestatd would broadcast.
+    fn live_broadcast(&self) -> StatusBroadcast {
+        let storages = self
+            .storages
+            .iter()
+            .map(|s| {
                 let (total, used, _) = self.storage_usage(s);
-                out.push(json!({
+                json!({
                     "id": format!("storage/{}/{}", self.node.name, s.id),
                     "type": "storage",
                     "storage": s.id,
@@ -326,18 +308,19 @@ impl State {
                     "content": s.content,
                     "disk": used,
                     "maxdisk": total,
-                }));
-            }
-        }
-        {
-            for (vmid, vm) in &self.vms {
+                })
+            })
+            .collect();
+        let vms = self
+            .vms
+            .iter()
+            .map(|(vmid, vm)| {
                 let entry = self.vm_entry(*vmid, false);
                 let mut v = json!({
                     "id": format!("qemu/{vmid}"),
                     "type": "qemu",
                     "vmid": vmid,
                     "node": self.node.name,
-                    "template": u8::from(vm.is_template()),
                     "maxcpu": vm.cpus(),
                 });
                 for key in [
@@ -353,17 +336,20 @@ impl State {
                     "diskread",
                     "diskwrite",
                     "uptime",
-                    "lock",
-                    "tags",
                 ] {
                     if let Some(value) = entry.get(key) {
                         v[key] = value.clone();
                     }
                 }
-                out.push(v);
-            }
+                (*vmid, v)
+            })
+            .collect();
+        StatusBroadcast {
+            taken: Instant::now(),
+            node: self.node_entry(),
+            storages,
+            vms,
         }
-        json!(out)
     }
 
     pub(super) fn storage_entry(&self, id: &str, with_id: bool) -> Option<Value> {

@@ -30,13 +30,19 @@ fn rrd_step(timeframe: &str) -> Option<i64> {
 }
 
 impl State {
-    /// `GET /cluster/status`: a standalone node (no corosync cluster) lists only itself.
+    /// `GET /cluster/status`: a standalone node (no corosync cluster) lists only itself, at the
+    /// address of its first bridge that has one (the management network).
     pub(super) fn cluster_status(&self) -> Value {
+        let ip = self
+            .bridges
+            .iter()
+            .find_map(|b| b.cidr.as_deref()?.split('/').next())
+            .unwrap_or("127.0.0.1");
         json!([{
             "id": format!("node/{}", self.node.name),
             "name": self.node.name,
             "type": "node",
-            "ip": "192.168.1.10",
+            "ip": ip,
             "level": "",
             "local": 1,
             "nodeid": 0,
