@@ -38,6 +38,8 @@ pub mod subject {
     pub const WORKFLOW_SCALE_OUT: &str = "pf.cmd.workflow.scale_out";
     /// Advances of `provision` workflows (the provisioner's engine).
     pub const WORKFLOW_PROVISION: &str = "pf.cmd.workflow.provision";
+    /// Advances of `patch_run` workflows (the patcher's engine).
+    pub const WORKFLOW_PATCH_RUN: &str = "pf.cmd.workflow.patch_run";
     /// Everything the trace stream captures.
     pub const TRACE_ALL: &str = "pf.trace.>";
     /// Prefix of dead-letter events; the consumer's durable name follows.
@@ -149,6 +151,9 @@ pub mod bucket {
     /// compare-and-set by the provision that will use it, or found on Proxmox by the provisioner's
     /// sweep; a second request for either is refused.
     pub const CLAIMS: &str = "pf_claims";
+    /// Patching's own state: `held.<target>` = the packages held (and at which version) after an
+    /// approver rejected them, so a newer version is offered again.
+    pub const PATCH: &str = "pf_patch";
 }
 
 /// Lifetime of an accepted webhook id in [`bucket::WEBHOOK_IDS`]. A replay is refused by this record
@@ -205,6 +210,10 @@ pub mod durable {
     pub const SNAPSHOTTER_PRUNE: &str = "snapshotter-prune";
     /// The replicator's on-demand runs (`pf.cmd.replicator.run`).
     pub const REPLICATOR_RUN: &str = "replicator-run";
+    /// The patcher's `patch_run` workflows (`pf.cmd.workflow.patch_run`).
+    pub const PATCHER: &str = "workflow-patch_run";
+    /// Advances of `patch_run` workflows the patcher's engine gave up on.
+    pub const PATCHER_GIVEN_UP: &str = "workflow-patch_run-givenup";
 }
 
 /// The advance consumer of workflow kind `kind`: `workflow-<kind>` on `pf.cmd.workflow.<kind>`.
@@ -246,6 +255,8 @@ pub mod user {
     pub const REPLICATOR: &str = "replicator";
     /// Remediation actions.
     pub const REMEDIATOR: &str = "remediator";
+    /// The patcher.
+    pub const PATCHER: &str = "patcher";
 
     /// The reply-inbox prefix of a user (`_INBOX_<user>`): its permissions let it read only its own
     /// replies, which a shared `_INBOX` would not.
@@ -426,6 +437,21 @@ pub mod consumer {
         user: user::REPLICATOR,
     };
 
+    /// See [`durable::PATCHER`].
+    pub const PATCHER: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::PATCHER,
+        filter: Filter::Subject(super::subject::WORKFLOW_PATCH_RUN),
+        user: user::PATCHER,
+    };
+    /// See [`durable::PATCHER_GIVEN_UP`].
+    pub const PATCHER_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::PATCHER_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::PATCHER),
+        user: user::PATCHER,
+    };
+
     /// All of them, in the order `deploy/nats/accounts.conf` lists them.
     pub const ALL: &[Consumer] = &[
         PROVISIONER,
@@ -446,6 +472,8 @@ pub mod consumer {
         REMEDIATOR_GIVEN_UP_SCALE_OUT,
         SNAPSHOTTER_PRUNE,
         REPLICATOR_RUN,
+        PATCHER,
+        PATCHER_GIVEN_UP,
     ];
 
     #[cfg(test)]

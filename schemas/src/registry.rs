@@ -8,6 +8,7 @@ use crate::capacity::{
 };
 use crate::events::DeadLetter;
 use crate::message::{SchemaId, Versioned};
+use crate::patch::PatchEvent;
 use crate::provision::{ProvisionOutcome, ProvisionRequested};
 use crate::remediation::{
     HandOffOutcome, RemediationCommand, RemediationDecision, RemediationOutcome, RemediationPage,
@@ -74,5 +75,6 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<CapacityRecovered>(),
         SchemaDoc::of::<HostExhausted>(),
         SchemaDoc::of::<ScaleOutRequested>(),
+        SchemaDoc::of::<PatchEvent>(),
     ]
 }

@@ -274,6 +274,7 @@ pub async fn start_gateway(
             },
             profiles: proxflow_platform::Profiles::default(),
             listener,
+            approvers: Vec::new(),
         },
         stop.clone(),
     ));

@@ -15,6 +15,7 @@ const SERVICES: &[&str] = &[
     "proxflow-snapshotter",
     "proxflow-replicator",
     "proxflow-remediator",
+    "proxflow-patcher",
 ];
 
 /// The library crates a service may depend on. Anything else in the workspace is not a library a

@@ -283,6 +283,7 @@ async fn the_shipped_users_can_run_a_provision() {
             config: gateway_config,
             profiles: profiles.clone(),
             listener,
+            approvers: Vec::new(),
         },
         stop.clone(),
     ));

@@ -50,6 +50,7 @@ async fn gateway_on(nats: TestNats, tweak: impl FnOnce(&mut GatewayConfig)) -> E
             },
             profiles: proxflow_platform::Profiles::default(),
             listener,
+            approvers: Vec::new(),
         },
         stop.clone(),
     ));

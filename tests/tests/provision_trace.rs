@@ -38,6 +38,7 @@ async fn one_request_is_one_trace_from_the_gateway_to_proxmox() {
             },
             profiles: proxflow_platform::Profiles::default(),
             listener,
+            approvers: Vec::new(),
         },
         p.stop.clone(),
     ));

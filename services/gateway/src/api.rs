@@ -64,16 +64,18 @@ pub fn workflow_id(idempotency_key: &str) -> String {
 
 /// Everything the handlers share.
 pub(crate) struct Api {
-    ctx: ServiceContext,
-    auth: Authenticator,
+    pub(crate) ctx: ServiceContext,
+    pub(crate) auth: Authenticator,
     profiles: Profiles,
-    store: Store,
+    pub(crate) store: Store,
     max_body: usize,
     /// `gateway.http.body_read_timeout`.
     body_read_timeout: std::time::Duration,
     /// Where links (`Location`, `status_url`) point: `gateway.public_url`, else the listener's own
     /// address; never the request's `Host`, which the caller controls.
-    base: String,
+    pub(crate) base: String,
+    /// The patch-run endpoints' engine and approvers.
+    pub(crate) patch: crate::patch::PatchEdge,
     outcomes: CounterFamily<2>,
     alert_max_body: usize,
     /// One permit per alert being published, across deliveries (back-pressure).
@@ -93,6 +95,7 @@ impl Api {
         store: Store,
         config: &crate::config::GatewayConfig,
         base: String,
+        patch: crate::patch::PatchEdge,
     ) -> Self {
         let alerts = &config.alerts;
         let outcomes = ctx.metrics.counter_family(
@@ -114,6 +117,7 @@ impl Api {
             max_body: config.max_body,
             body_read_timeout: config.http.body_read_timeout,
             base,
+            patch,
             outcomes,
             alert_max_body: alerts.max_body,
             alert_permits: Arc::new(tokio::sync::Semaphore::new(alerts.max_in_flight)),
@@ -131,12 +135,24 @@ pub(crate) fn routes(api: Arc<Api>) -> Router {
         .route(ALERTS_PATH, post(alerts))
         .route(REMEDIATIONS_PATH, get(remediations))
         .route(&format!("{WORKFLOWS_PATH}/{{id}}"), get(workflow))
+        .route(
+            crate::patch::PATCH_RUNS_PATH,
+            post(crate::patch::start).get(crate::patch::list),
+        )
+        .route(
+            &format!("{}/{{id}}/approve", crate::patch::PATCH_RUNS_PATH),
+            post(crate::patch::approve),
+        )
+        .route(
+            &format!("{}/{{id}}/reject", crate::patch::PATCH_RUNS_PATH),
+            post(crate::patch::reject),
+        )
         .with_state(api)
 }
 
 /// Why a request was refused; each maps to one status and one `outcome` label.
 #[derive(Debug, thiserror::Error)]
-enum Rejection {
+pub(crate) enum Rejection {
     #[error("content type must be application/json")]
     UnsupportedType,
     #[error("the body exceeds {0} bytes")]
@@ -160,6 +176,8 @@ enum Rejection {
     #[error("workflow {0} not found")]
     NotFound(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -177,6 +195,7 @@ impl Rejection {
             Self::Invalid(_) | Self::Malformed(_) => "invalid",
             Self::InUse(_) => "conflict",
             Self::NotFound(_) => "not_found",
+            Self::Forbidden(_) => "forbidden",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "error",
         }
@@ -190,6 +209,7 @@ impl Rejection {
             // Never 503: a sender retries that for ever, and it can never fit.
             Self::TooLargeForBus { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Replayed(_) => StatusCode::CONFLICT,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             // The request is well-formed, but what it names is taken (a name, an address).
@@ -645,7 +665,11 @@ impl Api {
     }
 
     /// Reads the body up to `max_body`: a declared length over the limit is refused before reading.
-    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Rejection> {
+    pub(crate) async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<bytes::Bytes, Rejection> {
         read_limited(headers, body, self.max_body, self.body_read_timeout).await
     }
 }
@@ -706,7 +730,7 @@ impl Api {
     }
 
     /// Fails fast with 503 while NATS is disconnected instead of waiting out request timeouts.
-    fn ensure_connected(&self) -> Result<(), Rejection> {
+    pub(crate) fn ensure_connected(&self) -> Result<(), Rejection> {
         if self.ctx.bus.client.connection_state() != async_nats::connection::State::Connected {
             return Err(Rejection::Unavailable(
                 "the message bus (NATS) is not connected; retry later".into(),

@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 mod http;
+pub mod patch;
 pub mod request;
 pub mod store;
 pub mod webhook;
@@ -50,6 +51,9 @@ pub enum GatewayError {
     /// The HTTP server failed.
     #[error("gateway HTTP server: {0}")]
     Serve(#[from] std::io::Error),
+    /// The workflow engine (patch-run signals) could not be opened.
+    #[error("gateway workflow engine: {0}")]
+    Engine(String),
 }
 
 /// Everything the gateway needs beyond the [`ServiceContext`].
@@ -62,6 +66,8 @@ pub struct GatewaySettings {
     /// Bound by the caller from [`GatewayConfig::listen`], so it can print the real address when
     /// port 0 was asked for.
     pub listener: TcpListener,
+    /// Bearer-token names that may approve or reject patch plans (`patch.approvers`).
+    pub approvers: Vec<String>,
 }
 
 /// Serves the gateway on `settings.listener` until `shutdown`.
@@ -74,6 +80,7 @@ pub async fn run(
         config,
         profiles,
         listener,
+        approvers,
     } = settings;
     config.validate()?;
     config.check_credentials()?;
@@ -116,7 +123,11 @@ pub async fn run(
             format!("http://{local}")
         }
     };
-    let api = api::Api::new(&ctx, auth, profiles, store, &config, base);
+    let engine = proxflow_runtime::workflow::Engine::new(&ctx)
+        .await
+        .map_err(|e| GatewayError::Engine(e.to_string()))?;
+    let patch = patch::PatchEdge { engine, approvers };
+    let api = api::Api::new(&ctx, auth, profiles, store, &config, base, patch);
     ctx.health.set("gateway http", true);
     let router = http::router(&ctx, Arc::new(api));
     let result = proxflow_runtime::serve::serve(

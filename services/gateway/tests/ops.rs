@@ -27,6 +27,7 @@ async fn health_readiness_metrics_and_trace_echo() {
             config,
             profiles: proxflow_platform::Profiles::default(),
             listener,
+            approvers: Vec::new(),
         },
         stop.clone(),
     ));

@@ -80,6 +80,7 @@ async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Gateway {
             config,
             profiles: Profiles::default(),
             listener,
+            approvers: Vec::new(),
         },
         stop.clone(),
     ));
@@ -779,6 +780,7 @@ async fn the_gateway_refuses_to_start_without_credentials() {
             config: GatewayConfig::default(),
             profiles: Profiles::default(),
             listener,
+            approvers: Vec::new(),
         },
         CancellationToken::new(),
     )

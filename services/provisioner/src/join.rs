@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use proxflow_runtime::command::{self, CommandError, CommandOutput, CommandSpec};
+use proxflow_runtime::command::{self, CommandError, CommandOutput};
 use serde::{Deserialize, Serialize};
 
 /// `[provision.join]`.
@@ -76,32 +76,20 @@ pub enum JoinError {
 /// Runs the join command for `request`; the output is returned on success and inside the error on failure.
 pub async fn run(config: &JoinConfig, request: &JoinRequest) -> Result<CommandOutput, JoinError> {
     let json = serde_json::to_vec_pretty(request).map_err(|e| JoinError::Request(e.into()))?;
-    let mut file = tempfile::Builder::new()
-        .prefix("proxflow-join-")
-        .suffix(".json")
-        .tempfile()
-        .map_err(JoinError::Request)?;
-    std::io::Write::write_all(&mut file, &json).map_err(JoinError::Request)?;
-    let request_path = file.path().display().to_string();
-    let argv = config
-        .command
-        .iter()
-        .map(|a| {
-            a.replace("{ip}", &request.ip)
-                .replace("{name}", &request.name)
-                .replace("{vmid}", &request.vmid.to_string())
-                .replace("{user}", &request.user)
-                .replace("{request}", &request_path)
-        })
-        .collect();
-    let spec = CommandSpec {
-        argv,
-        env: vec![("PROXFLOW_JOIN_REQUEST".into(), request_path.clone())],
-        stdin: json,
-        cwd: None,
-        timeout: config.timeout,
-    };
-    let output = command::run(&spec).await?;
+    let vmid = request.vmid.to_string();
+    let output = command::run_with_request(
+        &config.command,
+        &[
+            ("ip", &request.ip),
+            ("name", &request.name),
+            ("vmid", &vmid),
+            ("user", &request.user),
+        ],
+        json,
+        "PROXFLOW_JOIN_REQUEST",
+        config.timeout,
+    )
+    .await?;
     if output.success() {
         Ok(output)
     } else {

@@ -55,9 +55,10 @@ pub const SERVICES: &[ServiceEntry] = &[
         prepare: |settings, _| {
             // Refused before connecting: a gateway without credentials is a configuration error.
             settings.gateway.check_credentials()?;
-            let (config, profiles) = (
+            let (config, profiles, approvers) = (
                 settings.gateway.clone(),
                 settings.provision.profiles.clone(),
+                settings.patch.approvers.clone(),
             );
             Ok(Box::new(move |ctx, stop| {
                 Box::pin(async move {
@@ -67,6 +68,7 @@ pub const SERVICES: &[ServiceEntry] = &[
                         config,
                         profiles,
                         listener,
+                        approvers,
                     };
                     Ok(Started {
                         run: running("gateway", proxflow_gateway::run(ctx, settings, stop)),
@@ -160,6 +162,19 @@ pub const SERVICES: &[ServiceEntry] = &[
                 pve: clients.pve(settings)?,
             };
             Ok(launch("remediator", proxflow_remediator::run, settings))
+        },
+    },
+    ServiceEntry {
+        name: "patcher",
+        about: "Weekly security updates for the k3s VMs and the host, one node at a time, with approvals",
+        in_dev: always,
+        prepare: |settings, clients| {
+            let settings = proxflow_patcher::PatcherSettings {
+                config: settings.patch.clone(),
+                pve: clients.pve(settings)?,
+                replication: !settings.replication.jobs.is_empty(),
+            };
+            Ok(launch("patcher", proxflow_patcher::run, settings))
         },
     },
 ];

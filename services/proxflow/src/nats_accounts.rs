@@ -74,6 +74,10 @@ fn users() -> Vec<User> {
         stream::EVT,
         RemediationDecision::SUBJECT
     );
+    let replication_completed = format!(
+        "$JS.API.CONSUMER.CREATE.{}.*.pf.evt.replication.completed",
+        stream::EVT
+    );
     vec![
         User {
             name: user::GATEWAY,
@@ -81,6 +85,10 @@ fn users() -> Vec<User> {
                     accepted webhook ids (replay guard) and reads workflow records for the status API.",
             publishes: vec![
                 Grant::plain(&[subject::INGEST_ALL]),
+                Grant::because(
+                    "An approver's decision is a signal to the waiting patch run: its advance.",
+                    &[subject::WORKFLOW_PATCH_RUN],
+                ),
                 Grant::because(
                     "GET /v1/remediations reads the decision events with an ordered consumer, filtered\n\
                      to that one subject (the filter is the last tokens of the create subject).",
@@ -93,7 +101,10 @@ fn users() -> Vec<User> {
                 ),
             ],
             buckets: vec![bucket::WORKFLOWS, bucket::WEBHOOK_IDS, bucket::CLAIMS],
-            lists: vec![],
+            lists: vec![(
+                bucket::WORKFLOWS,
+                "GET /v1/patch/runs lists the patch runs from the index (idx.patch_run.<state>.*).",
+            )],
             answers: vec![],
         },
         User {
@@ -239,6 +250,35 @@ fn users() -> Vec<User> {
                 bucket::WORKFLOWS,
                 "The workflow engine's waker lists due timers and expired waits from the index\n\
                  (idx.<kind>.<state>.*) with an ephemeral ordered consumer.",
+            )],
+            answers: vec![],
+        },
+        User {
+            name: user::PATCHER,
+            about: "Patcher: runs the `patch_run` workflows (its workflow engine advances them and wakes the\n\
+                    waiting ones), asks the snapshotter for pre-change snapshots, publishes the patch events,\n\
+                    keeps rejected packages in pf_patch and reads leases and in-flight workflows as gates.",
+            publishes: vec![
+                Grant::plain(&[&subject::evt("patch", ">"), subject::WORKFLOW_PATCH_RUN]),
+                Grant::because(
+                    "Pre-change snapshots before each node (core request/reply).",
+                    &[subject::RPC_SNAPSHOTTER_PRECHANGE],
+                ),
+                Grant::because(
+                    "The replication gate reads the newest completed run with an ordered consumer.",
+                    &[
+                        &replication_completed,
+                        &format!("$JS.API.CONSUMER.MSG.NEXT.{}.*", stream::EVT),
+                        &format!("$JS.API.CONSUMER.INFO.{}.*", stream::EVT),
+                        &format!("$JS.API.CONSUMER.DELETE.{}.*", stream::EVT),
+                    ],
+                ),
+            ],
+            buckets: vec![bucket::WORKFLOWS, bucket::LOCKS, bucket::PATCH],
+            lists: vec![(
+                bucket::WORKFLOWS,
+                "The workflow engine's waker and the gates list the index (idx.<kind>.<state>.*) with\n\
+                 an ephemeral ordered consumer.",
             )],
             answers: vec![],
         },

@@ -51,6 +51,8 @@ pub struct Settings {
     pub snapshot: SnapshotConfig,
     /// `[replication]`: ZFS replication jobs to the offsite target.
     pub replication: ReplicationConfig,
+    /// `[patch]`: weekly patching of the k3s VMs and the host.
+    pub patch: proxflow_patcher::PatchConfig,
 }
 
 /// `[dev]`: the embedded nats-server of `proxflow dev`.
@@ -96,6 +98,7 @@ impl Validate for Settings {
         self.remediation.validate()?;
         self.snapshot.validate()?;
         self.replication.validate()?;
+        self.patch.validate()?;
         self.capacity
             .clusters
             .check_profiles("capacity.clusters", &self.provision.profiles)?;

@@ -55,6 +55,7 @@ async fn provision_submits_a_signed_request_and_waits_for_the_workflow() {
             config,
             profiles: Profiles::default(),
             listener,
+            approvers: Vec::new(),
         },
         stop.clone(),
     ));

@@ -527,6 +527,33 @@ impl PveClient {
             .await
     }
 
+    /// `GET /nodes/{node}/apt/changelog`: the changelog of a pending update (text).
+    pub async fn apt_changelog(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<String, PveError> {
+        self.call(
+            Method::GET,
+            &self.node_path("/apt/changelog"),
+            &Params::new().set("name", name).opt("version", version),
+        )
+        .await
+    }
+
+    /// `POST /nodes/{node}/status` with `command=reboot`: the host reboots (every guest is stopped
+    /// first; the API is gone until it is back up). Not a task: it answers before going down.
+    pub async fn reboot_node(&self) -> Result<(), PveError> {
+        let _: serde_json::Value = self
+            .call(
+                Method::POST,
+                &self.node_path("/status"),
+                &Params::new().set("command", "reboot"),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// `POST /nodes/{node}/apt/update` → `aptupdate` (runs `apt-get update`, rebuilds the list).
     pub async fn apt_refresh(&self) -> Result<Upid, PveError> {
         self.dispatch_task(

@@ -225,6 +225,17 @@ pub struct NodeStatus {
     /// `pve-manager/8.x.y/<hash>`.
     #[serde(default)]
     pub pveversion: String,
+    /// The running kernel (`current-kernel`).
+    #[serde(rename = "current-kernel", default)]
+    pub current_kernel: Option<CurrentKernel>,
+}
+
+/// `current-kernel` of the node status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CurrentKernel {
+    /// `uname -r` (`6.8.12-9-pve`).
+    #[serde(default)]
+    pub release: String,
 }
 
 /// A storage from `GET /nodes/{node}/storage` or its `/status`.

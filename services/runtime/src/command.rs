@@ -85,6 +85,9 @@ pub enum CommandError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The request file of a JSON-contract command could not be written.
+    #[error("writing the command's request file: {0}")]
+    Request(std::io::Error),
     /// Waiting on it failed.
     #[error("waiting for {program}: {source}")]
     Wait {
@@ -93,6 +96,46 @@ pub enum CommandError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// Runs a command of proxflow's JSON command contract (the provisioner's join, the patcher's guest
+/// commands): `request` (JSON) goes to its stdin and into a temporary file named by the environment
+/// variable `env_var` and by the `{request}` placeholder; every `{key}` of `values` in `template` is
+/// replaced. The file lives until the command ends.
+pub async fn run_with_request(
+    template: &[String],
+    values: &[(&str, &str)],
+    request: Vec<u8>,
+    env_var: &str,
+    timeout: Duration,
+) -> Result<CommandOutput, CommandError> {
+    let mut file = tempfile::Builder::new()
+        .prefix("proxflow-request-")
+        .suffix(".json")
+        .tempfile()
+        .map_err(CommandError::Request)?;
+    std::io::Write::write_all(&mut file, &request).map_err(CommandError::Request)?;
+    let path = file.path().display().to_string();
+    let argv = template
+        .iter()
+        .map(|arg| {
+            values
+                .iter()
+                .fold(arg.replace("{request}", &path), |a, (key, value)| {
+                    a.replace(&format!("{{{key}}}"), value)
+                })
+        })
+        .collect();
+    let spec = CommandSpec {
+        argv,
+        env: vec![(env_var.to_string(), path)],
+        stdin: request,
+        cwd: None,
+        timeout,
+    };
+    let output = run(&spec).await;
+    drop(file);
+    output
 }
 
 /// Runs `spec` to completion or its deadline. A non-zero exit is an `Ok` output, not an error: the

@@ -8,6 +8,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use proxflow_runtime::backoff::Backoff;
+use proxflow_runtime::bus::rpc;
+pub use proxflow_runtime::bus::rpc::RequestError;
 use proxflow_runtime::lease::Held;
 use proxflow_runtime::ops::Health;
 use proxflow_schemas::Versioned;
@@ -236,20 +238,6 @@ impl Snapshotter {
     }
 }
 
-/// Why a pre-change request got no answer.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    /// Encoding failed.
-    #[error("encoding the request: {0}")]
-    Encode(#[from] serde_json::Error),
-    /// No reply within the timeout, or no snapshotter listening.
-    #[error("no answer from the snapshotter: {0}")]
-    NoAnswer(String),
-    /// The reply does not decode.
-    #[error("undecodable reply: {0}")]
-    Decode(String),
-}
-
 /// Asks the snapshotter for a pre-change snapshot and waits up to `timeout` for its answer (the
 /// caller's side of [`Snapshotter::serve_prechange`]).
 pub async fn request_prechange(
@@ -257,20 +245,7 @@ pub async fn request_prechange(
     request: &PreChangeRequest,
     timeout: Duration,
 ) -> Result<PreChangeReply, RequestError> {
-    let body = serde_json::to_vec(request)?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::SCHEMA,
-        PreChangeRequest::SCHEMA.to_string().as_str(),
-    );
-    let answer = tokio::time::timeout(
-        timeout,
-        client.request_with_headers(subject::RPC_SNAPSHOTTER_PRECHANGE, headers, body.into()),
-    )
-    .await
-    .map_err(|_| RequestError::NoAnswer(format!("timed out after {timeout:?}")))?
-    .map_err(|e| RequestError::NoAnswer(e.to_string()))?;
-    serde_json::from_slice(&answer.payload).map_err(|e| RequestError::Decode(e.to_string()))
+    rpc::request(client, subject::RPC_SNAPSHOTTER_PRECHANGE, request, timeout).await
 }
 
 /// A refused pre-change request's answer.

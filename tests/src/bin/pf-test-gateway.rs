@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
         config,
         profiles: proxflow_platform::Profiles::default(),
         listener,
+        approvers: Vec::new(),
     };
     let result = proxflow_gateway::run(ctx, settings, stop).await;
     telemetry.shutdown().await;

@@ -1,11 +1,12 @@
-//! NATS and JetStream: connection, topology, publishing, the consumer loop, reading events back, and
-//! the JetStream readiness probe.
+//! NATS and JetStream: connection, topology, publishing, the consumer loop, reading events back,
+//! request/reply, and the JetStream readiness probe.
 
 pub mod cause;
 pub mod consume;
 pub mod history;
 pub mod probe;
 pub mod publish;
+pub mod rpc;
 pub mod topology;
 
 use std::time::Duration;

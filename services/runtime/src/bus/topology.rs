@@ -200,6 +200,12 @@ pub fn buckets() -> Vec<BucketSpec> {
             max_age: Duration::ZERO,
         },
         BucketSpec {
+            name: bucket::PATCH,
+            description: "patching: packages held after a rejected approval, per target",
+            history: 1,
+            max_age: Duration::ZERO,
+        },
+        BucketSpec {
             name: bucket::CAPACITY,
             description: "capacity detector state per metric (CAS)",
             history: 1,

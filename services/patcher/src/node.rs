@@ -1,0 +1,602 @@
+//! One target of a patch run, as recorded steps: wait for the window and the gates, then for a VM
+//! pre-change snapshot → cordon (marked as ours) → drain → upgrade → reboot if required → agent
+//! and `Ready` → uncordon if ours → verify; for the host snapshot → upgrade → (reboot: k3s VMs
+//! shut down agents first, reboot, API back, kernel checked, VMs started in boot order) → verify.
+//!
+//! A step that fails for good is recorded as a failed *outcome* (not a failed step), so a replay
+//! after a crash never runs an upgrade or a reboot again: it reads what happened.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use proxflow_pve::ShutdownOptions;
+use proxflow_runtime::workflow::{ErrorKind, Halt, Run, StepError};
+use proxflow_schemas::patch::{NodeReport, PatchEventKind, TargetKind, TargetPlan};
+use proxflow_schemas::snapshot::SnapshotTarget;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::OnFailure;
+use crate::flow::PatchRun;
+use crate::guest::Vm;
+use crate::ops::pve_err;
+
+/// How one target ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum NodeOutcome {
+    /// Patched (or nothing was left to do).
+    Done(NodeReport),
+    /// Not touched, with the reason.
+    Skipped(String),
+    /// Failed; the run stops.
+    Failed(String),
+}
+
+/// Runs `action` as step `name`, recording a terminal failure as `Err(reason)` in the output.
+async fn act<T, F>(wf: &mut Run<PatchRun>, name: &str, action: F) -> Result<Result<T, String>, Halt>
+where
+    T: Serialize + DeserializeOwned + Send,
+    F: Future<Output = Result<T, StepError>> + Send,
+{
+    wf.step(name, async {
+        match action.await {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) if e.kind == ErrorKind::Transient => Err(e),
+            Err(e) => Ok(Err(e.message)),
+        }
+    })
+    .await
+}
+
+/// What the window or a gate said, with when to look again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Wait {
+    Go,
+    Until { at: DateTime<Utc>, reason: String },
+}
+
+/// The VM or host state before the change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Before {
+    at: DateTime<Utc>,
+    installed: BTreeMap<String, String>,
+    kernel: Option<String>,
+}
+
+macro_rules! attempt {
+    ($outcome:expr) => {
+        match $outcome {
+            Ok(v) => v,
+            Err(reason) => return Ok(Err(reason)),
+        }
+    };
+}
+
+impl PatchRun {
+    /// Waits until the window is open and every gate is, recording each look.
+    async fn wait_for_gates(
+        &self,
+        wf: &mut Run<Self>,
+        key: &str,
+        vmid: Option<u32>,
+    ) -> Result<(), Halt> {
+        let run = wf.id().to_string();
+        let ops = &self.ops;
+        for n in 0u32.. {
+            let now = wf.now();
+            let name = format!("{key}.window.{n}");
+            let window: Wait = wf
+                .step(&name, async {
+                    if ops.window.current(now).is_some() {
+                        return Ok(Wait::Go);
+                    }
+                    let next = ops
+                        .window
+                        .next_after(now)
+                        .ok_or_else(|| StepError::terminal("the patch window never opens again"))?;
+                    let reason = format!("the window is closed; resuming at {}", next.start);
+                    ops.event(
+                        &run,
+                        &name,
+                        PatchEventKind::Paused,
+                        Some(key),
+                        &reason,
+                        json!(null),
+                    )
+                    .await?;
+                    Ok(Wait::Until {
+                        at: next.start,
+                        reason,
+                    })
+                })
+                .await?;
+            if let Wait::Until { at, reason } = window {
+                wf.note("paused", &reason);
+                wf.sleep_until(&format!("{name}.wait"), at).await?;
+                continue;
+            }
+            let name = format!("{key}.gate.{n}");
+            let recheck = chrono::Duration::from_std(ops.config.gate.recheck)
+                .unwrap_or(chrono::Duration::MAX);
+            let gate: Wait = wf
+                .step(&name, async {
+                    let verdict = ops.gates.check(vmid, now).await?;
+                    if verdict.open() {
+                        return Ok(Wait::Go);
+                    }
+                    let reason = verdict.closed.join("; ");
+                    ops.event(
+                        &run,
+                        &name,
+                        PatchEventKind::GateClosed,
+                        Some(key),
+                        &reason,
+                        json!(null),
+                    )
+                    .await?;
+                    Ok(Wait::Until {
+                        at: now + recheck,
+                        reason,
+                    })
+                })
+                .await?;
+            match gate {
+                Wait::Go => {
+                    wf.note("paused", serde_json::Value::Null);
+                    return Ok(());
+                }
+                Wait::Until { at, reason } => {
+                    wf.note("paused", format!("before {key}: {reason}"));
+                    wf.sleep_until(&format!("{name}.wait"), at).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Patches one VM.
+    pub(crate) async fn patch_vm(
+        &self,
+        wf: &mut Run<Self>,
+        round: u32,
+        plan: &TargetPlan,
+        approver: Option<&str>,
+    ) -> Result<NodeOutcome, Halt> {
+        let vmid = plan.vmid.unwrap_or_default();
+        let key = format!("{round}.{}", plan.target);
+        self.wait_for_gates(wf, &key, Some(vmid)).await?;
+        let run = wf.id().to_string();
+        let vm = Vm {
+            vmid,
+            name: plan.name.clone(),
+            ip: plan.address.clone().unwrap_or_default(),
+        };
+        let ops = &self.ops;
+        let started = wf.now();
+        let checked = act(wf, &format!("{key}.check"), async {
+            let node = ops.kube.node(&vm.name).await?;
+            Ok(match node.owner {
+                _ if !node.unschedulable => None,
+                Some(owner) if owner == run => None,
+                Some(owner) => Some(format!("cordoned by another patch run ({owner})")),
+                None => Some("cordoned by hand (not by proxflow); left as it is".to_string()),
+            })
+        })
+        .await?;
+        match checked {
+            Err(reason) => return self.failed(wf, &key, plan, &vm, None, reason).await,
+            Ok(Some(reason)) => {
+                let name = format!("{key}.skipped");
+                let r = reason.clone();
+                wf.step(&name, async {
+                    ops.event(
+                        &run,
+                        &name,
+                        PatchEventKind::Skipped,
+                        Some(&plan.target),
+                        r,
+                        json!(null),
+                    )
+                    .await
+                })
+                .await?;
+                return Ok(NodeOutcome::Skipped(reason));
+            }
+            Ok(None) => {}
+        }
+        let result = self
+            .vm_steps(wf, &key, plan, &vm, started, approver)
+            .await?;
+        match result {
+            Ok(report) => {
+                let name = format!("{key}.done");
+                let data = serde_json::to_value(&report).unwrap_or_default();
+                wf.step(&name, async {
+                    ops.event(
+                        &run,
+                        &name,
+                        PatchEventKind::NodeDone,
+                        Some(&plan.target),
+                        "patched",
+                        data,
+                    )
+                    .await
+                })
+                .await?;
+                Ok(NodeOutcome::Done(report))
+            }
+            Err((reason, snapshot)) => self.failed(wf, &key, plan, &vm, snapshot, reason).await,
+        }
+    }
+
+    /// The VM's change, snapshot to verify. `Err((reason, snapshot))` on a failure.
+    async fn vm_steps(
+        &self,
+        wf: &mut Run<Self>,
+        key: &str,
+        plan: &TargetPlan,
+        vm: &Vm,
+        started: DateTime<Utc>,
+        approver: Option<&str>,
+    ) -> Result<Result<NodeReport, (String, Option<String>)>, Halt> {
+        let run = wf.id().to_string();
+        let ops = &self.ops;
+        let snap = act(wf, &format!("{key}.snapshot"), async {
+            ops.prechange(
+                format!("{run}/{key}"),
+                SnapshotTarget::Vm { vmid: vm.vmid },
+                format!("before patch run {run}"),
+            )
+            .await
+        })
+        .await?;
+        let snapshot = match snap {
+            Ok(s) => s,
+            Err(reason) => return Ok(Err((reason, None))),
+        };
+        let fail = |reason: String| Ok(Err((reason, Some(snapshot.clone()))));
+        let mut waited = 0.0;
+        macro_rules! step {
+            ($name:expr, $body:expr) => {
+                match act(wf, &format!("{key}.{}", $name), $body).await? {
+                    Ok(v) => v,
+                    Err(reason) => return fail(reason),
+                }
+            };
+        }
+        let () = step!("cordon", ops.kube.cordon(&vm.name, &run));
+        let t = wf.now();
+        let () = step!("drain", ops.kube.drain(&vm.name));
+        waited += seconds(t, wf.now());
+        let before: Before = step!("before", async {
+            Ok(Before {
+                // Proxmox's task start times and uptime are on the wall clock, not the engine's.
+                at: Utc::now(),
+                installed: ops.guest.installed(vm).await?,
+                kernel: Some(ops.guest.kernel(vm).await?),
+            })
+        });
+        let keep: Vec<String> = plan.skipped.iter().map(|c| c.package.clone()).collect();
+        let holds = step!("holds", ops.holds(&plan.target));
+        let release: Vec<String> = plan
+            .changes
+            .iter()
+            .filter(|c| holds.contains_key(&c.package))
+            .map(|c| c.package.clone())
+            .collect();
+        let () = step!("upgrade", async {
+            ops.guest.mark(vm, false, &release).await?;
+            ops.guest.upgrade(vm, &keep).await
+        });
+        let reboot: bool = step!("reboot_needed", async {
+            Ok(ops.guest.reboot_required(vm).await?
+                || plan
+                    .changes
+                    .iter()
+                    .any(|c| crate::classify::is_kernel(&ops.config.major, c)))
+        });
+        let t = wf.now();
+        if reboot {
+            let () = step!("reboot", ops.reboot_vm(vm.vmid, before.at));
+        }
+        let () = step!("ready", ops.wait_ready(vm));
+        waited += seconds(t, wf.now());
+        let ours: bool = step!("uncordon", ops.kube.uncordon(&vm.name, &run));
+        if !ours {
+            tracing::warn!(vm = %vm.name, "the node's cordon marker is not ours any more; left cordoned");
+        }
+        let after: (BTreeMap<String, String>, String) = step!("verify", async {
+            let installed = ops.guest.installed(vm).await?;
+            let kernel = ops.guest.kernel(vm).await?;
+            for c in &plan.changes {
+                let now = installed.get(&c.package);
+                if now != c.to.as_ref() {
+                    return Err(StepError::terminal(format!(
+                        "{} is {} after the upgrade, not {}",
+                        c.package,
+                        now.map_or("absent", String::as_str),
+                        c.to.as_deref().unwrap_or("removed")
+                    )));
+                }
+            }
+            Ok((installed, kernel))
+        });
+        let changed = |m: &BTreeMap<String, String>| {
+            plan.changes
+                .iter()
+                .filter_map(|c| m.get(&c.package).map(|v| (c.package.clone(), v.clone())))
+                .collect()
+        };
+        Ok(Ok(NodeReport {
+            target: plan.target.clone(),
+            before: changed(&before.installed),
+            after: changed(&after.0),
+            rebooted: reboot,
+            kernel: Some(after.1),
+            snapshot: Some(snapshot.clone()),
+            seconds: seconds(started, wf.now()),
+            waited_seconds: waited,
+            approver: approver.filter(|_| plan.is_major()).map(str::to_string),
+        }))
+    }
+
+    /// A target failed: page, and leave it as `on_failure` says.
+    async fn failed(
+        &self,
+        wf: &mut Run<Self>,
+        key: &str,
+        plan: &TargetPlan,
+        vm: &Vm,
+        snapshot: Option<String>,
+        reason: String,
+    ) -> Result<NodeOutcome, Halt> {
+        let run = wf.id().to_string();
+        let ops = &self.ops;
+        let name = format!("{key}.failed");
+        let on_failure = ops.config.on_failure;
+        let detail = format!("{}: {reason}", plan.target);
+        let is_vm = plan.kind != TargetKind::Host;
+        let left = act(wf, &name, async {
+            ops.event(
+                &run,
+                &name,
+                PatchEventKind::Page,
+                Some(&plan.target),
+                &detail,
+                json!({"on_failure": on_failure, "snapshot": snapshot}),
+            )
+            .await?;
+            if is_vm && on_failure == OnFailure::Stop {
+                ops.kube.mark_failed(&vm.name, &reason).await?;
+            }
+            Ok(())
+        })
+        .await?;
+        if let Err(e) = left {
+            tracing::error!(target = %plan.target, error = %e, "could not mark the failed node");
+        }
+        if is_vm
+            && on_failure == OnFailure::Rollback
+            && let Some(snapshot) = snapshot
+        {
+            let rolled = act(wf, &format!("{key}.rollback"), async {
+                let err = || pve_err(format!("rolling VM {} back to {snapshot}", vm.vmid));
+                let upid = ops
+                    .pve
+                    .rollback_snapshot(vm.vmid, &snapshot, false)
+                    .await
+                    .map_err(err())?;
+                ops.pve.wait_task(&upid, None).await.map_err(err())?;
+                ops.ensure_running(vm.vmid).await?;
+                ops.wait_ready(vm).await?;
+                ops.kube.uncordon(&vm.name, &run).await.map(|_| ())
+            })
+            .await?;
+            if let Err(e) = rolled {
+                return Ok(NodeOutcome::Failed(format!(
+                    "{reason}; the rollback failed too: {e}"
+                )));
+            }
+            return Ok(NodeOutcome::Failed(format!(
+                "{reason} (rolled back to {snapshot}, started and uncordoned)"
+            )));
+        }
+        Ok(NodeOutcome::Failed(reason))
+    }
+
+    /// Patches the host, last.
+    pub(crate) async fn patch_host(
+        &self,
+        wf: &mut Run<Self>,
+        round: u32,
+        plan: &TargetPlan,
+        approver: Option<&str>,
+    ) -> Result<NodeOutcome, Halt> {
+        let key = format!("{round}.{}", plan.target);
+        self.wait_for_gates(wf, &key, None).await?;
+        let run = wf.id().to_string();
+        let started = wf.now();
+        let result = self.host_steps(wf, &key, plan, started, approver).await?;
+        let ops = &self.ops;
+        match result {
+            Ok(report) => {
+                let name = format!("{key}.done");
+                let data = serde_json::to_value(&report).unwrap_or_default();
+                wf.step(&name, async {
+                    ops.event(
+                        &run,
+                        &name,
+                        PatchEventKind::NodeDone,
+                        Some(&plan.target),
+                        "patched",
+                        data,
+                    )
+                    .await
+                })
+                .await?;
+                Ok(NodeOutcome::Done(report))
+            }
+            Err(reason) => {
+                let vm = Vm {
+                    vmid: 0,
+                    name: plan.name.clone(),
+                    ip: String::new(),
+                };
+                self.failed(wf, &key, plan, &vm, None, reason).await
+            }
+        }
+    }
+
+    async fn host_steps(
+        &self,
+        wf: &mut Run<Self>,
+        key: &str,
+        plan: &TargetPlan,
+        started: DateTime<Utc>,
+        approver: Option<&str>,
+    ) -> Result<Result<NodeReport, String>, Halt> {
+        let run = wf.id().to_string();
+        let ops = &self.ops;
+        let dataset = ops.config.host.dataset.clone();
+        let snapshot: String = attempt!(
+            act(wf, &format!("{key}.snapshot"), async {
+                ops.prechange(
+                    format!("{run}/{key}"),
+                    SnapshotTarget::Dataset { dataset },
+                    format!("before patch run {run}"),
+                )
+                .await
+            })
+            .await?
+        );
+        let before: Before = attempt!(
+            act(wf, &format!("{key}.before"), async {
+                let status = ops
+                    .pve
+                    .node_status()
+                    .await
+                    .map_err(pve_err("reading the host's status"))?;
+                Ok(Before {
+                    // Proxmox's task start times and uptime are on the wall clock, not the engine's.
+                    at: Utc::now(),
+                    installed: BTreeMap::new(),
+                    kernel: status.current_kernel.map(|k| k.release),
+                })
+            })
+            .await?
+        );
+        let () = attempt!(act(wf, &format!("{key}.upgrade"), ops.upgrade_host()).await?);
+        let mut waited = 0.0;
+        if plan.reboot {
+            let t = wf.now();
+            let stopped: Vec<u32> = attempt!(
+                act(wf, &format!("{key}.guests_down"), async {
+                    let vms = ops.k3s_vms().await?;
+                    let mut stopped = Vec::new();
+                    // Agents first, then servers: the control plane goes last.
+                    for f in vms {
+                        let err = || pve_err(format!("shutting VM {} down", f.vm.vmid));
+                        let status = ops.pve.vm_status(f.vm.vmid).await.map_err(err())?;
+                        if status.status != "running" {
+                            continue;
+                        }
+                        let upid = ops
+                            .pve
+                            .shutdown_vm(
+                                f.vm.vmid,
+                                ShutdownOptions {
+                                    timeout: Some(180),
+                                    force_stop: true,
+                                },
+                            )
+                            .await
+                            .map_err(err())?;
+                        ops.pve.wait_task(&upid, None).await.map_err(err())?;
+                        stopped.push(f.vm.vmid);
+                    }
+                    Ok(stopped)
+                })
+                .await?
+            );
+            let () = attempt!(act(wf, &format!("{key}.reboot"), ops.reboot_host(before.at)).await?);
+            let kernel: Option<String> =
+                attempt!(act(wf, &format!("{key}.up"), ops.wait_host_up(before.at)).await?);
+            if kernel == before.kernel {
+                return Ok(Err(format!(
+                    "the host still runs kernel {} after its reboot",
+                    kernel.unwrap_or_default()
+                )));
+            }
+            let () = attempt!(
+                act(wf, &format!("{key}.guests_up"), async {
+                    let mut vms = ops.k3s_vms().await?;
+                    // Servers first, then agents, each in its boot order.
+                    vms.sort_by_key(|f| {
+                        (u8::from(f.kind != TargetKind::Server), f.order, f.vm.vmid)
+                    });
+                    for f in vms.iter().filter(|f| stopped.contains(&f.vm.vmid)) {
+                        ops.ensure_running(f.vm.vmid).await?;
+                        ops.wait_ready(&f.vm).await?;
+                    }
+                    Ok(())
+                })
+                .await?
+            );
+            waited += seconds(t, wf.now());
+        }
+        let kernel: Option<String> = attempt!(
+            act(wf, &format!("{key}.verify"), async {
+                let pending = ops
+                    .pve
+                    .apt_updates()
+                    .await
+                    .map_err(pve_err("listing the host's updates"))?;
+                if let Some(left) = pending.iter().find(|u| {
+                    plan.changes
+                        .iter()
+                        .any(|c| c.package == u.package && u.old_version == c.from)
+                }) {
+                    return Err(StepError::terminal(format!(
+                        "{} is still pending after the upgrade ({} -> {})",
+                        left.package,
+                        left.old_version.as_deref().unwrap_or("-"),
+                        left.version
+                    )));
+                }
+                let status = ops
+                    .pve
+                    .node_status()
+                    .await
+                    .map_err(pve_err("reading the host's status"))?;
+                Ok(status.current_kernel.map(|k| k.release))
+            })
+            .await?
+        );
+        let versions = |to: bool| {
+            plan.changes
+                .iter()
+                .filter_map(|c| {
+                    let v = if to { c.to.clone() } else { c.from.clone() };
+                    v.map(|v| (c.package.clone(), v))
+                })
+                .collect()
+        };
+        Ok(Ok(NodeReport {
+            target: plan.target.clone(),
+            before: versions(false),
+            after: versions(true),
+            rebooted: plan.reboot,
+            kernel,
+            snapshot: Some(snapshot),
+            seconds: seconds(started, wf.now()),
+            waited_seconds: waited,
+            approver: approver.filter(|_| plan.is_major()).map(str::to_string),
+        }))
+    }
+}
+
+fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_milliseconds().max(0) as f64 / 1000.0
+}
