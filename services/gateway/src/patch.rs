@@ -268,7 +268,8 @@ async fn decide(
             ),
         )));
     }
-    let now = Utc::now();
+    // The engine's clock: the one the run's expiry was computed on.
+    let now = api.ctx.clock.now();
     let expires_at = expires_at.unwrap_or(now);
     if now > expires_at {
         return Err(Rejection::InUse(field(

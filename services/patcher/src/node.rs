@@ -493,7 +493,7 @@ impl PatchRun {
             let t = wf.now();
             let stopped: Vec<u32> = attempt!(
                 act(wf, &format!("{key}.guests_down"), async {
-                    let vms = ops.k3s_vms().await?;
+                    let vms = ops.k3s_vms(true).await?;
                     let mut stopped = Vec::new();
                     // Agents first, then servers: the control plane goes last.
                     for f in vms {
@@ -531,7 +531,7 @@ impl PatchRun {
             }
             let () = attempt!(
                 act(wf, &format!("{key}.guests_up"), async {
-                    let mut vms = ops.k3s_vms().await?;
+                    let mut vms = ops.k3s_vms(false).await?;
                     // Servers first, then agents, each in its boot order.
                     vms.sort_by_key(|f| {
                         (u8::from(f.kind != TargetKind::Server), f.order, f.vm.vmid)

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use proxflow_runtime::kv;
 use proxflow_runtime::workflow::StepError;
 use proxflow_schemas::patch::{PackageChange, PatchPlan, TargetKind, TargetPlan};
@@ -14,6 +15,9 @@ use crate::classify::{self, Context};
 use crate::config::HostReboot;
 use crate::guest::Vm;
 use crate::ops::{Ops, pve_err};
+
+/// VMs scanned at once.
+const SCAN_CONCURRENCY: usize = 16;
 
 /// A VM to patch, as found on Proxmox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,11 +37,17 @@ pub(crate) fn holds_key(target: &str) -> String {
 }
 
 impl Ops {
-    /// The running VMs carrying `patch.vm_tag`, agents first, then servers, by name.
-    pub(crate) async fn k3s_vms(&self) -> Result<Vec<Found>, StepError> {
+    /// The VMs carrying `patch.vm_tag` (only the running ones with `running_only`: a stopped VM
+    /// cannot be scanned or upgraded, and is patched when it runs again), agents first, then
+    /// servers, by name.
+    pub(crate) async fn k3s_vms(&self, running_only: bool) -> Result<Vec<Found>, StepError> {
         let listed = self.pve.list_vms().await.map_err(pve_err("listing VMs"))?;
         let mut found = Vec::new();
         for summary in listed.into_iter().filter(|v| !v.template) {
+            if running_only && summary.status != "running" {
+                tracing::info!(vmid = summary.vmid, status = %summary.status, "not running: not scanned");
+                continue;
+            }
             let config = self
                 .pve
                 .vm_config(summary.vmid)
@@ -91,40 +101,19 @@ impl Ops {
         Ok(read.value.unwrap_or_default())
     }
 
-    /// Scans every target and classifies the plan.
+    /// Scans every target and classifies the plan. VMs are scanned [`SCAN_CONCURRENCY`] at a
+    /// time (an `apt-get update` takes seconds; 200 of them one after another would take the
+    /// window), the result in the patch order.
     pub(crate) async fn scan(&self, now: DateTime<Utc>) -> Result<PatchPlan, StepError> {
+        let vms = self.k3s_vms(true).await?;
+        let scanned: Vec<Result<TargetPlan, StepError>> = futures::stream::iter(vms)
+            .map(|found| self.scan_vm(found))
+            .buffered(SCAN_CONCURRENCY)
+            .collect()
+            .await;
         let mut targets = Vec::new();
-        for found in self.k3s_vms().await? {
-            let target = format!("vm/{}", found.vm.vmid);
-            let (changes, kernel) = self.guest.scan(&found.vm).await?;
-            let holds = self.holds(&target).await?;
-            let (apply, skipped): (Vec<PackageChange>, Vec<PackageChange>) =
-                changes.into_iter().partition(|c| {
-                    let rejected = holds
-                        .get(&c.package)
-                        .is_some_and(|v| Some(v) == c.to.as_ref());
-                    !rejected && (c.security || !self.config.security_only)
-                });
-            let mut plan = TargetPlan {
-                target,
-                kind: found.kind,
-                name: found.vm.name.clone(),
-                vmid: Some(found.vm.vmid),
-                kernel: Some(kernel),
-                address: Some(found.vm.ip.clone()).filter(|ip| !ip.is_empty()),
-                changes: apply,
-                skipped,
-                reboot: false,
-                majors: Vec::new(),
-                changelogs: BTreeMap::new(),
-            };
-            let kernel = plan.kernel.clone();
-            let cx = Context {
-                kernel: kernel.as_deref(),
-                host: false,
-                host_reboot_needs_approval: false,
-            };
-            classify::classify(&self.config.major, &mut plan, false, cx);
+        for plan in scanned {
+            let plan = plan?;
             self.gauges(&plan);
             if !plan.changes.is_empty() {
                 targets.push(plan);
@@ -138,6 +127,40 @@ impl Ops {
             }
         }
         Ok(PatchPlan::new(targets, now))
+    }
+
+    async fn scan_vm(&self, found: Found) -> Result<TargetPlan, StepError> {
+        let target = format!("vm/{}", found.vm.vmid);
+        let (changes, kernel) = self.guest.scan(&found.vm).await?;
+        let holds = self.holds(&target).await?;
+        let (apply, skipped): (Vec<PackageChange>, Vec<PackageChange>) =
+            changes.into_iter().partition(|c| {
+                let rejected = holds
+                    .get(&c.package)
+                    .is_some_and(|v| Some(v) == c.to.as_ref());
+                !rejected && (c.security || !self.config.security_only)
+            });
+        let mut plan = TargetPlan {
+            target,
+            kind: found.kind,
+            name: found.vm.name.clone(),
+            vmid: Some(found.vm.vmid),
+            kernel: Some(kernel),
+            address: Some(found.vm.ip.clone()).filter(|ip| !ip.is_empty()),
+            changes: apply,
+            skipped,
+            reboot: false,
+            majors: Vec::new(),
+            changelogs: BTreeMap::new(),
+        };
+        let kernel = plan.kernel.clone();
+        let cx = Context {
+            kernel: kernel.as_deref(),
+            host: false,
+            host_reboot_needs_approval: false,
+        };
+        classify::classify(&self.config.major, &mut plan, false, cx);
+        Ok(plan)
     }
 
     async fn scan_host(&self) -> Result<TargetPlan, StepError> {

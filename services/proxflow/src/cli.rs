@@ -65,6 +65,13 @@ pub enum Command {
     },
     /// Ask the gateway for a new k3s node VM (a signed webhook request) and print its workflow.
     Provision(Box<ProvisionArgs>),
+    /// Patching: start a run, see runs and plans, approve or reject a plan.
+    Patch {
+        #[command(flatten)]
+        gateway: crate::patch::GatewayArgs,
+        #[command(subcommand)]
+        command: crate::patch::PatchCommand,
+    },
     /// Snapshot tools.
     Snapshot {
         #[command(subcommand)]
@@ -141,6 +148,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
             command: SnapshotCommand::Plan,
         } => snapshot_plan(&settings).await,
         Command::Provision(args) => provision::run(&settings, *args).await,
+        Command::Patch { gateway, command } => crate::patch::run(&settings, gateway, command).await,
         Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,
         Command::Remediations { since, limit, json } => {
             crate::remediations::run(&settings.nats, since, limit, json).await

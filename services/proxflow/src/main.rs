@@ -20,6 +20,7 @@ mod cli;
 mod compose;
 mod dev;
 mod nats_accounts;
+mod patch;
 mod provision;
 mod pve;
 mod remediations;

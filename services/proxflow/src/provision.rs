@@ -114,7 +114,7 @@ impl ProvisionArgs {
 }
 
 /// Where the gateway is reached when `--url` is not given.
-fn default_base(gateway: &GatewayConfig) -> String {
+pub(crate) fn default_base(gateway: &GatewayConfig) -> String {
     if let Some(base) = gateway.public_base() {
         return base.to_owned();
     }
@@ -287,7 +287,7 @@ fn print_steps(record: &WorkflowRecord) {
 }
 
 /// A state as the API spells it (`pending`, `running`, ...).
-fn wire_name(state: impl serde::Serialize) -> String {
+pub(crate) fn wire_name(state: impl serde::Serialize) -> String {
     serde_json::to_value(state)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -295,7 +295,7 @@ fn wire_name(state: impl serde::Serialize) -> String {
 }
 
 /// The gateway's error body as lines: each field of a 422, or the `error` text.
-fn explain(body: &str) -> String {
+pub(crate) fn explain(body: &str) -> String {
     let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
         return if body.is_empty() {
             String::new()

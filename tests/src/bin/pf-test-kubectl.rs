@@ -1,5 +1,5 @@
 //! MOCK kubectl — the one mock of the patching tests: there is no Kubernetes API server here, so
-//! this scripted stand-in keeps the nodes' state in a JSON file (`PF_KUBECTL_STATE`) and answers
+//! this scripted stand-in keeps the nodes' state in a JSON file (`--state FILE`, first) and answers
 //! the calls the patcher makes, as kubectl would:
 //!
 //! - `get node NAME -o json` → `{"metadata": {"name", "annotations"}, "spec": {"unschedulable"},
@@ -104,7 +104,9 @@ fn main() {
 }
 
 fn run(args: &[String]) -> Result<String, String> {
-    let path = PathBuf::from(std::env::var("PF_KUBECTL_STATE").map_err(|_| "PF_KUBECTL_STATE is not set")?);
+    let path = PathBuf::from(
+        std::env::var("PF_KUBECTL_STATE").map_err(|_| "PF_KUBECTL_STATE is not set")?,
+    );
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let drain_ms;
     {
@@ -129,7 +131,9 @@ fn run(args: &[String]) -> Result<String, String> {
                         node.annotations.remove(key);
                     } else if let Some((k, v)) = a.split_once('=') {
                         if node.annotations.contains_key(k) && !overwrite {
-                            return Err(format!("error: --overwrite is false but found the following declared annotation(s): '{k}' already has a value"));
+                            return Err(format!(
+                                "error: --overwrite is false but found the following declared annotation(s): '{k}' already has a value"
+                            ));
                         }
                         node.annotations.insert(k.to_string(), v.to_string());
                     } else {
@@ -142,19 +146,31 @@ fn run(args: &[String]) -> Result<String, String> {
                 let cordon = words[0] == "cordon";
                 let node = state.nodes.get_mut(*name).ok_or_else(|| not_found(name))?;
                 node.unschedulable = cordon;
-                Ok(format!("node/{name} {}\n", if cordon { "cordoned" } else { "uncordoned" }))
+                Ok(format!(
+                    "node/{name} {}\n",
+                    if cordon { "cordoned" } else { "uncordoned" }
+                ))
             }
             ["drain", name, ..] => {
                 let node = state.nodes.get(*name).ok_or_else(|| not_found(name))?;
                 if node.drain_fails {
-                    Err(format!("error: unable to drain node \"{name}\": cannot evict pod as it would violate the pod's disruption budget"))
+                    Err(format!(
+                        "error: unable to drain node \"{name}\": cannot evict pod as it would violate the pod's disruption budget"
+                    ))
                 } else {
                     Ok(format!("node/{name} drained\n"))
                 }
             }
-            _ => Err(format!("MOCK kubectl does not know: kubectl {}", words.join(" "))),
+            _ => Err(format!(
+                "MOCK kubectl does not know: kubectl {}",
+                words.join(" ")
+            )),
         };
-        drain_ms = if matches!(words.first(), Some(&"drain")) && out.is_ok() { state.drain_ms } else { 0 };
+        drain_ms = if matches!(words.first(), Some(&"drain")) && out.is_ok() {
+            state.drain_ms
+        } else {
+            0
+        };
         save(&path, &state)?;
         let out = out?;
         if drain_ms == 0 {
@@ -163,5 +179,8 @@ fn run(args: &[String]) -> Result<String, String> {
     }
     // Outside the lock: a drain takes its time without blocking the other calls.
     std::thread::sleep(Duration::from_millis(drain_ms));
-    Ok(format!("node/{} drained\n", words.get(1).copied().unwrap_or_default()))
+    Ok(format!(
+        "node/{} drained\n",
+        words.get(1).copied().unwrap_or_default()
+    ))
 }
