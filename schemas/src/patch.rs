@@ -321,8 +321,11 @@ pub struct NodeReport {
     pub snapshot: Option<String>,
     /// Seconds from the first step on it to its last.
     pub seconds: f64,
-    /// Seconds spent waiting for drains, reboots and boots (the unavoidable part).
+    /// Seconds spent in drains, upgrades, reboots and boots (the unavoidable part).
     pub waited_seconds: f64,
+    /// Seconds spent waiting for the window and the gates (the sleeps between looks included).
+    #[serde(default)]
+    pub gate_wait_seconds: f64,
     /// Who approved its major changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approver: Option<String>,

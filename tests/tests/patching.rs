@@ -129,6 +129,14 @@ async fn the_weekly_run_patches_each_vm_one_at_a_time_and_the_host_last() {
     );
     let report = &record.data["report"]["nodes"];
     assert_eq!(report.as_array().map(Vec::len), Some(4), "{report}");
+    let metrics = rig.ctx.metrics.encode();
+    for line in [
+        "pending_updates{target=\"vm/101\",kind=\"security\"}",
+        "reboot_required{target=\"host/pve1\"}",
+        "last_successful_run_timestamp{workflow=\"patch-20261206T0200Z\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
     let events = rig.events(id).await;
     assert!(events.iter().any(|e| e.kind == PatchEventKind::Finished));
     assert_eq!(
@@ -169,11 +177,15 @@ async fn a_firing_alert_blocks_a_silenced_one_does_not_and_one_firing_mid_run_pa
     // Silenced, the same alert no longer closes the gate: the next look (a recheck later) passes.
     rig.silence("NodeDown").await;
     rig.clock.advance(Duration::from_secs(61));
-    rig.until(&id, Duration::from_secs(60), "past the first VM", |r| {
-        r.steps.iter().any(|s| s.name == "0.vm/101.uncordon")
-    })
+    // Another alert fires while the first VM is being upgraded: the run stops before the next node
+    // and says why.
+    rig.until(
+        &id,
+        Duration::from_secs(60),
+        "upgrading the first VM",
+        |r| r.steps.iter().any(|s| s.name == "0.vm/101.upgrade"),
+    )
     .await;
-    // Another alert fires mid-run: the run stops before the next node and says why.
     rig.fire("DiskFailing", "critical").await;
     let paused = rig
         .until(&id, Duration::from_secs(60), "paused mid-run", |r| {
@@ -187,6 +199,14 @@ async fn a_firing_alert_blocks_a_silenced_one_does_not_and_one_firing_mid_run_pa
         !paused.state.is_terminal(),
         "it should have waited: {:?}",
         paused.error
+    );
+    assert!(
+        paused.steps.iter().any(|s| s.name == "0.vm/101.verify"),
+        "the first VM was finished"
+    );
+    assert!(
+        !paused.steps.iter().any(|s| s.name == "0.vm/102.snapshot"),
+        "the second not begun"
     );
     let touched = |r: &proxflow_schemas::workflow::WorkflowRecord| {
         r.steps
@@ -365,8 +385,8 @@ async fn an_approval_that_expired_is_refused() {
         )
         .await;
     let hash = plan(&waiting).approval_hash.unwrap();
-    // Past the end of the next window (today's, 05:00): the decision closed.
-    rig.clock.set("2026-12-06T05:00:01Z".parse().unwrap());
+    // Past the end of the next window (next Sunday's, 05:00): the decision closed.
+    rig.clock.set("2026-12-13T05:00:01Z".parse().unwrap());
     let (status, body) = rig.decide(APPROVER, &id, "approve", &hash).await;
     assert_eq!(status, 409, "{body}");
     let record = rig.until_ended(&id).await;
@@ -392,7 +412,10 @@ async fn failing_second_vm(
     .await;
     rig.set_updates(
         102,
-        json!([{"package": "openssl", "version": "3.0.2-0ubuntu1.16", "archive": "jammy-security", "fail": true}]),
+        json!([
+            {"package": "libssl3", "version": "3.0.2-0ubuntu1.16", "archive": "jammy-security"},
+            {"package": "openssl", "version": "3.0.2-0ubuntu1.16", "archive": "jammy-security", "fail": true}
+        ]),
     )
     .await;
     let mut config = rig.config();
@@ -420,6 +443,11 @@ async fn an_upgrade_failing_on_the_second_vm_stops_the_run_pages_and_leaves_the_
     assert_eq!(vm_state(&state, 101)["packages"]["upgrades"], json!(1));
     assert_eq!(vm_state(&state, 103)["packages"]["upgrades"], json!(0));
     assert_eq!(state["host"]["upgrades"], json!(0));
+    // Left as the failure left it: libssl3 went through before openssl failed.
+    assert_eq!(
+        vm_state(&state, 102)["packages"]["installed"]["libssl3"],
+        json!("3.0.2-0ubuntu1.16")
+    );
     let kube = rig.kube_state();
     assert_eq!(kube["nodes"]["k3s-2"]["unschedulable"], json!(true));
     assert!(

@@ -14,6 +14,7 @@ use proxflow_schemas::patch::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::guest::Vm;
 use crate::node::NodeOutcome;
@@ -140,9 +141,24 @@ impl Workflow for PatchRun {
                 .iter()
                 .filter(|t| !t.is_major() || approved.is_some())
             {
+                // One child span per node in the run's trace; its steps nest under it.
+                let span = tracing::info_span!(
+                    "patch.node",
+                    otel.name = %format_args!("patch {}", t.target),
+                    target = %t.target,
+                    round,
+                );
                 let outcome = match t.kind {
-                    TargetKind::Host => self.patch_host(wf, round, t, approver.as_deref()).await?,
-                    _ => self.patch_vm(wf, round, t, approver.as_deref()).await?,
+                    TargetKind::Host => {
+                        self.patch_host(wf, round, t, approver.as_deref())
+                            .instrument(span)
+                            .await?
+                    }
+                    _ => {
+                        self.patch_vm(wf, round, t, approver.as_deref())
+                            .instrument(span)
+                            .await?
+                    }
                 };
                 match outcome {
                     NodeOutcome::Done(r) => report.nodes.push(r),

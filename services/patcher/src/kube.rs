@@ -44,12 +44,13 @@ impl Kubectl {
             .await
             .map_err(|e| StepError::terminal(format!("kubectl: {e}")).with_source(e))?;
         if !output.success() {
-            // The API server may be briefly away (a server node rebooting): try again later.
-            return Err(StepError::transient(format!(
-                "kubectl {} failed ({})",
-                args.join(" "),
-                output.summary()
-            )));
+            let message = format!("kubectl {} failed ({})", args.join(" "), output.summary());
+            // A node that does not exist stays so; anything else (the API server briefly away
+            // while a server node reboots) is tried again later.
+            if output.stderr.contains("(NotFound)") {
+                return Err(StepError::terminal(message));
+            }
+            return Err(StepError::transient(message));
         }
         Ok(output.stdout)
     }

@@ -174,7 +174,6 @@ impl PatchRun {
             ip: plan.address.clone().unwrap_or_default(),
         };
         let ops = &self.ops;
-        let started = wf.now();
         let checked = act(wf, &format!("{key}.check"), async {
             let node = ops.kube.node(&vm.name).await?;
             Ok(match node.owner {
@@ -206,9 +205,7 @@ impl PatchRun {
             }
             Ok(None) => {}
         }
-        let result = self
-            .vm_steps(wf, &key, plan, &vm, started, approver)
-            .await?;
+        let result = self.vm_steps(wf, &key, plan, &vm, approver).await?;
         match result {
             Ok(report) => {
                 let name = format!("{key}.done");
@@ -238,7 +235,6 @@ impl PatchRun {
         key: &str,
         plan: &TargetPlan,
         vm: &Vm,
-        started: DateTime<Utc>,
         approver: Option<&str>,
     ) -> Result<Result<NodeReport, (String, Option<String>)>, Halt> {
         let run = wf.id().to_string();
@@ -257,7 +253,6 @@ impl PatchRun {
             Err(reason) => return Ok(Err((reason, None))),
         };
         let fail = |reason: String| Ok(Err((reason, Some(snapshot.clone()))));
-        let mut waited = 0.0;
         macro_rules! step {
             ($name:expr, $body:expr) => {
                 match act(wf, &format!("{key}.{}", $name), $body).await? {
@@ -267,9 +262,7 @@ impl PatchRun {
             };
         }
         let () = step!("cordon", ops.kube.cordon(&vm.name, &run));
-        let t = wf.now();
         let () = step!("drain", ops.kube.drain(&vm.name));
-        waited += seconds(t, wf.now());
         let before: Before = step!("before", async {
             Ok(Before {
                 // Proxmox's task start times and uptime are on the wall clock, not the engine's.
@@ -297,12 +290,10 @@ impl PatchRun {
                     .iter()
                     .any(|c| crate::classify::is_kernel(&ops.config.major, c)))
         });
-        let t = wf.now();
         if reboot {
             let () = step!("reboot", ops.reboot_vm(vm.vmid, before.at));
         }
         let () = step!("ready", ops.wait_ready(vm));
-        waited += seconds(t, wf.now());
         let ours: bool = step!("uncordon", ops.kube.uncordon(&vm.name, &run));
         if !ours {
             tracing::warn!(vm = %vm.name, "the node's cordon marker is not ours any more; left cordoned");
@@ -329,6 +320,7 @@ impl PatchRun {
                 .filter_map(|c| m.get(&c.package).map(|v| (c.package.clone(), v.clone())))
                 .collect()
         };
+        let (seconds, waited_seconds, gate_wait_seconds) = timings(wf.record(), key);
         Ok(Ok(NodeReport {
             target: plan.target.clone(),
             before: changed(&before.installed),
@@ -336,8 +328,9 @@ impl PatchRun {
             rebooted: reboot,
             kernel: Some(after.1),
             snapshot: Some(snapshot.clone()),
-            seconds: seconds(started, wf.now()),
-            waited_seconds: waited,
+            seconds,
+            waited_seconds,
+            gate_wait_seconds,
             approver: approver.filter(|_| plan.is_major()).map(str::to_string),
         }))
     }
@@ -417,8 +410,7 @@ impl PatchRun {
         let key = format!("{round}.{}", plan.target);
         self.wait_for_gates(wf, &key, None).await?;
         let run = wf.id().to_string();
-        let started = wf.now();
-        let result = self.host_steps(wf, &key, plan, started, approver).await?;
+        let result = self.host_steps(wf, &key, plan, approver).await?;
         let ops = &self.ops;
         match result {
             Ok(report) => {
@@ -454,7 +446,6 @@ impl PatchRun {
         wf: &mut Run<Self>,
         key: &str,
         plan: &TargetPlan,
-        started: DateTime<Utc>,
         approver: Option<&str>,
     ) -> Result<Result<NodeReport, String>, Halt> {
         let run = wf.id().to_string();
@@ -488,9 +479,7 @@ impl PatchRun {
             .await?
         );
         let () = attempt!(act(wf, &format!("{key}.upgrade"), ops.upgrade_host()).await?);
-        let mut waited = 0.0;
         if plan.reboot {
-            let t = wf.now();
             let stopped: Vec<u32> = attempt!(
                 act(wf, &format!("{key}.guests_down"), async {
                     let vms = ops.k3s_vms(true).await?;
@@ -544,7 +533,6 @@ impl PatchRun {
                 })
                 .await?
             );
-            waited += seconds(t, wf.now());
         }
         let kernel: Option<String> = attempt!(
             act(wf, &format!("{key}.verify"), async {
@@ -574,6 +562,7 @@ impl PatchRun {
             })
             .await?
         );
+        let (seconds, waited_seconds, gate_wait_seconds) = timings(wf.record(), key);
         let versions = |to: bool| {
             plan.changes
                 .iter()
@@ -590,11 +579,51 @@ impl PatchRun {
             rebooted: plan.reboot,
             kernel,
             snapshot: Some(snapshot),
-            seconds: seconds(started, wf.now()),
-            waited_seconds: waited,
+            seconds,
+            waited_seconds,
+            gate_wait_seconds,
             approver: approver.filter(|_| plan.is_major()).map(str::to_string),
         }))
     }
+}
+
+/// The steps that wait on something outside proxflow's control: drains, upgrades, reboots, boots.
+pub(crate) const WAIT_STEPS: [&str; 7] = [
+    "drain",
+    "upgrade",
+    "reboot",
+    "ready",
+    "guests_down",
+    "up",
+    "guests_up",
+];
+
+/// From the recorded steps of target `key` (so a replay reports the same): seconds from its first
+/// step to its last, seconds in [`WAIT_STEPS`], seconds waiting on the window and the gates.
+fn timings(record: &proxflow_schemas::workflow::WorkflowRecord, key: &str) -> (f64, f64, f64) {
+    let prefix = format!("{key}.");
+    let mut first: Option<DateTime<Utc>> = None;
+    let mut last: Option<DateTime<Utc>> = None;
+    let mut waited = 0.0;
+    let mut gate_span: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+    for step in record.steps.iter().filter(|s| s.name.starts_with(&prefix)) {
+        let (Some(start), Some(end)) = (step.started_at, step.finished_at) else {
+            continue;
+        };
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = Some(last.map_or(end, |l| l.max(end)));
+        let what = &step.name[prefix.len()..];
+        let took = seconds(start, end);
+        if WAIT_STEPS.contains(&what) {
+            waited += took;
+        } else if what.starts_with("window.") || what.starts_with("gate.") {
+            // From the first look to the last: the sleeps between looks are recorded as instants.
+            gate_span = Some(gate_span.map_or((start, end), |(f, l)| (f.min(start), l.max(end))));
+        }
+    }
+    let whole = first.zip(last).map_or(0.0, |(f, l)| seconds(f, l));
+    let gated = gate_span.map_or(0.0, |(f, l)| seconds(f, l));
+    (whole, waited, gated)
 }
 
 fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {

@@ -153,10 +153,10 @@ impl Window {
         self.current(at).or_else(|| self.next_after(at))
     }
 
-    /// Until when an approval given at `at` may be used: the end of the next window (the one
-    /// `at` is in counts as the next when it is open).
+    /// Until when a decision asked for at `at` may be given and used: the end of the next window
+    /// that opens after `at` (asked during Sunday's window, it is good through next Sunday's).
     pub fn approval_expiry(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.current_or_next(at).map(|s| s.end)
+        self.next_after(at).map(|s| s.end)
     }
 }
 
@@ -205,6 +205,7 @@ mod tests {
             w.approval_expiry(at("2026-12-08T10:00:00Z")),
             Some(at("2026-12-13T05:00:00Z"))
         );
+        assert_eq!(w.approval_expiry(inside), Some(at("2026-12-13T05:00:00Z")));
     }
 
     #[test]

@@ -72,6 +72,9 @@ async fn run_inner(
         settings.pve.token_id = sim.token_id().to_string();
         settings.pve.token_secret = Secret::new(sim.token_secret());
         settings.provision.join.command = settings.dev.simulated_join.clone();
+        // The simulated VMs run no k3s (kubectl has no cluster to cordon) and the simulated host no
+        // sshd: patching runs on request only (`proxflow patch run --dry-run` shows a plan).
+        settings.patch.enabled = false;
         Some(sim)
     } else {
         None
@@ -126,7 +129,7 @@ fn print_summary(
     }
     if let Some(gateway) = listening.gateway {
         text.push_str(&format!(
-            "  gateway  http://{gateway}  (/v1/provision, /v1/alerts/alertmanager, /v1/workflows/{{id}}, /v1/remediations, /metrics)\n"
+            "  gateway  http://{gateway}  (/v1/provision, /v1/alerts/alertmanager, /v1/workflows/{{id}}, /v1/remediations, /v1/patch/runs, /metrics)\n"
         ));
     }
     if !credentials.is_empty() {
