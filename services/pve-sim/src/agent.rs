@@ -7,9 +7,11 @@
 //! EUI-64 link-local IPv6 address, and `lo` comes first, as `guest-network-get-interfaces` lists.
 //!
 //! Exec: the first [`ExecRule`] whose `vmid` (if set) and `command` prefix match decides the
-//! result; with no match the command exits 0 with empty output.
+//! result; with no match a guest with package state answers the package commands it knows
+//! (`crate::packages`), and anything else exits 0 with empty output.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -41,17 +43,13 @@ pub struct ExecRule {
 }
 
 impl AgentExecScript {
-    /// The rule for `command` on `vmid`, or the default (exit 0, no output).
-    pub(crate) fn result_for(&self, vmid: u32, command: &[String]) -> ExecRule {
-        self.rules
-            .iter()
-            .find(|r| {
-                r.vmid.is_none_or(|v| v == vmid)
-                    && r.command.len() <= command.len()
-                    && r.command.iter().zip(command).all(|(a, b)| a == b)
-            })
-            .cloned()
-            .unwrap_or_default()
+    /// The first rule matching `command` on `vmid`.
+    pub(crate) fn rule_for(&self, vmid: u32, command: &[String]) -> Option<&ExecRule> {
+        self.rules.iter().find(|r| {
+            r.vmid.is_none_or(|v| v == vmid)
+                && r.command.len() <= command.len()
+                && r.command.iter().zip(command).all(|(a, b)| a == b)
+        })
     }
 }
 
@@ -60,13 +58,30 @@ impl AgentExecScript {
 pub(crate) struct ExecJob {
     pub(crate) result: ExecRule,
     pub(crate) polls_left: u32,
+    /// Reported as running until then, however often it is polled (a package upgrade).
+    pub(crate) running_until: Option<Instant>,
 }
 
 impl ExecJob {
+    /// A scripted (or default) result: running for its `running_polls` reads.
+    pub(crate) fn scripted(result: ExecRule) -> Self {
+        Self {
+            polls_left: result.running_polls,
+            result,
+            running_until: None,
+        }
+    }
+
     /// The next `exec-status` answer.
     pub(crate) fn poll(&mut self) -> Value {
         if self.polls_left > 0 {
             self.polls_left -= 1;
+            return json!({"exited": 0});
+        }
+        if self
+            .running_until
+            .is_some_and(|until| Instant::now() < until)
+        {
             return json!({"exited": 0});
         }
         let mut status = json!({"exited": 1, "exitcode": self.result.exitcode});
@@ -336,19 +351,20 @@ mod tests {
         let cmd = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(
             script
-                .result_for(102, &cmd("k3s kubectl get nodes"))
-                .exitcode,
-            3
+                .rule_for(102, &cmd("k3s kubectl get nodes"))
+                .map(|r| r.exitcode),
+            Some(3)
         );
-        let mut job = ExecJob {
-            result: script.result_for(101, &cmd("k3s kubectl get nodes")),
-            polls_left: 1,
-        };
+        let rule = script
+            .rule_for(101, &cmd("k3s kubectl get nodes"))
+            .cloned()
+            .unwrap_or_default();
+        let mut job = ExecJob::scripted(rule);
         assert_eq!(job.poll(), json!({"exited": 0}));
         assert_eq!(
             job.poll(),
             json!({"exited": 1, "exitcode": 0, "out-data": "Ready"})
         );
-        assert_eq!(script.result_for(101, &cmd("true")), ExecRule::default());
+        assert_eq!(script.rule_for(101, &cmd("true")), None);
     }
 }

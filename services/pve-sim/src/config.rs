@@ -106,6 +106,9 @@ pub struct TaskDurations {
     /// `aptupdate`.
     #[serde(with = "humantime_serde")]
     pub aptupdate: Duration,
+    /// How long a guest's `apt-get -y dist-upgrade` (through the agent's exec) runs.
+    #[serde(with = "humantime_serde")]
+    pub guest_upgrade: Duration,
     /// From a finished start until the guest agent answers.
     #[serde(with = "humantime_serde")]
     pub agent_boot: Duration,
@@ -134,6 +137,7 @@ impl Default for TaskDurations {
             rollback: ms(1000),
             destroy: ms(1000),
             aptupdate: ms(3000),
+            guest_upgrade: ms(20_000),
             agent_boot: ms(5000),
             status_interval: ms(10_000),
             auth_failure: ms(3000),

@@ -30,6 +30,8 @@ use crate::agent::AgentExecScript;
 use crate::api::{ApiError, Request, value_text};
 use crate::config::Faults;
 use crate::load::Load;
+use crate::packages::GuestUpdate;
+use crate::state::SetUpdatesError;
 use crate::{JournalEntry, Shared};
 
 const JSON_TYPE: &str = "application/json;charset=UTF-8";
@@ -42,6 +44,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/load/host", put(put_host_load))
         .route("/_sim/journal", get(get_journal))
         .route("/_sim/agent/exec", put(put_agent_exec))
+        .route("/_sim/guest/{vmid}/updates", put(put_guest_updates))
         .route("/_sim/state", get(get_state))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
@@ -525,6 +528,57 @@ async fn put_agent_exec(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
     }
     shared.lock().exec_script = script.clone();
     control_json(StatusCode::OK, &json!(script))
+}
+
+/// `PUT /_sim/guest/{vmid}/updates` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdatesBody {
+    updates: Vec<GuestUpdate>,
+}
+
+/// A 400 or 404 of the control API: the message, and for a field the `errors` map too.
+fn control_message(status: StatusCode, message: &str, field: Option<String>) -> Response {
+    let mut body = json!({ "message": message });
+    if let Some(field) = field {
+        body["errors"] = json!({ field: message });
+    }
+    control_json(status, &body)
+}
+
+async fn put_guest_updates(
+    State(shared): State<Arc<Shared>>,
+    Path(vmid): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(vmid) = vmid.parse::<u32>() else {
+        return control_message(
+            StatusCode::BAD_REQUEST,
+            &format!("'{vmid}' is not a VM id"),
+            Some("vmid".into()),
+        );
+    };
+    let parsed: UpdatesBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return control_message(StatusCode::BAD_REQUEST, &e.to_string(), Some("body".into()));
+        }
+    };
+    let result = shared.lock().set_guest_updates(vmid, parsed.updates);
+    match result {
+        Ok(pending) => control_json(StatusCode::OK, &json!({ "updates": pending })),
+        Err(e @ (SetUpdatesError::NoVm(_) | SetUpdatesError::NoPackages(_))) => {
+            control_message(StatusCode::NOT_FOUND, &e.to_string(), None)
+        }
+        Err(e @ SetUpdatesError::Invalid { .. }) => {
+            let message = e.to_string();
+            let field = message
+                .split_once(':')
+                .map(|(f, _)| f.to_owned())
+                .unwrap_or_default();
+            control_message(StatusCode::BAD_REQUEST, &message, Some(field))
+        }
+    }
 }
 
 async fn get_state(State(shared): State<Arc<Shared>>) -> Response {

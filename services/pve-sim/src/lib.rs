@@ -7,18 +7,21 @@
 //! storage usage, guest agent) changes as on a real host. The starting platform is a scenario
 //! ([`scenario`]; the seed by default). Tests steer it in-process through [`SimHandle`] or over
 //! HTTP through the `/_sim/*` control API (same token): faults, load, guest-agent `exec`
-//! results, and a journal of every API request received.
+//! results, the guests' pending updates, and a journal of every API request received. Guests with
+//! package state answer a patching service's commands through the agent's `exec` (`packages`).
 //!
 //! Control API (JSON in and out; invalid input answers 400 `{"errors": {field: message}}`):
 //! `GET|PUT /_sim/faults` ([`Faults`]), `PUT /_sim/load/vm/{vmid}` and `PUT /_sim/load/host`
-//! ([`Load`]), `PUT /_sim/agent/exec` ([`AgentExecScript`]), `GET /_sim/journal`
-//! ([`JournalEntry`] list) and `GET /_sim/state` (a summary of VMs, storages and tasks).
+//! ([`Load`]), `PUT /_sim/agent/exec` ([`AgentExecScript`]), `PUT /_sim/guest/{vmid}/updates`
+//! (`{"updates": [`[`GuestUpdate`]`]}`), `GET /_sim/journal` ([`JournalEntry`] list) and
+//! `GET /_sim/state` (a summary of VMs with their packages, storages and tasks).
 
 mod agent;
 mod api;
 pub mod config;
 mod http;
 pub mod load;
+mod packages;
 pub mod scenario;
 pub mod schema;
 mod state;
@@ -41,6 +44,7 @@ use tokio_util::task::TaskTracker;
 pub use agent::{AgentExecScript, ExecRule};
 pub use config::{DEV_TOKEN_SECRET, EndpointFault, Faults, SimConfig, TaskDurations};
 pub use load::{Level, LevelError, Load};
+pub use packages::{GuestUpdate, UpdateError};
 pub use scenario::ScenarioError;
 pub use tls::TlsError;
 

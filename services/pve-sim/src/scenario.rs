@@ -1,5 +1,5 @@
 //! Scenario files: the platform the simulator starts with (node, storages, bridges, VMs, pending
-//! apt updates). The built-in default is `scenarios/seed.toml`, compiled in.
+//! apt updates, and the guests' package state with the updates their archive offers). The built-in default is `scenarios/seed.toml`, compiled in.
 //!
 //! Parsing is strict (`deny_unknown_fields`), and every semantic problem is reported with the
 //! field it is about (`vm[1] (vmid 101).config.net0: ...`), because a scenario typo should fail at
@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::packages::{GuestUpdate, UpdateError, check_updates, is_package_name};
 use crate::schema::ApiSchema;
 use crate::schema::formats::{is_vmid, parse_size};
 use crate::volumes::{DiskRef, parse_disk};
@@ -197,6 +198,56 @@ pub enum CheckError {
     /// A pending update without `Package` or `Version`.
     #[error("apt_update[{0}]: Package and Version must not be empty")]
     AptUpdate(usize),
+    /// Package state for a VM the scenario does not have.
+    #[error("guest_packages[{index}].vmid: VM {vmid} is not in the scenario")]
+    GuestPackagesVm {
+        /// The entry.
+        index: usize,
+        /// The VM named.
+        vmid: u32,
+    },
+    /// A second package state for one VM.
+    #[error("guest_packages[{index}].vmid: VM {vmid} has package state already")]
+    GuestPackagesTwice {
+        /// The second entry.
+        index: usize,
+        /// The VM.
+        vmid: u32,
+    },
+    /// A guest without a running kernel.
+    #[error("guest_packages[{0}].kernel: must not be empty")]
+    GuestKernel(usize),
+    /// An installed package with a bad name or an empty version.
+    #[error("guest_packages[{index}].installed.{package}: {message}")]
+    GuestInstalled {
+        /// The entry.
+        index: usize,
+        /// The package.
+        package: String,
+        /// What is wrong.
+        message: &'static str,
+    },
+    /// An update for a VM without package state.
+    #[error("guest_update[{index}].vmid: VM {vmid} has no guest_packages")]
+    GuestUpdateVm {
+        /// The update.
+        index: usize,
+        /// The VM named.
+        vmid: u32,
+    },
+    /// An update for every VM with package state, when none has.
+    #[error("guest_update[{0}]: no VM has guest_packages to offer it to")]
+    GuestUpdateNowhere(usize),
+    /// An update that cannot be offered to a VM.
+    #[error("guest_update[{index}] (vmid {vmid}).{source}")]
+    GuestUpdate {
+        /// The update.
+        index: usize,
+        /// The VM it was checked for.
+        vmid: u32,
+        /// What is wrong, starting with the field.
+        source: UpdateError,
+    },
 }
 
 /// The file's shape.
@@ -219,6 +270,69 @@ pub struct Scenario {
     /// Pending package updates (`GET /nodes/{node}/apt/update`).
     #[serde(default)]
     pub apt_update: Vec<AptPackage>,
+    /// Per-VM package state behind the guest agent (VMs without an entry have none).
+    #[serde(default)]
+    pub guest_packages: Vec<GuestPackagesSpec>,
+    /// Updates the guests' archive offers.
+    #[serde(default)]
+    pub guest_update: Vec<GuestUpdateSpec>,
+}
+
+/// One VM's package state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestPackagesSpec {
+    /// The VM (or template).
+    pub vmid: u32,
+    /// The running, and newest installed, kernel release (`5.15.0-118-generic`).
+    pub kernel: String,
+    /// Package -> installed version.
+    #[serde(default)]
+    pub installed: BTreeMap<String, String>,
+}
+
+/// An update the guests' archive offers: a [`GuestUpdate`] with the VM it is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestUpdateSpec {
+    /// The VM; absent: every VM with `guest_packages`.
+    #[serde(default)]
+    pub vmid: Option<u32>,
+    /// Package name; one not installed is a new package.
+    pub package: String,
+    /// Candidate version (may be left out for a removal).
+    #[serde(default)]
+    pub version: String,
+    /// The archive, e.g. `jammy-security` (`jammy-updates` is not security).
+    #[serde(default)]
+    pub archive: String,
+    /// The kernel release this package installs.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Installing it writes `/var/run/reboot-required`.
+    #[serde(default)]
+    pub reboot: bool,
+    /// The upgrade removes this installed package instead.
+    #[serde(default)]
+    pub remove: bool,
+    /// The upgrade fails at this package.
+    #[serde(default)]
+    pub fail: bool,
+}
+
+impl GuestUpdateSpec {
+    /// The update without its VM.
+    pub fn update(&self) -> GuestUpdate {
+        GuestUpdate {
+            package: self.package.clone(),
+            version: self.version.clone(),
+            archive: self.archive.clone(),
+            kernel: self.kernel.clone(),
+            reboot: self.reboot,
+            remove: self.remove,
+            fail: self.fail,
+        }
+    }
 }
 
 /// The node.
@@ -360,6 +474,8 @@ pub(crate) struct Checked {
     pub(crate) storage_sizes: BTreeMap<String, (u64, u64)>,
     /// vmid -> config.
     pub(crate) configs: BTreeMap<u32, BTreeMap<String, String>>,
+    /// vmid -> pending updates, in scenario order (VMs with `guest_packages` only).
+    pub(crate) guest_updates: BTreeMap<u32, Vec<GuestUpdate>>,
 }
 
 /// Reads the scenario file, or the seed when `path` is `None`.
@@ -562,12 +678,89 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, CheckError> {
             return Err(CheckError::AptUpdate(i));
         }
     }
+    let guest_updates = check_guests(&raw, &configs)?;
     Ok(Checked {
         raw,
         memory,
         storage_sizes,
         configs,
+        guest_updates,
     })
+}
+
+/// Checks `guest_packages` and `guest_update`; returns each VM's pending updates.
+fn check_guests(
+    raw: &Scenario,
+    configs: &BTreeMap<u32, BTreeMap<String, String>>,
+) -> Result<BTreeMap<u32, Vec<GuestUpdate>>, CheckError> {
+    let mut installed: BTreeMap<u32, &BTreeMap<String, String>> = BTreeMap::new();
+    for (index, guest) in raw.guest_packages.iter().enumerate() {
+        if !configs.contains_key(&guest.vmid) {
+            return Err(CheckError::GuestPackagesVm {
+                index,
+                vmid: guest.vmid,
+            });
+        }
+        if installed.insert(guest.vmid, &guest.installed).is_some() {
+            return Err(CheckError::GuestPackagesTwice {
+                index,
+                vmid: guest.vmid,
+            });
+        }
+        if guest.kernel.trim().is_empty() {
+            return Err(CheckError::GuestKernel(index));
+        }
+        for (package, version) in &guest.installed {
+            let message = if !is_package_name(package) {
+                "not a package name (a lower-case letter or digit, then at least one of a-z 0-9 + - .)"
+            } else if version.trim().is_empty() {
+                "the version must not be empty"
+            } else {
+                continue;
+            };
+            return Err(CheckError::GuestInstalled {
+                index,
+                package: package.clone(),
+                message,
+            });
+        }
+    }
+    let mut pending: BTreeMap<u32, Vec<GuestUpdate>> =
+        installed.keys().map(|vmid| (*vmid, Vec::new())).collect();
+    for (index, spec) in raw.guest_update.iter().enumerate() {
+        let targets: Vec<u32> = match spec.vmid {
+            Some(vmid) if installed.contains_key(&vmid) => vec![vmid],
+            Some(vmid) => return Err(CheckError::GuestUpdateVm { index, vmid }),
+            None if installed.is_empty() => return Err(CheckError::GuestUpdateNowhere(index)),
+            None => installed.keys().copied().collect(),
+        };
+        for vmid in targets {
+            if let Some(list) = pending.get_mut(&vmid) {
+                list.push(spec.update());
+            }
+        }
+    }
+    for (vmid, updates) in &pending {
+        let Some(packages) = installed.get(vmid) else {
+            continue;
+        };
+        if let Err((position, source)) = check_updates(updates, packages) {
+            // Back from the VM's list to the scenario entry it came from.
+            let index = raw
+                .guest_update
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| u.vmid.is_none_or(|v| v == *vmid))
+                .nth(position)
+                .map_or(position, |(i, _)| i);
+            return Err(CheckError::GuestUpdate {
+                index,
+                vmid: *vmid,
+                source,
+            });
+        }
+    }
+    Ok(pending)
 }
 
 #[cfg(test)]
@@ -597,6 +790,21 @@ mod tests {
                 .apt_update
                 .iter()
                 .any(|p| p.Package == "proxmox-kernel-6.8")
+        );
+        // Every seed guest has packages and the four security updates, in scenario order.
+        assert_eq!(
+            checked.guest_updates.keys().copied().collect::<Vec<_>>(),
+            vec![101, 102, 103, 9000]
+        );
+        let plan: Vec<&str> = checked.guest_updates[&101]
+            .iter()
+            .map(|u| u.package.as_str())
+            .collect();
+        assert_eq!(plan, ["openssl", "libssl3", "libc6", "libc-bin"]);
+        assert!(
+            checked.guest_updates[&101]
+                .iter()
+                .all(|u| u.archive == "jammy-security")
         );
     }
 

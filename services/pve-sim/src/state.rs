@@ -1,7 +1,7 @@
-//! The simulated platform: node, storages and their volumes, bridges, VMs with raw config maps and
-//! snapshots, pending updates, tasks, faults and load. One `State` lives behind one mutex in
-//! [`crate::Shared`]; handlers take the lock, do their synchronous work and drop it before any
-//! await.
+//! The simulated platform: node, storages and their volumes, bridges, VMs with raw config maps,
+//! snapshots and guest package state, pending updates, tasks, faults and load. One
+//! `State` lives behind one mutex in [`crate::Shared`]; handlers take the lock, do their
+//! synchronous work and drop it before any await.
 //!
 //! Storage accounting: a volume's `used` counts against its storage. Full disks use their size
 //! (a zvol without `sparse` reserves it), linked clones start at 0 (a ZFS clone shares its
@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::agent::{AgentExecScript, ExecJob};
 use crate::config::{Faults, SimConfig, TaskDurations};
 use crate::load::{Load, LoadState};
+use crate::packages::{GuestPackages, GuestUpdate, UpdateError};
 use crate::scenario::{AptPackage, BridgeSpec, Checked, ZpoolSpec};
 use proxflow_schemas::pve::Upid;
 
@@ -100,6 +101,8 @@ pub(crate) struct Snapshot {
     pub(crate) vmstate: bool,
     pub(crate) parent: Option<String>,
     pub(crate) config: BTreeMap<String, String>,
+    /// The guest's packages when the snapshot was taken (a rollback restores them).
+    pub(crate) packages: Option<GuestPackages>,
 }
 
 #[derive(Debug, Clone)]
@@ -122,9 +125,26 @@ pub(crate) struct Vm {
     pub(crate) power: Power,
     pub(crate) exec: BTreeMap<u32, ExecJob>,
     pub(crate) next_exec_pid: u32,
+    /// Package state behind the guest agent; `None` for a VM the scenario gives none.
+    pub(crate) packages: Option<GuestPackages>,
+}
+
+/// An `agent_ready_at` so far ahead that the agent does not answer until the next boot sets it.
+pub(crate) fn agent_never(now: Instant) -> Instant {
+    now.checked_add(Duration::from_secs(86_400 * 365))
+        .unwrap_or(now)
 }
 
 impl Vm {
+    /// The guest goes down for a reboot: its agent stops answering and what it ran is gone, until
+    /// the next boot sets the agent's time.
+    pub(crate) fn agent_down(&mut self) {
+        if let Power::Running { agent_ready_at, .. } = &mut self.power {
+            *agent_ready_at = agent_never(Instant::now());
+        }
+        self.exec.clear();
+    }
+
     pub(crate) fn running(&self) -> bool {
         matches!(self.power, Power::Running { .. })
     }
@@ -214,6 +234,20 @@ impl Vm {
     }
 }
 
+/// Why a VM's pending updates were not replaced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SetUpdatesError {
+    /// No such VM (404).
+    #[error("VM {0} does not exist")]
+    NoVm(u32),
+    /// A VM without package state (404).
+    #[error("VM {0} has no package state (the scenario gives it no guest_packages)")]
+    NoPackages(u32),
+    /// An update that cannot be offered (400); the message starts with its field.
+    #[error("updates[{index}].{source}")]
+    Invalid { index: usize, source: UpdateError },
+}
+
 /// The figures pvestatd last broadcast, as `/cluster/resources` entries.
 pub(crate) struct StatusBroadcast {
     /// When.
@@ -256,6 +290,18 @@ pub(crate) struct State {
 impl State {
     pub(crate) fn new(config: &SimConfig, scenario: Checked, fingerprint: Option<String>) -> Self {
         let raw = scenario.raw;
+        let mut guest_updates = scenario.guest_updates;
+        let mut guests: BTreeMap<u32, GuestPackages> = raw
+            .guest_packages
+            .iter()
+            .map(|g| {
+                let pending = guest_updates.remove(&g.vmid).unwrap_or_default();
+                (
+                    g.vmid,
+                    GuestPackages::new(g.kernel.clone(), g.installed.clone(), pending),
+                )
+            })
+            .collect();
         let n = &raw.node;
         let node = Node {
             name: n.name.clone(),
@@ -349,6 +395,7 @@ impl State {
                     power,
                     exec: BTreeMap::new(),
                     next_exec_pid: 1000,
+                    packages: guests.remove(&vmid),
                 },
             );
         }
@@ -524,6 +571,17 @@ impl State {
         delay: Duration,
         op: crate::api::TaskOp,
     ) -> (String, PendingTask) {
+        let upid = self.record_task(kind, id);
+        let pending = PendingTask {
+            upid: upid.clone(),
+            op,
+            delay: self.scaled(delay),
+        };
+        (upid, pending)
+    }
+
+    /// A running task's record without a worker (the caller logs to it and ends it).
+    pub(crate) fn record_task(&mut self, kind: &str, id: &str) -> String {
         let pid = self.next_pid();
         let info = Upid::new(
             &self.node.name,
@@ -543,12 +601,7 @@ impl State {
             log: Vec::new(),
             hidden_reads: u32::from(self.faults.fresh_upid_unknown),
         });
-        let pending = PendingTask {
-            upid: upid.clone(),
-            op,
-            delay: self.scaled(delay),
-        };
-        (upid, pending)
+        upid
     }
 
     pub(crate) fn task_log(&mut self, upid: &str, line: impl Into<String>) {
@@ -559,6 +612,23 @@ impl State {
 
     pub(crate) fn task_end(&mut self, upid: &str, result: Result<u32, crate::api::TaskError>) {
         self.tasks.finish(upid, result, now_epoch());
+    }
+
+    /// Replaces a VM's pending updates (`PUT /_sim/guest/{vmid}/updates`); answers them.
+    pub(crate) fn set_guest_updates(
+        &mut self,
+        vmid: u32,
+        updates: Vec<GuestUpdate>,
+    ) -> Result<Vec<GuestUpdate>, SetUpdatesError> {
+        let vm = self.vms.get_mut(&vmid).ok_or(SetUpdatesError::NoVm(vmid))?;
+        let packages = vm
+            .packages
+            .as_mut()
+            .ok_or(SetUpdatesError::NoPackages(vmid))?;
+        packages
+            .set_pending(updates)
+            .map_err(|(index, source)| SetUpdatesError::Invalid { index, source })?;
+        Ok(packages.pending.clone())
     }
 
     /// A short summary for `GET /_sim/state`.
@@ -575,7 +645,7 @@ impl State {
                     }
                     Power::Stopped => false,
                 };
-                json!({
+                let mut v = json!({
                     "vmid": vmid,
                     "name": vm.name(*vmid),
                     "status": if vm.running() { "running" } else { "stopped" },
@@ -583,7 +653,11 @@ impl State {
                     "lock": vm.lock(),
                     "agent_up": agent_up,
                     "snapshots": vm.snapshots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-                })
+                });
+                if let Some(packages) = &vm.packages {
+                    v["packages"] = packages.summary();
+                }
+                v
             })
             .collect();
         let storages: Vec<Value> = self

@@ -1,6 +1,7 @@
 //! VM operations: clone, config (read, PUT, POST), resize, power actions, destroy, snapshots and
-//! the guest agent. Each makes Proxmox's synchronous checks here and leaves what qemu-server does
-//! inside its worker to `super::worker`.
+//! the guest agent (whose `exec` runs scripted rules first, then a guest's package commands).
+//! Each makes Proxmox's synchronous checks here and leaves what qemu-server does inside its worker
+//! to `super::worker`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 use super::{
     ApiError, P, Reply, TaskOp, failed, locked, no_config, param_error, typed_config, value_text,
 };
-use crate::agent::{ExecJob, Nic};
+use crate::agent::{ExecJob, ExecRule, Nic};
 use crate::schema::{ApiSchema, split_list};
 use crate::state::{CLOUDINIT_SIZE, Power, State, StorageKind, Vm, Volume};
 use crate::volumes::{
@@ -50,14 +51,15 @@ impl State {
         let newid: u32 = p.num("newid")?;
         let src = self.existing(vmid)?.clone();
         locked(&src)?;
-        let base_config = match p.str("snapname") {
+        // A clone's disks, and so its packages, are the source's (or the snapshot's).
+        let (base_config, packages) = match p.str("snapname") {
             Some(snap) => src
                 .snapshots
                 .iter()
                 .find(|s| s.name == snap)
-                .map(|s| s.config.clone())
+                .map(|s| (s.config.clone(), s.packages.clone()))
                 .ok_or_else(|| failed(format!("snapshot '{snap}' does not exist")))?,
-            None => src.config.clone(),
+            None => (src.config.clone(), src.packages.clone()),
         };
         let template = src.is_template();
         let full = p.flag("full").unwrap_or(!template);
@@ -216,6 +218,7 @@ impl State {
                 power: Power::Stopped,
                 exec: BTreeMap::new(),
                 next_exec_pid: 1000,
+                packages: packages.as_ref().map(|p| p.for_clone()),
             },
         );
         Ok(self.task(vmid, TaskOp::Clone { newid, drives }))
@@ -654,20 +657,66 @@ impl State {
                 "property is missing and it is not optional",
             ));
         }
-        let result = self.exec_script.result_for(vmid, &command);
+        let scripted = self.exec_script.rule_for(vmid, &command).cloned();
+        let upgrade_time = self.scaled(self.durations.guest_upgrade);
         let Some(vm) = self.vms.get_mut(&vmid) else {
             return Err(no_config(&self.node.name, vmid));
         };
         let pid = vm.next_exec_pid;
         vm.next_exec_pid = vm.next_exec_pid.wrapping_add(1);
-        vm.exec.insert(
-            pid,
-            ExecJob {
-                polls_left: result.running_polls,
-                result,
+        let now = Instant::now();
+        let mut package_command = || {
+            vm.packages
+                .as_mut()
+                .and_then(|packages| packages.exec(&command, pid, now, upgrade_time))
+        };
+        // A scripted rule wins over the package model, which wins over the default (exit 0).
+        let (job, reboot) = match scripted.map(ExecJob::scripted) {
+            Some(job) => (job, false),
+            None => match package_command() {
+                Some(outcome) => (
+                    ExecJob {
+                        result: ExecRule {
+                            exitcode: outcome.exitcode,
+                            out_data: outcome.out,
+                            err_data: outcome.err,
+                            ..ExecRule::default()
+                        },
+                        polls_left: 0,
+                        running_until: outcome.running_until,
+                    },
+                    outcome.reboot,
+                ),
+                None => (ExecJob::scripted(ExecRule::default()), false),
             },
-        );
+        };
+        vm.exec.insert(pid, job);
+        if reboot {
+            self.guest_reboot(vmid);
+        }
         Ok(Reply::data(json!({"pid": pid})))
+    }
+
+    /// The guest reboots itself (`systemctl reboot`): QEMU resets in place (same process, so PVE's
+    /// uptime goes on), the agent is down until the guest is back up (`durations.reboot`) and has
+    /// started it (`agent_boot`), and the guest boots its newest kernel.
+    fn guest_reboot(&mut self, vmid: u32) {
+        let down = self
+            .scaled(self.durations.reboot)
+            .saturating_add(self.scaled(self.durations.agent_boot));
+        let Some(vm) = self.vms.get_mut(&vmid) else {
+            return;
+        };
+        vm.exec.clear();
+        if let Power::Running { agent_ready_at, .. } = &mut vm.power {
+            let now = Instant::now();
+            *agent_ready_at = now
+                .checked_add(down)
+                .unwrap_or_else(|| crate::state::agent_never(now));
+        }
+        if let Some(packages) = vm.packages.as_mut() {
+            packages.on_boot();
+        }
     }
 
     pub(super) fn agent_exec_status(&mut self, p: &P<'_>) -> Result<Reply, ApiError> {

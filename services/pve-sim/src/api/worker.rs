@@ -177,6 +177,12 @@ impl State {
                 if matches!(op, TaskOp::Shutdown { .. }) && vm.agent_enabled() {
                     log.push("requesting shutdown via QEMU guest agent".into());
                 }
+                // qmreboot shuts the guest down first: its agent is gone until the new start.
+                if matches!(op, TaskOp::Reboot { .. })
+                    && let Some(vm) = self.vms.get_mut(vmid)
+                {
+                    vm.agent_down();
+                }
             }
             TaskOp::Config | TaskOp::AptUpdate => {
                 if matches!(op, TaskOp::AptUpdate) {
@@ -251,6 +257,9 @@ impl State {
                     if let Some(vm) = self.vms.get_mut(vmid) {
                         vm.power = Power::Stopped;
                         vm.exec.clear();
+                        if let Some(packages) = vm.packages.as_mut() {
+                            packages.on_stop();
+                        }
                     }
                 }
                 self.set_lock(*vmid, Some("rollback"));
@@ -298,6 +307,9 @@ impl State {
                 let vm = self.vms.get_mut(vmid).ok_or_else(|| missing(*vmid))?;
                 vm.power = Power::Stopped;
                 vm.exec.clear();
+                if let Some(packages) = vm.packages.as_mut() {
+                    packages.on_stop();
+                }
             }
             TaskOp::Config | TaskOp::AptUpdate => {}
             TaskOp::Resize { vmid, disk, size } => {
@@ -339,6 +351,7 @@ impl State {
                     vmstate: *vmstate && vm.running(),
                     parent,
                     config,
+                    packages: vm.packages.clone(),
                 });
                 vm.config.insert("parent".into(), name.clone());
                 self.clear_lock(*vmid, "snapshot");
@@ -375,6 +388,11 @@ impl State {
                     .ok_or_else(|| TaskError::NoSnapshot(name.clone()))?;
                 let mut config = snap.config.clone();
                 config.insert("parent".into(), name.clone());
+                // The disks go back, and with them the packages installed on them.
+                if let (Some(current), Some(then)) = (vm.packages.as_mut(), snap.packages.as_ref())
+                {
+                    current.restore(then);
+                }
                 vm.config = config;
                 if *start {
                     self.boot(*vmid);
@@ -410,11 +428,22 @@ impl State {
             TaskOp::Snapshot { vmid, .. } => self.clear_lock(*vmid, "snapshot"),
             TaskOp::DelSnapshot { vmid, .. } => self.clear_lock(*vmid, "snapshot-delete"),
             TaskOp::Rollback { vmid, .. } => self.clear_lock(*vmid, "rollback"),
+            // The reboot never happened: the agent that `task_begin` took down answers again.
+            TaskOp::Reboot { vmid } => {
+                if let Some(Vm {
+                    power: Power::Running { agent_ready_at, .. },
+                    ..
+                }) = self.vms.get_mut(vmid)
+                {
+                    *agent_ready_at = Instant::now();
+                }
+            }
             _ => {}
         }
     }
 
-    /// Marks a VM running now; the agent answers after `agent_boot` (scaled).
+    /// Marks a VM running now; the agent answers after `agent_boot` (scaled); the guest runs its
+    /// newest kernel.
     pub(super) fn boot(&mut self, vmid: u32) -> Option<()> {
         let agent_boot = self.scaled(self.durations.agent_boot);
         let pid = self.next_pid();
@@ -432,6 +461,9 @@ impl State {
                 .unwrap_or(now),
         };
         vm.exec.clear();
+        if let Some(packages) = vm.packages.as_mut() {
+            packages.on_boot();
+        }
         Some(())
     }
 

@@ -27,6 +27,7 @@ pub fn fast() -> TaskDurations {
         rollback: ms(20),
         destroy: ms(20),
         aptupdate: ms(20),
+        guest_upgrade: ms(300),
         agent_boot: ms(400),
         auth_failure: ms(50),
         status_interval: Duration::ZERO,
@@ -127,6 +128,33 @@ impl Sim {
                 .body(body.to_string()),
         )
         .await
+    }
+
+    /// A `/_sim` control request with the token and an optional JSON body.
+    pub async fn control(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.sim.base_url()));
+        if let Some(body) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(body.to_string());
+        }
+        self.send(req).await
+    }
+
+    /// `GET /_sim/state`.
+    pub async fn state(&self) -> Value {
+        let a = self
+            .control(reqwest::Method::GET, "/_sim/state", None)
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.body
     }
 
     pub async fn config(&self, vmid: u32) -> Value {
