@@ -55,6 +55,8 @@ pub(crate) struct Reply {
     /// Extra top-level envelope fields (`total`).
     pub(crate) extra: Map<String, Value>,
     pub(crate) task: Option<PendingTask>,
+    /// A node reboot began: the generation whose down window and boot to run.
+    pub(crate) reboot: Option<u64>,
 }
 
 impl Reply {
@@ -239,6 +241,17 @@ impl State {
             ("GET", "/version") => Ok(Reply::data(self.version())),
             ("GET", "/nodes") => Ok(Reply::data(json!([self.node_entry()]))),
             ("GET", "/nodes/{node}/status") => Ok(Reply::data(self.node_status())),
+            ("POST", "/nodes/{node}/status") => match p.str("command").as_deref() {
+                Some("reboot") => Ok(Reply {
+                    reboot: Some(self.begin_node_reboot()),
+                    ..Reply::data(Value::Null)
+                }),
+                other => Err(ApiError::NotSimulated(format!(
+                    "not simulated by pve-sim: POST {} command={}",
+                    req.template,
+                    other.unwrap_or_default()
+                ))),
+            },
             ("GET", "/cluster/nextid") => self.nextid(&p),
             ("GET", "/cluster/resources") => {
                 Ok(Reply::data(self.resources(p.str("type").as_deref())))
@@ -326,6 +339,13 @@ impl State {
             ("GET", "/cluster/status") => Ok(Reply::data(self.cluster_status())),
             ("GET", "/cluster/tasks") => Ok(Reply::data(self.cluster_tasks())),
             ("GET", "/nodes/{node}/apt/versions") => Ok(Reply::data(self.apt_versions())),
+            ("GET", "/nodes/{node}/apt/changelog") => {
+                let name = p.str("name").unwrap_or_default();
+                let version = p.str("version").filter(|v| !v.is_empty());
+                Ok(Reply::data(json!(
+                    self.changelog(&name, version.as_deref())
+                )))
+            }
             ("GET", "/nodes/{node}/qemu/{vmid}/pending") => self.pending(&p),
             ("GET", "/nodes/{node}/rrddata" | "/nodes/{node}/qemu/{vmid}/rrddata") => {
                 self.rrddata(&p)

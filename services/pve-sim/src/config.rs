@@ -106,6 +106,10 @@ pub struct TaskDurations {
     /// `aptupdate`.
     #[serde(with = "humantime_serde")]
     pub aptupdate: Duration,
+    /// How long a rebooting node is down (answering 503) between shutting its VMs down and
+    /// starting the `onboot` ones.
+    #[serde(with = "humantime_serde")]
+    pub node_reboot: Duration,
     /// How long a guest's `apt-get -y dist-upgrade` (through the agent's exec) runs.
     #[serde(with = "humantime_serde")]
     pub guest_upgrade: Duration,
@@ -137,6 +141,7 @@ impl Default for TaskDurations {
             rollback: ms(1000),
             destroy: ms(1000),
             aptupdate: ms(3000),
+            node_reboot: ms(60_000),
             guest_upgrade: ms(20_000),
             agent_boot: ms(5000),
             status_interval: ms(10_000),

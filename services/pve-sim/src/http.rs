@@ -1,7 +1,9 @@
 //! The HTTP side: `/api2/json/*` answered like pveproxy, the `/_sim/*` control API, and the
 //! connection loop (TLS or plain, HTTP/1.1).
 //!
-//! Per request, in Proxmox's order: authentication (401 with an empty body, after the real
+//! While the node reboots every `/api2/json` request answers 503 (a real host refuses the
+//! connection; a 503 keeps the simulator's listener and journal going). Otherwise, per request,
+//! in Proxmox's order: authentication (401 with an empty body, after the real
 //! server's 3 s delay on a failed login, scaled by `time_scale` — `durations.auth_failure`), routing against the schema (501), parameters from the query string and a form or
 //! JSON body merged with the path (a conflicting duplicate is a 400), schema validation (400
 //! `Parameter verification failed.`), injected faults, then the handler. Every request is
@@ -16,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderValue, SERVER};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
-use axum::routing::{any, get, put};
+use axum::routing::{any, get, post, put};
 use bytes::Bytes;
 use hyper::ext::ReasonPhrase;
 use hyper_util::rt::TokioIo;
@@ -29,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::agent::AgentExecScript;
 use crate::api::{ApiError, Request, value_text};
 use crate::config::Faults;
+use crate::host::HostUpgradeError;
 use crate::load::Load;
 use crate::packages::GuestUpdate;
 use crate::state::SetUpdatesError;
@@ -45,6 +48,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/journal", get(get_journal))
         .route("/_sim/agent/exec", put(put_agent_exec))
         .route("/_sim/guest/{vmid}/updates", put(put_guest_updates))
+        .route("/_sim/host/upgrade", post(post_host_upgrade))
         .route("/_sim/state", get(get_state))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),
@@ -188,7 +192,15 @@ async fn api(
         Some(p) => p.to_owned(),
     };
     let mut params = Map::new();
-    let outcome = process(&shared, &method, &uri, &path, &headers, &body, &mut params).await;
+    let rebooting = shared.lock().rebooting_message();
+    let outcome = match rebooting {
+        Some(message) => Outcome::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &message,
+            Some(json!({"data": null, "message": message})),
+        ),
+        None => process(&shared, &method, &uri, &path, &headers, &body, &mut params).await,
+    };
     tracing::debug!(
         method = method.as_str(),
         path = %path,
@@ -292,6 +304,9 @@ async fn handle_routed(
         Ok(reply) => {
             if let Some(task) = reply.task {
                 crate::tasks::spawn(shared, task);
+            }
+            if let Some(generation) = reply.reboot {
+                crate::host::spawn_reboot(shared, generation);
             }
             let mut body = Map::new();
             body.insert("data".into(), reply.data);
@@ -578,6 +593,24 @@ async fn put_guest_updates(
                 .unwrap_or_default();
             control_message(StatusCode::BAD_REQUEST, &message, Some(field))
         }
+    }
+}
+
+async fn post_host_upgrade(State(shared): State<Arc<Shared>>) -> Response {
+    let result = shared.lock().host_upgrade();
+    match result {
+        Ok((upgraded, reboot_required)) => control_json(
+            StatusCode::OK,
+            &json!({"upgraded": upgraded, "reboot_required": reboot_required}),
+        ),
+        Err(e @ HostUpgradeError::Down(_)) => control_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"data": null, "message": e.to_string()}),
+        ),
+        Err(e @ HostUpgradeError::Dpkg) => control_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"message": e.to_string()}),
+        ),
     }
 }
 

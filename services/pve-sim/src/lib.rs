@@ -7,18 +7,21 @@
 //! storage usage, guest agent) changes as on a real host. The starting platform is a scenario
 //! ([`scenario`]; the seed by default). Tests steer it in-process through [`SimHandle`] or over
 //! HTTP through the `/_sim/*` control API (same token): faults, load, guest-agent `exec`
-//! results, the guests' pending updates, and a journal of every API request received. Guests with
-//! package state answer a patching service's commands through the agent's `exec` (`packages`).
+//! results, the guests' pending updates, the host's upgrade, and a journal of every API request
+//! received. Guests with package state answer a patching service's commands through the agent's
+//! `exec` (`packages`); the host upgrades and reboots (`host`).
 //!
 //! Control API (JSON in and out; invalid input answers 400 `{"errors": {field: message}}`):
 //! `GET|PUT /_sim/faults` ([`Faults`]), `PUT /_sim/load/vm/{vmid}` and `PUT /_sim/load/host`
 //! ([`Load`]), `PUT /_sim/agent/exec` ([`AgentExecScript`]), `PUT /_sim/guest/{vmid}/updates`
-//! (`{"updates": [`[`GuestUpdate`]`]}`), `GET /_sim/journal` ([`JournalEntry`] list) and
-//! `GET /_sim/state` (a summary of VMs with their packages, storages and tasks).
+//! (`{"updates": [`[`GuestUpdate`]`]}`), `POST /_sim/host/upgrade` (what `apt-get -y full-upgrade`
+//! over SSH does), `GET /_sim/journal` ([`JournalEntry`] list) and `GET /_sim/state` (a summary of
+//! VMs with their packages, the host, storages and tasks).
 
 mod agent;
 mod api;
 pub mod config;
+mod host;
 mod http;
 pub mod load;
 mod packages;

@@ -1,5 +1,6 @@
 //! Scenario files: the platform the simulator starts with (node, storages, bridges, VMs, pending
-//! apt updates, and the guests' package state with the updates their archive offers). The built-in default is `scenarios/seed.toml`, compiled in.
+//! apt updates, what the host's upgrade installs, and the guests' package state with the updates
+//! their archive offers). The built-in default is `scenarios/seed.toml`, compiled in.
 //!
 //! Parsing is strict (`deny_unknown_fields`), and every semantic problem is reported with the
 //! field it is about (`vm[1] (vmid 101).config.net0: ...`), because a scenario typo should fail at
@@ -198,6 +199,9 @@ pub enum CheckError {
     /// A pending update without `Package` or `Version`.
     #[error("apt_update[{0}]: Package and Version must not be empty")]
     AptUpdate(usize),
+    /// `host_upgrade.kernel_release` given but empty.
+    #[error("host_upgrade.kernel_release: must not be empty when given")]
+    HostKernel,
     /// Package state for a VM the scenario does not have.
     #[error("guest_packages[{index}].vmid: VM {vmid} is not in the scenario")]
     GuestPackagesVm {
@@ -270,12 +274,25 @@ pub struct Scenario {
     /// Pending package updates (`GET /nodes/{node}/apt/update`).
     #[serde(default)]
     pub apt_update: Vec<AptPackage>,
+    /// What the host's upgrade (`POST /_sim/host/upgrade`) installs besides the pending updates.
+    #[serde(default)]
+    pub host_upgrade: HostUpgradeSpec,
     /// Per-VM package state behind the guest agent (VMs without an entry have none).
     #[serde(default)]
     pub guest_packages: Vec<GuestPackagesSpec>,
     /// Updates the guests' archive offers.
     #[serde(default)]
     pub guest_update: Vec<GuestUpdateSpec>,
+}
+
+/// The host's upgrade.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostUpgradeSpec {
+    /// The kernel release it installs (`6.8.12-10-pve`); a reboot is then required.
+    pub kernel_release: Option<String>,
+    /// The upgrade fails (dpkg's error) and changes nothing.
+    pub fail: bool,
 }
 
 /// One VM's package state.
@@ -463,6 +480,11 @@ pub struct AptPackage {
     pub Section: String,
     /// Architecture.
     pub Arch: String,
+    /// Not a Proxmox field, never listed: the archive the candidate comes from
+    /// (`bookworm-security`), which the changelog's top entry names; `-security` makes it a
+    /// security update.
+    #[serde(rename = "archive", default, skip_serializing)]
+    pub archive: Option<String>,
 }
 
 /// A scenario after its checks, with sizes in bytes and config values as strings.
@@ -678,6 +700,14 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, CheckError> {
             return Err(CheckError::AptUpdate(i));
         }
     }
+    if raw
+        .host_upgrade
+        .kernel_release
+        .as_ref()
+        .is_some_and(|k| k.trim().is_empty())
+    {
+        return Err(CheckError::HostKernel);
+    }
     let guest_updates = check_guests(&raw, &configs)?;
     Ok(Checked {
         raw,
@@ -805,6 +835,10 @@ mod tests {
             checked.guest_updates[&101]
                 .iter()
                 .all(|u| u.archive == "jammy-security")
+        );
+        assert_eq!(
+            checked.raw.host_upgrade.kernel_release.as_deref(),
+            Some("6.8.12-11-pve")
         );
     }
 

@@ -1,5 +1,5 @@
 //! The simulated platform: node, storages and their volumes, bridges, VMs with raw config maps,
-//! snapshots and guest package state, pending updates, tasks, faults and load. One
+//! snapshots and guest package state, the host's packages and power, tasks, faults and load. One
 //! `State` lives behind one mutex in [`crate::Shared`]; handlers take the lock, do their
 //! synchronous work and drop it before any await.
 //!
@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::agent::{AgentExecScript, ExecJob};
 use crate::config::{Faults, SimConfig, TaskDurations};
+use crate::host::Host;
 use crate::load::{Load, LoadState};
 use crate::packages::{GuestPackages, GuestUpdate, UpdateError};
 use crate::scenario::{AptPackage, BridgeSpec, Checked, ZpoolSpec};
@@ -269,6 +270,8 @@ pub(crate) struct State {
     pub(crate) volumes: BTreeMap<String, Volume>,
     pub(crate) vms: BTreeMap<u32, Vm>,
     pub(crate) apt: Vec<AptPackage>,
+    /// The host's packages and power.
+    pub(crate) host: Host,
     pub(crate) tasks: Tasks,
     pub(crate) rng: StdRng,
     pub(crate) faults: Faults,
@@ -408,6 +411,12 @@ impl State {
             volumes,
             vms,
             apt: raw.apt_update.clone(),
+            host: Host::new(
+                &n.pve_version,
+                &n.kernel_release,
+                &raw.apt_update,
+                raw.host_upgrade.clone(),
+            ),
             tasks: Tasks::default(),
             rng,
             faults: config.faults.clone(),
@@ -671,6 +680,7 @@ impl State {
         let running = self.tasks.list.iter().filter(|t| t.running()).count();
         json!({
             "node": self.node.name,
+            "host": self.host_summary(),
             "time_scale": self.time_scale,
             "vms": vms,
             "storages": storages,

@@ -149,7 +149,8 @@ pub(crate) fn spawn(shared: &Arc<Shared>, pending: PendingTask) {
     });
 }
 
-async fn run(shared: Arc<Shared>, pending: PendingTask) {
+/// Runs a task: start checks, its duration, its effect (also awaited inline by a node's boot).
+pub(crate) async fn run(shared: Arc<Shared>, pending: PendingTask) {
     // The handler's response (carrying the UPID) goes out before the task can finish.
     tokio::task::yield_now().await;
     let started = shared.lock().task_begin(&pending.upid, &pending.op);

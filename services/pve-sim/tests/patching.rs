@@ -1,6 +1,7 @@
 //! What a patching service needs from the simulator, over real HTTP: the guests' package state
 //! behind the agent's `exec` (apt's plans and upgrades, holds, reboot-required, kernels), VM
-//! reboots of every kind, and snapshots and clones carrying packages.
+//! reboots of every kind, snapshots and clones carrying packages, the host's upgrade (control
+//! API), changelogs and versions, and a node reboot with its 503 window and ordered VM starts.
 
 #![allow(clippy::unwrap_used)]
 
@@ -190,6 +191,13 @@ async fn scenario_package_errors_name_the_field_and_a_new_package_is_allowed() {
         (
             update("package = \"Curl\"\nversion = \"1\"\narchive = \"jammy-updates\""),
             "guest_update[4] (vmid 101).package: 'Curl' is not a package name",
+        ),
+        (
+            SEED.replace(
+                "kernel_release = \"6.8.12-11-pve\"",
+                "kernel_release = \"\"",
+            ),
+            "host_upgrade.kernel_release: must not be empty when given",
         ),
         (
             SEED.replace("kernel = \"5.15.0-118-generic\"", "kernel = \" \""),
@@ -685,5 +693,321 @@ async fn the_control_api_replaces_a_plan_and_refuses_bad_ones() {
             "{NOTE}{RESOLVING}0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n"
         )
     );
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn the_host_upgrade_applies_the_pending_updates_and_installs_the_kernel() {
+    let s = sim().await;
+    let pending = s.get("/nodes/pve1/apt/update").await;
+    let listed: Vec<&str> = pending.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["Package"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&"openssl") && listed.contains(&"pve-manager"),
+        "{listed:?}"
+    );
+    assert!(
+        pending.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p.get("archive").is_none()),
+        "the scenario-only archive is never listed"
+    );
+    let versions = |a: &Answer| -> Vec<Value> { a.body["data"].as_array().unwrap().clone() };
+    let find = |list: &[Value], name: &str| list.iter().find(|p| p["Package"] == name).cloned();
+    let before = versions(&s.get("/nodes/pve1/apt/versions").await);
+    let manager = find(&before, "pve-manager").unwrap();
+    assert_eq!(
+        (&manager["Version"], &manager["OldVersion"]),
+        (&json!("8.4.5"), &json!("8.4.1"))
+    );
+    assert!(find(&before, "proxmox-kernel-6.8.12-11-pve-signed").is_none());
+
+    let a = s.control(Method::POST, "/_sim/host/upgrade", None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let upgraded: Vec<&str> = a.body["upgraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(upgraded, listed);
+    assert_eq!(a.body["reboot_required"], true);
+
+    assert_eq!(
+        s.get("/nodes/pve1/apt/update").await.body["data"],
+        json!([])
+    );
+    let after = versions(&s.get("/nodes/pve1/apt/versions").await);
+    let manager = find(&after, "pve-manager").unwrap();
+    assert_eq!(
+        (&manager["Version"], &manager["OldVersion"]),
+        (&json!("8.4.5"), &json!("8.4.5"))
+    );
+    let qemu = find(&after, "pve-qemu-kvm").unwrap();
+    assert_eq!(qemu["OldVersion"], "9.2.0-5");
+    let kernels: Vec<&str> = after
+        .iter()
+        .filter_map(|p| p["Package"].as_str())
+        .filter(|p| p.ends_with("-pve-signed"))
+        .collect();
+    assert_eq!(
+        kernels,
+        [
+            "proxmox-kernel-6.8.12-11-pve-signed",
+            "proxmox-kernel-6.8.12-9-pve-signed"
+        ]
+    );
+    let ve = find(&after, "proxmox-ve").unwrap();
+    assert_eq!(
+        (&ve["RunningKernel"], &ve["ManagerVersion"]),
+        (&json!("6.8.12-9-pve"), &json!("8.4.5"))
+    );
+    let status = s.get("/nodes/pve1/status").await.body["data"].clone();
+    assert_eq!(status["current-kernel"]["release"], "6.8.12-9-pve");
+    assert_eq!(s.get("/version").await.body["data"]["version"], "8.4.5");
+    let host = s.state().await["host"].clone();
+    assert_eq!(
+        host,
+        json!({"kernel_running": "6.8.12-9-pve", "kernel_installed": "6.8.12-11-pve",
+               "reboot_required": true, "reboots": 0, "upgrades": 1, "down": false})
+    );
+    // Nothing left: the same answer again, with nothing upgraded.
+    let again = s.control(Method::POST, "/_sim/host/upgrade", None).await;
+    assert_eq!(again.body, json!({"upgraded": [], "reboot_required": true}));
+    assert_eq!(s.state().await["host"]["upgrades"], 1);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_failing_host_upgrade_changes_nothing() {
+    let file = scenario(&SEED.replace(
+        "kernel_release = \"6.8.12-11-pve\"\nfail = false",
+        "kernel_release = \"6.8.12-11-pve\"\nfail = true",
+    ));
+    let s = sim_with(SimConfig {
+        scenario: Some(file.path().to_owned()),
+        ..config(false)
+    })
+    .await;
+    let before = s.get("/nodes/pve1/apt/versions").await.body;
+    let a = s.control(Method::POST, "/_sim/host/upgrade", None).await;
+    assert_eq!(a.status, 500);
+    assert_eq!(
+        a.body,
+        json!({"message": "E: Sub-process /usr/bin/dpkg returned an error code (1)"})
+    );
+    assert_eq!(
+        s.get("/nodes/pve1/apt/update").await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        7
+    );
+    assert_eq!(s.get("/nodes/pve1/apt/versions").await.body, before);
+    let host = s.state().await["host"].clone();
+    assert_eq!(
+        (&host["upgrades"], &host["reboot_required"]),
+        (&json!(0), &json!(false))
+    );
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn changelogs_name_the_candidate_and_security_fixes() {
+    let s = sim().await;
+    let log = |q: &'static str| {
+        let s = &s;
+        async move {
+            let a = s.get(&format!("/nodes/pve1/apt/changelog?{q}")).await;
+            assert_eq!(a.status, 200, "{q}: {}", a.body);
+            a.body["data"].as_str().unwrap().to_owned()
+        }
+    };
+    let openssl = log("name=openssl").await;
+    assert!(
+        openssl.starts_with(
+            "openssl (3.0.17-1~deb12u2) bookworm-security; urgency=medium\n\n  * SECURITY UPDATE: "
+        ),
+        "{openssl}"
+    );
+    assert!(
+        openssl.contains("\nopenssl (3.0.15-1~deb12u1) bookworm; urgency=medium\n"),
+        "{openssl}"
+    );
+    assert!(openssl.contains("\n -- Debian Security Team <team@security.debian.org>  "));
+    let manager = log("name=pve-manager").await;
+    assert!(
+        manager.starts_with("pve-manager (8.4.5) bookworm; urgency=medium\n\n  * "),
+        "{manager}"
+    );
+    assert!(!manager.contains("SECURITY"), "{manager}");
+    let old = log("name=openssl&version=3.0.15-1~deb12u1").await;
+    assert!(
+        old.starts_with("openssl (3.0.15-1~deb12u1) bookworm;"),
+        "{old}"
+    );
+    assert!(!old.contains("3.0.17"), "{old}");
+    // apt-get's error and exit code, as pve-manager passes them on (HTTP 200).
+    assert_eq!(
+        log("name=nosuch").await,
+        "E: Unable to locate package nosuch\nRC: 100"
+    );
+    assert_eq!(
+        log("name=openssl&version=9.9").await,
+        "E: Version '9.9' for 'openssl' was not found\nRC: 100"
+    );
+    let a = s.get("/nodes/pve1/apt/changelog").await;
+    assert_eq!(a.status, 400);
+    assert!(a.body["errors"]["name"].is_string(), "{}", a.body);
+    s.finish().await;
+}
+
+#[tokio::test]
+async fn a_node_reboot_stops_the_vms_answers_503_then_boots_the_new_kernel_and_starts_onboot_vms() {
+    let mut config = config(false);
+    config.durations.node_reboot = Duration::from_millis(600);
+    let s = sim_with(config).await;
+    for (vmid, key, value) in [
+        (103, "startup", "order=1"),
+        (101, "startup", "order=2"),
+        (102, "onboot", "0"),
+    ] {
+        let a = s
+            .put(&format!("/nodes/pve1/qemu/{vmid}/config"), &[(key, value)])
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let a = s.control(Method::POST, "/_sim/host/upgrade", None).await;
+    assert_eq!(a.body["reboot_required"], true, "{}", a.body);
+    let uptime = s.get("/nodes/pve1/status").await.body["data"]["uptime"]
+        .as_u64()
+        .unwrap();
+    assert!(uptime > 1000);
+
+    let requested = Instant::now();
+    let a = s.post("/nodes/pve1/status", &[("command", "reboot")]).await;
+    assert_eq!((a.status, &a.body), (200, &json!({"data": null})));
+    // The VMs are down and so is the API; the control API still answers.
+    let state = s.state().await;
+    assert_eq!(state["host"]["down"], true);
+    for vmid in [101, 102, 103] {
+        assert_eq!(vm_state(&state, vmid)["status"], "stopped", "{vmid}");
+    }
+    let during = s.get("/version").await;
+    if requested.elapsed() < Duration::from_millis(550) {
+        assert_eq!(during.status, 503);
+        assert_eq!(
+            during.body,
+            json!({"data": null, "message": "node pve1 is rebooting"})
+        );
+    }
+    // Up again after the window, on the new kernel, with its uptime restarted.
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        let a = s.get("/nodes/pve1/status").await;
+        if a.status == 200 {
+            break a.body["data"].clone();
+        }
+        assert_eq!(a.status, 503, "{}", a.body);
+        assert!(Instant::now() < deadline, "the node never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(requested.elapsed() >= Duration::from_millis(600));
+    assert_eq!(status["current-kernel"]["release"], "6.8.12-11-pve");
+    assert!(
+        status["kversion"]
+            .as_str()
+            .unwrap()
+            .starts_with("Linux 6.8.12-11-pve #1 SMP PREEMPT_DYNAMIC PMX 6.8.12-11 "),
+        "{status}"
+    );
+    assert!(status["uptime"].as_u64().unwrap() < 60, "{status}");
+    let host = s.state().await["host"].clone();
+    assert_eq!(
+        (
+            &host["reboots"],
+            &host["reboot_required"],
+            &host["kernel_running"],
+            &host["down"]
+        ),
+        (
+            &json!(1),
+            &json!(false),
+            &json!("6.8.12-11-pve"),
+            &json!(false)
+        )
+    );
+    let versions = s.get("/nodes/pve1/apt/versions").await.body["data"].clone();
+    assert_eq!(versions[0]["RunningKernel"], "6.8.12-11-pve");
+
+    // The onboot VMs start in boot order, each through its start and agent boot.
+    wait_agent(&s, 103).await;
+    wait_agent(&s, 101).await;
+    let state = s.state().await;
+    assert_eq!(vm_state(&state, 102)["status"], "stopped");
+    assert_eq!(vm_state(&state, 9000)["status"], "stopped");
+    for vmid in [101, 103] {
+        let p = &vm_state(&state, vmid)["packages"];
+        assert_eq!(p["reboots"], 1, "{vmid}");
+    }
+    let starts = s
+        .get("/nodes/pve1/tasks?source=all&typefilter=qmstart")
+        .await;
+    let ids: Vec<&str> = starts.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["103", "101"]);
+    let log_of = |kind: &'static str| {
+        let s = &s;
+        async move {
+            let list = s
+                .get(&format!("/nodes/pve1/tasks?source=all&typefilter={kind}"))
+                .await;
+            let upid = list.body["data"][0]["upid"].as_str().unwrap().to_owned();
+            let log = s
+                .get(&format!("/nodes/pve1/tasks/{}/log", encode(&upid)))
+                .await;
+            log.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["t"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        log_of("stopall").await,
+        [
+            "Stopping VM 102 (timeout = 180 seconds)",
+            "Stopping VM 101 (timeout = 180 seconds)",
+            "Stopping VM 103 (timeout = 180 seconds)",
+            "TASK OK"
+        ]
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = log_of("startall").await;
+        if log.last().map(String::as_str) == Some("TASK OK") {
+            assert_eq!(log, ["Starting VM 103", "Starting VM 101", "TASK OK"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "startall never ended: {log:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Shutting the node down is not simulated.
+    let a = s
+        .post("/nodes/pve1/status", &[("command", "shutdown")])
+        .await;
+    assert_eq!(a.status, 501, "{}", a.body);
     s.finish().await;
 }

@@ -1,6 +1,7 @@
 //! Read-only endpoints operators' scripts, the patcher, the lifecycle jobs and the console read:
-//! cluster status and tasks, package versions, pending changes, RRD history, the node's
-//! certificates, the guest agent's info, and the disks with their SMART health. Values derive from
+//! cluster status and tasks, pending changes, RRD history, the node's certificates, the guest
+//! agent's info, and the disks with their SMART health (package versions and changelogs are the
+//! host's, `crate::host`). Values derive from
 //! the same state and load model as the rest, so they agree with `status/current` and
 //! `/cluster/resources`.
 
@@ -62,58 +63,6 @@ impl State {
                 .map(crate::tasks::TaskRecord::list_json)
                 .collect::<Vec<_>>()
         )
-    }
-
-    /// `GET /nodes/{node}/apt/versions`: the installed Proxmox packages and kernel.
-    pub(super) fn apt_versions(&self) -> Value {
-        let version = self
-            .node
-            .pve_version
-            .split('/')
-            .nth(1)
-            .unwrap_or("8.4.1")
-            .to_owned();
-        let package = |name: &str, version: &str, title: &str| {
-            json!({
-                "Package": name,
-                "Version": version,
-                "OldVersion": version,
-                "CurrentState": "Installed",
-                "Title": title,
-                "Description": title,
-                "Origin": "Proxmox",
-                "Priority": "optional",
-                "Section": "admin",
-                "Arch": "amd64",
-            })
-        };
-        let mut pve = package("proxmox-ve", &version, "Proxmox Virtual Environment");
-        pve["RunningKernel"] = json!(self.node.kernel_release);
-        pve["ManagerVersion"] = json!(version);
-        json!([
-            pve,
-            package(
-                "pve-manager",
-                &version,
-                "Proxmox Virtual Environment Management Tools"
-            ),
-            package("qemu-server", "8.3.12", "Qemu Server Tools"),
-            package(
-                "pve-qemu-kvm",
-                "9.2.0-5",
-                "Full virtualization on x86 hardware"
-            ),
-            package(
-                "zfsutils-linux",
-                "2.2.7-pve2",
-                "command-line tools to manage OpenZFS filesystems"
-            ),
-            package(
-                &format!("proxmox-kernel-{}-signed", self.node.kernel_release),
-                self.node.kernel_release.trim_end_matches("-pve"),
-                "Proxmox Kernel Image (signed)",
-            ),
-        ])
     }
 
     /// `GET …/qemu/{vmid}/pending`: every config key with its value. Changes apply at once here

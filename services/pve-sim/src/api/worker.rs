@@ -82,7 +82,7 @@ impl State {
         Ok(Reply {
             data: json!(lines),
             extra,
-            task: None,
+            ..Reply::default()
         })
     }
 
@@ -130,7 +130,7 @@ impl State {
         Reply {
             data: json!(page),
             extra,
-            task: None,
+            ..Reply::default()
         }
     }
 

@@ -27,6 +27,7 @@ pub fn fast() -> TaskDurations {
         rollback: ms(20),
         destroy: ms(20),
         aptupdate: ms(20),
+        node_reboot: ms(300),
         guest_upgrade: ms(300),
         agent_boot: ms(400),
         auth_failure: ms(50),
