@@ -168,12 +168,13 @@ async fn a_firing_alert_blocks_a_silenced_one_does_not_and_one_firing_mid_run_pa
             .iter()
             .all(|s| s.contains(".window.") || s.contains(".gate."))
     );
-    assert_eq!(
-        rig.kube_state()["log"].as_array().map(|l| l
-            .iter()
-            .any(|c| c.as_str().is_some_and(|c| c.starts_with("cordon")))),
-        Some(false)
-    );
+    let cordons = rig.kube_state()["log"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c.as_str().is_some_and(|c| c.starts_with("cordon")))
+        .count();
+    assert_eq!(cordons, 0, "nothing cordoned while the gate is closed");
     // Silenced, the same alert no longer closes the gate: the next look (a recheck later) passes.
     rig.silence("NodeDown").await;
     rig.clock.advance(Duration::from_secs(61));
@@ -522,4 +523,75 @@ async fn a_run_reaching_the_windows_end_pauses_between_nodes_and_resumes_in_the_
             .iter()
             .any(|e| e.kind == PatchEventKind::Paused)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_holds_the_packages_until_a_newer_version_replaces_them() {
+    let mut rig = Rig::start("reject").await;
+    let release =
+        |v: &str| json!([{"package": "base-files", "version": v, "archive": "jammy-security"}]);
+    rig.set_updates(101, release("13ubuntu10")).await;
+    let mut config = rig.config();
+    config.host.enabled = false;
+    rig.start_patcher(config);
+    let first = rig.start_run(false).await;
+    let waiting = rig
+        .until(
+            &first,
+            Duration::from_secs(90),
+            "waiting for a decision",
+            |r| !r.data["awaiting"].is_null(),
+        )
+        .await;
+    let hash = plan(&waiting).approval_hash.unwrap();
+    let (status, body) = rig.decide(APPROVER, &first, "reject", &hash).await;
+    assert_eq!(status, 202, "{body}");
+    let record = rig.until_ended(&first).await;
+    assert_eq!(record.state, WorkflowState::Succeeded, "{:?}", record.error);
+    assert!(
+        record.data["report"]["deferred"]
+            .to_string()
+            .contains("rejected by ops")
+    );
+    let vm = vm_state(&rig.sim_state().await, 101);
+    assert!(
+        vm["packages"]["held"].to_string().contains("base-files"),
+        "{vm}"
+    );
+    assert!(
+        rig.events(&first)
+            .await
+            .iter()
+            .any(|e| e.kind == PatchEventKind::Rejected)
+    );
+    // The rejected version is not offered again...
+    let second = rig.start_run(false).await;
+    let record = rig.until_ended(&second).await;
+    assert_eq!(record.state, WorkflowState::Succeeded);
+    let planned = plan(&record);
+    assert!(planned.approval_hash.is_none(), "{planned:?}");
+    assert!(
+        !planned
+            .targets
+            .iter()
+            .any(|t| t.changes.iter().any(|c| c.package == "base-files"))
+    );
+    // ...a newer one is, and asks for a decision again.
+    rig.set_updates(101, release("13ubuntu11")).await;
+    let third = rig.start_run(false).await;
+    let waiting = rig
+        .until(
+            &third,
+            Duration::from_secs(90),
+            "waiting for a decision",
+            |r| !r.data["awaiting"].is_null(),
+        )
+        .await;
+    let newer = plan(&waiting);
+    assert!(newer.targets.iter().any(|t| {
+        t.changes
+            .iter()
+            .any(|c| c.to.as_deref() == Some("13ubuntu11"))
+    }));
+    assert_ne!(newer.approval_hash, Some(hash));
 }

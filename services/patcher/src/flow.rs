@@ -97,6 +97,7 @@ impl Workflow for PatchRun {
                     })
                     .await?;
                 wf.note("gates", &verdicts);
+                wf.note("report", &report);
                 return Ok(report);
             }
             // An approval covers exactly the approval hash it names, until it expires.
@@ -177,6 +178,7 @@ impl Workflow for PatchRun {
                 .collect();
             let Some(approval_hash) = plan.approval_hash.clone().filter(|_| !deferred.is_empty())
             else {
+                wf.note("report", &report);
                 return Ok(report);
             };
             let name = format!("ask.{round}");
@@ -219,6 +221,7 @@ impl Workflow for PatchRun {
                     .iter()
                     .map(|t| (t.target.clone(), "no decision in time".to_string()))
                     .collect();
+                wf.note("report", &report);
                 return Ok(report);
             };
             let name = format!("decided.{round}");
@@ -245,6 +248,7 @@ impl Workflow for PatchRun {
                     .iter()
                     .map(|t| (t.target.clone(), format!("rejected by {}", decision.by)))
                     .collect();
+                wf.note("report", &report);
                 return Ok(report);
             }
             // Approved: go on in a window, with a fresh scan that must show the same changes.

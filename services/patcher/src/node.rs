@@ -526,8 +526,13 @@ impl PatchRun {
                         (u8::from(f.kind != TargetKind::Server), f.order, f.vm.vmid)
                     });
                     for f in vms.iter().filter(|f| stopped.contains(&f.vm.vmid)) {
-                        ops.ensure_running(f.vm.vmid).await?;
-                        ops.wait_ready(&f.vm).await?;
+                        // The host starts its `onboot` VMs itself (pve-guests' startall, in boot
+                        // order): racing it with a second start is not ours to do. Only when one
+                        // does not come up do we start it.
+                        if !(f.onboot && ops.wait_ready(&f.vm).await.is_ok()) {
+                            ops.ensure_running(f.vm.vmid).await?;
+                            ops.wait_ready(&f.vm).await?;
+                        }
                     }
                     Ok(())
                 })

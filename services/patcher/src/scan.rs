@@ -26,6 +26,8 @@ pub(crate) struct Found {
     pub(crate) kind: TargetKind,
     /// `startup: order=N` (boot order), else `u32::MAX`.
     pub(crate) order: u32,
+    /// `onboot: 1`: the host starts it itself when it boots.
+    pub(crate) onboot: bool,
 }
 
 /// The packages held for a target after a rejection: name → the version that was rejected.
@@ -74,6 +76,7 @@ impl Ops {
                 .and_then(|s| s.split(',').find_map(|p| p.strip_prefix("order=")))
                 .and_then(|o| o.parse().ok())
                 .unwrap_or(u32::MAX);
+            let onboot = config.get("onboot") == Some("1");
             found.push(Found {
                 vm: Vm {
                     vmid: summary.vmid,
@@ -84,6 +87,7 @@ impl Ops {
                 },
                 kind,
                 order,
+                onboot,
             });
         }
         found.sort_by(|a, b| {

@@ -750,7 +750,7 @@ async fn the_host_upgrade_applies_the_pending_updates_and_installs_the_kernel() 
         (&json!("8.4.5"), &json!("8.4.5"))
     );
     let qemu = find(&after, "pve-qemu-kvm").unwrap();
-    assert_eq!(qemu["OldVersion"], "9.2.0-5");
+    assert_eq!(qemu["OldVersion"], "9.0.2-5");
     let kernels: Vec<&str> = after
         .iter()
         .filter_map(|p| p["Package"].as_str())

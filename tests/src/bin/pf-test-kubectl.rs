@@ -104,10 +104,11 @@ fn main() {
 }
 
 fn run(args: &[String]) -> Result<String, String> {
-    let path = PathBuf::from(
-        std::env::var("PF_KUBECTL_STATE").map_err(|_| "PF_KUBECTL_STATE is not set")?,
-    );
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (path, words) = match args {
+        [flag, path, rest @ ..] if flag == "--state" => (PathBuf::from(path), rest),
+        _ => return Err("MOCK kubectl: the first arguments must be --state FILE".into()),
+    };
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
     let drain_ms;
     {
         let _lock = Lock::take(&path)?;
