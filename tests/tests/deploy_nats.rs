@@ -24,8 +24,9 @@ use proxflow_testkit::pve::start_sim;
 use proxflow_testkit::{TestNats, project_dir};
 use tokio_util::sync::CancellationToken;
 
-const PASSWORDS: [&str; 11] = [
+const PASSWORDS: [&str; 12] = [
     "PF_REMEDIATOR_PASSWORD",
+    "PF_PATCHER_PASSWORD",
     "PF_ADMIN_PASSWORD",
     "PF_CAPACITY_PASSWORD",
     "PF_SNAPSHOTTER_PASSWORD",
@@ -113,6 +114,7 @@ fn accounts_server() -> (tempfile::TempDir, TestNats) {
         ("PF_SNAPSHOTTER_PASSWORD", "snapshotter-pw"),
         ("PF_REPLICATOR_PASSWORD", "replicator-pw"),
         ("PF_REMEDIATOR_PASSWORD", "remediator-pw"),
+        ("PF_PATCHER_PASSWORD", "patcher-pw"),
         ("PF_SYS_PASSWORD", "sys-pw"),
     ];
     let nats = TestNats::start_with_config(&config, &env).expect("nats-server with accounts");
@@ -224,6 +226,7 @@ async fn every_shipped_user_may_probe_jetstream() {
         "snapshotter",
         "replicator",
         "remediator",
+        "patcher",
     ] {
         let bus = bus::connect(
             &user(&nats, name, &format!("_INBOX_{name}")),
@@ -687,4 +690,163 @@ dry_run = false
         })
         .collect();
     assert_eq!(calls, ["shutdown", "start"]);
+}
+
+/// The shipped users run a patch with an approval: the gateway (`gateway`) starts the run and
+/// delivers the decision, the patcher (`patcher`) scans, gates on the replication history and
+/// patches with pre-change snapshots from the snapshotter (`snapshotter`). MOCK kubectl keeps the
+/// nodes' state in a file (there is no API server here).
+#[tokio::test]
+async fn the_shipped_users_can_patch_with_an_approval() {
+    let (_dir, nats) = accounts_server();
+    let admin = admin_declares(&nats).await;
+    let (sim, pve) = start_sim(|c| {
+        c.durations.agent_boot = Duration::from_millis(200);
+    })
+    .await
+    .expect("simulator");
+    let stop = CancellationToken::new();
+    // The replication gate reads the newest completed run: one that just completed.
+    admin
+        .publisher
+        .publish(&proxflow_schemas::replication::ReplicationRun {
+            job: "offsite".into(),
+            run_id: "r1".into(),
+            phase: proxflow_schemas::replication::ReplicationPhase::Completed,
+            source: "tank/data".into(),
+            target: "backup/data".into(),
+            mode: None,
+            base: None,
+            snapshot: None,
+            bytes: 0,
+            duration_ms: 1,
+            lag_secs: Some(60),
+            error: None,
+            at: chrono::Utc::now(),
+        })
+        .await
+        .expect("admin publishes");
+    let snapshotter = std::sync::Arc::new(
+        proxflow_snapshotter::Snapshotter::new(
+            &service_context(&nats, "snapshotter").await,
+            proxflow_snapshotter::SnapshotConfig::default(),
+            Some(pve.clone()),
+        )
+        .expect("snapshotter"),
+    );
+    let snapshotter_ctx = service_context(&nats, "snapshotter").await;
+    tokio::spawn(snapshotter.serve_prechange(
+        snapshotter_ctx.bus.client.clone(),
+        snapshotter_ctx.health.clone(),
+        stop.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
+    let gateway_url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(proxflow_gateway::run(
+        service_context(&nats, "gateway").await,
+        proxflow_gateway::GatewaySettings {
+            config: GatewayConfig {
+                bearer_tokens: std::collections::BTreeMap::from([(
+                    "ops".to_owned(),
+                    Secret::new("ops-token-0123456789abcdef"),
+                )]),
+                ..GatewayConfig::default()
+            },
+            profiles: proxflow_platform::Profiles::default(),
+            listener,
+            approvers: vec!["ops".into()],
+        },
+        stop.clone(),
+    ));
+    let kube = tempfile::tempdir().expect("tempdir");
+    let kube_state = kube.path().join("kubectl.json");
+    std::fs::write(
+        &kube_state,
+        r#"{"nodes": {"k3s-1": {}, "k3s-2": {}, "k3s-3": {}}}"#,
+    )
+    .expect("kubectl state");
+    let mut config = proxflow_patcher::PatchConfig {
+        enabled: false,
+        approvers: vec!["ops".into()],
+        ..proxflow_patcher::PatchConfig::default()
+    };
+    config.host.enabled = false;
+    config.window.days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+        .map(String::from)
+        .to_vec();
+    config.window.start = "00:00".into();
+    config.window.duration = Duration::from_secs(24 * 3600);
+    config.kubectl.command = vec![
+        env!("CARGO_BIN_EXE_pf-test-kubectl").into(),
+        "--state".into(),
+        kube_state.display().to_string(),
+    ];
+    config.consumer = test_consumer(Duration::from_secs(30));
+    let patcher = tokio::spawn(proxflow_patcher::run(
+        service_context(&nats, "patcher").await,
+        proxflow_patcher::PatcherSettings {
+            config,
+            pve: pve.clone(),
+            replication: true,
+        },
+        stop.clone(),
+    ));
+    // A new kernel series on VM 103 needs an approval.
+    let http = reqwest::Client::new();
+    let control = format!("{}/_sim/guest/103/updates", sim.base_url());
+    let auth = format!("PVEAPIToken={}={}", sim.token_id(), sim.token_secret());
+    let put = http
+        .put(&control)
+        .header("Authorization", &auth)
+        .json(&serde_json::json!({"updates": [{
+            "package": "linux-image-6.5.0-41-generic", "version": "6.5.0-41.41~22.04.1",
+            "archive": "jammy-security", "kernel": "6.5.0-41-generic"}]}))
+        .send()
+        .await
+        .expect("sim control");
+    assert!(put.status().is_success());
+    let started: serde_json::Value = http
+        .post(format!("{gateway_url}/v1/patch/runs"))
+        .bearer_auth("ops-token-0123456789abcdef")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("start")
+        .json()
+        .await
+        .expect("json");
+    let id = started["workflow_id"].as_str().expect("an id").to_string();
+    let store = WorkflowStore::open(&admin.js).await.expect("store");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let hash = loop {
+        if let Some((r, _)) = store.get(&id).await.expect("read")
+            && let Some(h) = r.data["awaiting"]["approval_hash"].as_str()
+        {
+            break h.to_string();
+        }
+        assert!(!patcher.is_finished(), "the patcher stopped");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never asked: {:#?}",
+            store.get(&id).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let decided = http
+        .post(format!("{gateway_url}/v1/patch/runs/{id}/approve"))
+        .bearer_auth("ops-token-0123456789abcdef")
+        .json(&serde_json::json!({"plan": hash}))
+        .send()
+        .await
+        .expect("approve");
+    assert_eq!(decided.status(), 202);
+    let record = until_ended(&store, &id, &[("patcher", &|| patcher.is_finished())]).await;
+    assert_eq!(record.state, WorkflowState::Succeeded, "{:#?}", record);
+    assert_eq!(
+        record.data["report"]["nodes"].as_array().map(Vec::len),
+        Some(3)
+    );
+    stop.cancel();
 }
