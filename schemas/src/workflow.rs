@@ -30,6 +30,24 @@ pub enum WorkflowState {
 }
 
 impl WorkflowState {
+    /// Every state.
+    pub const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::Running,
+        Self::Waiting,
+        Self::Compensating,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+    /// The states of a workflow that has not ended.
+    pub const LIVE: [Self; 4] = [
+        Self::Pending,
+        Self::Running,
+        Self::Waiting,
+        Self::Compensating,
+    ];
+
     /// Whether the workflow can still change.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)

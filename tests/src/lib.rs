@@ -361,6 +361,18 @@ pub fn child_env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| format!("{name} not set"))
 }
 
+/// The Proxmox client of a test child process: `PF_PVE_URL`, `PF_PVE_TOKEN_ID`, `PF_PVE_SECRET`,
+/// tasks polled at most 50 ms apart.
+pub fn child_pve() -> anyhow::Result<proxflow_pve::PveClient> {
+    Ok(proxflow_pve::PveClient::new(&proxflow_pve::PveConfig {
+        url: child_env("PF_PVE_URL")?,
+        token_id: child_env("PF_PVE_TOKEN_ID")?,
+        token_secret: proxflow_runtime::config::Secret::new(child_env("PF_PVE_SECRET")?),
+        task_poll_max: Duration::from_millis(50),
+        ..proxflow_pve::PveConfig::default()
+    })?)
+}
+
 /// What a test child process (`pf-test-*`) runs on: telemetry installed as `proxflow serve` does,
 /// and a service context on the nats-server of `PF_NATS_URL` with `grace` to shut down in.
 pub async fn child_context(

@@ -290,14 +290,7 @@ async fn a_kernel_series_change_waits_for_an_approval_of_exactly_its_plan() {
     config.host_reboot = HostReboot::Approve;
     rig.start_patcher(config);
     let id = rig.start_run(false).await;
-    let waiting = rig
-        .until(
-            &id,
-            Duration::from_secs(90),
-            "waiting for a decision",
-            |r| r.state == WorkflowState::Waiting && !r.data["awaiting"].is_null(),
-        )
-        .await;
+    let waiting = rig.until_awaiting(&id).await;
     let first = plan(&waiting);
     let hash = first.approval_hash.clone().expect("an approval hash");
     // The minor VMs were patched in the window meanwhile; the major one waits untouched.
@@ -377,14 +370,7 @@ async fn an_approval_that_expired_is_refused() {
     config.host.enabled = false;
     rig.start_patcher(config);
     let id = rig.start_run(false).await;
-    let waiting = rig
-        .until(
-            &id,
-            Duration::from_secs(90),
-            "waiting for a decision",
-            |r| !r.data["awaiting"].is_null(),
-        )
-        .await;
+    let waiting = rig.until_awaiting(&id).await;
     let hash = plan(&waiting).approval_hash.unwrap();
     // Past the end of the next window (next Sunday's, 05:00): the decision closed.
     rig.clock.set("2026-12-13T05:00:01Z".parse().unwrap());
@@ -535,14 +521,7 @@ async fn a_rejection_holds_the_packages_until_a_newer_version_replaces_them() {
     config.host.enabled = false;
     rig.start_patcher(config);
     let first = rig.start_run(false).await;
-    let waiting = rig
-        .until(
-            &first,
-            Duration::from_secs(90),
-            "waiting for a decision",
-            |r| !r.data["awaiting"].is_null(),
-        )
-        .await;
+    let waiting = rig.until_awaiting(&first).await;
     let hash = plan(&waiting).approval_hash.unwrap();
     let (status, body) = rig.decide(APPROVER, &first, "reject", &hash).await;
     assert_eq!(status, 202, "{body}");
@@ -579,14 +558,7 @@ async fn a_rejection_holds_the_packages_until_a_newer_version_replaces_them() {
     // ...a newer one is, and asks for a decision again.
     rig.set_updates(101, release("13ubuntu11")).await;
     let third = rig.start_run(false).await;
-    let waiting = rig
-        .until(
-            &third,
-            Duration::from_secs(90),
-            "waiting for a decision",
-            |r| !r.data["awaiting"].is_null(),
-        )
-        .await;
+    let waiting = rig.until_awaiting(&third).await;
     let newer = plan(&waiting);
     assert!(newer.targets.iter().any(|t| {
         t.changes

@@ -135,15 +135,7 @@ pub(crate) async fn list(State(api): State<Arc<Api>>, headers: HeaderMap) -> Res
         api.ensure_connected()?;
         let since = Utc::now() - Duration::days(90);
         let mut runs = Vec::new();
-        for state in [
-            WorkflowState::Pending,
-            WorkflowState::Running,
-            WorkflowState::Waiting,
-            WorkflowState::Compensating,
-            WorkflowState::Succeeded,
-            WorkflowState::Failed,
-            WorkflowState::Cancelled,
-        ] {
+        for state in WorkflowState::ALL {
             let entries = api
                 .patch
                 .engine

@@ -176,9 +176,16 @@ pub fn is_kernel(rules: &MajorRules, change: &PackageChange) -> bool {
     change.to.is_some() && any_match(&rules.kernel_packages, &change.package)
 }
 
-/// Fills in `plan.reboot` and `plan.majors` from its changes.
-pub fn classify(rules: &MajorRules, plan: &mut TargetPlan, reboot_hint: bool, cx: Context<'_>) {
-    plan.reboot = reboot_hint || plan.changes.iter().any(|c| is_kernel(rules, c));
+/// Fills in `plan.reboot` and `plan.majors` from its changes, its kind and its running kernel; a
+/// host's reboot is major when `host_reboot_needs_approval`.
+pub fn classify(rules: &MajorRules, plan: &mut TargetPlan, host_reboot_needs_approval: bool) {
+    let kernel = plan.kernel.clone();
+    let cx = Context {
+        kernel: kernel.as_deref(),
+        host: plan.kind == proxflow_schemas::patch::TargetKind::Host,
+        host_reboot_needs_approval,
+    };
+    plan.reboot = plan.changes.iter().any(|c| is_kernel(rules, c));
     plan.majors = plan
         .changes
         .iter()
@@ -378,17 +385,17 @@ Conf libssl3 (3.0.2-0ubuntu1.16 Ubuntu:22.04/jammy-security [amd64])
             None,
             Some("6.8.12-10"),
         )]);
-        let mut cx = Context {
-            kernel: Some("6.8.12-9-pve"),
-            host: true,
-            host_reboot_needs_approval: true,
-        };
-        classify(&rules, &mut p, false, cx);
+        p.kind = TargetKind::Host;
+        p.kernel = Some("6.8.12-9-pve".into());
+        classify(&rules, &mut p, true);
         assert!(p.reboot);
         assert_eq!(p.majors.len(), 1);
         assert!(p.majors[0].reason.contains("host reboot"));
-        cx.host_reboot_needs_approval = false;
-        classify(&rules, &mut p, false, cx);
+        classify(&rules, &mut p, false);
+        assert!(p.reboot && p.majors.is_empty());
+        // A VM's reboot is never major by itself.
+        p.kind = TargetKind::Agent;
+        classify(&rules, &mut p, true);
         assert!(p.reboot && p.majors.is_empty());
     }
 

@@ -122,17 +122,14 @@ impl Workflow for PatchRun {
                 };
                 if let Some(why) = void {
                     let name = format!("void.{round}");
-                    wf.step(&name, async {
-                        ops.event(
-                            &run,
-                            &name,
-                            PatchEventKind::ApprovalVoid,
-                            None,
-                            why,
-                            json!(null),
-                        )
-                        .await
-                    })
+                    self.announce(
+                        wf,
+                        &name,
+                        PatchEventKind::ApprovalVoid,
+                        None,
+                        why,
+                        json!(null),
+                    )
                     .await?;
                 }
             }
@@ -211,11 +208,18 @@ impl Workflow for PatchRun {
             wf.note("awaiting", serde_json::Value::Null);
             let Some(decision) = decision else {
                 let name = format!("expired.{round}");
-                wf.step(&name, async {
-                    ops.event(&run, &name, PatchEventKind::ApprovalVoid, None,
-                        format!("no decision on {} before {expires_at}; the major changes wait for a later run", short(&approval_hash)),
-                        json!(null)).await
-                })
+                let detail = format!(
+                    "no decision on {} before {expires_at}; the major changes wait for a later run",
+                    short(&approval_hash)
+                );
+                self.announce(
+                    wf,
+                    &name,
+                    PatchEventKind::ApprovalVoid,
+                    None,
+                    detail,
+                    json!(null),
+                )
                 .await?;
                 report.deferred = deferred
                     .iter()
@@ -230,11 +234,9 @@ impl Workflow for PatchRun {
                 Verdict::Reject => PatchEventKind::Rejected,
             };
             let d = decision.clone();
-            wf.step(&name, async {
-                let detail = format!("{} by {}", kind.token(), d.by);
-                ops.event(&run, &name, kind, None, detail, json!(d)).await
-            })
-            .await?;
+            let detail = format!("{} by {}", kind.token(), d.by);
+            self.announce(wf, &name, kind, None, detail, json!(d))
+                .await?;
             if decision.verdict == Verdict::Reject {
                 let name = format!("hold.{round}");
                 wf.step(&name, async {
@@ -308,6 +310,21 @@ impl Workflow for PatchRun {
 }
 
 impl PatchRun {
+    /// Publishes one event as its own recorded step `name` (published once; a replay reads it).
+    pub(crate) async fn announce(
+        &self,
+        wf: &mut Run<Self>,
+        name: &str,
+        kind: PatchEventKind,
+        target: Option<&str>,
+        detail: String,
+        data: serde_json::Value,
+    ) -> Result<(), Halt> {
+        let run = wf.id().to_string();
+        wf.step(name, self.ops.event(&run, name, kind, target, detail, data))
+            .await
+    }
+
     /// Holds a rejected target's major packages (`apt-mark hold` on a VM) and records them, with
     /// the rejected version, so a newer version is offered again.
     async fn hold(&self, t: &proxflow_schemas::patch::TargetPlan) -> Result<(), StepError> {

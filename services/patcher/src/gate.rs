@@ -99,12 +99,7 @@ impl Gates {
             }
         }
         for kind in ["scale_out", "remediate"] {
-            for state in [
-                WorkflowState::Pending,
-                WorkflowState::Running,
-                WorkflowState::Waiting,
-                WorkflowState::Compensating,
-            ] {
+            for state in WorkflowState::LIVE {
                 let busy = self.engine.list(kind, state, None).await.map_err(|e| {
                     StepError::transient(format!("listing {kind} workflows: {e}")).with_source(e)
                 })?;

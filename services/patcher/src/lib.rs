@@ -12,7 +12,8 @@
 //! - [`classify`] — apt output → changes → minor or major.
 //! - [`scan`] — scan → plan for the VMs (guest) and the host (Proxmox API).
 //! - [`flow`] — the `patch_run` workflow: rounds, approvals, holds.
-//! - [`node`] — one target's steps (VM and host), failure handling.
+//! - [`node`] — one VM's steps, the gates and window before each target, failure handling.
+//! - [`host`] — the host's steps, last.
 //! - [`gate`] — the gates checked before each node.
 //! - [`guest`] — commands in a VM (guest agent or a JSON-contract command).
 //! - [`kube`] — cordon with an owner marker, drain, readiness, uncordon.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod flow;
 pub mod gate;
 pub mod guest;
+mod host;
 pub mod kube;
 mod node;
 mod ops;

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use proxflow_pve::ShutdownOptions;
 use proxflow_runtime::workflow::{ErrorKind, Halt, Run, StepError};
 use proxflow_schemas::patch::{NodeReport, PatchEventKind, TargetKind, TargetPlan};
 use proxflow_schemas::snapshot::SnapshotTarget;
@@ -35,7 +34,11 @@ pub(crate) enum NodeOutcome {
 }
 
 /// Runs `action` as step `name`, recording a terminal failure as `Err(reason)` in the output.
-async fn act<T, F>(wf: &mut Run<PatchRun>, name: &str, action: F) -> Result<Result<T, String>, Halt>
+pub(crate) async fn act<T, F>(
+    wf: &mut Run<PatchRun>,
+    name: &str,
+    action: F,
+) -> Result<Result<T, String>, Halt>
 where
     T: Serialize + DeserializeOwned + Send,
     F: Future<Output = Result<T, StepError>> + Send,
@@ -59,24 +62,15 @@ enum Wait {
 
 /// The VM or host state before the change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Before {
-    at: DateTime<Utc>,
-    installed: BTreeMap<String, String>,
-    kernel: Option<String>,
-}
-
-macro_rules! attempt {
-    ($outcome:expr) => {
-        match $outcome {
-            Ok(v) => v,
-            Err(reason) => return Ok(Err(reason)),
-        }
-    };
+pub(crate) struct Before {
+    pub(crate) at: DateTime<Utc>,
+    pub(crate) installed: BTreeMap<String, String>,
+    pub(crate) kernel: Option<String>,
 }
 
 impl PatchRun {
     /// Waits until the window is open and every gate is, recording each look.
-    async fn wait_for_gates(
+    pub(crate) async fn wait_for_gates(
         &self,
         wf: &mut Run<Self>,
         key: &str,
@@ -188,18 +182,15 @@ impl PatchRun {
             Err(reason) => return self.failed(wf, &key, plan, &vm, None, reason).await,
             Ok(Some(reason)) => {
                 let name = format!("{key}.skipped");
-                let r = reason.clone();
-                wf.step(&name, async {
-                    ops.event(
-                        &run,
-                        &name,
-                        PatchEventKind::Skipped,
-                        Some(&plan.target),
-                        r,
-                        json!(null),
-                    )
-                    .await
-                })
+                let target = Some(plan.target.as_str());
+                self.announce(
+                    wf,
+                    &name,
+                    PatchEventKind::Skipped,
+                    target,
+                    reason.clone(),
+                    json!(null),
+                )
                 .await?;
                 return Ok(NodeOutcome::Skipped(reason));
             }
@@ -207,25 +198,32 @@ impl PatchRun {
         }
         let result = self.vm_steps(wf, &key, plan, &vm, approver).await?;
         match result {
-            Ok(report) => {
-                let name = format!("{key}.done");
-                let data = serde_json::to_value(&report).unwrap_or_default();
-                wf.step(&name, async {
-                    ops.event(
-                        &run,
-                        &name,
-                        PatchEventKind::NodeDone,
-                        Some(&plan.target),
-                        "patched",
-                        data,
-                    )
-                    .await
-                })
-                .await?;
-                Ok(NodeOutcome::Done(report))
-            }
+            Ok(report) => self.done(wf, &key, plan, report).await,
             Err((reason, snapshot)) => self.failed(wf, &key, plan, &vm, snapshot, reason).await,
         }
+    }
+
+    /// A target is done: its report as an event.
+    pub(crate) async fn done(
+        &self,
+        wf: &mut Run<Self>,
+        key: &str,
+        plan: &TargetPlan,
+        report: NodeReport,
+    ) -> Result<NodeOutcome, Halt> {
+        let data = serde_json::to_value(&report).unwrap_or_default();
+        let target = Some(plan.target.as_str());
+        let name = format!("{key}.done");
+        self.announce(
+            wf,
+            &name,
+            PatchEventKind::NodeDone,
+            target,
+            "patched".into(),
+            data,
+        )
+        .await?;
+        Ok(NodeOutcome::Done(report))
     }
 
     /// The VM's change, snapshot to verify. `Err((reason, snapshot))` on a failure.
@@ -336,7 +334,7 @@ impl PatchRun {
     }
 
     /// A target failed: page, and leave it as `on_failure` says.
-    async fn failed(
+    pub(crate) async fn failed(
         &self,
         wf: &mut Run<Self>,
         key: &str,
@@ -398,198 +396,6 @@ impl PatchRun {
         }
         Ok(NodeOutcome::Failed(reason))
     }
-
-    /// Patches the host, last.
-    pub(crate) async fn patch_host(
-        &self,
-        wf: &mut Run<Self>,
-        round: u32,
-        plan: &TargetPlan,
-        approver: Option<&str>,
-    ) -> Result<NodeOutcome, Halt> {
-        let key = format!("{round}.{}", plan.target);
-        self.wait_for_gates(wf, &key, None).await?;
-        let run = wf.id().to_string();
-        let result = self.host_steps(wf, &key, plan, approver).await?;
-        let ops = &self.ops;
-        match result {
-            Ok(report) => {
-                let name = format!("{key}.done");
-                let data = serde_json::to_value(&report).unwrap_or_default();
-                wf.step(&name, async {
-                    ops.event(
-                        &run,
-                        &name,
-                        PatchEventKind::NodeDone,
-                        Some(&plan.target),
-                        "patched",
-                        data,
-                    )
-                    .await
-                })
-                .await?;
-                Ok(NodeOutcome::Done(report))
-            }
-            Err(reason) => {
-                let vm = Vm {
-                    vmid: 0,
-                    name: plan.name.clone(),
-                    ip: String::new(),
-                };
-                self.failed(wf, &key, plan, &vm, None, reason).await
-            }
-        }
-    }
-
-    async fn host_steps(
-        &self,
-        wf: &mut Run<Self>,
-        key: &str,
-        plan: &TargetPlan,
-        approver: Option<&str>,
-    ) -> Result<Result<NodeReport, String>, Halt> {
-        let run = wf.id().to_string();
-        let ops = &self.ops;
-        let dataset = ops.config.host.dataset.clone();
-        let snapshot: String = attempt!(
-            act(wf, &format!("{key}.snapshot"), async {
-                ops.prechange(
-                    format!("{run}/{key}"),
-                    SnapshotTarget::Dataset { dataset },
-                    format!("before patch run {run}"),
-                )
-                .await
-            })
-            .await?
-        );
-        let before: Before = attempt!(
-            act(wf, &format!("{key}.before"), async {
-                let status = ops
-                    .pve
-                    .node_status()
-                    .await
-                    .map_err(pve_err("reading the host's status"))?;
-                Ok(Before {
-                    // Proxmox's task start times and uptime are on the wall clock, not the engine's.
-                    at: Utc::now(),
-                    installed: BTreeMap::new(),
-                    kernel: status.current_kernel.map(|k| k.release),
-                })
-            })
-            .await?
-        );
-        let () = attempt!(act(wf, &format!("{key}.upgrade"), ops.upgrade_host()).await?);
-        if plan.reboot {
-            let stopped: Vec<u32> = attempt!(
-                act(wf, &format!("{key}.guests_down"), async {
-                    let vms = ops.k3s_vms(true).await?;
-                    let mut stopped = Vec::new();
-                    // Agents first, then servers: the control plane goes last.
-                    for f in vms {
-                        let err = || pve_err(format!("shutting VM {} down", f.vm.vmid));
-                        let status = ops.pve.vm_status(f.vm.vmid).await.map_err(err())?;
-                        if status.status != "running" {
-                            continue;
-                        }
-                        let upid = ops
-                            .pve
-                            .shutdown_vm(
-                                f.vm.vmid,
-                                ShutdownOptions {
-                                    timeout: Some(180),
-                                    force_stop: true,
-                                },
-                            )
-                            .await
-                            .map_err(err())?;
-                        ops.pve.wait_task(&upid, None).await.map_err(err())?;
-                        stopped.push(f.vm.vmid);
-                    }
-                    Ok(stopped)
-                })
-                .await?
-            );
-            let () = attempt!(act(wf, &format!("{key}.reboot"), ops.reboot_host(before.at)).await?);
-            let kernel: Option<String> =
-                attempt!(act(wf, &format!("{key}.up"), ops.wait_host_up(before.at)).await?);
-            if kernel == before.kernel {
-                return Ok(Err(format!(
-                    "the host still runs kernel {} after its reboot",
-                    kernel.unwrap_or_default()
-                )));
-            }
-            let () = attempt!(
-                act(wf, &format!("{key}.guests_up"), async {
-                    let mut vms = ops.k3s_vms(false).await?;
-                    // Servers first, then agents, each in its boot order.
-                    vms.sort_by_key(|f| {
-                        (u8::from(f.kind != TargetKind::Server), f.order, f.vm.vmid)
-                    });
-                    for f in vms.iter().filter(|f| stopped.contains(&f.vm.vmid)) {
-                        // The host starts its `onboot` VMs itself (pve-guests' startall, in boot
-                        // order): racing it with a second start is not ours to do. Only when one
-                        // does not come up do we start it.
-                        if !(f.onboot && ops.wait_ready(&f.vm).await.is_ok()) {
-                            ops.ensure_running(f.vm.vmid).await?;
-                            ops.wait_ready(&f.vm).await?;
-                        }
-                    }
-                    Ok(())
-                })
-                .await?
-            );
-        }
-        let kernel: Option<String> = attempt!(
-            act(wf, &format!("{key}.verify"), async {
-                let pending = ops
-                    .pve
-                    .apt_updates()
-                    .await
-                    .map_err(pve_err("listing the host's updates"))?;
-                if let Some(left) = pending.iter().find(|u| {
-                    plan.changes
-                        .iter()
-                        .any(|c| c.package == u.package && u.old_version == c.from)
-                }) {
-                    return Err(StepError::terminal(format!(
-                        "{} is still pending after the upgrade ({} -> {})",
-                        left.package,
-                        left.old_version.as_deref().unwrap_or("-"),
-                        left.version
-                    )));
-                }
-                let status = ops
-                    .pve
-                    .node_status()
-                    .await
-                    .map_err(pve_err("reading the host's status"))?;
-                Ok(status.current_kernel.map(|k| k.release))
-            })
-            .await?
-        );
-        let (seconds, waited_seconds, gate_wait_seconds) = timings(wf.record(), key);
-        let versions = |to: bool| {
-            plan.changes
-                .iter()
-                .filter_map(|c| {
-                    let v = if to { c.to.clone() } else { c.from.clone() };
-                    v.map(|v| (c.package.clone(), v))
-                })
-                .collect()
-        };
-        Ok(Ok(NodeReport {
-            target: plan.target.clone(),
-            before: versions(false),
-            after: versions(true),
-            rebooted: plan.reboot,
-            kernel,
-            snapshot: Some(snapshot),
-            seconds,
-            waited_seconds,
-            gate_wait_seconds,
-            approver: approver.filter(|_| plan.is_major()).map(str::to_string),
-        }))
-    }
 }
 
 /// The steps that wait on something outside proxflow's control: drains, upgrades, reboots, boots.
@@ -605,7 +411,10 @@ pub(crate) const WAIT_STEPS: [&str; 7] = [
 
 /// From the recorded steps of target `key` (so a replay reports the same): seconds from its first
 /// step to its last, seconds in [`WAIT_STEPS`], seconds waiting on the window and the gates.
-fn timings(record: &proxflow_schemas::workflow::WorkflowRecord, key: &str) -> (f64, f64, f64) {
+pub(crate) fn timings(
+    record: &proxflow_schemas::workflow::WorkflowRecord,
+    key: &str,
+) -> (f64, f64, f64) {
     let prefix = format!("{key}.");
     let mut first: Option<DateTime<Utc>> = None;
     let mut last: Option<DateTime<Utc>> = None;

@@ -11,7 +11,7 @@ use proxflow_runtime::workflow::StepError;
 use proxflow_schemas::patch::{PackageChange, PatchPlan, TargetKind, TargetPlan};
 use serde::{Deserialize, Serialize};
 
-use crate::classify::{self, Context};
+use crate::classify;
 use crate::config::HostReboot;
 use crate::guest::Vm;
 use crate::ops::{Ops, pve_err};
@@ -157,13 +157,7 @@ impl Ops {
             majors: Vec::new(),
             changelogs: BTreeMap::new(),
         };
-        let kernel = plan.kernel.clone();
-        let cx = Context {
-            kernel: kernel.as_deref(),
-            host: false,
-            host_reboot_needs_approval: false,
-        };
-        classify::classify(&self.config.major, &mut plan, false, cx);
+        classify::classify(&self.config.major, &mut plan, false);
         Ok(plan)
     }
 
@@ -212,13 +206,8 @@ impl Ops {
             majors: Vec::new(),
             changelogs: BTreeMap::new(),
         };
-        let kernel = plan.kernel.clone();
-        let cx = Context {
-            kernel: kernel.as_deref(),
-            host: true,
-            host_reboot_needs_approval: self.config.host_reboot == HostReboot::Approve,
-        };
-        classify::classify(&self.config.major, &mut plan, false, cx);
+        let approve_reboot = self.config.host_reboot == HostReboot::Approve;
+        classify::classify(&self.config.major, &mut plan, approve_reboot);
         for major in &plan.majors {
             let Some(package) = &major.package else {
                 continue;

@@ -58,12 +58,7 @@ impl Scheduler {
         if done.as_deref() == Some(id.as_str()) {
             return Ok(());
         }
-        for state in [
-            WorkflowState::Pending,
-            WorkflowState::Running,
-            WorkflowState::Waiting,
-            WorkflowState::Compensating,
-        ] {
+        for state in WorkflowState::LIVE {
             let busy = self
                 .engine
                 .list(crate::KIND, state, None)

@@ -5,22 +5,14 @@
 
 use std::time::Duration;
 
-use proxflow_e2e::{child_context, child_env as env};
+use proxflow_e2e::{child_context, child_env as env, child_pve};
 use proxflow_patcher::{PatchConfig, PatcherSettings};
-use proxflow_pve::{PveClient, PveConfig};
-use proxflow_runtime::config::Secret;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (ctx, telemetry) = child_context("pf-test-patcher", Duration::from_secs(1)).await?;
-    let pve = PveClient::new(&PveConfig {
-        url: env("PF_PVE_URL")?,
-        token_id: env("PF_PVE_TOKEN_ID")?,
-        token_secret: Secret::new(env("PF_PVE_SECRET")?),
-        task_poll_max: Duration::from_millis(50),
-        ..PveConfig::default()
-    })?;
+    let pve = child_pve()?;
     let config: PatchConfig = serde_json::from_str(&env("PF_PATCH_CONFIG")?)?;
     println!("ready");
     let stop = CancellationToken::new();

@@ -5,22 +5,14 @@
 
 use std::time::Duration;
 
-use proxflow_e2e::{child_context, child_env as env, provisioner_config};
+use proxflow_e2e::{child_context, child_env as env, child_pve, provisioner_config};
 use proxflow_provisioner::ProvisionerSettings;
-use proxflow_pve::{PveClient, PveConfig};
-use proxflow_runtime::config::Secret;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (ctx, telemetry) = child_context("pf-test-provisioner", Duration::from_secs(1)).await?;
-    let pve = PveClient::new(&PveConfig {
-        url: env("PF_PVE_URL")?,
-        token_id: env("PF_PVE_TOKEN_ID")?,
-        token_secret: Secret::new(env("PF_PVE_SECRET")?),
-        task_poll_max: Duration::from_millis(50),
-        ..PveConfig::default()
-    })?;
+    let pve = child_pve()?;
     let mut config = provisioner_config(
         env("PF_FILE_SD")?.into(),
         Duration::from_millis(env("PF_ACK_WAIT_MS")?.parse()?),

@@ -289,10 +289,10 @@ impl Rig {
         .await
     }
 
-    /// The simulator's state (`GET /_sim/state`).
-    pub async fn sim_state(&self) -> Value {
+    /// A request to the simulator's control API, with its token.
+    fn sim_control(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
-            .get(format!("{}/_sim/state", self.sim.base_url()))
+            .request(method, format!("{}{path}", self.sim.base_url()))
             .header(
                 "Authorization",
                 format!(
@@ -301,6 +301,20 @@ impl Rig {
                     self.sim.token_secret()
                 ),
             )
+    }
+
+    /// Waits until run `id` asks for a decision; its record then.
+    pub async fn until_awaiting(&self, id: &str) -> WorkflowRecord {
+        self.until(id, Duration::from_secs(90), "waiting for a decision", |r| {
+            r.state == proxflow_schemas::workflow::WorkflowState::Waiting
+                && !r.data["awaiting"].is_null()
+        })
+        .await
+    }
+
+    /// The simulator's state (`GET /_sim/state`).
+    pub async fn sim_state(&self) -> Value {
+        self.sim_control(reqwest::Method::GET, "/_sim/state")
             .send()
             .await
             .unwrap()
@@ -312,16 +326,7 @@ impl Rig {
     /// Replaces VM `vmid`'s pending updates in the simulator.
     pub async fn set_updates(&self, vmid: u32, updates: Value) {
         let r = self
-            .http
-            .put(format!("{}/_sim/guest/{vmid}/updates", self.sim.base_url()))
-            .header(
-                "Authorization",
-                format!(
-                    "PVEAPIToken={}={}",
-                    self.sim.token_id(),
-                    self.sim.token_secret()
-                ),
-            )
+            .sim_control(reqwest::Method::PUT, &format!("/_sim/guest/{vmid}/updates"))
             .json(&json!({"updates": updates}))
             .send()
             .await

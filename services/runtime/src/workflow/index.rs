@@ -70,15 +70,7 @@ pub(crate) async fn put(
 }
 
 /// Every state a line can be under.
-const STATES: [WorkflowState; 7] = [
-    WorkflowState::Pending,
-    WorkflowState::Running,
-    WorkflowState::Waiting,
-    WorkflowState::Compensating,
-    WorkflowState::Succeeded,
-    WorkflowState::Failed,
-    WorkflowState::Cancelled,
-];
+const STATES: [WorkflowState; 7] = WorkflowState::ALL;
 
 /// Repairs the index of an ended workflow that was found still listed as live (a crash between a
 /// record write and its index write leaves a line behind): its line under its state, none under any
