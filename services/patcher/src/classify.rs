@@ -185,7 +185,11 @@ pub fn classify(rules: &MajorRules, plan: &mut TargetPlan, host_reboot_needs_app
         host: plan.kind == proxflow_schemas::patch::TargetKind::Host,
         host_reboot_needs_approval,
     };
-    plan.reboot = plan.changes.iter().any(|c| is_kernel(rules, c));
+    // A host reboots for a new kernel only; a VM also for what Ubuntu asks a reboot for.
+    plan.reboot = plan.changes.iter().any(|c| {
+        is_kernel(rules, c)
+            || (!cx.host && c.to.is_some() && any_match(&rules.reboot_packages, &c.package))
+    });
     plan.majors = plan
         .changes
         .iter()
@@ -397,6 +401,17 @@ Conf libssl3 (3.0.2-0ubuntu1.16 Ubuntu:22.04/jammy-security [amd64])
         p.kind = TargetKind::Agent;
         classify(&rules, &mut p, true);
         assert!(p.reboot && p.majors.is_empty());
+        // libc6 makes a VM ask for a reboot; the host reboots for kernels only.
+        let mut libc = plan(vec![change(
+            "libc6",
+            Some("2.35-0ubuntu3.8"),
+            Some("2.35-0ubuntu3.9"),
+        )]);
+        classify(&rules, &mut libc, true);
+        assert!(libc.reboot && libc.majors.is_empty());
+        libc.kind = TargetKind::Host;
+        classify(&rules, &mut libc, true);
+        assert!(!libc.reboot && libc.majors.is_empty());
     }
 
     #[test]

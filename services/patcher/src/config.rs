@@ -107,8 +107,11 @@ pub struct MajorRules {
     /// A change of the upstream major.minor of these is major (pve-manager 8.3 → 8.4).
     pub upstream_minor_packages: Vec<String>,
     /// Kernel packages: one whose kernel series (major.minor) differs from the running kernel's,
-    /// or an `-hwe-` flavour the running kernel is not, is major.
+    /// or an `-hwe-` flavour the running kernel is not, is major. Any of them means a reboot.
     pub kernel_packages: Vec<String>,
+    /// Packages that make a VM ask for a reboot (Ubuntu's `/var/run/reboot-required`), so the plan
+    /// shows it ahead; the file itself decides after the upgrade. Not major.
+    pub reboot_packages: Vec<String>,
 }
 
 impl Default for MajorRules {
@@ -132,6 +135,7 @@ impl Default for MajorRules {
                 "proxmox-kernel-*",
                 "pve-kernel-*",
             ]),
+            reboot_packages: list(&["libc6", "dbus", "linux-base"]),
         }
     }
 }

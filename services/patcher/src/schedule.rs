@@ -21,6 +21,12 @@ pub fn run_id(span: &Span) -> String {
     format!("patch-{}", span.start.format("%Y%m%dT%H%MZ"))
 }
 
+/// The run due at `now`: the open window's, none outside a window (a window missed while proxflow
+/// was down is not made up for later).
+pub fn due(window: &Window, now: chrono::DateTime<chrono::Utc>) -> Option<(String, Span)> {
+    window.current(now).map(|span| (run_id(&span), span))
+}
+
 /// Starts scheduled runs.
 pub(crate) struct Scheduler {
     pub(crate) engine: Engine,
@@ -50,11 +56,9 @@ impl Scheduler {
     }
 
     async fn tick(&self, done: &mut Option<String>) -> Result<(), ScheduleError> {
-        let now = self.clock.now();
-        let Some(span) = self.window.current(now) else {
+        let Some((id, span)) = due(&self.window, self.clock.now()) else {
             return Ok(());
         };
-        let id = run_id(&span);
         if done.as_deref() == Some(id.as_str()) {
             return Ok(());
         }
@@ -87,5 +91,33 @@ impl Scheduler {
         }
         *done = Some(id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::WindowConfig;
+
+    #[test]
+    fn a_run_is_due_only_inside_the_window_and_named_after_its_opening() {
+        let window = WindowConfig::default().checked().expect("valid");
+        let at = |s: &str| s.parse().expect("time");
+        let (id, span) = due(&window, at("2026-12-06T02:10:00Z")).expect("due in the window");
+        assert_eq!(id, "patch-20261206T0200Z");
+        assert_eq!(span.end, at("2026-12-06T05:00:00Z"));
+        // The same opening later on: the same run (starting it again changes nothing).
+        assert_eq!(
+            due(&window, at("2026-12-06T04:59:00Z")).map(|d| d.0),
+            Some(id)
+        );
+        // Proxflow was down through the window: nothing at noon, the next opening's run next week.
+        assert_eq!(due(&window, at("2026-12-06T12:00:00Z")), None);
+        assert_eq!(
+            due(&window, at("2026-12-13T02:00:00Z"))
+                .map(|d| d.0)
+                .as_deref(),
+            Some("patch-20261213T0200Z")
+        );
     }
 }
