@@ -567,3 +567,58 @@ async fn a_rejection_holds_the_packages_until_a_newer_version_replaces_them() {
     }));
     assert_ne!(newer.approval_hash, Some(hash));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_waiting_for_a_decision_patches_the_next_windows_minor_updates_and_asks_again() {
+    let mut rig = Rig::start("nextwindow").await;
+    rig.set_updates(
+        103,
+        json!([{"package": "linux-image-6.5.0-41-generic", "version": "6.5.0-41.41~22.04.1",
+                "archive": "jammy-security", "kernel": "6.5.0-41-generic"}]),
+    )
+    .await;
+    let mut config = rig.config();
+    config.host.enabled = false;
+    rig.start_patcher(config);
+    let id = rig.start_run(false).await;
+    let first = rig.until_awaiting(&id).await;
+    let deadline = first.data["awaiting"]["expires_at"].clone();
+    assert_eq!(deadline, json!("2026-12-13T05:00:00Z"));
+    // During the week a new security fix arrives for a VM that was patched.
+    rig.set_updates(
+        101,
+        json!([{"package": "openssl", "version": "3.0.2-0ubuntu1.17", "archive": "jammy-security"}]),
+    )
+    .await;
+    rig.clock.set("2026-12-13T02:00:00Z".parse().unwrap());
+    let again = rig
+        .until(&id, Duration::from_secs(60), "asking again", |r| {
+            r.data["awaiting"]["signal"] == json!("decision.1")
+        })
+        .await;
+    assert_eq!(
+        again.data["awaiting"]["expires_at"], deadline,
+        "the same deadline"
+    );
+    let state = rig.sim_state().await;
+    let vm = vm_state(&state, 101);
+    assert_eq!(
+        vm["packages"]["upgrades"],
+        json!(2),
+        "the new minor fix went in"
+    );
+    assert_eq!(
+        vm["packages"]["installed"]["openssl"],
+        json!("3.0.2-0ubuntu1.17")
+    );
+    assert_eq!(vm_state(&state, 103)["packages"]["upgrades"], json!(0));
+    // No decision by the deadline: the run ends with the major change deferred.
+    rig.clock.set("2026-12-13T05:00:01Z".parse().unwrap());
+    let record = rig.until_ended(&id).await;
+    assert_eq!(record.state, WorkflowState::Succeeded);
+    assert!(
+        record.data["report"]["deferred"]
+            .to_string()
+            .contains("vm/103")
+    );
+}

@@ -260,9 +260,17 @@ async fn decide(
             ),
         )));
     }
-    // The engine's clock: the one the run's expiry was computed on.
+    // The engine's clock: the one the run's deadline was computed on. The deadline is the run's
+    // (`awaiting.expires_at`, the end of the next window); the wait itself may end earlier, at
+    // the next window's start, when the run scans again and asks anew.
     let now = api.ctx.clock.now();
-    let expires_at = expires_at.unwrap_or(now);
+    let expires_at = record
+        .data
+        .get("awaiting")
+        .and_then(|a| a.get("expires_at"))
+        .and_then(|v| serde_json::from_value::<chrono::DateTime<Utc>>(v.clone()).ok())
+        .or(expires_at)
+        .unwrap_or(now);
     if now > expires_at {
         return Err(Rejection::InUse(field(
             "plan",

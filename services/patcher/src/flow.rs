@@ -1,11 +1,14 @@
 //! The `patch_run` workflow. Round by round: scan → plan; the targets without major changes (and,
 //! once approved, those with them) are patched one at a time, VMs first (agents, then servers),
 //! the host last; then, if major changes remain, the run asks for a decision on their approval
-//! hash and waits for it until the end of the next window. An approval resumes the run in a window
-//! with a fresh scan: the same approval hash proceeds, a changed plan voids the approval and asks
-//! again. A rejection holds the packages until a newer version replaces them.
+//! hash and waits for it until the end of the next window (at that window's start it scans again,
+//! patches what is minor by then, and asks again). An approval resumes the run in a window with a
+//! fresh scan: the same approval hash proceeds, a changed plan voids the approval and asks again.
+//! A rejection holds the packages until a newer version replaces them.
 
 use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 
 use proxflow_runtime::kv::{self, Change};
 use proxflow_runtime::workflow::{Ending, Halt, Run, StepError, Workflow};
@@ -42,6 +45,15 @@ pub struct RunReport {
     pub deferred: Vec<(String, String)>,
 }
 
+/// What asking for a decision recorded.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Asked {
+    /// The decision's deadline.
+    expires: DateTime<Utc>,
+    /// Until when this round waits (the next window's start, if that comes first).
+    until: DateTime<Utc>,
+}
+
 /// The signal a run waits on in round `round`.
 pub fn decision_signal(round: u32) -> String {
     format!("decision.{round}")
@@ -64,6 +76,9 @@ impl Workflow for PatchRun {
             ..RunReport::default()
         };
         let mut approved: Option<Decision> = None;
+        // Until when the decision asked for first may come (the end of the next window); later
+        // rounds of the same run keep it.
+        let mut deadline: Option<DateTime<Utc>> = None;
         for round in 0u32.. {
             let now = wf.now();
             let name = format!("scan.{round}");
@@ -179,11 +194,21 @@ impl Workflow for PatchRun {
                 return Ok(report);
             };
             let name = format!("ask.{round}");
-            let expires_at = wf
+            let asked: Asked = wf
                 .step(&name, async {
-                    let expires = ops.window.approval_expiry(now).ok_or_else(|| {
-                        StepError::terminal("the patch window never opens again")
-                    })?;
+                    let expires = match deadline {
+                        Some(d) => d,
+                        None => ops.window.approval_expiry(now).ok_or_else(|| {
+                            StepError::terminal("the patch window never opens again")
+                        })?,
+                    };
+                    // A window that opens before the deadline is not wasted on the waiting: the run
+                    // goes on at its start (the minor targets of a new scan are patched) and asks
+                    // again.
+                    let until = ops
+                        .window
+                        .next_after(now)
+                        .map_or(expires, |s| s.start.min(expires));
                     let majors: Vec<_> = deferred
                         .iter()
                         .map(|t| json!({"target": t.target, "majors": t.majors}))
@@ -196,16 +221,24 @@ impl Workflow for PatchRun {
                     let data = json!({"approval_hash": approval_hash, "expires_at": expires, "majors": majors});
                     ops.event(&run, &name, PatchEventKind::ApprovalRequested, None, detail, data)
                         .await?;
-                    Ok(expires)
+                    Ok(Asked { expires, until })
                 })
                 .await?;
+            let expires_at = asked.expires;
+            deadline = Some(expires_at);
             wf.note(
                 "awaiting",
                 json!({"signal": decision_signal(round), "approval_hash": approval_hash, "expires_at": expires_at}),
             );
-            let decision: Option<Decision> =
-                wf.signal(&decision_signal(round), Some(expires_at)).await?;
+            let decision: Option<Decision> = wf
+                .signal(&decision_signal(round), Some(asked.until))
+                .await?;
             wf.note("awaiting", serde_json::Value::Null);
+            if decision.is_none() && asked.until < expires_at {
+                // The next window opened without a decision: scan again, patch what is minor now,
+                // and ask again (the same deadline).
+                continue;
+            }
             let Some(decision) = decision else {
                 let name = format!("expired.{round}");
                 let detail = format!(
