@@ -622,3 +622,98 @@ async fn a_run_waiting_for_a_decision_patches_the_next_windows_minor_updates_and
             .contains("vm/103")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_decisions_get_field_level_errors_and_change_nothing() {
+    let rig = Rig::start("baddecide").await;
+    let http = reqwest::Client::new();
+    let url = |run: &str| format!("{}/v1/patch/runs/{run}/approve", rig.gateway);
+    let post = |run: String, token: Option<&'static str>, body: String| {
+        let mut r = http
+            .post(url(&run))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let cases: Vec<(String, Option<&'static str>, String, u16, &str)> = vec![
+        (
+            "patch-x".into(),
+            None,
+            r#"{"plan":"0123456789ab"}"#.into(),
+            401,
+            "",
+        ),
+        (
+            "patch-x".into(),
+            Some(VIEWER),
+            r#"{"plan":"0123456789ab"}"#.into(),
+            403,
+            "patch.approvers",
+        ),
+        (
+            "patch-x".into(),
+            Some(APPROVER),
+            "not json".into(),
+            422,
+            "body",
+        ),
+        (
+            "patch-x".into(),
+            Some(APPROVER),
+            r#"{"plan":"0123456789ab","extra":1}"#.into(),
+            422,
+            "body",
+        ),
+        (
+            "patch-x".into(),
+            Some(APPROVER),
+            r#"{"plan":"xyz"}"#.into(),
+            422,
+            "plan",
+        ),
+        (
+            "patch-x".into(),
+            Some(APPROVER),
+            format!(
+                r#"{{"plan":"0123456789ab","comment":"{}"}}"#,
+                "c".repeat(1001)
+            ),
+            422,
+            "comment",
+        ),
+        (
+            "patch-x".into(),
+            Some(APPROVER),
+            r#"{"plan":"0123456789ab"}"#.into(),
+            404,
+            "patch-x",
+        ),
+        (
+            "a".repeat(300),
+            Some(APPROVER),
+            r#"{"plan":"0123456789ab"}"#.into(),
+            404,
+            "",
+        ),
+    ];
+    for (run, token, body, status, mentions) in cases {
+        let r = post(run.clone(), token, body.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{run} {body}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(mentions), "{status} for {body}: {text}");
+    }
+    // Nothing was started or signalled.
+    let listed: Value = http
+        .get(format!("{}/v1/patch/runs", rig.gateway))
+        .bearer_auth(VIEWER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["runs"], json!([]));
+}

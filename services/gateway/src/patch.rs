@@ -216,6 +216,9 @@ async fn decide(
             format!("at most {MAX_COMMENT} printable characters"),
         )));
     }
+    if !crate::store::is_workflow_id(id) {
+        return Err(Rejection::NotFound(id.to_string()));
+    }
     api.ensure_connected()?;
     let record = api
         .store
