@@ -133,7 +133,7 @@ async fn the_weekly_run_patches_each_vm_one_at_a_time_and_the_host_last() {
     for line in [
         "pending_updates{target=\"vm/101\",kind=\"security\"}",
         "reboot_required{target=\"host/pve1\"}",
-        "last_successful_run_timestamp{workflow=\"patch-20261206T0200Z\"}",
+        "proxflow_last_successful_run_timestamp ",
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
@@ -448,6 +448,11 @@ async fn an_upgrade_failing_on_the_second_vm_stops_the_run_pages_and_leaves_the_
         events
             .iter()
             .any(|e| e.kind == PatchEventKind::Page && e.target.as_deref() == Some("vm/102"))
+    );
+    let metrics = rig.ctx.metrics.encode();
+    assert!(
+        metrics.contains("proxflow_patch_node_failures_total{target=\"vm/102\"} 1"),
+        "{metrics}"
     );
 }
 

@@ -327,7 +327,7 @@ impl Workflow for PatchRun {
         };
         if ok && !input.dry_run {
             let at = self.ops.clock.now().timestamp() as f64;
-            self.ops.metrics.last_success.set([id], at);
+            self.ops.metrics.last_success.set([], at);
         }
         self.ops
             .event(

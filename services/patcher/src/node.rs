@@ -359,6 +359,7 @@ impl PatchRun {
                 json!({"on_failure": on_failure, "snapshot": snapshot}),
             )
             .await?;
+            ops.metrics.failures.inc([plan.target.as_str()]);
             if is_vm && on_failure == OnFailure::Stop {
                 ops.kube.mark_failed(&vm.name, &reason).await?;
             }

@@ -8,7 +8,7 @@ use proxflow_pve::PveClient;
 use proxflow_runtime::backoff::Backoff;
 use proxflow_runtime::bus::{Publisher, rpc};
 use proxflow_runtime::clock::SharedClock;
-use proxflow_runtime::ops::{GaugeFamily, Metrics};
+use proxflow_runtime::ops::{CounterFamily, GaugeFamily, Metrics};
 use proxflow_runtime::workflow::StepError;
 use proxflow_schemas::names::subject;
 use proxflow_schemas::patch::{PatchEvent, PatchEventKind};
@@ -28,7 +28,9 @@ pub(crate) struct PatchMetrics {
     /// `reboot_required{target}`: 1 when the last scan expects a reboot.
     pub(crate) reboot_required: GaugeFamily<1>,
     /// `last_successful_run_timestamp`: when a run last ended successfully (not dry-run).
-    pub(crate) last_success: GaugeFamily<1>,
+    pub(crate) last_success: GaugeFamily<0>,
+    /// `patch_node_failures_total{target}`: targets a run stopped on.
+    pub(crate) failures: CounterFamily<1>,
 }
 
 impl PatchMetrics {
@@ -47,7 +49,12 @@ impl PatchMetrics {
             last_success: metrics.gauge_family(
                 "last_successful_run_timestamp",
                 "Unix time a patch run last ended successfully",
-                ["workflow"],
+                [],
+            ),
+            failures: metrics.counter_family(
+                "patch_node_failures",
+                "Targets a patch run stopped on (it paged)",
+                ["target"],
             ),
         }
     }
