@@ -2,7 +2,8 @@
 //! task durations (`time_scale` 1: upgrade 20 s, VM reboot 2 s, agent boot 5 s, host reboot 60 s) and
 //! a 5 s drain: makespan ÷ the sum of the unavoidable waits (drains, upgrades, reboots, boots, the
 //! host's shutdown/reboot/start) — the target is ≤ 1.2. (2) Scan + plan + classify of a 200-VM
-//! scenario (the seed's VM 101 cloned 200 times, tasks at once), in ms: the `scan.0` step of a dry run.
+//! scenario (the seed's template cloned 200 times and tagged, tasks at once), in ms: the `scan.0`
+//! step of a dry run.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 #[path = "../tests/support/patching.rs"]
@@ -12,7 +13,7 @@ mod zfs_fixture;
 
 use std::time::{Duration, Instant};
 
-use proxflow_pve::CloneSpec;
+use proxflow_pve::{CloneSpec, ConfigChange};
 use proxflow_schemas::workflow::{WorkflowRecord, WorkflowState};
 use rig::Rig;
 use serde_json::json;
@@ -34,6 +35,9 @@ async fn makespan() {
     rig.write_kube(kube);
     let mut config = rig.config();
     rig::always_open(&mut config);
+    // Real durations: the host is down a minute, a VM's agent takes 5 s after its start.
+    config.host.reboot_timeout = Duration::from_secs(300);
+    config.ready_timeout = Duration::from_secs(120);
     rig.start_patcher(config);
     let started = Instant::now();
     let id = rig.start_run(false).await;
@@ -78,6 +82,8 @@ async fn scan_200() {
         false,
     )
     .await;
+    // Linked clones of the template (full clones of a 40 GiB VM would fill the simulated pool),
+    // tagged as k3s nodes and started.
     for i in 0..200u32 {
         let vmid = 1000 + i;
         let spec = CloneSpec {
@@ -85,8 +91,11 @@ async fn scan_200() {
             name: Some(format!("k3s-b{i}")),
             ..CloneSpec::default()
         };
-        let upid = rig.pve.clone_vm(101, &spec).await.unwrap();
+        let upid = rig.pve.clone_vm(9000, &spec).await.unwrap();
         rig.pve.wait_task(&upid, None).await.unwrap();
+        let mut change = ConfigChange::default();
+        change.set.insert("tags".into(), "k3s;k8s-node".into());
+        rig.pve.update_config(vmid, &change).await.unwrap();
         let upid = rig.pve.start_vm(vmid).await.unwrap();
         rig.pve.wait_task(&upid, None).await.unwrap();
     }

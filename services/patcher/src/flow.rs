@@ -103,10 +103,13 @@ impl Workflow for PatchRun {
             if input.dry_run {
                 let verdicts = wf
                     .step("dry_run.gates", async {
-                        let mut out = Vec::new();
+                        // The platform's gates once, each VM's own after.
+                        let global = ops.gates.global(now).await?;
+                        let mut out = vec![("platform".to_string(), global)];
                         for t in &plan.targets {
-                            let v = ops.gates.check(t.vmid, now).await?;
-                            out.push((t.target.clone(), v.closed));
+                            if let Some(vmid) = t.vmid {
+                                out.push((t.target.clone(), ops.gates.target(vmid).await?));
+                            }
                         }
                         Ok(out)
                     })

@@ -78,26 +78,38 @@ struct Alert {
 }
 
 impl Gates {
-    /// Every gate, for `target` (`vm/<vmid>` with its VMID, or the host).
+    /// Every gate, for a VM (its VMID) or the host (`None`).
     pub async fn check(&self, vmid: Option<u32>, now: DateTime<Utc>) -> Result<Verdict, StepError> {
-        let mut closed = Vec::new();
-        closed.extend(self.alerts().await?);
+        let mut closed = self.global(now).await?;
         if let Some(vmid) = vmid {
-            for lease in [
-                key::vm_lease(vmid),
-                key::remediation_lock(&format!("vm/{vmid}")),
-            ] {
-                let holder = self.leases.holder(&lease).await.map_err(|e| {
-                    StepError::transient(format!("reading lease {lease}: {e}")).with_source(e)
-                })?;
-                if let Some(h) = holder {
-                    closed.push(format!(
-                        "lease {lease} is held by {} ({}) since {}",
-                        h.holder, h.purpose, h.since
-                    ));
-                }
+            closed.extend(self.target(vmid).await?);
+        }
+        Ok(Verdict { closed })
+    }
+
+    /// The gates of a VM of its own: nobody else holds its lease or its remediation lock.
+    pub async fn target(&self, vmid: u32) -> Result<Vec<String>, StepError> {
+        let mut closed = Vec::new();
+        for lease in [
+            key::vm_lease(vmid),
+            key::remediation_lock(&format!("vm/{vmid}")),
+        ] {
+            let holder = self.leases.holder(&lease).await.map_err(|e| {
+                StepError::transient(format!("reading lease {lease}: {e}")).with_source(e)
+            })?;
+            if let Some(h) = holder {
+                closed.push(format!(
+                    "lease {lease} is held by {} ({}) since {}",
+                    h.holder, h.purpose, h.since
+                ));
             }
         }
+        Ok(closed)
+    }
+
+    /// The gates of the whole platform: alerts, workflows in flight, replication.
+    pub async fn global(&self, now: DateTime<Utc>) -> Result<Vec<String>, StepError> {
+        let mut closed = self.alerts().await?;
         for kind in ["scale_out", "remediate"] {
             for state in WorkflowState::LIVE {
                 let busy = self.engine.list(kind, state, None).await.map_err(|e| {
@@ -136,7 +148,7 @@ impl Gates {
                 ));
             }
         }
-        Ok(Verdict { closed })
+        Ok(closed)
     }
 
     /// Firing, unsilenced, uninhibited alerts matching the matchers, as reasons.
