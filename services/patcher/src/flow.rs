@@ -118,37 +118,44 @@ impl Workflow for PatchRun {
                 wf.note("report", &report);
                 return Ok(report);
             }
-            // An approval covers exactly the approval hash it names, until it expires.
+            // An approval covers exactly the approval hash it names, until it expires: judged in a
+            // step, so a replay takes the branch the first run took.
             if let Some(d) = approved.take() {
-                let void = if plan.approval_hash.as_deref() != Some(d.plan_hash.as_str()) {
-                    Some(format!(
-                        "the plan changed since {} approved {} (now {})",
-                        d.by,
-                        short(&d.plan_hash),
-                        plan.approval_hash
-                            .as_deref()
-                            .map_or("nothing to approve", short)
-                    ))
-                } else if now > d.expires_at {
-                    Some(format!(
-                        "the approval by {} expired at {}",
-                        d.by, d.expires_at
-                    ))
-                } else {
-                    approved = Some(d);
-                    None
-                };
-                if let Some(why) = void {
-                    let name = format!("void.{round}");
-                    self.announce(
-                        wf,
-                        &name,
-                        PatchEventKind::ApprovalVoid,
-                        None,
-                        why,
-                        json!(null),
-                    )
+                let name = format!("check.{round}");
+                let current = plan.approval_hash.clone();
+                let void: Option<String> = wf
+                    .step(&name, async {
+                        Ok(if current.as_deref() != Some(d.plan_hash.as_str()) {
+                            Some(format!(
+                                "the plan changed since {} approved {} (now {})",
+                                d.by,
+                                short(&d.plan_hash),
+                                current.as_deref().map_or("nothing to approve", short)
+                            ))
+                        } else if ops.clock.now() > d.expires_at {
+                            Some(format!(
+                                "the approval by {} expired at {}",
+                                d.by, d.expires_at
+                            ))
+                        } else {
+                            None
+                        })
+                    })
                     .await?;
+                match void {
+                    Some(why) => {
+                        let name = format!("void.{round}");
+                        self.announce(
+                            wf,
+                            &name,
+                            PatchEventKind::ApprovalVoid,
+                            None,
+                            why,
+                            json!(null),
+                        )
+                        .await?;
+                    }
+                    None => approved = Some(d),
                 }
             }
             let approver = approved.as_ref().map(|d| d.by.clone());
