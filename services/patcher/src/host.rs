@@ -127,6 +127,16 @@ impl PatchRun {
                     kernel.unwrap_or_default()
                 )));
             }
+            // The kernel the upgrade installed (`proxmox-kernel-6.8.12-11-pve-signed` brings
+            // `6.8.12-11-pve`) is the one that must be running now.
+            if let Some(installed) = installed_kernel(plan)
+                && kernel.as_deref() != Some(installed.as_str())
+            {
+                return Ok(Err(format!(
+                    "the host runs kernel {} after its reboot, not the installed {installed}",
+                    kernel.unwrap_or_default()
+                )));
+            }
             let () = attempt!(
                 act(wf, &format!("{key}.guests_up"), async {
                     let mut vms = ops.k3s_vms(false).await?;
@@ -198,5 +208,76 @@ impl PatchRun {
             gate_wait_seconds,
             approver: approver.filter(|_| plan.is_major()).map(str::to_string),
         }))
+    }
+}
+
+/// The kernel release a host plan installs, from its kernel image package
+/// (`proxmox-kernel-6.8.12-11-pve-signed`, `pve-kernel-5.15.158-2-pve`); the newest when several.
+fn installed_kernel(plan: &TargetPlan) -> Option<String> {
+    plan.changes
+        .iter()
+        .filter(|c| c.to.is_some())
+        .filter_map(|c| {
+            let rest = c
+                .package
+                .strip_prefix("proxmox-kernel-")
+                .or_else(|| c.package.strip_prefix("pve-kernel-"))?;
+            let release = rest.strip_suffix("-signed").unwrap_or(rest);
+            release.ends_with("-pve").then(|| release.to_string())
+        })
+        .max_by(|a, b| version_key(a).cmp(&version_key(b)))
+}
+
+/// `6.8.12-11-pve` → `[6, 8, 12, 11]`, for ordering releases.
+fn version_key(release: &str) -> Vec<u64> {
+    release
+        .split(['.', '-'])
+        .map_while(|p| p.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proxflow_schemas::patch::{PackageChange, TargetKind};
+
+    use super::*;
+
+    #[test]
+    fn the_installed_kernel_is_read_from_the_kernel_image_packages() {
+        let change = |p: &str| PackageChange {
+            package: p.into(),
+            from: None,
+            to: Some("1".into()),
+            security: false,
+            origin: String::new(),
+        };
+        let plan = |changes: Vec<PackageChange>| TargetPlan {
+            target: "host/pve1".into(),
+            kind: TargetKind::Host,
+            name: "pve1".into(),
+            vmid: None,
+            kernel: None,
+            address: None,
+            changes,
+            skipped: Vec::new(),
+            reboot: true,
+            majors: Vec::new(),
+            changelogs: BTreeMap::new(),
+        };
+        let p = plan(vec![
+            change("proxmox-kernel-6.8"),
+            change("proxmox-kernel-6.8.12-9-pve-signed"),
+            change("proxmox-kernel-6.8.12-11-pve-signed"),
+            change("openssl"),
+        ]);
+        assert_eq!(installed_kernel(&p).as_deref(), Some("6.8.12-11-pve"));
+        assert_eq!(
+            installed_kernel(&plan(vec![change("pve-kernel-5.15.158-2-pve")])).as_deref(),
+            Some("5.15.158-2-pve")
+        );
+        assert_eq!(
+            installed_kernel(&plan(vec![change("proxmox-kernel-6.8")])),
+            None
+        );
     }
 }
