@@ -478,12 +478,16 @@ async fn with_rollback_the_failed_vm_is_back_on_its_snapshot_and_uncordoned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_reaching_the_windows_end_pauses_between_nodes_and_resumes_in_the_next_window() {
     let mut rig = Rig::start("window").await;
+    // Drains take 2 s: the clock moves past the window's end while the first VM drains.
+    let mut kube = rig.kube_state();
+    kube["drain_ms"] = json!(2000);
+    rig.write_kube(kube);
     let mut config = rig.config();
     config.host.enabled = false;
     rig.start_patcher(config);
     let id = rig.start_run(false).await;
-    rig.until(&id, Duration::from_secs(60), "on the first VM", |r| {
-        r.steps.iter().any(|s| s.name == "0.vm/101.cordon")
+    rig.until(&id, Duration::from_secs(60), "draining the first VM", |r| {
+        r.steps.iter().any(|s| s.name == "0.vm/101.drain")
     })
     .await;
     // The window closes while the first VM is being patched: it is finished, then the run waits.
