@@ -246,3 +246,75 @@ impl Guest {
         Ok(self.check(vm, argv::KERNEL).await?.out.trim().to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    fn guest(command: &[&str]) -> Guest {
+        let pve = PveClient::new(&proxflow_pve::PveConfig {
+            token_secret: proxflow_runtime::config::Secret::new("unused-by-the-command-transport"),
+            ..proxflow_pve::PveConfig::default()
+        })
+        .unwrap();
+        Guest {
+            pve,
+            config: GuestConfig {
+                transport: Transport::Command,
+                command: command.iter().map(|s| (*s).to_string()).collect(),
+                user: "ubuntu".into(),
+                exec_timeout: Duration::from_secs(10),
+            },
+        }
+    }
+
+    fn vm() -> Vm {
+        Vm {
+            vmid: 101,
+            name: "k3s-1".into(),
+            ip: "10.20.0.11".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_command_transport_follows_the_json_contract_and_passes_the_exit_code_on() {
+        let g = guest(&[
+            "sh",
+            "-c",
+            "echo {ip} {name} {vmid} {user}; tr -d ' \\n' < \"$PROXFLOW_GUEST_REQUEST\"; echo; \
+             tr -d ' \\n'; echo; echo oops >&2; exit 3",
+        ]);
+        let exec = g.run(&vm(), argv::REBOOT_REQUIRED).await.unwrap();
+        assert_eq!(exec.code, 3);
+        let lines: Vec<&str> = exec.out.lines().collect();
+        assert_eq!(lines[0], "10.20.0.11 k3s-1 101 ubuntu");
+        // The request, in the file and on stdin: the VM and the argv to run on it.
+        for line in &lines[1..3] {
+            assert!(
+                line.contains(r#""argv":["test","-f","/var/run/reboot-required"]"#)
+                    && line.contains(r#""vmid":101"#),
+                "{line}"
+            );
+        }
+        assert_eq!(exec.err.trim(), "oops");
+        // `check` turns a non-zero exit into a terminal error with the output's tail.
+        let err = g.check(&vm(), argv::KERNEL).await.unwrap_err();
+        assert_eq!(err.kind, proxflow_runtime::workflow::ErrorKind::Terminal);
+        assert!(
+            err.message.contains("exited 3") && err.message.contains("oops"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_that_overruns_is_a_terminal_error() {
+        let mut g = guest(&["sleep", "5"]);
+        g.config.exec_timeout = Duration::from_millis(200);
+        let err = g.run(&vm(), argv::UPDATE).await.unwrap_err();
+        assert!(err.message.contains("timed out"), "{}", err.message);
+    }
+}
