@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use proxflow_pve::{CloneSpec, ConfigChange};
 use proxflow_schemas::workflow::{WorkflowRecord, WorkflowState};
 use rig::Rig;
-use serde_json::json;
 
 /// Seconds a step of `record` took.
 fn seconds(record: &WorkflowRecord, name: &str) -> f64 {
@@ -30,9 +29,7 @@ fn seconds(record: &WorkflowRecord, name: &str) -> f64 {
 
 async fn makespan() {
     let mut rig = Rig::start_with("bench-makespan", |c| c.time_scale = 1.0, false).await;
-    let mut kube = rig.kube_state();
-    kube["drain_ms"] = json!(5000);
-    rig.write_kube(kube);
+    rig.set_drain_ms(5000);
     let mut config = rig.config();
     rig::always_open(&mut config);
     // Real durations: the host is down a minute, a VM's agent takes 5 s after its start.

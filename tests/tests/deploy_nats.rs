@@ -773,11 +773,7 @@ async fn the_shipped_users_can_patch_with_an_approval() {
         ..proxflow_patcher::PatchConfig::default()
     };
     config.host.enabled = false;
-    config.window.days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-        .map(String::from)
-        .to_vec();
-    config.window.start = "00:00".into();
-    config.window.duration = Duration::from_secs(24 * 3600);
+    config.window = proxflow_patcher::window::WindowConfig::always_open();
     config.kubectl.command = vec![
         env!("CARGO_BIN_EXE_pf-test-kubectl").into(),
         "--state".into(),

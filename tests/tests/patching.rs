@@ -153,9 +153,7 @@ async fn a_firing_alert_blocks_a_silenced_one_does_not_and_one_firing_mid_run_pa
     let mut rig = Rig::start("gates").await;
     // Drains take 2 s: the mid-run alert below fires while the first VM drains, well before the
     // second VM's gates are looked at, however loaded the machine.
-    let mut kube = rig.kube_state();
-    kube["drain_ms"] = json!(2000);
-    rig.write_kube(kube);
+    rig.set_drain_ms(2000);
     let mut config = rig.config();
     config.host.enabled = false;
     rig.start_patcher(config);
@@ -479,9 +477,7 @@ async fn with_rollback_the_failed_vm_is_back_on_its_snapshot_and_uncordoned() {
 async fn a_run_reaching_the_windows_end_pauses_between_nodes_and_resumes_in_the_next_window() {
     let mut rig = Rig::start("window").await;
     // Drains take 2 s: the clock moves past the window's end while the first VM drains.
-    let mut kube = rig.kube_state();
-    kube["drain_ms"] = json!(2000);
-    rig.write_kube(kube);
+    rig.set_drain_ms(2000);
     let mut config = rig.config();
     config.host.enabled = false;
     rig.start_patcher(config);

@@ -61,6 +61,19 @@ pub struct Window {
 }
 
 impl WindowConfig {
+    /// A window that is always open (every day from 00:00 for 24 hours): patching whenever a run is
+    /// started, gated only by the gates.
+    pub fn always_open() -> Self {
+        Self {
+            days: ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+                .map(String::from)
+                .to_vec(),
+            start: "00:00".into(),
+            duration: Duration::from_secs(24 * 3600),
+            timezone: "UTC".into(),
+        }
+    }
+
     /// Checks it, naming the key of a bad value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.checked().map(|_| ())
@@ -221,6 +234,18 @@ mod tests {
             w.next_after(at("2026-12-01T00:00:00Z")).map(|s| s.start),
             Some(at("2026-12-06T01:30:00Z"))
         );
+    }
+
+    #[test]
+    fn the_always_open_window_contains_any_instant() {
+        let w = WindowConfig::always_open().checked().expect("valid");
+        for t in [
+            "2026-12-06T00:00:00Z",
+            "2026-12-09T13:37:00Z",
+            "2026-03-29T23:59:59Z",
+        ] {
+            assert!(w.current(at(t)).is_some(), "{t}");
+        }
     }
 
     #[test]

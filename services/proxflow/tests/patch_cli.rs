@@ -67,11 +67,7 @@ async fn a_dry_run_is_started_listed_and_its_plan_printed_and_bad_decisions_are_
         ..proxflow_patcher::PatchConfig::default()
     };
     config.host.enabled = false;
-    config.window.days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-        .map(String::from)
-        .to_vec();
-    config.window.start = "00:00".into();
-    config.window.duration = Duration::from_secs(24 * 3600);
+    config.window = proxflow_patcher::window::WindowConfig::always_open();
     tokio::spawn(proxflow_patcher::run(
         ctx.clone(),
         proxflow_patcher::PatcherSettings {

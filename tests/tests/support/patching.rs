@@ -303,6 +303,13 @@ impl Rig {
             )
     }
 
+    /// Makes the MOCK kubectl's drains take `ms`.
+    pub fn set_drain_ms(&self, ms: u64) {
+        let mut kube = self.kube_state();
+        kube["drain_ms"] = json!(ms);
+        self.write_kube(kube);
+    }
+
     /// Waits until run `id` asks for a decision; its record then.
     pub async fn until_awaiting(&self, id: &str) -> WorkflowRecord {
         self.until(id, Duration::from_secs(90), "waiting for a decision", |r| {
@@ -414,11 +421,7 @@ impl Drop for Rig {
 
 /// A window that is always open, for runs on the wall clock.
 pub fn always_open(config: &mut PatchConfig) {
-    config.window.days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
-        .map(String::from)
-        .to_vec();
-    config.window.start = "00:00".into();
-    config.window.duration = Duration::from_secs(24 * 3600);
+    config.window = proxflow_patcher::window::WindowConfig::always_open();
 }
 
 /// The steps of the record whose names start with `prefix`, in record order.
