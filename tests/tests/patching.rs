@@ -278,12 +278,7 @@ async fn a_node_cordoned_by_hand_stays_cordoned_and_is_skipped_with_the_reason()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kernel_series_change_waits_for_an_approval_of_exactly_its_plan() {
     let mut rig = Rig::start("approve").await;
-    let hwe = json!([{
-        "package": "linux-image-6.5.0-41-generic",
-        "version": "6.5.0-41.41~22.04.1",
-        "archive": "jammy-security",
-        "kernel": "6.5.0-41-generic"
-    }]);
+    let hwe = rig::kernel_series_update();
     rig.set_updates(103, hwe).await;
     let mut config = rig.config();
     config.host.enabled = false;
@@ -318,11 +313,13 @@ async fn a_kernel_series_change_waits_for_an_approval_of_exactly_its_plan() {
     assert_eq!(status, 202, "{body}");
     rig.set_updates(
         103,
-        json!([
-            {"package": "linux-image-6.5.0-41-generic", "version": "6.5.0-41.41~22.04.1",
-             "archive": "jammy-security", "kernel": "6.5.0-41-generic"},
-            {"package": "openssl", "version": "3.0.2-0ubuntu1.99", "archive": "jammy-security"}
-        ]),
+        {
+            let mut updates = rig::kernel_series_update();
+            updates.as_array_mut().unwrap().push(
+                json!({"package": "openssl", "version": "3.0.2-0ubuntu1.99", "archive": "jammy-security"}),
+            );
+            updates
+        },
     )
     .await;
     rig.clock.set("2026-12-13T02:00:00Z".parse().unwrap());
@@ -578,12 +575,7 @@ async fn a_rejection_holds_the_packages_until_a_newer_version_replaces_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_waiting_for_a_decision_patches_the_next_windows_minor_updates_and_asks_again() {
     let mut rig = Rig::start("nextwindow").await;
-    rig.set_updates(
-        103,
-        json!([{"package": "linux-image-6.5.0-41-generic", "version": "6.5.0-41.41~22.04.1",
-                "archive": "jammy-security", "kernel": "6.5.0-41-generic"}]),
-    )
-    .await;
+    rig.set_updates(103, rig::kernel_series_update()).await;
     let mut config = rig.config();
     config.host.enabled = false;
     rig.start_patcher(config);

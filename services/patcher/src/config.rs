@@ -330,7 +330,7 @@ impl Validate for PatchConfig {
             ));
         }
         for (i, m) in self.gate.matchers.iter().enumerate() {
-            crate::gate::Matcher::parse(m).map_err(|e| {
+            crate::gate::check_matcher(m).map_err(|e| {
                 ConfigError::value(format!("patch.gate.matchers[{i}]"), e.to_string())
             })?;
         }

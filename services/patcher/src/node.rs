@@ -266,7 +266,8 @@ impl PatchRun {
                 // Proxmox's task start times and uptime are on the wall clock, not the engine's.
                 at: Utc::now(),
                 installed: ops.guest.installed(vm).await?,
-                kernel: Some(ops.guest.kernel(vm).await?),
+                // The plan has the VM's kernel from its scan; only the host's is compared after.
+                kernel: None,
             })
         });
         let keep: Vec<String> = plan.skipped.iter().map(|c| c.package.clone()).collect();

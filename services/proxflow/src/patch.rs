@@ -307,5 +307,11 @@ fn render_target(t: &TargetPlan) -> String {
             m.reason
         ));
     }
+    for (package, log) in &t.changelogs {
+        out.push_str(&format!("  changelog of {package}:\n"));
+        for line in log.lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
     out
 }

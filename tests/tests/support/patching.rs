@@ -419,6 +419,16 @@ impl Drop for Rig {
     }
 }
 
+/// A pending update that brings a new kernel series (5.15 → 6.5): major by the default rules.
+pub fn kernel_series_update() -> Value {
+    json!([{
+        "package": "linux-image-6.5.0-41-generic",
+        "version": "6.5.0-41.41~22.04.1",
+        "archive": "jammy-security",
+        "kernel": "6.5.0-41-generic"
+    }])
+}
+
 /// A window that is always open, for runs on the wall clock.
 pub fn always_open(config: &mut PatchConfig) {
     config.window = proxflow_patcher::window::WindowConfig::always_open();
