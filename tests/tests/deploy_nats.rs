@@ -104,7 +104,13 @@ fn accounts_server() -> (tempfile::TempDir, TestNats) {
         dir.path().join("accounts.conf"),
     )
     .expect("copy accounts");
-    std::fs::write(&config, "include ./accounts.conf\n").expect("write config");
+    // The store limit as the shipped single-node.conf sets one: without it nats-server takes 75 %
+    // of the free disk, which a CI machine may not have for the streams' caps.
+    std::fs::write(
+        &config,
+        "jetstream { max_file_store: 10G }\ninclude ./accounts.conf\n",
+    )
+    .expect("write config");
     let env = [
         ("PF_ADMIN_PASSWORD", "admin-pw"),
         ("PF_GATEWAY_PASSWORD", "gateway-pw"),

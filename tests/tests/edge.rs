@@ -438,7 +438,12 @@ async fn a_huge_delivery_leaves_room_for_small_ones() {
 async fn what_can_never_fit_the_bus_is_413_not_503() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("small.conf");
-    std::fs::write(&config, "max_payload: 16384\n").unwrap();
+    // A store limit of its own: the default, 75 % of the free disk, may not hold the streams' caps.
+    std::fs::write(
+        &config,
+        "max_payload: 16384\njetstream { max_file_store: 10G }\n",
+    )
+    .unwrap();
     let nats = TestNats::start_with_config(&config, &[]).expect("nats-server");
     let edge = gateway_on(nats, |_| {}).await;
     let http = reqwest::Client::new();

