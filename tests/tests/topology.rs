@@ -200,3 +200,23 @@ async fn the_embedded_server_can_hold_every_stream_whatever_the_free_disk() {
         .await
         .expect("every stream and bucket declared");
 }
+
+/// A server whose store limit is below the caps is named as such, with the key to raise.
+#[tokio::test]
+async fn a_store_limit_below_the_caps_is_named_with_the_key_to_raise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("small-store.conf");
+    std::fs::write(&config, "jetstream { max_file_store: 2G }\n").expect("write config");
+    let nats = TestNats::start_with_config(&config, &[]).expect("nats-server");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    let err = topology::declare(&client, &js, 1)
+        .await
+        .expect_err("8 GiB of caps cannot fit a 2 GiB store");
+    assert!(
+        matches!(&err, TopologyError::StoreTooSmall { total, .. } if *total == topology::streams().iter().map(|s| s.max_bytes).sum::<i64>()),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("max_file_store"), "{text}");
+}

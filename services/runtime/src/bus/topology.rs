@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
-use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::context::{
+    ConsumerInfoErrorKind, CreateStreamErrorKind, GetStreamErrorKind,
+};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, ErrorCode, kv};
 use proxflow_schemas::names::{
@@ -41,6 +43,21 @@ pub enum TopologyError {
         /// The client's error.
         #[source]
         source: async_nats::Error,
+    },
+    /// The server's JetStream store limit cannot hold the stream's size cap next to the others.
+    #[error(
+        "{what}: the NATS server's JetStream store limit cannot reserve its {cap} byte cap \
+         (proxflow's streams reserve {total} bytes in all); raise `max_file_store` in the \
+         server's jetstream block (deploy/nats/*.conf set 10G), or free disk space if it is unset \
+         (the server then takes 75 % of the free disk at its start)"
+    )]
+    StoreTooSmall {
+        /// The stream.
+        what: String,
+        /// Its cap.
+        cap: i64,
+        /// Every stream's caps together.
+        total: i64,
     },
     /// The server holds a config that cannot be changed in place.
     #[error(
@@ -324,9 +341,20 @@ async fn declare_stream(
             Ok(Declared::Updated)
         }
         Err(e) if stream_missing(&e) => {
-            js.create_stream(wanted)
-                .await
-                .map_err(|e| api(what)(e.into()))?;
+            let cap = wanted.max_bytes;
+            js.create_stream(wanted).await.map_err(|e| {
+                if matches!(e.kind(), CreateStreamErrorKind::JetStream(j)
+                    if j.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED)
+                {
+                    TopologyError::StoreTooSmall {
+                        what: what.clone(),
+                        cap,
+                        total: streams().iter().map(|s| s.max_bytes).sum(),
+                    }
+                } else {
+                    api(what.clone())(e.into())
+                }
+            })?;
             Ok(Declared::Created)
         }
         Err(e) => Err(api(what)(e.into())),
