@@ -30,6 +30,8 @@ pub enum Cadence {
     Weekly,
     /// One day a month.
     Monthly,
+    /// One day in the first month of each quarter (January, April, July, October).
+    Quarterly,
 }
 
 impl Cadence {
@@ -39,6 +41,7 @@ impl Cadence {
             Self::Daily => "daily",
             Self::Weekly => "weekly",
             Self::Monthly => "monthly",
+            Self::Quarterly => "quarterly",
         }
     }
 
@@ -48,6 +51,7 @@ impl Cadence {
             "daily" => Some(Self::Daily),
             "weekly" => Some(Self::Weekly),
             "monthly" => Some(Self::Monthly),
+            "quarterly" => Some(Self::Quarterly),
             _ => None,
         }
     }
@@ -75,17 +79,25 @@ pub enum Schedule {
         /// Local time of day.
         at: NaiveTime,
     },
+    /// On day `day` (1–28) of January, April, July and October at `at`.
+    Quarterly {
+        /// Day of the month.
+        day: u32,
+        /// Local time of day.
+        at: NaiveTime,
+    },
 }
 
 /// Why a schedule did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "schedule {0:?} is not one of `daily@HH:MM`, `weekly@<mon..sun> HH:MM`, `monthly@<1..28> HH:MM`"
+    "schedule {0:?} is not one of `daily@HH:MM`, `weekly@<mon..sun> HH:MM`, `monthly@<1..28> HH:MM`, \
+     `quarterly@<1..28> HH:MM` (January, April, July, October)"
 )]
 pub struct ScheduleError(pub String);
 
-/// How far back [`Schedule::last_slot`] looks; a monthly schedule has a slot within 31 days.
-const LOOKBACK_DAYS: i64 = 40;
+/// How far back [`Schedule::last_slot`] looks; a quarterly schedule has a slot within 92 days.
+const LOOKBACK_DAYS: i64 = 100;
 /// The most slots [`Schedule::slots_between`] returns (a year and a half of daily slots).
 pub const MAX_SLOTS: usize = 550;
 
@@ -103,13 +115,18 @@ impl FromStr for Schedule {
                 let day: Weekday = day.parse().map_err(|_| err())?;
                 Ok(Self::Weekly { day, at: time(at)? })
             }
-            "monthly" => {
+            "monthly" | "quarterly" => {
                 let (day, at) = rest.trim().split_once(' ').ok_or_else(err)?;
                 let day: u32 = day.parse().map_err(|_| err())?;
                 if !(1..=28).contains(&day) {
                     return Err(err());
                 }
-                Ok(Self::Monthly { day, at: time(at)? })
+                let at = time(at)?;
+                Ok(if kind == "monthly" {
+                    Self::Monthly { day, at }
+                } else {
+                    Self::Quarterly { day, at }
+                })
             }
             _ => Err(err()),
         }
@@ -129,6 +146,7 @@ impl fmt::Display for Schedule {
                 )
             }
             Self::Monthly { day, at } => write!(f, "monthly@{day} {}", at.format("%H:%M")),
+            Self::Quarterly { day, at } => write!(f, "quarterly@{day} {}", at.format("%H:%M")),
         }
     }
 }
@@ -140,6 +158,7 @@ impl Schedule {
             Self::Daily { .. } => Cadence::Daily,
             Self::Weekly { .. } => Cadence::Weekly,
             Self::Monthly { .. } => Cadence::Monthly,
+            Self::Quarterly { .. } => Cadence::Quarterly,
         }
     }
 
@@ -149,6 +168,7 @@ impl Schedule {
             Self::Daily { at } => at,
             Self::Weekly { day, at } if date.weekday() == day => at,
             Self::Monthly { day, at } if date.day() == day => at,
+            Self::Quarterly { day, at } if date.day() == day && date.month() % 3 == 1 => at,
             _ => return None,
         };
         let local = date.and_time(at);
@@ -170,6 +190,16 @@ impl Schedule {
             .filter_map(|back| today.checked_sub_signed(Duration::days(back)))
             .filter_map(|date| self.slot_on(tz, date))
             .find(|slot| *slot <= now)
+    }
+
+    /// The first slot after `now` (within the next [`LOOKBACK_DAYS`] days, which every schedule
+    /// has one in).
+    pub fn next_slot(&self, tz: Tz, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let today = now.with_timezone(&tz).date_naive();
+        (0..=LOOKBACK_DAYS)
+            .filter_map(|ahead| today.checked_add_signed(Duration::days(ahead)))
+            .filter_map(|date| self.slot_on(tz, date))
+            .find(|slot| *slot > now)
     }
 
     /// Slots in `[from, to]`, oldest first, at most [`MAX_SLOTS`] (the newest ones).
@@ -276,8 +306,13 @@ mod tests {
     }
 
     #[test]
-    fn parses_and_prints_the_three_forms() {
-        for text in ["daily@03:00", "weekly@sun 03:30", "monthly@1 23:59"] {
+    fn parses_and_prints_the_four_forms() {
+        for text in [
+            "daily@03:00",
+            "weekly@sun 03:30",
+            "monthly@1 23:59",
+            "quarterly@15 04:00",
+        ] {
             let s: Schedule = text.parse().unwrap();
             assert_eq!(s.to_string(), text);
         }
@@ -296,6 +331,7 @@ mod tests {
             "weekly@03:00",
             "monthly@29 03:00",
             "monthly@0 01:00",
+            "quarterly@31 01:00",
         ] {
             assert!(bad.parse::<Schedule>().is_err(), "{bad}");
         }
@@ -369,6 +405,24 @@ mod tests {
                 )
                 .len(),
             5
+        );
+    }
+
+    #[test]
+    fn quarterly_slots_fall_in_the_first_month_of_each_quarter_and_catch_up_across_a_quarter() {
+        let q: Schedule = "quarterly@2 03:00".parse().unwrap();
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        // Mid-March: the last slot was 2 January (CET, UTC+1), the next is 2 April (CEST, UTC+2).
+        let now = utc("2026-03-15T12:00:00Z");
+        assert_eq!(q.last_slot(tz, now), Some(utc("2026-01-02T02:00:00Z")));
+        assert_eq!(q.next_slot(tz, now), Some(utc("2026-04-02T01:00:00Z")));
+        let year = q.slots_between(tz, utc("2026-01-01T00:00:00Z"), utc("2026-12-31T00:00:00Z"));
+        let months: Vec<u32> = year.iter().map(|s| s.month()).collect();
+        assert_eq!(months, [1, 4, 7, 10]);
+        // A slot is not after itself: the next one after a slot is the one a quarter later.
+        assert_eq!(
+            q.next_slot(tz, utc("2026-04-02T01:00:00Z")),
+            Some(utc("2026-07-02T01:00:00Z"))
         );
     }
 }

@@ -210,6 +210,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Workflow `id`'s record, if it exists.
+    pub async fn get(&self, id: &str) -> Result<Option<WorkflowRecord>, EngineError> {
+        Ok(self.inner.store.get(id).await?.map(|(record, _)| record))
+    }
+
     /// Workflows of `kind` in `state` created at or after `since`, newest first, from the index.
     pub async fn list(
         &self,

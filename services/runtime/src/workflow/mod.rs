@@ -47,6 +47,7 @@ mod definition;
 mod engine;
 mod index;
 mod run;
+pub mod scheduled;
 mod waker;
 
 pub use definition::{Ending, ErrorKind, Halt, StepError, Workflow};
