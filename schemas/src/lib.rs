@@ -17,6 +17,7 @@
 //! - [`capacity`] — capacity samples, sustained-threshold events and host-headroom vetoes.
 //! - [`provision`] — the provisioning request the gateway publishes.
 //! - [`snapshot`] — the snapshotter's pre-change request/reply and its events (taken, pruned, check).
+//! - [`lifecycle`] — the lifecycle jobs (host-config export, restore drill, disk health).
 //! - [`patch`] — patch plans (content-addressed), approvals and the patch run's events.
 //! - [`replication`] — replication run events (started, completed, failed) and the divergence alert.
 //! - [`trace`] — span records on `pf.trace.<trace_id>`, what `proxflow trace` reads back.
@@ -32,6 +33,7 @@
 pub mod alert;
 pub mod capacity;
 pub mod events;
+pub mod lifecycle;
 pub mod message;
 pub mod names;
 pub mod patch;

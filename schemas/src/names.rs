@@ -40,6 +40,8 @@ pub mod subject {
     pub const WORKFLOW_PROVISION: &str = "pf.cmd.workflow.provision";
     /// Advances of `patch_run` workflows (the patcher's engine).
     pub const WORKFLOW_PATCH_RUN: &str = "pf.cmd.workflow.patch_run";
+    /// Advances of the lifecycle service's `config_export` workflows.
+    pub const WORKFLOW_CONFIG_EXPORT: &str = "pf.cmd.workflow.config_export";
     /// Everything the trace stream captures.
     pub const TRACE_ALL: &str = "pf.trace.>";
     /// Prefix of dead-letter events; the consumer's durable name follows.
@@ -214,6 +216,10 @@ pub mod durable {
     pub const PATCHER: &str = "workflow-patch_run";
     /// Advances of `patch_run` workflows the patcher's engine gave up on.
     pub const PATCHER_GIVEN_UP: &str = "workflow-patch_run-givenup";
+    /// The lifecycle service's `config_export` workflows (`pf.cmd.workflow.config_export`).
+    pub const LIFECYCLE_EXPORT: &str = "workflow-config_export";
+    /// Advances of `config_export` workflows its engine gave up on.
+    pub const LIFECYCLE_EXPORT_GIVEN_UP: &str = "workflow-config_export-givenup";
 }
 
 /// The advance consumer of workflow kind `kind`: `workflow-<kind>` on `pf.cmd.workflow.<kind>`.
@@ -257,6 +263,8 @@ pub mod user {
     pub const REMEDIATOR: &str = "remediator";
     /// The patcher.
     pub const PATCHER: &str = "patcher";
+    /// The lifecycle jobs (export, drill, disk health).
+    pub const LIFECYCLE: &str = "lifecycle";
 
     /// The reply-inbox prefix of a user (`_INBOX_<user>`): its permissions let it read only its own
     /// replies, which a shared `_INBOX` would not.
@@ -452,6 +460,21 @@ pub mod consumer {
         user: user::PATCHER,
     };
 
+    /// See [`durable::LIFECYCLE_EXPORT`].
+    pub const LIFECYCLE_EXPORT: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::LIFECYCLE_EXPORT,
+        filter: Filter::Subject(super::subject::WORKFLOW_CONFIG_EXPORT),
+        user: user::LIFECYCLE,
+    };
+    /// See [`durable::LIFECYCLE_EXPORT_GIVEN_UP`].
+    pub const LIFECYCLE_EXPORT_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::LIFECYCLE_EXPORT_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::LIFECYCLE_EXPORT),
+        user: user::LIFECYCLE,
+    };
+
     /// All of them, in the order `deploy/nats/accounts.conf` lists them.
     pub const ALL: &[Consumer] = &[
         PROVISIONER,
@@ -474,6 +497,8 @@ pub mod consumer {
         REPLICATOR_RUN,
         PATCHER,
         PATCHER_GIVEN_UP,
+        LIFECYCLE_EXPORT,
+        LIFECYCLE_EXPORT_GIVEN_UP,
     ];
 
     #[cfg(test)]
@@ -532,6 +557,8 @@ pub mod consumer {
                     ORCHESTRATOR_SCALE_OUT_GIVEN_UP,
                     "scale_out",
                 ),
+                (PATCHER, PATCHER_GIVEN_UP, "patch_run"),
+                (LIFECYCLE_EXPORT, LIFECYCLE_EXPORT_GIVEN_UP, "config_export"),
             ] {
                 assert_eq!(advance.durable, crate::names::workflow_durable(kind));
                 assert_eq!(advance.filter_subject(), subject::cmd("workflow", kind));

@@ -7,6 +7,7 @@ use crate::capacity::{
     CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted, ScaleOutRequested,
 };
 use crate::events::DeadLetter;
+use crate::lifecycle::ExportCompleted;
 use crate::message::{SchemaId, Versioned};
 use crate::patch::PatchEvent;
 use crate::provision::{ProvisionOutcome, ProvisionRequested};
@@ -76,5 +77,6 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<HostExhausted>(),
         SchemaDoc::of::<ScaleOutRequested>(),
         SchemaDoc::of::<PatchEvent>(),
+        SchemaDoc::of::<ExportCompleted>(),
     ]
 }

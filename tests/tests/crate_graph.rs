@@ -16,6 +16,7 @@ const SERVICES: &[&str] = &[
     "proxflow-replicator",
     "proxflow-remediator",
     "proxflow-patcher",
+    "proxflow-lifecycle",
 ];
 
 /// The library crates a service may depend on. Anything else in the workspace is not a library a

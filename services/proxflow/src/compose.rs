@@ -177,6 +177,19 @@ pub const SERVICES: &[ServiceEntry] = &[
             Ok(launch("patcher", proxflow_patcher::run, settings))
         },
     },
+    ServiceEntry {
+        name: "lifecycle",
+        about: "Lifecycle jobs on a schedule: the weekly host-config export",
+        // Dev has no export dataset by default: it runs only when one is configured.
+        in_dev: |settings| settings.export.enabled(),
+        prepare: |settings, clients| {
+            let settings = proxflow_lifecycle::LifecycleSettings {
+                export: settings.export.clone(),
+                pve: clients.pve(settings)?,
+            };
+            Ok(launch("lifecycle", proxflow_lifecycle::run, settings))
+        },
+    },
 ];
 
 /// The service called `name`.

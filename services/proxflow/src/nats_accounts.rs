@@ -282,6 +282,22 @@ fn users() -> Vec<User> {
             )],
             answers: vec![],
         },
+        User {
+            name: user::LIFECYCLE,
+            about: "Lifecycle: runs the `config_export` workflows (its workflow engine advances them, its\n\
+                    schedules start them) and publishes their events.",
+            publishes: vec![Grant::plain(&[
+                &subject::evt("export", ">"),
+                subject::WORKFLOW_CONFIG_EXPORT,
+            ])],
+            buckets: vec![bucket::WORKFLOWS, bucket::LOCKS],
+            lists: vec![(
+                bucket::WORKFLOWS,
+                "The workflow engine's waker lists due timers and expired waits from the index\n\
+                 (idx.<kind>.<state>.*) with an ephemeral ordered consumer.",
+            )],
+            answers: vec![],
+        },
     ]
 }
 

@@ -53,6 +53,8 @@ pub struct Settings {
     pub replication: ReplicationConfig,
     /// `[patch]`: weekly patching of the k3s VMs and the host.
     pub patch: proxflow_patcher::PatchConfig,
+    /// `[export]`: the weekly host-config export.
+    pub export: proxflow_lifecycle::ExportConfig,
 }
 
 /// `[dev]`: the embedded nats-server of `proxflow dev`.
@@ -99,6 +101,7 @@ impl Validate for Settings {
         self.snapshot.validate()?;
         self.replication.validate()?;
         self.patch.validate()?;
+        self.export.validate()?;
         self.capacity
             .clusters
             .check_profiles("capacity.clusters", &self.provision.profiles)?;

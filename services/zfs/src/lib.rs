@@ -22,6 +22,7 @@ pub mod names;
 pub mod parse;
 pub mod pipe;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -139,6 +140,11 @@ impl Zfs {
 
     /// The full argv of `zfs <args>` on this host.
     pub fn argv(&self, args: &[&str]) -> Result<Vec<String>, ZfsError> {
+        self.program_argv("zfs", args)
+    }
+
+    /// The full argv of `<program> <args>` (`zfs`, `zpool`) on this host.
+    fn program_argv(&self, program: &str, args: &[&str]) -> Result<Vec<String>, ZfsError> {
         if !self.prefix.is_empty()
             && let Some(bad) = args.iter().find(|a| !names::is_shell_safe(a))
         {
@@ -148,15 +154,20 @@ impl Zfs {
             .prefix
             .iter()
             .cloned()
-            .chain(std::iter::once("zfs".to_owned()))
+            .chain(std::iter::once(program.to_owned()))
             .chain(args.iter().map(|a| (*a).to_owned()))
             .collect())
     }
 
     /// Runs `zfs <args>` whatever its exit status.
     async fn run(&self, args: &[&str]) -> Result<CommandOutput, ZfsError> {
+        self.run_program("zfs", args).await
+    }
+
+    /// Runs `<program> <args>` whatever its exit status.
+    async fn run_program(&self, program: &str, args: &[&str]) -> Result<CommandOutput, ZfsError> {
         let spec = CommandSpec {
-            argv: self.argv(args)?,
+            argv: self.program_argv(program, args)?,
             timeout: self.timeout,
             ..CommandSpec::default()
         };
@@ -171,6 +182,83 @@ impl Zfs {
         } else {
             Err(self.failed(args, &out))
         }
+    }
+
+    /// Runs `zpool <args>` and returns its stdout, or the failure.
+    async fn zpool(&self, args: &[&str]) -> Result<String, ZfsError> {
+        let out = self.run_program("zpool", args).await?;
+        if out.success() {
+            Ok(out.stdout)
+        } else {
+            Err(ZfsError::Failed {
+                command: format!("zpool {}", args.join(" ")),
+                host: self.host(),
+                summary: out.summary(),
+                stderr: out.stderr.clone(),
+            })
+        }
+    }
+
+    /// `pool`'s settable properties, `(property, value, source)` sorted by property: `zpool get
+    /// all` without the statistics (source `-`: size, free, capacity, health …), which change
+    /// without anyone changing the pool. (`zpool get -H` is not in every zpool, zfs-fuse's
+    /// included, so the table is parsed.)
+    pub async fn pool_properties(
+        &self,
+        pool: &str,
+    ) -> Result<Vec<(String, String, String)>, ZfsError> {
+        valid_dataset(pool)?;
+        let text = self.zpool(&["get", "all", pool]).await?;
+        Ok(parse::parse_pool_properties(&text, pool))
+    }
+
+    /// `zpool status <pool>` as printed (`-v` lists the files with errors).
+    pub async fn pool_status(&self, pool: &str) -> Result<String, ZfsError> {
+        valid_dataset(pool)?;
+        self.zpool(&["status", "-v", pool]).await
+    }
+
+    /// The properties set on `pool`'s datasets (source `local` or `received`), as `(dataset,
+    /// property, value, source)` in zfs's order: what a rebuilt pool needs set again.
+    pub async fn local_properties(
+        &self,
+        pool: &str,
+    ) -> Result<Vec<(String, String, String, String)>, ZfsError> {
+        valid_dataset(pool)?;
+        let args = [
+            "get",
+            "-r",
+            "-H",
+            "-s",
+            "local,received",
+            "-o",
+            "name,property,value,source",
+            "all",
+            pool,
+        ];
+        let text = self.check(&args).await?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let mut cols = line.split('\t');
+                Some((
+                    cols.next()?.to_owned(),
+                    cols.next()?.to_owned(),
+                    cols.next()?.to_owned(),
+                    cols.next()?.to_owned(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Where `dataset` is mounted, if it is.
+    pub async fn mountpoint(&self, dataset: &str) -> Result<Option<PathBuf>, ZfsError> {
+        valid_dataset(dataset)?;
+        let text = self
+            .check(&["get", "-H", "-o", "value", "mountpoint", dataset])
+            .await?;
+        let value = text.trim();
+        Ok(value.starts_with('/').then(|| PathBuf::from(value)))
     }
 
     fn failed(&self, args: &[&str], out: &CommandOutput) -> ZfsError {

@@ -316,3 +316,48 @@ Each dataset is of the form: pool/[dataset/]*dataset[@name]\n";
         assert!(parse_holds("").is_empty());
     }
 }
+
+/// `zpool get all <pool>`'s table → the settable properties `(property, value, source)`, sorted:
+/// rows whose source is `-` are statistics and left out.
+pub fn parse_pool_properties(text: &str, pool: &str) -> Vec<(String, String, String)> {
+    let mut rows: Vec<(String, String, String)> = text
+        .lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            match cols.as_slice() {
+                [name, property, value @ .., source] if *name == pool && !value.is_empty() => {
+                    Some((
+                        (*property).to_owned(),
+                        value.join(" "),
+                        (*source).to_owned(),
+                    ))
+                }
+                _ => None,
+            }
+        })
+        .filter(|(_, _, source)| source != "-")
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[cfg(test)]
+mod pool_property_tests {
+    use super::*;
+
+    #[test]
+    fn statistics_are_left_out_and_the_header_is_skipped() {
+        let text = "NAME  PROPERTY  VALUE  SOURCE\n\
+                    tank  size      3.97G  -\n\
+                    tank  autoexpand off   default\n\
+                    tank  comment   two words  local\n\
+                    tank  free      3.96G  -\n";
+        assert_eq!(
+            parse_pool_properties(text, "tank"),
+            [
+                ("autoexpand".into(), "off".into(), "default".into()),
+                ("comment".into(), "two words".into(), "local".into()),
+            ]
+        );
+    }
+}

@@ -41,6 +41,40 @@ pub struct ScheduledJob {
 }
 
 impl ScheduledJob {
+    /// The job from a config section's `schedule`, `timezone` and `catch_up` keys; errors name
+    /// `<section>.<key>`.
+    pub fn from_keys(
+        section: &str,
+        (name, kind): (&'static str, &'static str),
+        schedule: &str,
+        timezone: &str,
+        catch_up: Duration,
+    ) -> Result<Self, crate::config::ConfigError> {
+        use crate::config::ConfigError;
+        let key = |k: &str| format!("{section}.{k}");
+        let schedule: Schedule =
+            schedule
+                .parse()
+                .map_err(|e: crate::schedule::ScheduleError| {
+                    ConfigError::value(key("schedule"), e.to_string())
+                })?;
+        let tz: Tz = timezone.parse().map_err(|_| {
+            ConfigError::value(
+                key("timezone"),
+                format!("{timezone:?} is not an IANA time zone"),
+            )
+        })?;
+        let catch_up = chrono::Duration::from_std(catch_up)
+            .map_err(|_| ConfigError::value(key("catch_up"), "is too long"))?;
+        Ok(Self {
+            name,
+            kind,
+            schedule,
+            tz,
+            catch_up,
+        })
+    }
+
     /// The id of the run of `slot`.
     pub fn run_id(&self, slot: DateTime<Utc>) -> String {
         run_id(self.name, slot)

@@ -1,0 +1,168 @@
+//! `[export]` (and the other lifecycle sections): what each job reads, where it writes, when it
+//! runs. Every key is checked at start, errors naming the key (exit 78).
+
+use std::time::Duration;
+
+use proxflow_runtime::config::{ConfigError, ConsumerConfig, Validate};
+use proxflow_runtime::workflow::scheduled::ScheduledJob;
+use serde::{Deserialize, Serialize};
+
+/// `[export]`: the weekly host-config export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// The ZFS dataset the bundles are written into (mounted where the lifecycle service runs),
+    /// one that a replication job sends offsite. Empty: no export.
+    pub dataset: String,
+    /// When: `weekly@<day> HH:MM` (or any schedule form).
+    pub schedule: String,
+    /// IANA time zone of the schedule.
+    pub timezone: String,
+    /// How late a slot missed while proxflow was down is still run.
+    #[serde(with = "humantime_serde")]
+    pub catch_up: Duration,
+    /// Bundles kept; older ones are removed after a successful export (the dataset's snapshots
+    /// and its offsite copy keep history longer).
+    pub keep: u32,
+    /// Pools whose properties and datasets' local properties are exported.
+    pub pools: Vec<String>,
+    /// Prefix for `zfs`/`zpool` (empty: this host; e.g. `["sudo", "-n"]`).
+    pub zfs_command: Vec<String>,
+    /// Bound on each `zfs`/`zpool` command.
+    #[serde(with = "humantime_serde")]
+    pub zfs_timeout: Duration,
+    /// A command that writes files the API cannot give into `$PROXFLOW_EXPORT_DIR` (they go into
+    /// the bundle under `host/`), e.g. `deploy/lifecycle/collect-host-files.sh`. Empty: none.
+    pub collect_command: Vec<String>,
+    /// Bound on it.
+    #[serde(with = "humantime_serde")]
+    pub collect_timeout: Duration,
+    /// The advance consumer of the lifecycle workflows.
+    pub consumer: ConsumerConfig,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            dataset: String::new(),
+            // Before the 03:00 daily snapshot, so that night's replication carries the bundle.
+            schedule: "weekly@sun 02:30".to_owned(),
+            timezone: "UTC".to_owned(),
+            catch_up: Duration::from_secs(2 * 86_400),
+            keep: 12,
+            pools: vec!["rpool".to_owned()],
+            zfs_command: Vec::new(),
+            zfs_timeout: Duration::from_secs(60),
+            collect_command: Vec::new(),
+            collect_timeout: Duration::from_secs(300),
+            consumer: ConsumerConfig::default(),
+        }
+    }
+}
+
+impl ExportConfig {
+    /// Whether an export is configured.
+    pub fn enabled(&self) -> bool {
+        !self.dataset.is_empty()
+    }
+
+    /// Its schedule.
+    pub fn job(&self) -> Result<ScheduledJob, ConfigError> {
+        ScheduledJob::from_keys(
+            "export",
+            (crate::export::JOB, crate::export::KIND),
+            &self.schedule,
+            &self.timezone,
+            self.catch_up,
+        )
+    }
+}
+
+impl Validate for ExportConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.job()?;
+        if self.enabled() && !proxflow_zfs::names::is_dataset_name(&self.dataset) {
+            return Err(ConfigError::value(
+                "export.dataset",
+                format!("{:?} is not a ZFS dataset name", self.dataset),
+            ));
+        }
+        if self.keep == 0 {
+            return Err(ConfigError::value(
+                "export.keep",
+                "must keep at least the newest bundle (the next export diffs against it)",
+            ));
+        }
+        for (i, pool) in self.pools.iter().enumerate() {
+            if !proxflow_zfs::names::is_dataset_name(pool) || pool.contains('/') {
+                return Err(ConfigError::value(
+                    format!("export.pools[{i}]"),
+                    format!("{pool:?} is not a pool name"),
+                ));
+            }
+        }
+        for (key, d) in [
+            ("export.zfs_timeout", self.zfs_timeout),
+            ("export.collect_timeout", self.collect_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::value(key, "must be above zero"));
+            }
+        }
+        self.consumer.validate_at("export.consumer")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn error_key(c: &ExportConfig) -> String {
+        match c.validate() {
+            Err(ConfigError::Value { key, .. }) => key,
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_hold_and_bad_values_name_their_key() {
+        ExportConfig::default().validate().unwrap();
+        let bad = |f: fn(&mut ExportConfig)| {
+            let mut c = ExportConfig::default();
+            f(&mut c);
+            error_key(&c)
+        };
+        assert_eq!(
+            bad(|c| c.schedule = "weekly@someday 03:00".into()),
+            "export.schedule"
+        );
+        assert_eq!(
+            bad(|c| c.timezone = "Mars/Olympus".into()),
+            "export.timezone"
+        );
+        assert_eq!(
+            bad(|c| c.dataset = "tank/with space".into()),
+            "export.dataset"
+        );
+        assert_eq!(bad(|c| c.keep = 0), "export.keep");
+        assert_eq!(
+            bad(|c| c.pools = vec!["tank/sub".into()]),
+            "export.pools[0]"
+        );
+        assert_eq!(
+            bad(|c| c.zfs_timeout = Duration::ZERO),
+            "export.zfs_timeout"
+        );
+    }
+
+    #[test]
+    fn the_schedule_keys_sit_in_the_section() {
+        let c: ExportConfig = toml::from_str(
+            "dataset = \"tank/pf-export\"\nschedule = \"weekly@sat 01:00\"\ntimezone = \"Europe/Berlin\"\ncatch_up = \"1d\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.schedule, "weekly@sat 01:00");
+        assert_eq!(c.job().unwrap().tz, chrono_tz::Europe::Berlin);
+    }
+}

@@ -1,0 +1,97 @@
+//! # proxflow-lifecycle
+//!
+//! The platform's lifecycle jobs, each a workflow on the engine started by the shared calendar
+//! ([`proxflow_runtime::workflow::scheduled`]) or by hand (`proxflow export run`):
+//! - the weekly host-config export ([`export`]): the Proxmox configuration, ZFS properties and host
+//!   files as a deterministic bundle with a manifest and a `REBUILD.md`, written into a dataset
+//!   that replication carries offsite, diffed week to week.
+//!
+//! ## Layout
+//! - [`config`] — `[export]`.
+//! - [`bundle`] — writing, reading, verifying and comparing bundles (also `proxflow export
+//!   verify|diff`).
+//! - [`export`] — the `config_export` workflow: [`export::collect`], [`export::normalize`],
+//!   [`export::rebuild`].
+
+pub mod bundle;
+pub mod config;
+pub mod export;
+
+use std::sync::Arc;
+
+use proxflow_pve::PveClient;
+use proxflow_runtime::workflow::Engine;
+use proxflow_runtime::workflow::scheduled::Scheduler;
+use proxflow_runtime::{ServiceContext, TaskError, Tasks};
+use proxflow_schemas::lifecycle::JobInput;
+use proxflow_zfs::Zfs;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ExportConfig;
+
+/// Why the lifecycle service stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The engine or the configuration could not be opened.
+    #[error("lifecycle start-up: {0}")]
+    Open(String),
+    /// A task failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+/// Everything the lifecycle service needs beyond the [`ServiceContext`].
+#[derive(Debug, Clone)]
+pub struct LifecycleSettings {
+    /// `[export]`.
+    pub export: ExportConfig,
+    /// The Proxmox host.
+    pub pve: PveClient,
+}
+
+fn open_err(e: impl std::fmt::Display) -> LifecycleError {
+    LifecycleError::Open(e.to_string())
+}
+
+/// What a scheduled run gets.
+fn scheduled_input() -> serde_json::Value {
+    serde_json::to_value(JobInput {
+        dry_run: false,
+        requested_by: "schedule".to_owned(),
+    })
+    .unwrap_or_default()
+}
+
+/// Runs the lifecycle workflows and their schedules until `shutdown`.
+pub async fn run(
+    ctx: ServiceContext,
+    settings: LifecycleSettings,
+    shutdown: CancellationToken,
+) -> Result<(), LifecycleError> {
+    let LifecycleSettings { export, pve } = settings;
+    let mut engine = Engine::new(&ctx).await.map_err(open_err)?;
+    let mut scheduler = Scheduler::new(engine.clone(), ctx.clock.clone());
+    if export.enabled() {
+        let zfs = Zfs::new(export.zfs_command.clone(), export.zfs_timeout);
+        let exporter = export::Exporter {
+            collector: export::collect::Collector {
+                pve,
+                zfs: zfs.clone(),
+                config: export.clone(),
+            },
+            config: export.clone(),
+            zfs,
+            publisher: ctx.bus.publisher.clone(),
+            metrics: export::ExportMetrics::register(&ctx.metrics),
+        };
+        engine.register(export::ConfigExport {
+            exporter: Arc::new(exporter),
+        });
+        scheduler = scheduler.job(export.job().map_err(open_err)?, |_| scheduled_input());
+    }
+    let mut tasks = Tasks::new(&ctx, &shutdown);
+    engine.spawn(&ctx, &export.consumer, &mut tasks);
+    let stop = tasks.shutdown();
+    tasks.spawn("lifecycle schedules", scheduler.run(stop));
+    Ok(tasks.join().await?)
+}
