@@ -72,6 +72,17 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::patch::PatchCommand,
     },
+    /// The weekly host-config export: run one now, verify or compare bundles.
+    Export {
+        #[command(subcommand)]
+        command: crate::lifecycle::ExportCommand,
+    },
+    /// Every scheduled job (snapshots, replication, patching, lifecycle) with its last and next run.
+    Schedule {
+        /// Print the jobs as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Snapshot tools.
     Snapshot {
         #[command(subcommand)]
@@ -149,6 +160,8 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
         } => snapshot_plan(&settings).await,
         Command::Provision(args) => provision::run(&settings, *args).await,
         Command::Patch { gateway, command } => crate::patch::run(&settings, gateway, command).await,
+        Command::Export { command } => crate::lifecycle::export(&settings, command).await,
+        Command::Schedule { json } => crate::schedule::run(&settings, json).await,
         Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,
         Command::Remediations { since, limit, json } => {
             crate::remediations::run(&settings.nats, since, limit, json).await

@@ -14,16 +14,20 @@
 //! - `provision`: `proxflow provision`, a signed provisioning request to the gateway.
 //! - `trace`: `proxflow trace`, a workflow's trace read back from the bus.
 //! - `remediations`: `proxflow remediations`, the remediation audit trail.
+//! - `lifecycle`: `proxflow export`, the lifecycle jobs' operator side.
+//! - `schedule`: `proxflow schedule`, every scheduled job with its last and next run.
 //! - `nats_accounts`: `proxflow nats-accounts`, the NATS users' permissions generated from the names.
 
 mod cli;
 mod compose;
 mod dev;
+mod lifecycle;
 mod nats_accounts;
 mod patch;
 mod provision;
 mod pve;
 mod remediations;
+mod schedule;
 mod settings;
 mod sim;
 mod trace;

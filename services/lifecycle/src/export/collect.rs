@@ -120,6 +120,17 @@ pub enum CollectError {
     },
 }
 
+impl CollectError {
+    /// Whether trying again may help: Proxmox or ZFS briefly away, not a refused or unknown read.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Pve { source, .. } => source.is_transient(),
+            Self::Zfs { .. } | Self::Command(_) => true,
+            Self::File { .. } => false,
+        }
+    }
+}
+
 /// What collects.
 #[derive(Debug, Clone)]
 pub struct Collector {

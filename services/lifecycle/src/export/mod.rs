@@ -100,7 +100,14 @@ impl Exporter {
             .collector
             .collect()
             .await
-            .map_err(|e| StepError::transient(e.to_string()).with_source(e))?;
+            .map_err(|e| {
+                let message = e.to_string();
+                if e.is_transient() {
+                    StepError::transient(message).with_source(e)
+                } else {
+                    StepError::terminal(message).with_source(e)
+                }
+            })?;
         let root = self.root().await?;
         let previous = bundle::list(&root)
             .map_err(terminal("listing the bundles"))?
@@ -169,6 +176,12 @@ impl Workflow for ConfigExport {
     type Input = JobInput;
     type Output = ExportReport;
     type Undo = ();
+
+    /// Proxmox or ZFS away for the length of a few backoffs fails the export with the reason
+    /// (the metric of the last success then ages and alerts) instead of retrying all week.
+    fn max_attempts(&self) -> u32 {
+        8
+    }
 
     async fn run(&self, wf: &mut Run<Self>, input: JobInput) -> Result<ExportReport, Halt> {
         let now = wf.now();

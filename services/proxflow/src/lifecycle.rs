@@ -1,0 +1,255 @@
+//! `proxflow export ...` and `proxflow schedule`: the operator's side of the lifecycle jobs — start
+//! a run and wait for its verdict, verify and compare bundles, list every scheduled job with its
+//! last and next run.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use proxflow_lifecycle::bundle;
+use proxflow_lifecycle::export;
+use proxflow_runtime::ServiceContext;
+use proxflow_runtime::bus;
+use proxflow_runtime::ops::{Health, Metrics};
+use proxflow_runtime::workflow::Engine;
+use proxflow_schemas::lifecycle::{ExportReport, JobInput};
+use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
+use proxflow_zfs::Zfs;
+
+use crate::settings::Settings;
+
+/// `proxflow export ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ExportCommand {
+    /// Export now (a `config_export` workflow run by the lifecycle service) and print the report.
+    Run {
+        /// Collect, compare and report; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for the run to end.
+        #[arg(long, default_value = "10m", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Check a bundle against its manifest (default: the newest in the export dataset); exits 1
+    /// naming every file that does not match.
+    Verify {
+        /// A bundle directory, or a bundle's name in the export dataset.
+        bundle: Option<String>,
+    },
+    /// What changed between two bundles (default: the two newest).
+    Diff {
+        /// The older bundle (directory or name).
+        old: Option<String>,
+        /// The newer bundle (directory or name).
+        new: Option<String>,
+    },
+    /// The bundles in the export dataset, oldest first.
+    List,
+}
+
+/// Runs `proxflow export ...`.
+pub async fn export(settings: &Settings, command: ExportCommand) -> anyhow::Result<()> {
+    match command {
+        ExportCommand::Run { dry_run, timeout } => {
+            let record = run_job(settings, export::KIND, export::JOB, dry_run, timeout).await?;
+            let report: ExportReport =
+                serde_json::from_value(record.data.get("output").cloned().unwrap_or_default())
+                    .context("the run's report")?;
+            print!("{}", render_report(&report));
+            Ok(())
+        }
+        ExportCommand::Verify { bundle } => {
+            let dir = match bundle {
+                Some(b) => resolve(settings, &b).await?,
+                None => newest(settings, 0).await?,
+            };
+            let v = bundle::verify(&dir)?;
+            if v.ok() {
+                println!(
+                    "{}: ok, {} files match the manifest (sha256 {})",
+                    dir.display(),
+                    v.files,
+                    v.manifest_sha256
+                );
+                return Ok(());
+            }
+            for p in &v.problems {
+                eprintln!("{p}");
+            }
+            bail!(
+                "{} failed verification: {} of {} files do not match",
+                dir.display(),
+                v.problems.len(),
+                v.files
+            )
+        }
+        ExportCommand::Diff { old, new } => {
+            let (old, new) = match (old, new) {
+                (Some(o), Some(n)) => (resolve(settings, &o).await?, resolve(settings, &n).await?),
+                (Some(o), None) => (resolve(settings, &o).await?, newest(settings, 0).await?),
+                _ => (newest(settings, 1).await?, newest(settings, 0).await?),
+            };
+            let changes = bundle::diff(&bundle::Bundle::read(&old)?, &bundle::Bundle::read(&new)?);
+            println!("{} → {}", old.display(), new.display());
+            if changes.is_empty() {
+                println!("no changes");
+            }
+            for c in &changes {
+                println!("{}", render_change(c));
+            }
+            Ok(())
+        }
+        ExportCommand::List => {
+            let root = export_root(settings).await?;
+            for name in bundle::list(&root)? {
+                println!("{}", root.join(name).display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn render_change(c: &proxflow_schemas::lifecycle::BundleChange) -> String {
+    let what = serde_json::to_value(c.change)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let keys = if c.keys.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", c.keys.join(", "))
+    };
+    format!("{what:<8} {:<28} {}{keys}", c.subject, c.path)
+}
+
+fn render_report(r: &ExportReport) -> String {
+    let mut out = format!(
+        "bundle {}{}: {} files, {} bytes, manifest sha256 {}\n",
+        r.bundle,
+        if r.dry_run {
+            " (dry run, not written)"
+        } else {
+            ""
+        },
+        r.files,
+        r.bytes,
+        r.manifest_sha256
+    );
+    if !r.dir.is_empty() {
+        out.push_str(&format!("written to {}\n", r.dir));
+    }
+    match &r.previous {
+        Some(p) if r.changes.is_empty() => out.push_str(&format!("no changes since {p}\n")),
+        Some(p) => {
+            out.push_str(&format!("{} change(s) since {p}:\n", r.changes.len()));
+            for c in &r.changes {
+                out.push_str(&format!("  {}\n", render_change(c)));
+            }
+        }
+        None => out.push_str("first bundle: nothing to compare with\n"),
+    }
+    for p in &r.pruned {
+        out.push_str(&format!("removed by retention: {p}\n"));
+    }
+    out
+}
+
+/// The export dataset's mountpoint.
+async fn export_root(settings: &Settings) -> anyhow::Result<PathBuf> {
+    let config = &settings.export;
+    if !config.enabled() {
+        bail!("export.dataset is not set: no export is configured");
+    }
+    let zfs = Zfs::new(config.zfs_command.clone(), config.zfs_timeout);
+    zfs.mountpoint(&config.dataset)
+        .await?
+        .with_context(|| format!("export.dataset {} is not mounted", config.dataset))
+}
+
+/// A bundle given as a directory, or by name in the export dataset.
+async fn resolve(settings: &Settings, bundle: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(bundle);
+    if path.is_dir() {
+        return Ok(path.to_owned());
+    }
+    let dir = export_root(settings).await?.join(bundle);
+    if !dir.is_dir() {
+        bail!("no bundle {bundle:?}: neither a directory nor a bundle in the export dataset");
+    }
+    Ok(dir)
+}
+
+/// The `back`-th newest bundle (0: the newest).
+async fn newest(settings: &Settings, back: usize) -> anyhow::Result<PathBuf> {
+    let root = export_root(settings).await?;
+    let all = bundle::list(&root)?;
+    let name = all.iter().rev().nth(back).with_context(|| {
+        format!(
+            "{} holds {} bundle(s), fewer than needed",
+            root.display(),
+            all.len()
+        )
+    })?;
+    Ok(root.join(name))
+}
+
+/// How often a waiting CLI reads the run's record.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Starts a run of workflow `kind` (id `<job>-cli-<time>`) and waits until it ends; a run that did
+/// not succeed is an error with its reason, so the exit code follows the verdict.
+pub async fn run_job(
+    settings: &Settings,
+    kind: &str,
+    job: &str,
+    dry_run: bool,
+    timeout: Duration,
+) -> anyhow::Result<WorkflowRecord> {
+    let name = format!("proxflow {job} run");
+    let bus = bus::connect(&settings.nats, &name, Metrics::new()).await?;
+    let ctx = ServiceContext::new(
+        bus,
+        Health::default(),
+        Metrics::new(),
+        Duration::from_secs(5),
+    )
+    .await?;
+    let engine = Engine::new(&ctx).await?;
+    let now = chrono::Utc::now();
+    let id = format!("{job}-cli-{}", now.format("%Y%m%dT%H%M%S%.3fZ"));
+    let origin = Origin {
+        source: "cli".into(),
+        reference: id.clone(),
+        reason: format!("{name}{}", if dry_run { " --dry-run" } else { "" }),
+    };
+    let input = JobInput {
+        dry_run,
+        requested_by: "cli".into(),
+    };
+    engine.start_kind(kind, &id, origin, &input).await?;
+    eprintln!("started {id}");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(record) = engine.get(&id).await? {
+            match record.state {
+                WorkflowState::Succeeded => return Ok(record),
+                WorkflowState::Failed | WorkflowState::Cancelled => {
+                    bail!(
+                        "{id} {}: {}",
+                        proxflow_runtime::workflow::state_name(record.state),
+                        record.error.as_deref().unwrap_or("no reason recorded")
+                    )
+                }
+                _ => {}
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "{id} has not ended after {}: is `proxflow serve lifecycle` running? (`proxflow \
+                 trace {id}` shows where it is)",
+                humantime_serde::re::humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
