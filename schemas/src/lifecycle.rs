@@ -106,3 +106,96 @@ impl Message for ExportCompleted {
         format!("export/{}", self.run)
     }
 }
+
+/// A drill's verdict: there is no "completed with errors".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every check passed.
+    Pass,
+    /// At least one check failed.
+    Fail,
+}
+
+/// One check of a drill, with its numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrillCheck {
+    /// What was checked: `lineage`, `guid`, `files`, `rpo`, `bundle`, `restore`, `cleanup`.
+    pub check: String,
+    /// On what (`offsite/data@pf-daily-20261206T0300Z`, `VM 101`).
+    pub target: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// What was found, in words; on a failure, what and where (the file, the snapshot).
+    pub detail: String,
+    /// Its figures (`files`, `bytes`, `seconds`, `age_secs`).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub figures: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a restore drill found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrillReport {
+    /// Pass only when every check passed.
+    pub verdict: Verdict,
+    /// Every check, in the order run.
+    pub checks: Vec<DrillCheck>,
+    /// Age of the newest replicated snapshot across the drilled datasets (the worst), seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_secs: Option<u64>,
+    /// From the first clone to the restored VM answering its agent, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_secs: Option<f64>,
+    /// Seconds spent checksumming files, and cloning (the benchmark's split).
+    #[serde(default)]
+    pub checksum_secs: f64,
+    /// Seconds spent creating and destroying clones.
+    #[serde(default)]
+    pub clone_secs: f64,
+    /// Where the Markdown report was written (empty in a dry run).
+    #[serde(default)]
+    pub report_path: String,
+    /// Nothing was cloned, restored or written.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl DrillReport {
+    /// The failed checks.
+    pub fn failed(&self) -> impl Iterator<Item = &DrillCheck> {
+        self.checks.iter().filter(|c| !c.passed)
+    }
+}
+
+/// A drill ended (`pf.evt.drill.completed`), passed or failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrillCompleted {
+    /// The run's workflow id.
+    pub run: String,
+    /// What it found.
+    pub report: DrillReport,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+impl Versioned for DrillCompleted {
+    const SCHEMA: SchemaId = SchemaId {
+        name: "pf.evt.drill.completed",
+        version: 1,
+    };
+}
+
+impl Message for DrillCompleted {
+    const SUBJECT: &'static str = "pf.evt.drill.completed";
+
+    fn subject(&self) -> String {
+        Self::SUBJECT.to_owned()
+    }
+
+    fn dedupe_id(&self) -> String {
+        format!("drill/{}", self.run)
+    }
+}

@@ -7,7 +7,7 @@ use crate::capacity::{
     CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted, ScaleOutRequested,
 };
 use crate::events::DeadLetter;
-use crate::lifecycle::ExportCompleted;
+use crate::lifecycle::{DrillCompleted, ExportCompleted};
 use crate::message::{SchemaId, Versioned};
 use crate::patch::PatchEvent;
 use crate::provision::{ProvisionOutcome, ProvisionRequested};
@@ -78,5 +78,6 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<ScaleOutRequested>(),
         SchemaDoc::of::<PatchEvent>(),
         SchemaDoc::of::<ExportCompleted>(),
+        SchemaDoc::of::<DrillCompleted>(),
     ]
 }

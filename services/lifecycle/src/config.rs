@@ -166,3 +166,103 @@ mod tests {
         assert_eq!(c.job().unwrap().tz, chrono_tz::Europe::Berlin);
     }
 }
+
+/// `[drill]`: the quarterly restore drill, on the offsite side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrillConfig {
+    /// Run it on its schedule (needs `[[replication.jobs]]`).
+    pub enabled: bool,
+    /// The replication jobs whose offsite copies are drilled, by name; empty: every job.
+    pub jobs: Vec<String>,
+    /// When: `quarterly@<day> HH:MM` (or any schedule form).
+    pub schedule: String,
+    /// IANA time zone of the schedule.
+    pub timezone: String,
+    /// How late a slot missed while proxflow was down is still run.
+    #[serde(with = "humantime_serde")]
+    pub catch_up: Duration,
+    /// The oldest the newest replicated snapshot may be.
+    #[serde(with = "humantime_serde")]
+    pub rpo: Duration,
+    /// Restore one VM of the newest export bundle (needs `[export]`).
+    pub restore: bool,
+    /// Which VM of the bundle (its VMID there); none: the lowest VMID that is not a template.
+    pub restore_vm: Option<u32>,
+    /// The VMIDs a restored VM may take, `[first, last]`: a range no one else uses.
+    pub scratch_vmids: [u32; 2],
+    /// The storage a restored VM's disks are allocated on (fresh, of the exported sizes).
+    pub scratch_storage: String,
+    /// How long the restored VM has to answer its guest agent.
+    #[serde(with = "humantime_serde")]
+    pub agent_timeout: Duration,
+    /// Bound on reading and checksumming each dataset's files.
+    #[serde(with = "humantime_serde")]
+    pub files_timeout: Duration,
+    /// Where the Markdown reports go.
+    pub report_dir: std::path::PathBuf,
+    /// Bound on each `zfs` command.
+    #[serde(with = "humantime_serde")]
+    pub zfs_timeout: Duration,
+}
+
+impl Default for DrillConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            jobs: Vec::new(),
+            schedule: "quarterly@1 04:00".to_owned(),
+            timezone: "UTC".to_owned(),
+            catch_up: Duration::from_secs(14 * 86_400),
+            rpo: Duration::from_secs(26 * 3600),
+            restore: true,
+            restore_vm: None,
+            scratch_vmids: [9900, 9999],
+            scratch_storage: "local-zfs".to_owned(),
+            agent_timeout: Duration::from_secs(300),
+            files_timeout: Duration::from_secs(3600),
+            report_dir: "/var/lib/proxflow/drills".into(),
+            zfs_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DrillConfig {
+    /// Its schedule.
+    pub fn job(&self) -> Result<ScheduledJob, ConfigError> {
+        ScheduledJob::from_keys(
+            "drill",
+            (crate::drill::JOB, crate::drill::KIND),
+            &self.schedule,
+            &self.timezone,
+            self.catch_up,
+        )
+    }
+}
+
+impl Validate for DrillConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.job()?;
+        let [first, last] = self.scratch_vmids;
+        if !(100..=999_999_999).contains(&first) || last < first || last > 999_999_999 {
+            return Err(ConfigError::value(
+                "drill.scratch_vmids",
+                "must be [first, last] with 100 <= first <= last <= 999999999",
+            ));
+        }
+        if self.scratch_storage.is_empty() {
+            return Err(ConfigError::value("drill.scratch_storage", "must name a storage"));
+        }
+        for (key, d) in [
+            ("drill.rpo", self.rpo),
+            ("drill.agent_timeout", self.agent_timeout),
+            ("drill.files_timeout", self.files_timeout),
+            ("drill.zfs_timeout", self.zfs_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::value(key, "must be above zero"));
+            }
+        }
+        Ok(())
+    }
+}

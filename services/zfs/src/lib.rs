@@ -18,6 +18,7 @@
 //! - [`parse`] — parsers for `-H` output ([`SnapshotInfo`]), usage text and `zfs holds`.
 //! - [`pipe`] — `zfs send | zfs receive` between two handles, copied and counted in this process.
 
+mod clones;
 pub mod names;
 pub mod parse;
 pub mod pipe;
