@@ -5,8 +5,8 @@
 //! HTTP 500 here too; checks it makes inside the worker end the task with an error instead.
 //!
 //! Deliberately not simulated: pending changes (every config change applies at once, as if
-//! hot-pluggable), pools (`pool` is accepted and ignored), HA and replication, migration, and the
-//! ~10 s staleness of `/cluster/resources`.
+//! hot-pluggable), writes to pools, firewall, access and jobs (their reads answer the scenario's
+//! content; clone's `pool` is ignored), HA and replication, migration, and restores.
 
 mod access;
 mod create;
