@@ -5,12 +5,17 @@
 //! HTTP 500 here too; checks it makes inside the worker end the task with an error instead.
 //!
 //! Deliberately not simulated: pending changes (every config change applies at once, as if
-//! hot-pluggable), pools (`pool` is accepted and ignored), HA and replication, migration, and the
-//! ~10 s staleness of `/cluster/resources`.
+//! hot-pluggable), writes to pools, firewall, access and jobs (their reads answer the scenario's
+//! content; clone's `pool` is ignored), HA and replication, migration, and restores.
 
+mod access;
+mod create;
+mod firewall;
+mod hostconfig;
 mod node;
 mod observe;
 mod qemu;
+mod rrd;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -115,6 +120,11 @@ impl P<'_> {
 /// The `TASK` kinds and what each does when its worker runs.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum TaskOp {
+    Create {
+        vmid: u32,
+        /// `start=1`: boot once created.
+        start: bool,
+    },
     Clone {
         newid: u32,
         /// (drive, source volid, target volid, linked)
@@ -162,6 +172,7 @@ pub(crate) enum TaskOp {
 impl TaskOp {
     fn kind(&self) -> &'static str {
         match self {
+            Self::Create { .. } => "qmcreate",
             Self::Clone { .. } => "qmclone",
             Self::Start { .. } => "qmstart",
             Self::Shutdown { .. } => "qmshutdown",
@@ -354,6 +365,37 @@ impl State {
             ("GET", "/nodes/{node}/qemu/{vmid}/agent/info") => self.agent_info(&p),
             ("GET", "/nodes/{node}/disks/list") => Ok(Reply::data(self.disks())),
             ("GET", "/nodes/{node}/disks/smart") => self.smart(&p),
+            ("POST", "/nodes/{node}/qemu") => self.create_vm(schema, &p),
+            ("GET", "/storage") => Ok(Reply::data(self.storage_config_list(&p))),
+            ("GET", "/storage/{storage}") => self.storage_config(&p),
+            ("GET", "/pools") => self.pools(&p),
+            ("GET", "/pools/{poolid}") => self.pool_get(&p),
+            ("GET", "/cluster/options") => Ok(Reply::data(self.cluster_options())),
+            ("GET", "/cluster/replication") => Ok(Reply::data(json!([]))),
+            ("GET", "/cluster/backup") => Ok(Reply::data(self.backup_jobs())),
+            ("GET", "/nodes/{node}/dns") => Ok(Reply::data(self.node_dns())),
+            ("GET", "/nodes/{node}/hosts") => Ok(Reply::data(self.node_hosts())),
+            ("GET", "/nodes/{node}/time") => Ok(Reply::data(self.node_time())),
+            ("GET", "/nodes/{node}/apt/repositories") => Ok(Reply::data(Self::apt_repositories())),
+            ("GET", "/cluster/firewall/options") => {
+                Ok(Reply::data(self.firewall_cluster_options()))
+            }
+            ("GET", "/cluster/firewall/rules") => Ok(Reply::data(self.firewall_cluster_rules())),
+            ("GET", "/cluster/firewall/groups") => Ok(Reply::data(self.firewall_groups())),
+            ("GET", "/cluster/firewall/aliases") => Ok(Reply::data(self.firewall_aliases())),
+            ("GET", "/cluster/firewall/ipset") => Ok(Reply::data(self.firewall_ipsets())),
+            ("GET", "/nodes/{node}/firewall/options") => {
+                Ok(Reply::data(Self::firewall_node_options()))
+            }
+            ("GET", "/nodes/{node}/firewall/rules") => Ok(Reply::data(self.firewall_node_rules())),
+            ("GET", "/nodes/{node}/qemu/{vmid}/firewall/options") => self.firewall_vm_options(&p),
+            ("GET", "/nodes/{node}/qemu/{vmid}/firewall/rules") => self.firewall_vm_rules(&p),
+            ("GET", "/access/users") => Ok(Reply::data(self.access_users(&p))),
+            ("GET", "/access/users/{userid}/token") => self.access_user_tokens(&p),
+            ("GET", "/access/groups") => Ok(Reply::data(self.access_groups())),
+            ("GET", "/access/roles") => Ok(Reply::data(Self::access_roles())),
+            ("GET", "/access/acl") => Ok(Reply::data(self.access_acl())),
+            ("GET", "/access/domains") => Ok(Reply::data(Self::access_domains())),
             _ => {
                 tracing::info!(
                     method = req.method,
@@ -378,6 +420,8 @@ impl State {
     fn task(&mut self, vmid: u32, op: TaskOp) -> Reply {
         let d = &self.durations;
         let delay = match &op {
+            // Allocating a new VM's disks takes about as long as a config change allocating them.
+            TaskOp::Create { .. } => d.config,
             TaskOp::Clone { .. } => d.clone,
             TaskOp::Start { .. } => d.start,
             TaskOp::Shutdown { .. } => d.shutdown,

@@ -37,6 +37,8 @@ use crate::packages::GuestUpdate;
 use crate::state::SetUpdatesError;
 use crate::{JournalEntry, Shared};
 
+mod disks;
+
 const JSON_TYPE: &str = "application/json;charset=UTF-8";
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -49,6 +51,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/agent/exec", put(put_agent_exec))
         .route("/_sim/guest/{vmid}/updates", put(put_guest_updates))
         .route("/_sim/host/upgrade", post(post_host_upgrade))
+        .route("/_sim/host/disk", put(disks::put_disk_health))
         .route("/_sim/state", get(get_state))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&shared),

@@ -15,7 +15,7 @@
 //! `GET|PUT /_sim/faults` ([`Faults`]), `PUT /_sim/load/vm/{vmid}` and `PUT /_sim/load/host`
 //! ([`Load`]), `PUT /_sim/agent/exec` ([`AgentExecScript`]), `PUT /_sim/guest/{vmid}/updates`
 //! (`{"updates": [`[`GuestUpdate`]`]}`), `POST /_sim/host/upgrade` (what `apt-get -y full-upgrade`
-//! over SSH does), `GET /_sim/journal` ([`JournalEntry`] list) and `GET /_sim/state` (a summary of
+//! over SSH does), `PUT /_sim/host/disk` ([`DiskHealth`]: a disk's SMART health and wearout), `GET /_sim/journal` ([`JournalEntry`] list) and `GET /_sim/state` (a summary of
 //! VMs with their packages, the host, storages and tasks).
 
 mod agent;
@@ -25,6 +25,7 @@ mod host;
 mod http;
 pub mod load;
 mod packages;
+mod platform;
 pub mod scenario;
 pub mod schema;
 mod state;
@@ -48,6 +49,7 @@ pub use agent::{AgentExecScript, ExecRule};
 pub use config::{DEV_TOKEN_SECRET, EndpointFault, Faults, SimConfig, TaskDurations};
 pub use load::{Level, LevelError, Load};
 pub use packages::{GuestUpdate, UpdateError};
+pub use platform::{DiskHealth, DiskHealthError};
 pub use scenario::ScenarioError;
 pub use tls::TlsError;
 
@@ -390,6 +392,19 @@ impl SimHandle {
             .vms
             .get(&vmid)
             .map(|vm| vm.config.clone())
+    }
+
+    /// Sets a disk's SMART health and wearout (`PUT /_sim/host/disk`); answers what
+    /// `disks/list` now reports for it.
+    pub fn set_disk_health(
+        &self,
+        change: &DiskHealth,
+    ) -> Result<serde_json::Value, DiskHealthError> {
+        let mut state = self.shared.lock();
+        state.platform.set_disk_health(change)?;
+        Ok(state
+            .disk_entry(&change.devpath)
+            .unwrap_or(serde_json::Value::Null))
     }
 
     /// Scripts the guest agent's `exec` results.

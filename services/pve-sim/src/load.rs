@@ -168,12 +168,15 @@ impl LoadState {
         }
     }
 
-    /// (cpu, mem) now, with simulated time = real time / `time_scale`.
-    pub(crate) fn sample(&self, time_scale: f64) -> (f64, f64) {
+    /// (cpu, mem) `back` simulated seconds ago (0: now; simulated time = real time /
+    /// `time_scale`) (RRD history): before the load was set the curve's
+    /// first value holds, as if the load had always been there.
+    pub(crate) fn sample_back(&self, time_scale: f64, back: f64) -> (f64, f64) {
         let real = self.since.elapsed().as_secs_f64();
         let sim = if time_scale > 0.0 {
-            real / time_scale
+            real / time_scale - back
         } else {
+            // A zero scale plays every curve to its end at once; history is the end too.
             f64::INFINITY
         };
         (self.load.cpu.at(sim), self.load.mem.at(sim))
@@ -216,6 +219,6 @@ mod tests {
             cpu: Level::Curve(vec![(0.0, 0.0), (100.0, 1.0)]),
             mem: Level::Fixed(0.25),
         });
-        assert_eq!(state.sample(0.0), (1.0, 0.25));
+        assert_eq!(state.sample_back(0.0, 0.0), (1.0, 0.25));
     }
 }

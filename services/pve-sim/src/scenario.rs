@@ -18,6 +18,11 @@ use crate::schema::ApiSchema;
 use crate::schema::formats::{is_vmid, parse_size};
 use crate::volumes::{DiskRef, parse_disk};
 
+mod platform;
+
+pub use platform::{AclSpec, DiskSpec, HostConfigSpec, PoolSpec, TokenSpec, UserSpec};
+pub(crate) use platform::{CheckedPlatform, RuleScope, check_health, default_disks};
+
 /// The seed platform, compiled in.
 pub const SEED: &str = include_str!("../scenarios/seed.toml");
 
@@ -252,6 +257,15 @@ pub enum CheckError {
         /// What is wrong, starting with the field.
         source: UpdateError,
     },
+    /// A host-configuration table (`host_config`, `pool`, `user`, `acl`, `firewall_rule`,
+    /// `backup_job`, `disk`) with a bad value.
+    #[error("{field}: {message}")]
+    Platform {
+        /// The field, e.g. `firewall_rule[2].dport`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The file's shape.
@@ -283,6 +297,28 @@ pub struct Scenario {
     /// Updates the guests' archive offers.
     #[serde(default)]
     pub guest_update: Vec<GuestUpdateSpec>,
+    /// DNS, time zone and the datacenter firewall switch.
+    #[serde(default)]
+    pub host_config: HostConfigSpec,
+    /// Resource pools.
+    #[serde(default)]
+    pub pool: Vec<PoolSpec>,
+    /// Users besides `root@pam` (which always exists), with their API tokens.
+    #[serde(default)]
+    pub user: Vec<UserSpec>,
+    /// ACL entries.
+    #[serde(default)]
+    pub acl: Vec<AclSpec>,
+    /// Firewall rules: `scope` (`cluster`, `node`, `vm` with `vmid`) and the parameters of
+    /// `POST /cluster/firewall/rules`.
+    #[serde(default)]
+    pub firewall_rule: Vec<BTreeMap<String, toml::Value>>,
+    /// Backup jobs: the parameters of `POST /cluster/backup` (with `id`).
+    #[serde(default)]
+    pub backup_job: Vec<BTreeMap<String, toml::Value>>,
+    /// The node's disks; absent: the seed's NVMe mirror.
+    #[serde(default)]
+    pub disk: Vec<DiskSpec>,
 }
 
 /// The host's upgrade.
@@ -498,6 +534,8 @@ pub(crate) struct Checked {
     pub(crate) configs: BTreeMap<u32, BTreeMap<String, String>>,
     /// vmid -> pending updates, in scenario order (VMs with `guest_packages` only).
     pub(crate) guest_updates: BTreeMap<u32, Vec<GuestUpdate>>,
+    /// The host-configuration tables, checked.
+    pub(crate) platform: CheckedPlatform,
 }
 
 /// Reads the scenario file, or the seed when `path` is `None`.
@@ -709,12 +747,14 @@ fn check(raw: Scenario, schema: &ApiSchema) -> Result<Checked, CheckError> {
         return Err(CheckError::HostKernel);
     }
     let guest_updates = check_guests(&raw, &configs)?;
+    let platform = platform::check(&raw, schema, &configs.keys().copied().collect())?;
     Ok(Checked {
         raw,
         memory,
         storage_sizes,
         configs,
         guest_updates,
+        platform,
     })
 }
 
@@ -878,5 +918,20 @@ mod tests {
             )
         });
         assert!(e.contains("unknown bridge 'vmbr7'"), "{e}");
+        // Host-config tables: checked against the schema of the call that would create them.
+        let e = error_of(|s| {
+            s.replace(
+                "type = \"in\"\naction = \"ACCEPT\"\nmacro",
+                "type = \"sideways\"\naction = \"ACCEPT\"\nmacro",
+            )
+        });
+        assert!(
+            e.starts_with("firewall_rule[2].type: value 'sideways'"),
+            "{e}"
+        );
+        let e = error_of(|s| s.replace("wearout = 97", "wearout = 140"));
+        assert_eq!(e, "disk[1].wearout: 140 is not a percentage (0 to 100)");
+        let e = error_of(|s| s.replace("vms = [101, 102, 103]", "vms = [101, 555]"));
+        assert_eq!(e, "pool[0].vms: VM 555 is not in the scenario");
     }
 }

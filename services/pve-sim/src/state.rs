@@ -21,6 +21,7 @@ use crate::config::{Faults, SimConfig, TaskDurations};
 use crate::host::Host;
 use crate::load::{Load, LoadState};
 use crate::packages::{GuestPackages, GuestUpdate, UpdateError};
+use crate::platform::Platform;
 use crate::scenario::{AptPackage, BridgeSpec, Checked, ZpoolSpec};
 use proxflow_schemas::pve::Upid;
 
@@ -84,6 +85,10 @@ pub(crate) struct Storage {
     pub(crate) content: String,
     pub(crate) capacity: u64,
     pub(crate) base_used: u64,
+    /// Directory (`dir`), as in `storage.cfg`.
+    pub(crate) path: Option<String>,
+    /// Dataset (`zfspool`), as in `storage.cfg`.
+    pub(crate) pool: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -272,6 +277,8 @@ pub(crate) struct State {
     pub(crate) apt: Vec<AptPackage>,
     /// The host's packages and power.
     pub(crate) host: Host,
+    /// DNS, pools, users, ACLs, firewall, backup jobs, disks.
+    pub(crate) platform: Platform,
     pub(crate) tasks: Tasks,
     pub(crate) rng: StdRng,
     pub(crate) faults: Faults,
@@ -292,6 +299,7 @@ pub(crate) struct State {
 
 impl State {
     pub(crate) fn new(config: &SimConfig, scenario: Checked, fingerprint: Option<String>) -> Self {
+        let platform = Platform::new(&scenario, &config.token_id);
         let raw = scenario.raw;
         let mut guest_updates = scenario.guest_updates;
         let mut guests: BTreeMap<u32, GuestPackages> = raw
@@ -337,6 +345,8 @@ impl State {
                     content: s.content.clone(),
                     capacity,
                     base_used,
+                    path: s.path.clone(),
+                    pool: s.pool.clone(),
                 }
             })
             .collect();
@@ -417,6 +427,7 @@ impl State {
                 &raw.apt_update,
                 raw.host_upgrade.clone(),
             ),
+            platform,
             tasks: Tasks::default(),
             rng,
             faults: config.faults.clone(),
@@ -532,6 +543,12 @@ impl State {
 
     /// (cpu, mem fraction) of a VM now; zero when stopped.
     pub(crate) fn vm_load(&self, vmid: u32) -> (f64, f64) {
+        self.vm_load_back(vmid, 0.0)
+    }
+
+    /// (cpu, mem fraction) of a VM `back` simulated seconds ago, with its power state of now
+    /// (no history of power is kept).
+    pub(crate) fn vm_load_back(&self, vmid: u32, back: f64) -> (f64, f64) {
         let Some(vm) = self.vms.get(&vmid) else {
             return (0.0, 0.0);
         };
@@ -539,7 +556,7 @@ impl State {
             return (0.0, 0.0);
         }
         match self.vm_loads.get(&vmid) {
-            Some(state) => state.sample(self.time_scale),
+            Some(state) => state.sample_back(self.time_scale, back),
             None => {
                 let d = default_vm_load();
                 (d.cpu.at(0.0), d.mem.at(0.0))
@@ -549,24 +566,34 @@ impl State {
 
     /// Bytes of memory a VM uses now.
     pub(crate) fn vm_mem(&self, vmid: u32) -> u64 {
+        self.vm_mem_back(vmid, 0.0)
+    }
+
+    /// Bytes of memory a VM used `back` simulated seconds ago.
+    pub(crate) fn vm_mem_back(&self, vmid: u32, back: f64) -> u64 {
         let Some(vm) = self.vms.get(&vmid) else {
             return 0;
         };
-        let (_, mem) = self.vm_load(vmid);
+        let (_, mem) = self.vm_load_back(vmid, back);
         (vm.memory_mib() as f64 * 1_048_576.0 * mem) as u64
     }
 
     /// (cpu fraction, memory used bytes) of the host.
     pub(crate) fn host_usage(&self) -> (f64, u64) {
-        let (base_cpu, base_mem) = self.host_load.sample(self.time_scale);
+        self.host_usage_back(0.0)
+    }
+
+    /// (cpu fraction, memory used bytes) of the host `back` simulated seconds ago.
+    pub(crate) fn host_usage_back(&self, back: f64) -> (f64, u64) {
+        let (base_cpu, base_mem) = self.host_load.sample_back(self.time_scale, back);
         let cpus = f64::from(self.node.cpus());
         let mut cpu = base_cpu;
         let mut mem = (self.node.memory as f64 * base_mem) as u64;
         for (vmid, vm) in &self.vms {
             if vm.running() {
-                let (vm_cpu, _) = self.vm_load(*vmid);
+                let (vm_cpu, _) = self.vm_load_back(*vmid, back);
                 cpu += vm_cpu * f64::from(vm.cpus()) / cpus;
-                mem = mem.saturating_add(self.vm_mem(*vmid));
+                mem = mem.saturating_add(self.vm_mem_back(*vmid, back));
             }
         }
         (cpu.clamp(0.0, 1.0), mem.min(self.node.memory))

@@ -11,7 +11,8 @@
 //!   is resolved by looking at the task list before anything is sent again ([`PveClient::dispatch_task`]).
 //! - [`task`] — UPIDs and [`PveClient::wait_task`] (`WARNINGS: n` is success).
 //! - [`api`] — the operations: VMs, clones, config with digest, power, guest agent, snapshots, node,
-//!   storage, cluster resources, ZFS pools, apt.
+//!   storage, cluster resources, ZFS pools, apt; [`lifecycle`] — creating a VM from a config,
+//!   disks and SMART health, RRD history.
 //! - [`perl`] — lenient decoding of Perl typing (0/1 booleans, numbers as strings).
 //!
 //! Facts behind the behaviour: `../shared/reference/pve-api.md`; the contract it is tested against:
@@ -21,6 +22,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod lifecycle;
 pub mod perl;
 pub mod task;
 pub mod tls;
@@ -30,4 +32,5 @@ pub use api::{CloneSpec, ConfigChange, ShutdownOptions, encode_sshkeys};
 pub use client::{Params, PveClient};
 pub use config::PveConfig;
 pub use error::{ErrorKind, PveError};
+pub use lifecycle::{Consolidation, DiskInfo, RrdRow, SmartReport, Timeframe};
 pub use task::{TaskDone, Upid};

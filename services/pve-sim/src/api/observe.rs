@@ -1,34 +1,13 @@
 //! Read-only endpoints operators' scripts, the patcher, the lifecycle jobs and the console read:
-//! cluster status and tasks, pending changes, RRD history, the node's certificates, the guest
-//! agent's info, and the disks with their SMART health (package versions and changelogs are the
-//! host's, `crate::host`). Values derive from
-//! the same state and load model as the rest, so they agree with `status/current` and
-//! `/cluster/resources`.
+//! cluster status and tasks, pending changes, the node's certificates, the guest agent's info, and
+//! the disks with their SMART health (RRD history is `super::rrd`; package versions and changelogs
+//! are the host's, `crate::host`). Values derive from the same state and load model as the rest,
+//! so they agree with `status/current` and `/cluster/resources`.
 
 use serde_json::{Value, json};
 
-use super::{ApiError, P, Reply, failed, param_error};
+use super::{ApiError, P, Reply, failed};
 use crate::state::{State, now_epoch};
-
-/// The NVMe mirror under `rpool`, as `disks/list` reports it (the seed host: two 1.92 TB drives).
-const DISKS: [(&str, &str, &str); 2] = [
-    ("/dev/nvme0n1", "S5XANA0R100001", "eui.0025388b1b400001"),
-    ("/dev/nvme1n1", "S5XANA0R100002", "eui.0025388b1b400002"),
-];
-const DISK_MODEL: &str = "SAMSUNG MZQL21T9HCJR-00A07";
-const DISK_SIZE: u64 = 1_920_383_410_176;
-
-/// Seconds per RRD row for each `timeframe` (PVE keeps 70 rows per frame).
-fn rrd_step(timeframe: &str) -> Option<i64> {
-    match timeframe {
-        "hour" => Some(60),
-        "day" => Some(1_800),
-        "week" => Some(10_800),
-        "month" => Some(43_200),
-        "year" => Some(604_800),
-        _ => None,
-    }
-}
 
 impl State {
     /// `GET /cluster/status`: a standalone node (no corosync cluster) lists only itself, at the
@@ -77,66 +56,6 @@ impl State {
         )))
     }
 
-    /// `GET …/rrddata` of the node (`vmid` absent) or a VM: 70 rows of `timeframe`, the newest
-    /// last, each the current load sample (the simulator keeps no history).
-    pub(super) fn rrddata(&self, p: &P<'_>) -> Result<Reply, ApiError> {
-        let timeframe = p.str("timeframe").unwrap_or_default();
-        let step = rrd_step(&timeframe).ok_or_else(|| {
-            param_error(
-                "timeframe",
-                "value does not have a value in the enumeration 'hour, day, week, month, year'",
-            )
-        })?;
-        let row = match p.opt_num::<u32>("vmid") {
-            Some(vmid) => {
-                let vm = self.existing(vmid)?;
-                let (cpu, _) = self.vm_load(vmid);
-                let running = vm.running();
-                json!({
-                    "cpu": if running { cpu } else { 0.0 },
-                    "maxcpu": vm.cpus(),
-                    "mem": if running { self.vm_mem(vmid) } else { 0 },
-                    "maxmem": vm.maxmem(),
-                    "disk": 0,
-                    "maxdisk": vm.maxdisk(),
-                    "netin": if running { 1_500.0 } else { 0.0 },
-                    "netout": if running { 1_000.0 } else { 0.0 },
-                    "diskread": if running { 6_000.0 } else { 0.0 },
-                    "diskwrite": if running { 4_000.0 } else { 0.0 },
-                })
-            }
-            None => {
-                let (cpu, mem) = self.host_usage();
-                let (root_total, root_used) = self.rootfs();
-                json!({
-                    "cpu": cpu,
-                    "maxcpu": self.node.cpus(),
-                    "iowait": 0.0012,
-                    "loadavg": cpu * f64::from(self.node.cpus()),
-                    "memtotal": self.node.memory,
-                    "memused": mem,
-                    "swaptotal": 8u64 << 30,
-                    "swapused": 0,
-                    "roottotal": root_total,
-                    "rootused": root_used,
-                    "netin": 250_000.0,
-                    "netout": 180_000.0,
-                })
-            }
-        };
-        let newest = now_epoch() / step * step;
-        Ok(Reply::data(json!(
-            (0..70)
-                .rev()
-                .map(|i| {
-                    let mut r = row.clone();
-                    r["time"] = json!(newest - i * step);
-                    r
-                })
-                .collect::<Vec<_>>()
-        )))
-    }
-
     /// `GET /nodes/{node}/certificates/info`: the node's `pve-ssl.pem`.
     pub(super) fn certificates(&self) -> Value {
         let fingerprint = self.fingerprint.clone().unwrap_or_else(|| {
@@ -179,61 +98,91 @@ impl State {
         ))
     }
 
-    /// `GET /nodes/{node}/disks/list`: the NVMe mirror under `rpool`.
+    /// `GET /nodes/{node}/disks/list`: the node's disks (the seed's NVMe mirror under `rpool`)
+    /// with the SMART health and wearout the scenario or `PUT /_sim/host/disk` set.
     pub(super) fn disks(&self) -> Value {
-        let health = if self.zpool.health == "ONLINE" {
-            "PASSED"
-        } else {
-            "FAILED"
-        };
         json!(
-            DISKS
+            self.platform
+                .disks
                 .iter()
-                .map(|(devpath, serial, wwn)| json!({
-                    "devpath": devpath,
-                    "gpt": 1,
-                    "mounted": 0,
-                    "osdid": -1,
-                    "osdid-list": [],
-                    "health": health,
-                    "model": DISK_MODEL,
-                    "serial": serial,
-                    "wwn": wwn,
-                    "size": DISK_SIZE,
-                    "type": "nvme",
-                    "used": "ZFS",
-                    "vendor": "unknown",
-                    "wearout": 98,
-                    "rpm": 0,
-                    "by_id_link": format!("/dev/disk/by-id/nvme-{DISK_MODEL}_{serial}"),
-                }))
+                .map(disk_json)
                 .collect::<Vec<_>>()
         )
     }
 
-    /// `GET /nodes/{node}/disks/smart?disk=…`: NVMe health as smartctl prints it.
+    /// One disk's `disks/list` entry, by devpath.
+    pub(crate) fn disk_entry(&self, devpath: &str) -> Option<Value> {
+        self.platform.disk(devpath).map(disk_json)
+    }
+
+    /// `GET /nodes/{node}/disks/smart?disk=…`: NVMe health as smartctl prints it; `Percentage
+    /// Used` is 100 − wearout, and a failed disk shows a critical warning and spare below its
+    /// threshold. `healthonly=1` leaves out the text.
     pub(super) fn smart(&self, p: &P<'_>) -> Result<Reply, ApiError> {
-        let disk = p.str("disk").unwrap_or_default();
-        if !DISKS.iter().any(|(devpath, _, _)| *devpath == disk) {
-            return Err(failed(format!("no such disk '{disk}'")));
+        let devpath = p.str("disk").unwrap_or_default();
+        let disk = self
+            .platform
+            .disk(&devpath)
+            .ok_or_else(|| failed(format!("no such disk '{devpath}'")))?;
+        let s = &disk.spec;
+        if p.flag("healthonly").unwrap_or(false) {
+            return Ok(Reply::data(json!({"health": s.health})));
         }
-        let health = if self.zpool.health == "ONLINE" {
-            "PASSED"
+        let failed_disk = s.health == "FAILED";
+        let (warning, spare) = if failed_disk {
+            ("0x04", 5)
         } else {
-            "FAILED"
+            ("0x00", 100)
         };
         let text = format!(
-            "\nSMART/Health Information (NVMe Log 0x02)\nCritical Warning:                   0x00\n\
-             Temperature:                        38 Celsius\nAvailable Spare:                    100%\n\
-             Available Spare Threshold:          10%\nPercentage Used:                    2%\n\
+            "\nSMART overall-health self-assessment test result: {}\n\n\
+             SMART/Health Information (NVMe Log 0x02)\nCritical Warning:                   {warning}\n\
+             Temperature:                        38 Celsius\nAvailable Spare:                    {spare}%\n\
+             Available Spare Threshold:          10%\nPercentage Used:                    {}%\n\
              Data Units Read:                    48,211,093 [24.6 TB]\n\
              Data Units Written:                 61,530,027 [31.5 TB]\nPower On Hours:                     {}\n\
-             Unsafe Shutdowns:                   11\nMedia and Data Integrity Errors:    0\n\
+             Unsafe Shutdowns:                   11\nMedia and Data Integrity Errors:    {}\n\
              Error Information Log Entries:      0\n",
-            self.node_uptime() / 3600 + 8_760
+            if failed_disk { "FAILED!" } else { "PASSED" },
+            100 - u32::from(s.wearout.min(100)),
+            self.node_uptime() / 3600 + 8_760,
+            if failed_disk { 17 } else { 0 },
         );
         Ok(Reply::data(
-            json!({"health": health, "type": "text", "text": text, "wearout": 98}),
+            json!({"health": s.health, "type": "text", "text": text, "wearout": s.wearout}),
         ))
     }
+}
+
+/// A disk as `disks/list` reports it.
+fn disk_json(d: &crate::platform::Disk) -> Value {
+    let s = &d.spec;
+    let nvme = s.devpath.starts_with("/dev/nvme");
+    // The last four serial characters stand in for the unit's own EUI-64 suffix.
+    let skip = s.serial.chars().count().saturating_sub(4);
+    let tail: String = s.serial.chars().skip(skip).collect();
+    let link = format!(
+        "/dev/disk/by-id/{}-{}_{}",
+        if nvme { "nvme" } else { "ata" },
+        s.model.replace(' ', "_"),
+        s.serial
+    );
+    json!({
+        "devpath": s.devpath,
+        "gpt": 1,
+        "mounted": 0,
+        "osdid": -1,
+        "osdid-list": [],
+        "health": s.health,
+        "model": s.model,
+        "serial": s.serial,
+        "wwn": format!("eui.0025388b1b40{tail}"),
+        "size": d.size,
+        "type": if nvme { "nvme" } else { "ssd" },
+        "used": "ZFS",
+        "vendor": "unknown",
+        "wearout": s.wearout,
+        "rpm": 0,
+        "by_id_link": link,
+    })
 }

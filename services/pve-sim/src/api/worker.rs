@@ -143,6 +143,12 @@ impl State {
         };
         let mut log: Vec<String> = Vec::new();
         match op {
+            TaskOp::Create { vmid, .. } => {
+                let vm = self.vms.get(vmid).ok_or_else(|| missing(*vmid))?;
+                for (_, volid) in self.vm_disks(vm) {
+                    log.push(format!("{volid}: allocated"));
+                }
+            }
             TaskOp::Clone { drives, .. } => {
                 for (drive, src, _, linked) in drives {
                     log.push(if *linked {
@@ -296,6 +302,13 @@ impl State {
             vmid,
         };
         match op {
+            TaskOp::Create { vmid, start } => {
+                self.clear_lock(*vmid, "create");
+                if *start {
+                    self.task_log(upid, format!("Starting VM {vmid}"));
+                    self.boot(*vmid).ok_or_else(|| missing(*vmid))?;
+                }
+            }
             TaskOp::Clone { newid, .. } => {
                 if self.vms.contains_key(newid) {
                     self.clear_lock(*newid, "clone");
@@ -421,6 +434,11 @@ impl State {
     /// Undoes what `task_begin` and the synchronous part did, for an injected task failure.
     pub(super) fn abort(&mut self, op: &TaskOp) {
         match op {
+            // qemu-server removes what it created when the worker fails.
+            TaskOp::Create { vmid, .. } => {
+                self.vms.remove(vmid);
+                self.volumes.retain(|_, v| v.vmid != *vmid);
+            }
             TaskOp::Clone { newid, .. } => {
                 self.vms.remove(newid);
                 self.volumes.retain(|_, v| v.vmid != *newid);
