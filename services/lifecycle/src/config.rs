@@ -251,7 +251,10 @@ impl Validate for DrillConfig {
             ));
         }
         if self.scratch_storage.is_empty() {
-            return Err(ConfigError::value("drill.scratch_storage", "must name a storage"));
+            return Err(ConfigError::value(
+                "drill.scratch_storage",
+                "must name a storage",
+            ));
         }
         for (key, d) in [
             ("drill.rpo", self.rpo),

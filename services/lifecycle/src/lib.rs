@@ -7,14 +7,17 @@
 //!   that replication carries offsite, diffed week to week.
 //!
 //! ## Layout
-//! - [`config`] — `[export]`.
+//! - [`config`] — `[export]`, `[drill]`.
 //! - [`bundle`] — writing, reading, verifying and comparing bundles (also `proxflow export
 //!   verify|diff`).
 //! - [`export`] — the `config_export` workflow: [`export::collect`], [`export::normalize`],
 //!   [`export::rebuild`].
+//! - [`drill`] — the `restore_drill` workflow: [`drill::datasets`] (lineage, guid, RPO, files via
+//!   clones), [`drill::files`], [`drill::bundle`], [`drill::restore`], [`drill::report`].
 
 pub mod bundle;
 pub mod config;
+pub mod drill;
 pub mod export;
 
 use std::sync::Arc;
@@ -27,7 +30,8 @@ use proxflow_schemas::lifecycle::JobInput;
 use proxflow_zfs::Zfs;
 use tokio_util::sync::CancellationToken;
 
-pub use config::ExportConfig;
+pub use config::{DrillConfig, ExportConfig};
+pub use drill::datasets::DrillTarget;
 
 /// Why the lifecycle service stopped.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,10 @@ pub enum LifecycleError {
 pub struct LifecycleSettings {
     /// `[export]`.
     pub export: ExportConfig,
+    /// `[drill]`.
+    pub drill: DrillConfig,
+    /// The replication jobs the drill checks (from `[[replication.jobs]]` and `drill.jobs`).
+    pub drill_targets: Vec<DrillTarget>,
     /// The Proxmox host.
     pub pve: PveClient,
 }
@@ -62,20 +70,45 @@ fn scheduled_input() -> serde_json::Value {
     .unwrap_or_default()
 }
 
+/// Sets the last-pass gauge from the newest drill that passed: a restart must not make the
+/// 100-day alert forget (or invent) a passing drill.
+async fn restore_last_pass(engine: &Engine, metrics: &drill::DrillMetrics) {
+    match engine
+        .list(
+            drill::KIND,
+            proxflow_schemas::workflow::WorkflowState::Succeeded,
+            None,
+        )
+        .await
+    {
+        Ok(passed) => {
+            let newest = passed.iter().map(|e| e.updated_at).max();
+            let at = newest.map_or(0.0, |t| t.timestamp() as f64);
+            metrics.last_pass.set([], at);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the last passing drill"),
+    }
+}
+
 /// Runs the lifecycle workflows and their schedules until `shutdown`.
 pub async fn run(
     ctx: ServiceContext,
     settings: LifecycleSettings,
     shutdown: CancellationToken,
 ) -> Result<(), LifecycleError> {
-    let LifecycleSettings { export, pve } = settings;
+    let LifecycleSettings {
+        export,
+        drill,
+        drill_targets,
+        pve,
+    } = settings;
     let mut engine = Engine::new(&ctx).await.map_err(open_err)?;
     let mut scheduler = Scheduler::new(engine.clone(), ctx.clock.clone());
     if export.enabled() {
         let zfs = Zfs::new(export.zfs_command.clone(), export.zfs_timeout);
         let exporter = export::Exporter {
             collector: export::collect::Collector {
-                pve,
+                pve: pve.clone(),
                 zfs: zfs.clone(),
                 config: export.clone(),
             },
@@ -88,6 +121,24 @@ pub async fn run(
             exporter: Arc::new(exporter),
         });
         scheduler = scheduler.job(export.job().map_err(open_err)?, |_| scheduled_input());
+    }
+    // Registered even when not scheduled: `proxflow drill run` runs one by hand.
+    let metrics = drill::DrillMetrics::register(&ctx.metrics);
+    restore_last_pass(&engine, &metrics).await;
+    let schedule_drill = drill.enabled && !drill_targets.is_empty();
+    let driller = drill::Driller {
+        targets: drill_targets,
+        config: drill.clone(),
+        pve,
+        export_dataset: export.enabled().then(|| export.dataset.clone()),
+        publisher: ctx.bus.publisher.clone(),
+        metrics,
+    };
+    engine.register(drill::RestoreDrill {
+        driller: Arc::new(driller),
+    });
+    if schedule_drill {
+        scheduler = scheduler.job(drill.job().map_err(open_err)?, |_| scheduled_input());
     }
     let mut tasks = Tasks::new(&ctx, &shutdown);
     engine.spawn(&ctx, &export.consumer, &mut tasks);

@@ -179,12 +179,14 @@ pub const SERVICES: &[ServiceEntry] = &[
     },
     ServiceEntry {
         name: "lifecycle",
-        about: "Lifecycle jobs on a schedule: the weekly host-config export",
-        // Dev has no export dataset by default: it runs only when one is configured.
-        in_dev: |settings| settings.export.enabled(),
+        about: "Lifecycle jobs on a schedule: the weekly host-config export, the quarterly restore drill",
+        // Dev has no export dataset nor replication by default: it runs when either is configured.
+        in_dev: |settings| settings.export.enabled() || !settings.replication.jobs.is_empty(),
         prepare: |settings, clients| {
             let settings = proxflow_lifecycle::LifecycleSettings {
                 export: settings.export.clone(),
+                drill: settings.drill.clone(),
+                drill_targets: settings.drill_targets(),
                 pve: clients.pve(settings)?,
             };
             Ok(launch("lifecycle", proxflow_lifecycle::run, settings))

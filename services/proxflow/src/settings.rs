@@ -55,6 +55,32 @@ pub struct Settings {
     pub patch: proxflow_patcher::PatchConfig,
     /// `[export]`: the weekly host-config export.
     pub export: proxflow_lifecycle::ExportConfig,
+    /// `[drill]`: the quarterly restore drill of the replication jobs' offsite copies.
+    pub drill: proxflow_lifecycle::DrillConfig,
+}
+
+impl Settings {
+    /// The replication jobs the drill checks: `drill.jobs`, or every job when it is empty.
+    pub fn drill_targets(&self) -> Vec<proxflow_lifecycle::DrillTarget> {
+        self.replication
+            .jobs
+            .iter()
+            .filter(|j| self.drill.jobs.is_empty() || self.drill.jobs.contains(&j.name))
+            .map(|j| proxflow_lifecycle::DrillTarget {
+                job: j.name.clone(),
+                source: j.source.clone(),
+                target: j.target.clone(),
+                source_zfs: proxflow_zfs::Zfs::new(
+                    j.source_command.clone(),
+                    self.drill.zfs_timeout,
+                ),
+                target_zfs: proxflow_zfs::Zfs::new(
+                    j.target_command.clone(),
+                    self.drill.zfs_timeout,
+                ),
+            })
+            .collect()
+    }
 }
 
 /// `[dev]`: the embedded nats-server of `proxflow dev`.
@@ -102,6 +128,15 @@ impl Validate for Settings {
         self.replication.validate()?;
         self.patch.validate()?;
         self.export.validate()?;
+        self.drill.validate()?;
+        for (i, job) in self.drill.jobs.iter().enumerate() {
+            if !self.replication.jobs.iter().any(|j| &j.name == job) {
+                return Err(ConfigError::value(
+                    format!("drill.jobs[{i}]"),
+                    format!("{job:?} is not a [[replication.jobs]] name"),
+                ));
+            }
+        }
         self.capacity
             .clusters
             .check_profiles("capacity.clusters", &self.provision.profiles)?;

@@ -21,7 +21,7 @@ pub const CLONE_PREFIX: &str = "pf-drill-";
 const PROBLEMS_SHOWN: usize = 20;
 
 /// One replication job's two sides, as the drill sees them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct DrillTarget {
     /// The job's name.
     pub job: String,
@@ -90,8 +90,14 @@ fn zfs_failed(what: &str, target: &str, e: &ZfsError) -> DrillCheck {
 /// The clone names of drill `tag`'s target `index`.
 pub fn clone_names(tag: &str, index: usize, target: &DrillTarget) -> (String, String) {
     (
-        format!("{}/{CLONE_PREFIX}{tag}-{index}", names::pool_of(&target.target)),
-        format!("{}/{CLONE_PREFIX}{tag}-{index}-src", names::pool_of(&target.source)),
+        format!(
+            "{}/{CLONE_PREFIX}{tag}-{index}",
+            names::pool_of(&target.target)
+        ),
+        format!(
+            "{}/{CLONE_PREFIX}{tag}-{index}-src",
+            names::pool_of(&target.source)
+        ),
     )
 }
 
@@ -211,7 +217,17 @@ pub async fn examine(
         ),
         json!({"age_secs": age, "rpo_secs": rpo.as_secs()}),
     ));
-    files_check(target, tag, index, newest, common, files_timeout, bundle_here, &mut out).await;
+    files_check(
+        target,
+        tag,
+        index,
+        newest,
+        common,
+        files_timeout,
+        bundle_here,
+        &mut out,
+    )
+    .await;
     out
 }
 
@@ -239,7 +255,8 @@ async fn files_check(
     let copy_dir = match clone_at(&target.target_zfs, &name, &copy_clone).await {
         Ok(dir) => dir,
         Err(detail) => {
-            out.checks.push(check("files", &name, false, detail, Value::Null));
+            out.checks
+                .push(check("files", &name, false, detail, Value::Null));
             return;
         }
     };
@@ -279,7 +296,9 @@ async fn files_check(
                 out.bundle = Some(super::bundle::find(&copy_dir, &name));
             }
         }
-        Err(detail) => out.checks.push(check("files", &name, false, detail, Value::Null)),
+        Err(detail) => out
+            .checks
+            .push(check("files", &name, false, detail, Value::Null)),
     }
     let destroying = Instant::now();
     // Destroyed here, not only at the end: a clone pins its snapshot against pruning.
@@ -332,8 +351,12 @@ async fn compare_trees(
         let a = tokio::task::spawn_blocking(move || files::scan(&s));
         let b = tokio::task::spawn_blocking(move || files::scan(&c));
         let (a, b) = tokio::join!(a, b);
-        let a = a.map_err(|e| e.to_string())?.map_err(|e| format!("reading the source: {e}"))?;
-        let b = b.map_err(|e| e.to_string())?.map_err(|e| format!("reading the copy: {e}"))?;
+        let a = a
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the source: {e}"))?;
+        let b = b
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the copy: {e}"))?;
         Ok::<_, String>((files::compare(&a, &b, PROBLEMS_SHOWN), b.len(), b.bytes))
     };
     match tokio::time::timeout(timeout, both).await {

@@ -203,11 +203,29 @@ impl Workflow for RestoreDrill {
                 .step(&format!("examine.{i}"), async {
                     if input.dry_run {
                         // Read-only: the snapshot listings, no clone.
-                        let mut e = datasets::examine(target, tag, i, now, config.rpo, config.files_timeout, false).await;
+                        let mut e = datasets::examine(
+                            target,
+                            tag,
+                            i,
+                            now,
+                            config.rpo,
+                            config.files_timeout,
+                            false,
+                        )
+                        .await;
                         e.checks.retain(|c| c.check != "files");
                         return Ok(e);
                     }
-                    Ok(datasets::examine(target, tag, i, now, config.rpo, config.files_timeout, carries).await)
+                    Ok(datasets::examine(
+                        target,
+                        tag,
+                        i,
+                        now,
+                        config.rpo,
+                        config.files_timeout,
+                        carries,
+                    )
+                    .await)
                 })
                 .await?;
             report.rpo_secs = report.rpo_secs.max(examined.age_secs);
@@ -253,45 +271,54 @@ impl Workflow for RestoreDrill {
                 None => {}
                 Some((source_vmid, config)) => {
                     let pve = &d.pve;
-                    let params =
-                        restore::creation_params(&config, 0, &d.config.scratch_storage);
+                    let storage = d.config.scratch_storage.clone();
                     let vmid: Result<u32, String> = wf
                         .step_undo(
                             "restore.create",
                             async {
-                                let Ok(_) = params else {
-                                    return Ok(Err(params.err().unwrap_or_default()));
-                                };
-                                let vmid = match restore::free_vmid(pve, d.config.scratch_vmids).await {
-                                    Ok(v) => v,
+                                let params = match restore::creation_params(&config, &storage) {
+                                    Ok(p) => p,
                                     Err(e) => return Ok(Err(e)),
                                 };
-                                let params = restore::creation_params(&config, vmid, &d.config.scratch_storage)
-                                    .map_err(StepError::terminal)?;
-                                match pve.create_vm(&params).await {
-                                    Ok(upid) => match pve.wait_task(&upid, Some(d.config.agent_timeout)).await {
-                                        Ok(_) => Ok(Ok(vmid)),
-                                        Err(e) => Ok(Err(format!("creating VM {vmid}: {e}"))),
-                                    },
-                                    Err(e) => Ok(Err(format!("creating VM {vmid}: {e}"))),
-                                }
+                                let vmid =
+                                    match restore::free_vmid(pve, d.config.scratch_vmids).await {
+                                        Ok(v) => v,
+                                        Err(e) => return Ok(Err(e)),
+                                    };
+                                let created = async {
+                                    let upid = pve.create_vm(pve.node(), vmid, &params).await?;
+                                    pve.wait_task(&upid, Some(d.config.agent_timeout)).await
+                                };
+                                Ok(created
+                                    .await
+                                    .map(|_| vmid)
+                                    .map_err(|e| format!("creating VM {vmid}: {e}")))
                             },
                             |r: &Result<u32, String>| DrillUndo::Vm {
-                                vmid: *r.as_ref().unwrap_or(&0),
+                                vmid: r.as_ref().copied().unwrap_or(0),
                             },
                         )
                         .await?;
                     match vmid {
-                        Err(e) => checks.push(check("restore", &format!("VM {source_vmid}"), false, e, Value::Null)),
+                        Err(e) => checks.push(check(
+                            "restore",
+                            &format!("VM {source_vmid}"),
+                            false,
+                            e,
+                            Value::Null,
+                        )),
                         Ok(vmid) => {
                             let timeout = d.config.agent_timeout;
                             let booted: Result<f64, String> = wf
-                                .step("restore.boot", async { Ok(restore::boot(pve, vmid, timeout).await) })
+                                .step("restore.boot", async {
+                                    Ok(restore::boot(pve, vmid, timeout).await)
+                                })
                                 .await?;
                             let ended = Utc::now();
                             match booted {
                                 Ok(secs) => {
-                                    let rto = first_clone.map(|at| (ended - at).num_milliseconds() as f64 / 1e3);
+                                    let rto = first_clone
+                                        .map(|at| (ended - at).num_milliseconds() as f64 / 1e3);
                                     report.rto_secs = rto;
                                     checks.push(check(
                                         "restore",
@@ -301,13 +328,27 @@ impl Workflow for RestoreDrill {
                                         json!({"boot_secs": secs, "rto_secs": rto}),
                                     ));
                                 }
-                                Err(e) => checks.push(check("restore", &format!("VM {source_vmid} as {vmid}"), false, e, Value::Null)),
+                                Err(e) => checks.push(check(
+                                    "restore",
+                                    &format!("VM {source_vmid} as {vmid}"),
+                                    false,
+                                    e,
+                                    Value::Null,
+                                )),
                             }
                             let destroyed: Result<(), String> = wf
-                                .step("restore.destroy", async { Ok(restore::destroy(pve, vmid, timeout).await) })
+                                .step("restore.destroy", async {
+                                    Ok(restore::destroy(pve, vmid, timeout).await)
+                                })
                                 .await?;
                             if let Err(e) = destroyed {
-                                checks.push(check("cleanup", &format!("VM {vmid}"), false, e, Value::Null));
+                                checks.push(check(
+                                    "cleanup",
+                                    &format!("VM {vmid}"),
+                                    false,
+                                    e,
+                                    Value::Null,
+                                ));
                             }
                         }
                     }
@@ -343,9 +384,8 @@ impl Workflow for RestoreDrill {
                     StepError::terminal(format!("drill.report_dir {}: {e}", dir.display()))
                 })?;
                 let path = dir.join(format!("{run}.md"));
-                std::fs::write(&path, &rendered).map_err(|e| {
-                    StepError::terminal(format!("writing {}: {e}", path.display()))
-                })?;
+                std::fs::write(&path, &rendered)
+                    .map_err(|e| StepError::terminal(format!("writing {}: {e}", path.display())))?;
                 Ok(path.display().to_string())
             })
             .await?;
@@ -391,7 +431,10 @@ impl Workflow for RestoreDrill {
                 if left.is_empty() {
                     Ok(())
                 } else {
-                    Err(StepError::transient(format!("clones left: {}", left.join("; "))))
+                    Err(StepError::transient(format!(
+                        "clones left: {}",
+                        left.join("; ")
+                    )))
                 }
             }
             DrillUndo::Vm { vmid: 0 } => Ok(()),

@@ -19,7 +19,10 @@ pub fn render(run: &str, at: DateTime<Utc>, report: &DrillReport) -> String {
         let _ = writeln!(md, "- RPO (age of the newest replicated snapshot): {rpo} s");
     }
     if let Some(rto) = report.rto_secs {
-        let _ = writeln!(md, "- RTO (first clone → restored VM's agent answering): {rto:.1} s");
+        let _ = writeln!(
+            md,
+            "- RTO (first clone → restored VM's agent answering): {rto:.1} s"
+        );
     }
     let _ = writeln!(
         md,

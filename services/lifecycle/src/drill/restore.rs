@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use proxflow_pve::{Params, PveClient};
+use std::collections::BTreeMap;
+
+use proxflow_pve::PveClient;
 use serde_json::Value;
 
 use crate::export::normalize::REDACTED;
@@ -14,7 +16,14 @@ use crate::export::normalize::REDACTED;
 fn dropped(key: &str) -> bool {
     matches!(
         key,
-        "digest" | "meta" | "vmgenid" | "lock" | "template" | "parent" | "snaptime" | "efidisk0"
+        "digest"
+            | "meta"
+            | "vmgenid"
+            | "lock"
+            | "template"
+            | "parent"
+            | "snaptime"
+            | "efidisk0"
             | "tpmstate0"
     ) || key.starts_with("unused")
 }
@@ -51,12 +60,13 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// The creation parameters of a drill twin of `config` as VM `vmid`, its disks on `storage`.
-pub fn creation_params(config: &Value, vmid: u32, storage: &str) -> Result<Params, String> {
+/// The creation parameters of a drill twin of `config` (the VMID goes separately), its disks on
+/// `storage`.
+pub fn creation_params(config: &Value, storage: &str) -> Result<BTreeMap<String, String>, String> {
     let map = config
         .as_object()
         .ok_or("the exported config is not an object")?;
-    let mut params = Params::new().set("vmid", vmid);
+    let mut params = BTreeMap::new();
     for (key, value) in map {
         let Some(value) = text(value) else { continue };
         if dropped(key) || value == REDACTED {
@@ -84,11 +94,11 @@ pub fn creation_params(config: &Value, vmid: u32, storage: &str) -> Result<Param
         } else {
             value
         };
-        params = params.set(key, value);
+        params.insert(key.clone(), value);
     }
-    if !map.contains_key("tags") {
-        params = params.set("tags", "proxflow-drill");
-    }
+    params
+        .entry("tags".to_owned())
+        .or_insert_with(|| "proxflow-drill".to_owned());
     Ok(params)
 }
 
@@ -172,13 +182,17 @@ mod tests {
             "net1": "virtio=BC:24:11:00:00:02,bridge=vmbr2,link_down=0",
             "unused0": "local-zfs:vm-101-disk-9", "cipassword": REDACTED, "tags": "k3s"
         });
-        let p = creation_params(&config, 9900, "local-zfs").unwrap();
-        let got: std::collections::BTreeMap<String, String> = p.pairs().iter().cloned().collect();
-        assert_eq!(got["vmid"], "9900");
+        let got = creation_params(&config, "local-zfs").unwrap();
         assert_eq!(got["name"], "k3s-1-drill");
         assert_eq!(got["scsi0"], "local-zfs:40");
-        assert_eq!(got["net0"], "virtio=BC:24:11:00:00:01,bridge=vmbr1,tag=20,link_down=1");
-        assert_eq!(got["net1"], "virtio=BC:24:11:00:00:02,bridge=vmbr2,link_down=1");
+        assert_eq!(
+            got["net0"],
+            "virtio=BC:24:11:00:00:01,bridge=vmbr1,tag=20,link_down=1"
+        );
+        assert_eq!(
+            got["net1"],
+            "virtio=BC:24:11:00:00:02,bridge=vmbr2,link_down=1"
+        );
         assert_eq!(got["onboot"], "0");
         assert_eq!(got["tags"], "k3s;proxflow-drill");
         for gone in ["ide2", "unused0", "digest", "cipassword"] {

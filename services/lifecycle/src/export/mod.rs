@@ -96,18 +96,14 @@ impl Exporter {
     /// Collects, compares with the newest bundle before `name`, and writes `name` unless
     /// `dry_run`.
     pub async fn export(&self, name: &str, dry_run: bool) -> Result<ExportReport, StepError> {
-        let content = self
-            .collector
-            .collect()
-            .await
-            .map_err(|e| {
-                let message = e.to_string();
-                if e.is_transient() {
-                    StepError::transient(message).with_source(e)
-                } else {
-                    StepError::terminal(message).with_source(e)
-                }
-            })?;
+        let content = self.collector.collect().await.map_err(|e| {
+            let message = e.to_string();
+            if e.is_transient() {
+                StepError::transient(message).with_source(e)
+            } else {
+                StepError::terminal(message).with_source(e)
+            }
+        })?;
         let root = self.root().await?;
         let previous = bundle::list(&root)
             .map_err(terminal("listing the bundles"))?
