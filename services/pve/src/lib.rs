@@ -12,6 +12,7 @@
 //! - [`task`] — UPIDs and [`PveClient::wait_task`] (`WARNINGS: n` is success).
 //! - [`api`] — the operations: VMs, clones, config with digest, power, guest agent, snapshots, node,
 //!   storage, cluster resources, ZFS pools, apt.
+//! - [`rrd`] — RRD history of the node and its VMs (`rrddata`), for the capacity review.
 //! - [`perl`] — lenient decoding of Perl typing (0/1 booleans, numbers as strings).
 //!
 //! Facts behind the behaviour: `../shared/reference/pve-api.md`; the contract it is tested against:
@@ -22,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod perl;
+pub mod rrd;
 pub mod task;
 pub mod tls;
 pub mod types;

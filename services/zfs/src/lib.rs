@@ -16,11 +16,14 @@
 //! - [`names`] — name validation, the shell-safety rule for ssh prefixes, the lease key and hold tag
 //!   the snapshotter and replicator share.
 //! - [`parse`] — parsers for `-H` output ([`SnapshotInfo`]), usage text and `zfs holds`.
+//! - [`space`] — used / referenced / snapshot space of a dataset tree (`zfs get -Hrp`), for the
+//!   capacity review.
 //! - [`pipe`] — `zfs send | zfs receive` between two handles, copied and counted in this process.
 
 pub mod names;
 pub mod parse;
 pub mod pipe;
+pub mod space;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
