@@ -40,6 +40,8 @@ pub mod subject {
     pub const WORKFLOW_PROVISION: &str = "pf.cmd.workflow.provision";
     /// Advances of `patch_run` workflows (the patcher's engine).
     pub const WORKFLOW_PATCH_RUN: &str = "pf.cmd.workflow.patch_run";
+    /// Advances of `capacity_review` workflows (the capacity service's engine).
+    pub const WORKFLOW_CAPACITY_REVIEW: &str = "pf.cmd.workflow.capacity_review";
     /// Everything the trace stream captures.
     pub const TRACE_ALL: &str = "pf.trace.>";
     /// Prefix of dead-letter events; the consumer's durable name follows.
@@ -214,6 +216,10 @@ pub mod durable {
     pub const PATCHER: &str = "workflow-patch_run";
     /// Advances of `patch_run` workflows the patcher's engine gave up on.
     pub const PATCHER_GIVEN_UP: &str = "workflow-patch_run-givenup";
+    /// The capacity service's `capacity_review` workflows (`pf.cmd.workflow.capacity_review`).
+    pub const CAPACITY_REVIEW: &str = "workflow-capacity_review";
+    /// Advances of `capacity_review` workflows the capacity service's engine gave up on.
+    pub const CAPACITY_REVIEW_GIVEN_UP: &str = "workflow-capacity_review-givenup";
 }
 
 /// The advance consumer of workflow kind `kind`: `workflow-<kind>` on `pf.cmd.workflow.<kind>`.
@@ -452,6 +458,21 @@ pub mod consumer {
         user: user::PATCHER,
     };
 
+    /// See [`durable::CAPACITY_REVIEW`].
+    pub const CAPACITY_REVIEW: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::CAPACITY_REVIEW,
+        filter: Filter::Subject(super::subject::WORKFLOW_CAPACITY_REVIEW),
+        user: user::CAPACITY,
+    };
+    /// See [`durable::CAPACITY_REVIEW_GIVEN_UP`].
+    pub const CAPACITY_REVIEW_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::CAPACITY_REVIEW_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::CAPACITY_REVIEW),
+        user: user::CAPACITY,
+    };
+
     /// All of them, in the order `deploy/nats/accounts.conf` lists them.
     pub const ALL: &[Consumer] = &[
         PROVISIONER,
@@ -474,6 +495,8 @@ pub mod consumer {
         REPLICATOR_RUN,
         PATCHER,
         PATCHER_GIVEN_UP,
+        CAPACITY_REVIEW,
+        CAPACITY_REVIEW_GIVEN_UP,
     ];
 
     #[cfg(test)]
@@ -527,6 +550,11 @@ pub mod consumer {
             for (advance, given_up, kind) in [
                 (REMEDIATOR, REMEDIATOR_GIVEN_UP, "remediate"),
                 (PROVISIONER, PROVISIONER_GIVEN_UP, "provision"),
+                (
+                    CAPACITY_REVIEW,
+                    CAPACITY_REVIEW_GIVEN_UP,
+                    crate::capacity_review::KIND,
+                ),
                 (
                     ORCHESTRATOR_SCALE_OUT_WORKFLOW,
                     ORCHESTRATOR_SCALE_OUT_GIVEN_UP,

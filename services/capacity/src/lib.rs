@@ -17,12 +17,15 @@
 //! - [`detector`] — the sustained-threshold state machine (pure, persisted as is).
 //! - [`monitor`] — one poll: fetch, compute, gauges, events, detector state in KV.
 //! - [`gauges`] — the `proxflow_capacity_*` metrics.
+//! - [`review`] — the monthly capacity review: trends, days to threshold, commitment, growth,
+//!   snapshot space (pure), and what it reads ([`review::collect`]).
 
 pub mod compute;
 pub mod config;
 pub mod detector;
 pub mod gauges;
 pub mod monitor;
+pub mod review;
 
 use proxflow_pve::PveClient;
 use proxflow_runtime::{ServiceContext, TaskError, Tasks};
