@@ -63,6 +63,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Capacity tools: the monthly capacity review.
+    Capacity {
+        #[command(subcommand)]
+        command: crate::capacity::CapacityCommand,
+    },
     /// Ask the gateway for a new k3s node VM (a signed webhook request) and print its workflow.
     Provision(Box<ProvisionArgs>),
     /// Patching: start a run, see runs and plans, approve or reject a plan.
@@ -149,6 +154,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
         } => snapshot_plan(&settings).await,
         Command::Provision(args) => provision::run(&settings, *args).await,
         Command::Patch { gateway, command } => crate::patch::run(&settings, gateway, command).await,
+        Command::Capacity { command } => crate::capacity::run(&settings, command).await,
         Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,
         Command::Remediations { since, limit, json } => {
             crate::remediations::run(&settings.nats, since, limit, json).await

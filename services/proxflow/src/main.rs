@@ -14,8 +14,10 @@
 //! - `provision`: `proxflow provision`, a signed provisioning request to the gateway.
 //! - `trace`: `proxflow trace`, a workflow's trace read back from the bus.
 //! - `remediations`: `proxflow remediations`, the remediation audit trail.
+//! - `capacity`: `proxflow capacity review`, the capacity review of a window.
 //! - `nats_accounts`: `proxflow nats-accounts`, the NATS users' permissions generated from the names.
 
+mod capacity;
 mod cli;
 mod compose;
 mod dev;

@@ -151,22 +151,32 @@ pub async fn collect(
             "Proxmox's month RRD starts at {oldest}: the rrd trends cover only the window from there."
         ));
     }
-    let growth: Vec<_> = futures::stream::iter(vms.iter().filter(|v| !v.template))
-        .map(|v| async move {
-            match pve_client
-                .vm_rrd(v.vmid, Timeframe::Month, Consolidation::Average)
-                .await
-            {
-                Ok(rows) => Ok(series::vm_growth(&window, v.vmid, v.name.clone(), &rows)),
-                // Destroyed since the list was read: nothing to say about it.
-                Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(pve(format!("rrddata of VM {}", v.vmid))(e)),
+    // Owned inputs per request: a stream of futures borrowing the VM list is not `Send` in the
+    // workflow's step (higher-ranked lifetimes), and the client is a cheap handle.
+    let targets: Vec<(u32, Option<String>)> = vms
+        .iter()
+        .filter(|v| !v.template)
+        .map(|v| (v.vmid, v.name.clone()))
+        .collect();
+    let growth: Vec<Option<_>> = futures::stream::iter(targets)
+        .map(|(vmid, name)| {
+            let client = pve_client.clone();
+            async move {
+                match client
+                    .vm_rrd(vmid, Timeframe::Month, Consolidation::Average)
+                    .await
+                {
+                    Ok(rows) => Ok(series::vm_growth(&window, vmid, name, &rows)),
+                    // Destroyed since the list was read: nothing to say about it.
+                    Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(pve(format!("rrddata of VM {vmid}"))(e)),
+                }
             }
         })
         .buffer_unordered(VM_RRD_PARALLEL)
-        .try_filter_map(|g| async move { Ok(g) })
         .try_collect()
         .await?;
+    let growth: Vec<_> = growth.into_iter().flatten().collect();
     let space = if config.review.datasets.is_empty() {
         None
     } else {

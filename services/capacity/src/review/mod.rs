@@ -3,7 +3,8 @@
 //! snapshot space by naming policy.
 //!
 //! The computation is pure and tested with hand-computed numbers ([`forecast`], [`series`],
-//! [`space`], [`render`]); [`collect`] is the only part that reads (the bus, Proxmox, zfs). The
+//! [`space`], [`render`]); [`collect`] is the only part that reads (the bus, Proxmox, zfs) and
+//! [`write`] the only one that writes (the report files). The
 //! `capacity_review` workflow ([`crate::flow`]) and `proxflow capacity review` both call
 //! [`collect::collect`] and [`render::markdown`].
 
@@ -12,6 +13,7 @@ pub mod forecast;
 pub mod render;
 pub mod series;
 pub mod space;
+pub mod write;
 
 use proxflow_pve::types::VmSummary;
 use proxflow_schemas::capacity_review::{CapacityReview, VmGrowth};
