@@ -154,10 +154,15 @@ async fn a_month_of_samples_is_reviewed_with_the_hand_computed_forecast() {
     assert_eq!(steps, ["compute", "write", "announce"]);
 
     // The event, once, naming the report and its hash.
-    let events: Vec<CapacityReviewed> =
-        history::since(&ctx.bus.js, stream::EVT, CapacityReviewed::SUBJECT, start, 10)
-            .await
-            .unwrap();
+    let events: Vec<CapacityReviewed> = history::since(
+        &ctx.bus.js,
+        stream::EVT,
+        CapacityReviewed::SUBJECT,
+        start,
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!(events.len(), 1, "{events:?}");
     let event = &events[0];
     assert_eq!(event.workflow_id, id);
@@ -176,7 +181,10 @@ async fn a_month_of_samples_is_reviewed_with_the_hand_computed_forecast() {
         .expect("the cluster's memory trend");
     assert_eq!(trend.points, POLLS);
     assert_eq!(trend.threshold, 70.0);
-    assert!((trend.slope_per_day - slope).abs() < 1e-6, "{trend:?} vs {slope}");
+    assert!(
+        (trend.slope_per_day - slope).abs() < 1e-6,
+        "{trend:?} vs {slope}"
+    );
     match trend.days_left {
         DaysLeft::Days { days: d } => assert!((d - days).abs() < 1e-6, "{d} vs {days}"),
         other => panic!("{other:?}"),

@@ -99,7 +99,10 @@ impl ReviewConfig {
             ));
         }
         if self.top == 0 {
-            return Err(ConfigError::value("capacity.review.top", "must be at least 1"));
+            return Err(ConfigError::value(
+                "capacity.review.top",
+                "must be at least 1",
+            ));
         }
         if self.window.is_zero() {
             return Err(ConfigError::value(

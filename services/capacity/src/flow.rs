@@ -54,7 +54,8 @@ impl CapacityReviewFlow {
     fn write(&self, id: &str, report: &CapacityReview) -> Result<Written, StepError> {
         let dir: PathBuf = self.config.review.dir.clone();
         // A full or read-only disk may be fixed by someone; retried within the attempts.
-        write::write(&dir, id, report).map_err(|e| StepError::transient(e.to_string()).with_source(e))
+        write::write(&dir, id, report)
+            .map_err(|e| StepError::transient(e.to_string()).with_source(e))
     }
 }
 
@@ -71,9 +72,7 @@ impl Workflow for CapacityReviewFlow {
     async fn run(&self, wf: &mut Run<Self>, input: CapacityReviewInput) -> Result<Written, Halt> {
         let id = wf.id().to_string();
         let report: CapacityReview = wf.step("compute", self.compute(input)).await?;
-        let written = wf
-            .step("write", async { self.write(&id, &report) })
-            .await?;
+        let written = wf.step("write", async { self.write(&id, &report) }).await?;
         let summary = review::summary(&report);
         wf.note("summary", &summary);
         let soonest = report.soonest().map(|(t, d)| (t.metric.clone(), d));

@@ -67,7 +67,10 @@ async fn review_cmd(settings: &Settings, args: ReviewArgs) -> anyhow::Result<()>
     let to = args.to.unwrap_or_else(Utc::now);
     let from = match args.from {
         Some(from) => from,
-        None => to - chrono::Duration::from_std(config.review.window).context("capacity.review.window")?,
+        None => {
+            to - chrono::Duration::from_std(config.review.window)
+                .context("capacity.review.window")?
+        }
     };
     if to <= from {
         bail!("--to ({to}) must be after --from ({from})");

@@ -19,7 +19,8 @@ fn proxflow(env: &[(&str, String)], args: &[&str]) -> Output {
             cmd.env_remove(key);
         }
     }
-    cmd.env("RUST_LOG", "warn").envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     cmd.args(args).output().expect("proxflow runs")
 }
 
@@ -88,5 +89,8 @@ async fn the_review_fails_without_samples_and_prints_the_report_with_them() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(written.len(), 2, "{written:?}");
-    assert!(written.iter().all(|n| n.starts_with("capacity-review-")), "{written:?}");
+    assert!(
+        written.iter().all(|n| n.starts_with("capacity-review-")),
+        "{written:?}"
+    );
 }

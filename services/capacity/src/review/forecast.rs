@@ -172,7 +172,10 @@ mod tests {
         // Falling but still above is above: 0 days.
         let over = fit_of(&[(0.0, 90.0), (10.0, 80.0)]);
         assert_eq!(days_left(over.as_ref(), 70.0), DaysLeft::AlreadyAbove);
-        assert_eq!(days_left(fit_of(&[(0.0, 1.0)]).as_ref(), 70.0), DaysLeft::Unknown);
+        assert_eq!(
+            days_left(fit_of(&[(0.0, 1.0)]).as_ref(), 70.0),
+            DaysLeft::Unknown
+        );
         // Two points at one time: no line.
         assert_eq!(fit_of(&[(5.0, 1.0), (5.0, 2.0)]), None);
         // Non-finite values are skipped, not fitted.

@@ -81,11 +81,7 @@ pub fn assemble(parts: Parts, config: &crate::CapacityConfig) -> CapacityReview 
         to: parts.window.to,
         samples: parts.trends.samples(),
         trends: parts.trends.finish(config),
-        commitment: space::commitment(
-            &parts.vms,
-            parts.physical_memory,
-            review.commitment_target,
-        ),
+        commitment: space::commitment(&parts.vms, parts.physical_memory, review.commitment_target),
         top_vms: series::top_vms(parts.vm_growth, review.top),
         top_datasets,
         snapshot_space,

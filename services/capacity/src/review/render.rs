@@ -116,7 +116,10 @@ pub fn markdown(r: &CapacityReview) -> String {
     if r.top_datasets.is_empty() {
         let _ = writeln!(w, "No dataset reviewed.");
     } else {
-        let _ = writeln!(w, "| dataset | used | referenced | snapshots | growth | since |");
+        let _ = writeln!(
+            w,
+            "| dataset | used | referenced | snapshots | growth | since |"
+        );
         let _ = writeln!(w, "|---|---:|---:|---:|---:|---|");
         for d in &r.top_datasets {
             let _ = writeln!(

@@ -85,7 +85,14 @@ impl Trends {
         self.samples
     }
 
-    fn push(&mut self, source: TrendSource, metric: String, kind: &'static str, at: DateTime<Utc>, y: f64) {
+    fn push(
+        &mut self,
+        source: TrendSource,
+        metric: String,
+        kind: &'static str,
+        at: DateTime<Utc>,
+        y: f64,
+    ) {
         let x = days_since(self.window.from, at);
         self.series
             .entry((source_rank(source), metric))
@@ -126,7 +133,13 @@ impl Trends {
             ];
             for (metric, kind, value) in figures {
                 if let Some(v) = value {
-                    self.push(TrendSource::Rrd, format!("host/{node}/{metric}"), kind, at, v);
+                    self.push(
+                        TrendSource::Rrd,
+                        format!("host/{node}/{metric}"),
+                        kind,
+                        at,
+                        v,
+                    );
                 }
             }
         }
@@ -257,12 +270,18 @@ mod tests {
         let out = trends.finish(&CapacityConfig::default());
         let mem = out.iter().find(|t| t.metric == "host/pve1/memory").unwrap();
         assert_eq!(mem.source, TrendSource::Rrd);
-        assert_eq!(mem.points, 3, "the row before the window and the empty row are left out");
+        assert_eq!(
+            mem.points, 3,
+            "the row before the window and the empty row are left out"
+        );
         assert!((mem.slope_per_day - 1.0).abs() < 1e-9, "{mem:?}");
         // 35 % now, 70 % at 1 % a day: 35 days.
         assert_eq!(mem.days_left.days().map(|d| d.round()), Some(35.0));
         let cpu = out.iter().find(|t| t.metric == "host/pve1/cpu").unwrap();
-        assert_eq!(cpu.days_left, proxflow_schemas::capacity_review::DaysLeft::Never);
+        assert_eq!(
+            cpu.days_left,
+            proxflow_schemas::capacity_review::DaysLeft::Never
+        );
         assert!(!out.iter().any(|t| t.metric.ends_with("rootfs")));
     }
 
@@ -297,7 +316,10 @@ mod tests {
             ..g.clone()
         };
         let ranked = top_vms(vec![flat, small, g], 5);
-        assert_eq!(ranked.iter().map(|v| v.vmid).collect::<Vec<_>>(), [104, 101]);
+        assert_eq!(
+            ranked.iter().map(|v| v.vmid).collect::<Vec<_>>(),
+            [104, 101]
+        );
         assert!(vm_growth(&window(), 1, None, &[]).is_none());
     }
 }

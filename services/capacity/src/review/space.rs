@@ -120,7 +120,9 @@ pub fn dataset_growth(objects: &[Space], window: &Window, top: usize) -> Vec<Dat
                 referenced_bytes: o.referenced,
                 snapshots_bytes: o.usedbysnapshots,
                 growth_bytes: base.map(|b| o.referenced as i64 - b.referenced as i64),
-                baseline: base.and_then(|b| b.snapshot_of()).map(|(_, n)| n.to_owned()),
+                baseline: base
+                    .and_then(|b| b.snapshot_of())
+                    .map(|(_, n)| n.to_owned()),
                 baseline_at: base.map(|b| b.creation),
             }
         })
@@ -176,7 +178,14 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn obj(name: &str, kind: ObjectType, used: u64, referenced: u64, ubs: u64, created: &str) -> Space {
+    fn obj(
+        name: &str,
+        kind: ObjectType,
+        used: u64,
+        referenced: u64,
+        ubs: u64,
+        created: &str,
+    ) -> Space {
         Space {
             name: name.into(),
             kind,
@@ -192,11 +201,46 @@ mod tests {
         use ObjectType::*;
         let objects = [
             obj("tank/a", Filesystem, 900, 500, 400, "2026-01-01T00:00:00Z"),
-            obj("tank/a@pf-daily-20261001T030000Z", Snapshot, 100, 300, 0, "2026-10-01T03:00:00Z"),
-            obj("tank/a@pf-daily-20261002T030000Z", Snapshot, 50, 350, 0, "2026-10-02T03:00:00Z"),
-            obj("tank/a@pf-weekly-20261004T030000Z", Snapshot, 20, 360, 0, "2026-10-04T03:00:00Z"),
-            obj("tank/a@pf-pre-patch-1-20261005T101500Z", Snapshot, 30, 400, 0, "2026-10-05T10:15:00Z"),
-            obj("tank/a@manual", Snapshot, 40, 420, 0, "2026-09-01T00:00:00Z"),
+            obj(
+                "tank/a@pf-daily-20261001T030000Z",
+                Snapshot,
+                100,
+                300,
+                0,
+                "2026-10-01T03:00:00Z",
+            ),
+            obj(
+                "tank/a@pf-daily-20261002T030000Z",
+                Snapshot,
+                50,
+                350,
+                0,
+                "2026-10-02T03:00:00Z",
+            ),
+            obj(
+                "tank/a@pf-weekly-20261004T030000Z",
+                Snapshot,
+                20,
+                360,
+                0,
+                "2026-10-04T03:00:00Z",
+            ),
+            obj(
+                "tank/a@pf-pre-patch-1-20261005T101500Z",
+                Snapshot,
+                30,
+                400,
+                0,
+                "2026-10-05T10:15:00Z",
+            ),
+            obj(
+                "tank/a@manual",
+                Snapshot,
+                40,
+                420,
+                0,
+                "2026-09-01T00:00:00Z",
+            ),
         ];
         let s = snapshot_space(&objects, "pf-");
         let got: Vec<_> = s
