@@ -15,6 +15,7 @@
 //! - [`alert`] — Alertmanager alerts as ingested, one message per alert.
 //! - [`remediation`] — remediation decisions (the audit trail), work orders, outcomes, pages.
 //! - [`capacity`] — capacity samples, sustained-threshold events and host-headroom vetoes.
+//! - [`capacity_review`] — the monthly capacity review: its workflow input, report and event.
 //! - [`provision`] — the provisioning request the gateway publishes.
 //! - [`snapshot`] — the snapshotter's pre-change request/reply and its events (taken, pruned, check).
 //! - [`lifecycle`] — the lifecycle jobs (host-config export, restore drill, disk health).
@@ -32,6 +33,7 @@
 
 pub mod alert;
 pub mod capacity;
+pub mod capacity_review;
 pub mod events;
 pub mod lifecycle;
 pub mod message;

@@ -42,6 +42,8 @@ pub mod subject {
     pub const WORKFLOW_PATCH_RUN: &str = "pf.cmd.workflow.patch_run";
     /// Advances of the lifecycle service's `config_export` workflows.
     pub const WORKFLOW_CONFIG_EXPORT: &str = "pf.cmd.workflow.config_export";
+    /// Advances of `capacity_review` workflows (the capacity service's engine).
+    pub const WORKFLOW_CAPACITY_REVIEW: &str = "pf.cmd.workflow.capacity_review";
     /// Everything the trace stream captures.
     pub const TRACE_ALL: &str = "pf.trace.>";
     /// Prefix of dead-letter events; the consumer's durable name follows.
@@ -220,6 +222,10 @@ pub mod durable {
     pub const LIFECYCLE_EXPORT: &str = "workflow-config_export";
     /// Advances of `config_export` workflows its engine gave up on.
     pub const LIFECYCLE_EXPORT_GIVEN_UP: &str = "workflow-config_export-givenup";
+    /// The capacity service's `capacity_review` workflows (`pf.cmd.workflow.capacity_review`).
+    pub const CAPACITY_REVIEW: &str = "workflow-capacity_review";
+    /// Advances of `capacity_review` workflows the capacity service's engine gave up on.
+    pub const CAPACITY_REVIEW_GIVEN_UP: &str = "workflow-capacity_review-givenup";
 }
 
 /// The advance consumer of workflow kind `kind`: `workflow-<kind>` on `pf.cmd.workflow.<kind>`.
@@ -474,6 +480,20 @@ pub mod consumer {
         filter: Filter::DeadLettersOf(durable::LIFECYCLE_EXPORT),
         user: user::LIFECYCLE,
     };
+    /// See [`durable::CAPACITY_REVIEW`].
+    pub const CAPACITY_REVIEW: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::CAPACITY_REVIEW,
+        filter: Filter::Subject(super::subject::WORKFLOW_CAPACITY_REVIEW),
+        user: user::CAPACITY,
+    };
+    /// See [`durable::CAPACITY_REVIEW_GIVEN_UP`].
+    pub const CAPACITY_REVIEW_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::CAPACITY_REVIEW_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::CAPACITY_REVIEW),
+        user: user::CAPACITY,
+    };
 
     /// All of them, in the order `deploy/nats/accounts.conf` lists them.
     pub const ALL: &[Consumer] = &[
@@ -499,6 +519,8 @@ pub mod consumer {
         PATCHER_GIVEN_UP,
         LIFECYCLE_EXPORT,
         LIFECYCLE_EXPORT_GIVEN_UP,
+        CAPACITY_REVIEW,
+        CAPACITY_REVIEW_GIVEN_UP,
     ];
 
     #[cfg(test)]
@@ -552,6 +574,11 @@ pub mod consumer {
             for (advance, given_up, kind) in [
                 (REMEDIATOR, REMEDIATOR_GIVEN_UP, "remediate"),
                 (PROVISIONER, PROVISIONER_GIVEN_UP, "provision"),
+                (
+                    CAPACITY_REVIEW,
+                    CAPACITY_REVIEW_GIVEN_UP,
+                    crate::capacity_review::KIND,
+                ),
                 (
                     ORCHESTRATOR_SCALE_OUT_WORKFLOW,
                     ORCHESTRATOR_SCALE_OUT_GIVEN_UP,

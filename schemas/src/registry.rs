@@ -6,6 +6,7 @@ use crate::alert::AlertReceived;
 use crate::capacity::{
     CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted, ScaleOutRequested,
 };
+use crate::capacity_review::{CapacityReview, CapacityReviewed};
 use crate::events::DeadLetter;
 use crate::lifecycle::{DrillCompleted, ExportCompleted};
 use crate::message::{SchemaId, Versioned};
@@ -76,6 +77,8 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<CapacityRecovered>(),
         SchemaDoc::of::<HostExhausted>(),
         SchemaDoc::of::<ScaleOutRequested>(),
+        SchemaDoc::of::<CapacityReview>(),
+        SchemaDoc::of::<CapacityReviewed>(),
         SchemaDoc::of::<PatchEvent>(),
         SchemaDoc::of::<ExportCompleted>(),
         SchemaDoc::of::<DrillCompleted>(),

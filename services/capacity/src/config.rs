@@ -1,8 +1,9 @@
-//! `[capacity]`: how often to poll, the detector rule of each metric kind, and the k3s clusters with
+//! `[capacity]`: how often to poll, the detector rule of each metric kind, the k3s clusters with
 //! their scale-out settings ([`proxflow_platform::cluster`], shared with the orchestrator, which runs
-//! the scale-out).
+//! the scale-out), and `[capacity.review]`, the monthly review.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use proxflow_platform::Clusters;
@@ -40,6 +41,8 @@ pub struct CapacityConfig {
     pub rules: BTreeMap<String, Rule>,
     /// k3s clusters by name (`[capacity.clusters.k3s]`), with the orchestrator's scale-out settings.
     pub clusters: Clusters,
+    /// `[capacity.review]`: the monthly capacity review.
+    pub review: ReviewConfig,
 }
 
 impl Default for CapacityConfig {
@@ -52,7 +55,72 @@ impl Default for CapacityConfig {
                 .map(|k| (k.to_string(), default_rule(k)))
                 .collect(),
             clusters: Clusters::default(),
+            review: ReviewConfig::default(),
         }
+    }
+}
+
+/// `[capacity.review]`: where the monthly review goes and what it judges against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// Directory the reports are written to (`<workflow id>.md` and `.json`).
+    pub dir: PathBuf,
+    /// Memory commitment target (1.5 = 1.5:1): the headroom is measured under it.
+    pub commitment_target: f64,
+    /// How many VMs and datasets the "top growing" lists hold.
+    pub top: usize,
+    /// The window a review looks back over when none is given.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// ZFS datasets whose trees are reviewed (growth, snapshot space by policy), through
+    /// `snapshot.zfs_command`; none by default (those sections are then left out).
+    pub datasets: Vec<String>,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(".proxflow/capacity-reviews"),
+            commitment_target: 1.5,
+            top: 10,
+            window: Duration::from_secs(30 * 24 * 3600),
+            datasets: Vec::new(),
+        }
+    }
+}
+
+impl ReviewConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.commitment_target.is_finite() && self.commitment_target > 0.0) {
+            return Err(ConfigError::value(
+                "capacity.review.commitment_target",
+                "must be a number above zero (1.5 = 1.5:1)",
+            ));
+        }
+        if self.top == 0 {
+            return Err(ConfigError::value(
+                "capacity.review.top",
+                "must be at least 1",
+            ));
+        }
+        if self.window.is_zero() {
+            return Err(ConfigError::value(
+                "capacity.review.window",
+                "must be greater than zero",
+            ));
+        }
+        if let Some(bad) = self
+            .datasets
+            .iter()
+            .find(|d| !proxflow_zfs::names::is_dataset_name(d))
+        {
+            return Err(ConfigError::value(
+                "capacity.review.datasets",
+                format!("{bad:?} is not a ZFS dataset name"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -159,6 +227,7 @@ impl Validate for CapacityConfig {
                 ));
             }
         }
+        self.review.validate()?;
         self.clusters.validate_at("capacity.clusters")
     }
 }
@@ -194,6 +263,14 @@ mod tests {
             e.contains("capacity.clusters.k3s.scale_out.triggers"),
             "{e}"
         );
+        let mut c = CapacityConfig::default();
+        c.review.commitment_target = 0.0;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("capacity.review.commitment_target"), "{e}");
+        let mut c = CapacityConfig::default();
+        c.review.datasets = vec!["tank/../x y".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("capacity.review.datasets"), "{e}");
     }
 
     #[test]

@@ -17,19 +17,29 @@
 //! - [`detector`] — the sustained-threshold state machine (pure, persisted as is).
 //! - [`monitor`] — one poll: fetch, compute, gauges, events, detector state in KV.
 //! - [`gauges`] — the `proxflow_capacity_*` metrics.
+//! - [`flow`] — the `capacity_review` workflow (compute → write → announce), registered here.
+//! - [`review`] — the monthly capacity review: trends, days to threshold, commitment, growth,
+//!   snapshot space (pure), and what it reads ([`review::collect`]).
 
 pub mod compute;
 pub mod config;
 pub mod detector;
+pub mod flow;
 pub mod gauges;
 pub mod monitor;
+pub mod review;
 
 use proxflow_pve::PveClient;
+use proxflow_runtime::config::ConsumerConfig;
+use proxflow_runtime::workflow::{Engine, EngineError};
 use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CapacityConfig, Rule};
+pub use config::{CapacityConfig, ReviewConfig, Rule};
 pub use monitor::{Monitor, MonitorError, PollReport};
+/// The workflow kind of a capacity review (its input is
+/// [`proxflow_schemas::capacity_review::CapacityReviewInput`]).
+pub use proxflow_schemas::capacity_review::KIND as REVIEW_KIND;
 
 /// Everything the capacity service needs beyond the [`ServiceContext`].
 #[derive(Debug, Clone)]
@@ -38,6 +48,10 @@ pub struct CapacitySettings {
     pub config: CapacityConfig,
     /// The Proxmox it watches.
     pub pve: PveClient,
+    /// zfs of the reviewed datasets (`snapshot.zfs_command`).
+    pub zfs: proxflow_zfs::Zfs,
+    /// The snapshot name prefix (`snapshot.prefix`), by which reviews group snapshot space.
+    pub snapshot_prefix: String,
 }
 
 /// Why the capacity service stopped.
@@ -49,9 +63,12 @@ pub enum CapacityError {
     /// The poll loop failed (the bus or the state bucket).
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// The workflow engine could not open its bucket.
+    #[error("capacity review workflows")]
+    Engine(#[from] EngineError),
 }
 
-/// Polls every `config.interval` until `shutdown`. A failed poll is logged and counted (and breaks
+/// Polls every `config.interval`, and runs the `capacity_review` workflows, until `shutdown`. A failed poll is logged and counted (and breaks
 /// every running window); only the bus or the state bucket failing stops the service.
 pub async fn run(
     ctx: ServiceContext,
@@ -61,9 +78,23 @@ pub async fn run(
     let mut interval = tokio::time::interval(settings.config.interval);
     // A late tick is taken once, not in a burst: a burst of polls would only repeat one reading.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut engine = Engine::new(&ctx).await?;
+    engine.register(flow::CapacityReviewFlow {
+        sources: review::Sources {
+            js: ctx.bus.js.clone(),
+            pve: settings.pve.clone(),
+            zfs: settings.zfs,
+            snapshot_prefix: settings.snapshot_prefix,
+        },
+        config: settings.config.clone(),
+        publisher: ctx.bus.publisher.clone(),
+        clock: ctx.clock.clone(),
+    });
     let mut monitor = Monitor::new(&ctx, settings.config, settings.pve).await?;
     ctx.health.set("capacity", true);
     let mut tasks = Tasks::new(&ctx, &shutdown);
+    // Reviews are started by the shared scheduler or an operator; this engine advances them.
+    engine.spawn(&ctx, &ConsumerConfig::default(), &mut tasks);
     let stop = tasks.shutdown();
     tasks.spawn("polls", async move {
         loop {

@@ -63,6 +63,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Capacity tools: the monthly capacity review.
+    Capacity {
+        #[command(subcommand)]
+        command: crate::capacity::CapacityCommand,
+    },
     /// Ask the gateway for a new k3s node VM (a signed webhook request) and print its workflow.
     Provision(Box<ProvisionArgs>),
     /// Patching: start a run, see runs and plans, approve or reject a plan.
@@ -162,6 +167,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
         Command::Patch { gateway, command } => crate::patch::run(&settings, gateway, command).await,
         Command::Export { command } => crate::lifecycle::export(&settings, command).await,
         Command::Schedule { json } => crate::schedule::run(&settings, json).await,
+        Command::Capacity { command } => crate::capacity::run(&settings, command).await,
         Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,
         Command::Remediations { since, limit, json } => {
             crate::remediations::run(&settings.nats, since, limit, json).await

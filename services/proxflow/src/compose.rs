@@ -122,6 +122,8 @@ pub const SERVICES: &[ServiceEntry] = &[
             let settings = proxflow_capacity::CapacitySettings {
                 config: settings.capacity.clone(),
                 pve: clients.pve(settings)?,
+                zfs: review_zfs(settings),
+                snapshot_prefix: settings.snapshot.prefix.clone(),
             };
             Ok(launch("capacity", proxflow_capacity::run, settings))
         },
@@ -261,6 +263,15 @@ impl Clients {
         self.pve = Some(pve.clone());
         Ok(pve)
     }
+}
+
+/// The zfs the capacity review lists its datasets with: the snapshotter's (`snapshot.zfs_command`),
+/// since the reviewed datasets are the ones it snapshots.
+pub fn review_zfs(settings: &Settings) -> proxflow_zfs::Zfs {
+    proxflow_zfs::Zfs::new(
+        settings.snapshot.zfs_command.clone(),
+        settings.snapshot.zfs_timeout,
+    )
 }
 
 /// The snapshotter's Proxmox client: required when a policy snapshots VMs (a missing token then

@@ -16,8 +16,10 @@
 //! - `remediations`: `proxflow remediations`, the remediation audit trail.
 //! - `lifecycle`: `proxflow export`, the lifecycle jobs' operator side.
 //! - `schedule`: `proxflow schedule`, every scheduled job with its last and next run.
+//! - `capacity`: `proxflow capacity review`, the capacity review of a window.
 //! - `nats_accounts`: `proxflow nats-accounts`, the NATS users' permissions generated from the names.
 
+mod capacity;
 mod cli;
 mod compose;
 mod dev;

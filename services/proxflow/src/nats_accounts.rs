@@ -12,6 +12,7 @@ use proxflow_schemas::Message;
 use proxflow_schemas::capacity::{
     CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted, ScaleOutRequested,
 };
+use proxflow_schemas::capacity_review::CapacityReviewed;
 use proxflow_schemas::names::{self, bucket, stream, subject, user};
 use proxflow_schemas::remediation::{RemediationDecision, RemediationOutcome, RemediationPage};
 use proxflow_schemas::replication::ReplicationRequested;
@@ -73,6 +74,11 @@ fn users() -> Vec<User> {
         "$JS.API.CONSUMER.CREATE.{}.*.{}",
         stream::EVT,
         RemediationDecision::SUBJECT
+    );
+    let capacity_samples = format!(
+        "$JS.API.CONSUMER.CREATE.{}.*.{}",
+        stream::EVT,
+        CapacitySample::SUBJECT
     );
     let replication_completed = format!(
         "$JS.API.CONSUMER.CREATE.{}.*.pf.evt.replication.completed",
@@ -189,17 +195,38 @@ fn users() -> Vec<User> {
         User {
             name: user::CAPACITY,
             about: "Capacity: polls Proxmox (no bus input), publishes samples and sustained-threshold events,\n\
-                    keeps its detectors in pf_capacity.",
-            publishes: vec![Grant::plain(&[
-                CapacitySample::SUBJECT,
-                CapacityExceeded::SUBJECT,
-                CapacityRecovered::SUBJECT,
-            ])],
-            buckets: vec![bucket::CAPACITY],
-            lists: vec![(
-                bucket::CAPACITY,
-                "A restart lists the stored detectors with an ephemeral ordered consumer.",
-            )],
+                    keeps its detectors in pf_capacity, and runs the `capacity_review` workflows (its\n\
+                    workflow engine advances them) that read the month's samples back.",
+            publishes: vec![
+                Grant::plain(&[
+                    CapacitySample::SUBJECT,
+                    CapacityExceeded::SUBJECT,
+                    CapacityRecovered::SUBJECT,
+                    CapacityReviewed::SUBJECT,
+                    subject::WORKFLOW_CAPACITY_REVIEW,
+                ]),
+                Grant::because(
+                    "A review reads the window's capacity samples back with an ordered consumer.",
+                    &[
+                        &capacity_samples,
+                        &format!("$JS.API.CONSUMER.MSG.NEXT.{}.*", stream::EVT),
+                        &format!("$JS.API.CONSUMER.INFO.{}.*", stream::EVT),
+                        &format!("$JS.API.CONSUMER.DELETE.{}.*", stream::EVT),
+                    ],
+                ),
+            ],
+            buckets: vec![bucket::CAPACITY, bucket::WORKFLOWS],
+            lists: vec![
+                (
+                    bucket::CAPACITY,
+                    "A restart lists the stored detectors with an ephemeral ordered consumer.",
+                ),
+                (
+                    bucket::WORKFLOWS,
+                    "The workflow engine's waker lists the index (idx.<kind>.<state>.*) with an\n\
+                     ephemeral ordered consumer.",
+                ),
+            ],
             answers: vec![],
         },
         User {

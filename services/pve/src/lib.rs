@@ -12,7 +12,8 @@
 //! - [`task`] — UPIDs and [`PveClient::wait_task`] (`WARNINGS: n` is success).
 //! - [`api`] — the operations: VMs, clones, config with digest, power, guest agent, snapshots, node,
 //!   storage, cluster resources, ZFS pools, apt; [`lifecycle`] — creating a VM from a config,
-//!   disks and SMART health, RRD history.
+//!   disks and SMART health.
+//! - [`rrd`] — RRD history of the node and its VMs (`rrddata`), for the capacity review.
 //! - [`perl`] — lenient decoding of Perl typing (0/1 booleans, numbers as strings).
 //!
 //! Facts behind the behaviour: `../shared/reference/pve-api.md`; the contract it is tested against:
@@ -24,6 +25,7 @@ pub mod config;
 pub mod error;
 pub mod lifecycle;
 pub mod perl;
+pub mod rrd;
 pub mod task;
 pub mod tls;
 pub mod types;
@@ -32,5 +34,6 @@ pub use api::{CloneSpec, ConfigChange, ShutdownOptions, encode_sshkeys};
 pub use client::{Params, PveClient};
 pub use config::PveConfig;
 pub use error::{ErrorKind, PveError};
-pub use lifecycle::{Consolidation, DiskInfo, RrdRow, SmartReport, Timeframe};
+pub use lifecycle::{DiskInfo, SmartReport};
+pub use rrd::{Consolidation, Timeframe};
 pub use task::{TaskDone, Upid};

@@ -63,71 +63,6 @@ pub struct SmartReport {
     pub wearout: Option<u64>,
 }
 
-/// The RRD window of `…/rrddata`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timeframe {
-    /// 70 rows of 1 minute.
-    Hour,
-    /// 70 rows of 30 minutes.
-    Day,
-    /// 70 rows of 3 hours.
-    Week,
-    /// 70 rows of 12 hours.
-    Month,
-    /// 70 rows of 1 week.
-    Year,
-}
-
-impl Timeframe {
-    /// The `timeframe` parameter value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hour => "hour",
-            Self::Day => "day",
-            Self::Week => "week",
-            Self::Month => "month",
-            Self::Year => "year",
-        }
-    }
-}
-
-/// The RRD consolidation function of `…/rrddata`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Consolidation {
-    /// The mean over each row's step (Proxmox's default).
-    #[default]
-    Average,
-    /// The maximum over each row's step.
-    Max,
-}
-
-impl Consolidation {
-    /// The `cf` parameter value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Average => "AVERAGE",
-            Self::Max => "MAX",
-        }
-    }
-}
-
-/// One RRD row: its time and every value it has (a row of a gap has only `time`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RrdRow {
-    /// End of the row's step, epoch seconds.
-    #[serde(deserialize_with = "perl::u64")]
-    pub time: u64,
-    /// The values by name (node: `cpu`, `memused`, `loadavg`, …; VM: `cpu`, `mem`, `netin`, …).
-    #[serde(flatten, deserialize_with = "lenient_values")]
-    pub values: BTreeMap<String, f64>,
-}
-
-impl RrdRow {
-    /// One value.
-    pub fn get(&self, name: &str) -> Option<f64> {
-        self.values.get(name).copied()
-    }
-}
 
 /// A percentage as a number or numeric string; `N/A` (disks without a wear figure) is `None`.
 fn opt_percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -136,24 +71,6 @@ fn opt_percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D:
         serde_json::Value::String(s) => s.trim().parse().ok(),
         _ => None,
     })
-}
-
-/// Numbers or numeric strings; anything else (a null of a gap) is left out.
-fn lenient_values<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, f64>, D::Error> {
-    let raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
-    Ok(raw
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let n = match &v {
-                serde_json::Value::Number(n) => n.as_f64(),
-                serde_json::Value::String(s) => s.parse().ok(),
-                _ => None,
-            }?;
-            Some((k, n))
-        })
-        .collect())
 }
 
 impl PveClient {
@@ -200,41 +117,6 @@ impl PveClient {
         )
         .await
     }
-
-    /// `GET /nodes/{node}/rrddata`: the node's history, oldest row first.
-    pub async fn node_rrddata(
-        &self,
-        node: &str,
-        timeframe: Timeframe,
-        cf: Consolidation,
-    ) -> Result<Vec<RrdRow>, PveError> {
-        self.call(
-            Method::GET,
-            &format!("/nodes/{node}/rrddata"),
-            &Params::new()
-                .set("timeframe", timeframe.as_str())
-                .set("cf", cf.as_str()),
-        )
-        .await
-    }
-
-    /// `GET /nodes/{node}/qemu/{vmid}/rrddata`: a VM's history, oldest row first.
-    pub async fn vm_rrddata(
-        &self,
-        node: &str,
-        vmid: u32,
-        timeframe: Timeframe,
-        cf: Consolidation,
-    ) -> Result<Vec<RrdRow>, PveError> {
-        self.call(
-            Method::GET,
-            &format!("/nodes/{node}/qemu/{vmid}/rrddata"),
-            &Params::new()
-                .set("timeframe", timeframe.as_str())
-                .set("cf", cf.as_str()),
-        )
-        .await
-    }
 }
 
 #[cfg(test)]
@@ -248,10 +130,5 @@ mod tests {
         )
         .expect("decodes");
         assert_eq!((disk.size, disk.wearout), (4_000_787_030_016, None));
-        let row: RrdRow =
-            serde_json::from_str(r#"{"time":1700000000,"cpu":"0.25","mem":1024,"gap":null}"#)
-                .expect("decodes");
-        assert_eq!(row.get("cpu"), Some(0.25));
-        assert_eq!(row.get("gap"), None);
     }
 }

@@ -93,6 +93,18 @@ pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     to_f64(&v).ok_or_else(|| invalid(&v, "a number or numeric string"))
 }
 
+/// Optional number or numeric string → f64 (`null`/absent → None): RRD rows where nothing was
+/// recorded carry only their time.
+pub fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = Value::deserialize(d)?;
+    if v.is_null() {
+        return Ok(None);
+    }
+    to_f64(&v)
+        .map(Some)
+        .ok_or_else(|| invalid(&v, "a number or numeric string"))
+}
+
 /// A list of numbers or numeric strings (`loadavg`).
 pub fn f64_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
     let v = Value::deserialize(d)?;

@@ -102,16 +102,13 @@ async fn rrd_history_of_the_node_and_a_vm() {
     let fx = Fixture::start().await;
     let c = &fx.client;
     let node = c
-        .node_rrddata("pve1", Timeframe::Month, Consolidation::Average)
+        .node_rrd(Timeframe::Month, Consolidation::Average)
         .await
         .unwrap();
     assert_eq!(node.len(), 70);
     assert_eq!(node[1].time - node[0].time, 43_200);
-    assert!(node.iter().all(|r| r.get("memused").is_some()));
-    let vm = c
-        .vm_rrddata("pve1", 101, Timeframe::Day, Consolidation::Max)
-        .await
-        .unwrap();
+    assert!(node.iter().all(|r| r.memused.is_some()));
+    let vm = c.vm_rrd(101, Timeframe::Day, Consolidation::Max).await.unwrap();
     assert_eq!(vm.len(), 70);
-    assert!(vm.last().unwrap().get("cpu").unwrap() > 0.0);
+    assert!(vm.last().unwrap().cpu.unwrap() > 0.0);
 }

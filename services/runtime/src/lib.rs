@@ -26,6 +26,8 @@
 //! - [`service`] — [`ServiceContext`], what each service's `run` receives, and [`service::Tasks`],
 //!   the supervisor of its named tasks.
 //! - [`shutdown`] — SIGINT/SIGTERM to a cancellation token.
+//! - [`snapshot_name`] — proxflow's snapshot names (scheduled, pre-change), made and parsed back;
+//!   the snapshotter names with them, the capacity review groups snapshot space by them.
 //! - [`workflow`] — workflow records in KV, changed only by compare-and-set.
 //! - [`nats_server`] — a nats-server child process, for `proxflow dev` and the test harness.
 
@@ -44,6 +46,7 @@ pub mod schedule;
 pub mod serve;
 pub mod service;
 pub mod shutdown;
+pub mod snapshot_name;
 pub mod telemetry;
 pub mod workflow;
 

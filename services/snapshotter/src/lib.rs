@@ -12,7 +12,8 @@
 //! - [`config`] — `[snapshot]`: prefix, policies, TTLs, check schedule, dry-run.
 //! - Schedules (`daily@03:00`, `weekly@sun 03:00`, ...) are [`proxflow_runtime::schedule`]'s, shared
 //!   with the replicator.
-//! - [`naming`] — snapshot names (valid Proxmox and ZFS names), parsed back.
+//! - [`naming`] — snapshot names (valid Proxmox and ZFS names), parsed back: re-exported from
+//!   [`proxflow_runtime::snapshot_name`], which the capacity review shares.
 //! - [`retention`] — the grid (pure).
 //! - [`plan`] — what to create, prune and protect on one target; the validity check (pure).
 //! - [`target`] — VMs and datasets behind one interface.
@@ -24,7 +25,7 @@
 
 pub mod config;
 mod metrics;
-pub mod naming;
+pub use proxflow_runtime::snapshot_name as naming;
 pub mod pass;
 pub mod plan;
 pub mod prechange;

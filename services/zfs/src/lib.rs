@@ -16,12 +16,15 @@
 //! - [`names`] — name validation, the shell-safety rule for ssh prefixes, the lease key and hold tag
 //!   the snapshotter and replicator share.
 //! - [`parse`] — parsers for `-H` output ([`SnapshotInfo`]), usage text and `zfs holds`.
+//! - [`space`] — used / referenced / snapshot space of a dataset tree (`zfs get -Hrp`), for the
+//!   capacity review.
 //! - [`pipe`] — `zfs send | zfs receive` between two handles, copied and counted in this process.
 
 mod clones;
 pub mod names;
 pub mod parse;
 pub mod pipe;
+pub mod space;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -35,6 +35,27 @@ pub async fn since<T: DeserializeOwned>(
     since: DateTime<Utc>,
     limit: usize,
 ) -> Result<Vec<T>, HistoryError> {
+    let mut out = std::collections::VecDeque::new();
+    each(js, stream, subject, since, |item: T| {
+        out.push_back(item);
+        if out.len() > limit {
+            out.pop_front();
+        }
+    })
+    .await?;
+    Ok(out.into())
+}
+
+/// Hands every message on `subject` in `stream` published at or after `since` to `visit`, oldest
+/// first, without keeping them: a month of capacity samples is folded, never held. Returns how many
+/// were visited; undecodable ones are skipped (and logged) as in [`since`].
+pub async fn each<T: DeserializeOwned>(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    since: DateTime<Utc>,
+    mut visit: impl FnMut(T),
+) -> Result<u64, HistoryError> {
     let api = |e: &dyn std::fmt::Display| HistoryError::Api {
         subject: subject.to_string(),
         reason: e.to_string(),
@@ -62,9 +83,9 @@ pub async fn since<T: DeserializeOwned>(
         .await
         .map_err(|e| api(&e))?;
     let mut pending = consumer.cached_info().num_pending;
-    let mut out = std::collections::VecDeque::new();
+    let mut visited = 0;
     if pending == 0 {
-        return Ok(Vec::new());
+        return Ok(0);
     }
     let mut messages = consumer.messages().await.map_err(|e| api(&e))?;
     let wait = Duration::from_secs(5);
@@ -76,13 +97,11 @@ pub async fn since<T: DeserializeOwned>(
         pending = message.info().map(|i| i.pending).unwrap_or(0);
         match serde_json::from_slice::<T>(&message.payload) {
             Ok(item) => {
-                out.push_back(item);
-                if out.len() > limit {
-                    out.pop_front();
-                }
+                visit(item);
+                visited += 1;
             }
             Err(e) => tracing::warn!(subject, error = %e, "skipping an undecodable event"),
         }
     }
-    Ok(out.into())
+    Ok(visited)
 }

@@ -4,11 +4,14 @@
 //! Proxmox snapshot name (`pve-configid`: a letter, then letters, digits, `_` or `-`, at most 40
 //! characters) and a valid ZFS snapshot name, so one naming serves VMs and datasets. The prefix is
 //! what marks a snapshot as proxflow's: nothing without it is ever pruned.
+//!
+//! Shared here because the snapshotter makes and prunes these names and the capacity review reads
+//! them back to group snapshot space by policy (service crates never depend on each other).
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use proxflow_runtime::schedule::Cadence;
+use crate::schedule::Cadence;
 
 /// The timestamp format in names.
 pub const TIMESTAMP_FORMAT: &str = "%Y%m%dT%H%M%SZ";
