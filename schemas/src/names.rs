@@ -42,6 +42,8 @@ pub mod subject {
     pub const WORKFLOW_PATCH_RUN: &str = "pf.cmd.workflow.patch_run";
     /// Advances of the lifecycle service's `config_export` workflows.
     pub const WORKFLOW_CONFIG_EXPORT: &str = "pf.cmd.workflow.config_export";
+    /// Advances of the lifecycle service's `restore_drill` workflows.
+    pub const WORKFLOW_RESTORE_DRILL: &str = "pf.cmd.workflow.restore_drill";
     /// Advances of `capacity_review` workflows (the capacity service's engine).
     pub const WORKFLOW_CAPACITY_REVIEW: &str = "pf.cmd.workflow.capacity_review";
     /// Everything the trace stream captures.
@@ -222,6 +224,10 @@ pub mod durable {
     pub const LIFECYCLE_EXPORT: &str = "workflow-config_export";
     /// Advances of `config_export` workflows its engine gave up on.
     pub const LIFECYCLE_EXPORT_GIVEN_UP: &str = "workflow-config_export-givenup";
+    /// The lifecycle service's `restore_drill` workflows (`pf.cmd.workflow.restore_drill`).
+    pub const LIFECYCLE_DRILL: &str = "workflow-restore_drill";
+    /// Advances of `restore_drill` workflows its engine gave up on.
+    pub const LIFECYCLE_DRILL_GIVEN_UP: &str = "workflow-restore_drill-givenup";
     /// The capacity service's `capacity_review` workflows (`pf.cmd.workflow.capacity_review`).
     pub const CAPACITY_REVIEW: &str = "workflow-capacity_review";
     /// Advances of `capacity_review` workflows the capacity service's engine gave up on.
@@ -480,6 +486,20 @@ pub mod consumer {
         filter: Filter::DeadLettersOf(durable::LIFECYCLE_EXPORT),
         user: user::LIFECYCLE,
     };
+    /// See [`durable::LIFECYCLE_DRILL`].
+    pub const LIFECYCLE_DRILL: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::LIFECYCLE_DRILL,
+        filter: Filter::Subject(super::subject::WORKFLOW_RESTORE_DRILL),
+        user: user::LIFECYCLE,
+    };
+    /// See [`durable::LIFECYCLE_DRILL_GIVEN_UP`].
+    pub const LIFECYCLE_DRILL_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::LIFECYCLE_DRILL_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::LIFECYCLE_DRILL),
+        user: user::LIFECYCLE,
+    };
     /// See [`durable::CAPACITY_REVIEW`].
     pub const CAPACITY_REVIEW: Consumer = Consumer {
         stream: stream::CMD,
@@ -519,6 +539,8 @@ pub mod consumer {
         PATCHER_GIVEN_UP,
         LIFECYCLE_EXPORT,
         LIFECYCLE_EXPORT_GIVEN_UP,
+        LIFECYCLE_DRILL,
+        LIFECYCLE_DRILL_GIVEN_UP,
         CAPACITY_REVIEW,
         CAPACITY_REVIEW_GIVEN_UP,
     ];
@@ -586,6 +608,7 @@ pub mod consumer {
                 ),
                 (PATCHER, PATCHER_GIVEN_UP, "patch_run"),
                 (LIFECYCLE_EXPORT, LIFECYCLE_EXPORT_GIVEN_UP, "config_export"),
+                (LIFECYCLE_DRILL, LIFECYCLE_DRILL_GIVEN_UP, "restore_drill"),
             ] {
                 assert_eq!(advance.durable, crate::names::workflow_durable(kind));
                 assert_eq!(advance.filter_subject(), subject::cmd("workflow", kind));

@@ -37,9 +37,16 @@ struct Rig {
 
 impl Rig {
     async fn start(tag: &str) -> Self {
+        // A Wednesday: the weekly schedule's Sunday slot is past its catch-up, so only the
+        // test's own runs export.
+        Self::start_at(tag, "2026-12-09T12:00:00Z", 1).await
+    }
+
+    /// The rig at `now` with `replicas` lifecycle services.
+    async fn start_at(tag: &str, now: &str, replicas: usize) -> Self {
         let zfs = ZfsFixture::new(tag);
         let nats = TestNats::start().expect("nats-server");
-        let clock = ManualClock::new("2026-12-06T02:30:00Z".parse().unwrap());
+        let clock = ManualClock::new(now.parse().unwrap());
         let ctx = nats
             .context("export-e2e")
             .await
@@ -53,14 +60,23 @@ impl Rig {
             ..proxflow_lifecycle::ExportConfig::default()
         };
         let stop = CancellationToken::new();
-        tokio::spawn(proxflow_lifecycle::run(
-            ctx.clone(),
-            proxflow_lifecycle::LifecycleSettings {
-                export,
-                pve: pve.clone(),
-            },
-            stop.clone(),
-        ));
+        for i in 0..replicas {
+            let ctx = nats
+                .context(&format!("lifecycle-{i}"))
+                .await
+                .unwrap()
+                .with_clock(clock.shared());
+            tokio::spawn(proxflow_lifecycle::run(
+                ctx,
+                proxflow_lifecycle::LifecycleSettings {
+                    export: export.clone(),
+                    drill: proxflow_lifecycle::DrillConfig::default(),
+                    drill_targets: Vec::new(),
+                    pve: pve.clone(),
+                },
+                stop.clone(),
+            ));
+        }
         let engine = Engine::new(&ctx).await.unwrap();
         Self {
             _nats: nats,
@@ -208,7 +224,7 @@ async fn an_export_verifies_repeats_byte_for_byte_and_names_a_changed_vm_key() {
     assert_eq!(c.change, ChangeKind::Changed);
     assert_eq!(c.keys, ["memory"]);
     // The same, as the event the bus carried.
-    let mut events = events.take(3);
+    let mut events = events;
     let mut last = None;
     while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), events.next())
         .await
@@ -254,4 +270,29 @@ async fn a_dry_run_writes_nothing_and_retention_keeps_the_newest() {
     }
     // keep = 3: the oldest went, by name.
     assert_eq!(bundle::list(&rig.root()).unwrap(), names[1..]);
+}
+
+/// The schedule: two replicas, down through Sunday's 02:30 slot and back on Monday (within the
+/// two-day catch-up), start that slot's export exactly once between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_catch_up_a_missed_slot_with_one_export() {
+    let rig = Rig::start_at("export-sched", "2026-12-07T09:00:00Z", 2).await;
+    let id = "export-20261206T0230Z";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = rig.engine.get(id).await.unwrap();
+        if record.as_ref().is_some_and(|r| r.state == WorkflowState::Succeeded) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the missed slot's export did not run: {record:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both schedules have looked at the clock several times since (they tick every 2 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut runs = Vec::new();
+    for state in WorkflowState::ALL {
+        runs.extend(rig.engine.list(KIND, state, None).await.unwrap());
+    }
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(bundle::list(&rig.root()).unwrap().len(), 1);
 }

@@ -76,6 +76,14 @@ pub struct ReviewConfig {
     /// ZFS datasets whose trees are reviewed (growth, snapshot space by policy), through
     /// `snapshot.zfs_command`; none by default (those sections are then left out).
     pub datasets: Vec<String>,
+    /// When the review runs on its own (`monthly@<day> HH:MM`; any schedule form); it covers the
+    /// `window` ending at the slot.
+    pub schedule: String,
+    /// IANA time zone of the schedule.
+    pub timezone: String,
+    /// How late a slot missed while proxflow was down is still run.
+    #[serde(with = "humantime_serde")]
+    pub catch_up: Duration,
 }
 
 impl Default for ReviewConfig {
@@ -86,12 +94,27 @@ impl Default for ReviewConfig {
             top: 10,
             window: Duration::from_secs(30 * 24 * 3600),
             datasets: Vec::new(),
+            schedule: "monthly@1 06:00".into(),
+            timezone: "UTC".into(),
+            catch_up: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
 
 impl ReviewConfig {
+    /// Its schedule.
+    pub fn job(&self) -> Result<proxflow_runtime::workflow::scheduled::ScheduledJob, ConfigError> {
+        proxflow_runtime::workflow::scheduled::ScheduledJob::from_keys(
+            "capacity.review",
+            ("capacity-review", proxflow_schemas::capacity_review::KIND),
+            &self.schedule,
+            &self.timezone,
+            self.catch_up,
+        )
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.job()?;
         if !(self.commitment_target.is_finite() && self.commitment_target > 0.0) {
             return Err(ConfigError::value(
                 "capacity.review.commitment_target",

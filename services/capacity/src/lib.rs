@@ -31,6 +31,7 @@ pub mod review;
 
 use proxflow_pve::PveClient;
 use proxflow_runtime::config::ConsumerConfig;
+use proxflow_runtime::workflow::scheduled::Scheduler;
 use proxflow_runtime::workflow::{Engine, EngineError};
 use proxflow_runtime::{ServiceContext, TaskError, Tasks};
 use tokio_util::sync::CancellationToken;
@@ -66,10 +67,14 @@ pub enum CapacityError {
     /// The workflow engine could not open its bucket.
     #[error("capacity review workflows")]
     Engine(#[from] EngineError),
+    /// `[capacity.review]`'s schedule does not hold (checked at load; kept total here).
+    #[error("capacity.review: {0}")]
+    Config(String),
 }
 
-/// Polls every `config.interval`, and runs the `capacity_review` workflows, until `shutdown`. A failed poll is logged and counted (and breaks
-/// every running window); only the bus or the state bucket failing stops the service.
+/// Polls every `config.interval`, runs the `capacity_review` workflows and starts one at every
+/// `capacity.review.schedule` slot, until `shutdown`. A failed poll is logged and counted (and
+/// breaks every running window); only the bus or the state bucket failing stops the service.
 pub async fn run(
     ctx: ServiceContext,
     settings: CapacitySettings,
@@ -78,6 +83,12 @@ pub async fn run(
     let mut interval = tokio::time::interval(settings.config.interval);
     // A late tick is taken once, not in a burst: a burst of polls would only repeat one reading.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let review_job = settings
+        .config
+        .review
+        .job()
+        .map_err(|e| CapacityError::Config(e.to_string()))?;
+    let settings_review_window = settings.config.review.window;
     let mut engine = Engine::new(&ctx).await?;
     engine.register(flow::CapacityReviewFlow {
         sources: review::Sources {
@@ -93,8 +104,19 @@ pub async fn run(
     let mut monitor = Monitor::new(&ctx, settings.config, settings.pve).await?;
     ctx.health.set("capacity", true);
     let mut tasks = Tasks::new(&ctx, &shutdown);
-    // Reviews are started by the shared scheduler or an operator; this engine advances them.
+    // Reviews are started by the schedule (the window ending at each slot) or an operator; this
+    // engine advances them.
     engine.spawn(&ctx, &ConsumerConfig::default(), &mut tasks);
+    let window = chrono::Duration::from_std(settings_review_window).unwrap_or_default();
+    let scheduler =
+        Scheduler::new(engine.clone(), ctx.clock.clone()).job(review_job, move |slot| {
+            serde_json::to_value(proxflow_schemas::capacity_review::CapacityReviewInput {
+                from: slot - window,
+                to: slot,
+            })
+            .unwrap_or_default()
+        });
+    tasks.spawn("capacity review schedule", scheduler.run(tasks.shutdown()));
     let stop = tasks.shutdown();
     tasks.spawn("polls", async move {
         loop {

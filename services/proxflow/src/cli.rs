@@ -82,6 +82,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::lifecycle::ExportCommand,
     },
+    /// The quarterly restore drill: run one now; the exit code follows the verdict.
+    Drill {
+        #[command(subcommand)]
+        command: crate::lifecycle::DrillCommand,
+    },
     /// Every scheduled job (snapshots, replication, patching, lifecycle) with its last and next run.
     Schedule {
         /// Print the jobs as JSON.
@@ -166,6 +171,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
         Command::Provision(args) => provision::run(&settings, *args).await,
         Command::Patch { gateway, command } => crate::patch::run(&settings, gateway, command).await,
         Command::Export { command } => crate::lifecycle::export(&settings, command).await,
+        Command::Drill { command } => crate::lifecycle::drill(&settings, command).await,
         Command::Schedule { json } => crate::schedule::run(&settings, json).await,
         Command::Capacity { command } => crate::capacity::run(&settings, command).await,
         Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,

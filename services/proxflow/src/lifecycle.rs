@@ -1,18 +1,17 @@
-//! `proxflow export ...` and `proxflow schedule`: the operator's side of the lifecycle jobs — start
-//! a run and wait for its verdict, verify and compare bundles, list every scheduled job with its
-//! last and next run.
+//! `proxflow export ...` and `proxflow drill run`: the operator's side of the lifecycle jobs — start
+//! a run and wait for its verdict, verify and compare bundles.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use proxflow_lifecycle::bundle;
-use proxflow_lifecycle::export;
+use proxflow_lifecycle::{drill, export};
 use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus;
 use proxflow_runtime::ops::{Health, Metrics};
 use proxflow_runtime::workflow::Engine;
-use proxflow_schemas::lifecycle::{ExportReport, JobInput};
+use proxflow_schemas::lifecycle::{DrillReport, ExportReport, JobInput, Verdict};
 use proxflow_schemas::workflow::{Origin, WorkflowRecord, WorkflowState};
 use proxflow_zfs::Zfs;
 
@@ -47,11 +46,92 @@ pub enum ExportCommand {
     List,
 }
 
+/// `proxflow drill ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum DrillCommand {
+    /// Drill now (a `restore_drill` workflow run by the lifecycle service): print every check and
+    /// exit 1 when any failed.
+    Run {
+        /// Read the snapshot listings and judge lineage, guid and RPO; clone, restore and write
+        /// nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for the run to end.
+        #[arg(long, default_value = "2h", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: Duration,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `proxflow drill ...`.
+pub async fn drill(settings: &Settings, command: DrillCommand) -> anyhow::Result<()> {
+    let DrillCommand::Run {
+        dry_run,
+        timeout,
+        json,
+    } = command;
+    let outcome = run_job(settings, drill::KIND, drill::JOB, dry_run, timeout).await;
+    // A failed drill ends the workflow failed; its report is in the record all the same.
+    let (record, failure) = match outcome {
+        Ok(record) => (Some(record), None),
+        Err(JobError::Ended { record, message }) => (Some(*record), Some(message)),
+        Err(JobError::Other(e)) => return Err(e),
+    };
+    let report = record
+        .as_ref()
+        .and_then(|r| r.data.get("report").or_else(|| r.data.get("output")))
+        .and_then(|v| serde_json::from_value::<DrillReport>(v.clone()).ok());
+    match (&report, json) {
+        (Some(r), true) => println!("{}", serde_json::to_string_pretty(r)?),
+        (Some(r), false) => print!("{}", render_drill(r)),
+        (None, _) => {}
+    }
+    match failure {
+        Some(message) => bail!("{message}"),
+        None => Ok(()),
+    }
+}
+
+fn render_drill(r: &DrillReport) -> String {
+    let mut out = String::new();
+    for c in &r.checks {
+        out.push_str(&format!(
+            "{:<4} {:<8} {:<48} {}\n",
+            if c.passed { "ok" } else { "FAIL" },
+            c.check,
+            c.target,
+            c.detail
+        ));
+    }
+    let verdict = match r.verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+    };
+    out.push_str(&format!(
+        "verdict {verdict}{}; RPO {}, RTO {}; checksums {:.1} s, clones {:.1} s{}\n",
+        if r.dry_run { " (dry run)" } else { "" },
+        r.rpo_secs.map_or("-".to_owned(), |s| format!("{s} s")),
+        r.rto_secs.map_or("-".to_owned(), |s| format!("{s:.1} s")),
+        r.checksum_secs,
+        r.clone_secs,
+        if r.report_path.is_empty() {
+            String::new()
+        } else {
+            format!("; report {}", r.report_path)
+        }
+    ));
+    out
+}
+
 /// Runs `proxflow export ...`.
 pub async fn export(settings: &Settings, command: ExportCommand) -> anyhow::Result<()> {
     match command {
         ExportCommand::Run { dry_run, timeout } => {
-            let record = run_job(settings, export::KIND, export::JOB, dry_run, timeout).await?;
+            let record = run_job(settings, export::KIND, export::JOB, dry_run, timeout)
+                .await
+                .map_err(JobError::into_anyhow)?;
             let report: ExportReport =
                 serde_json::from_value(record.data.get("output").cloned().unwrap_or_default())
                     .context("the run's report")?;
@@ -196,6 +276,35 @@ async fn newest(settings: &Settings, back: usize) -> anyhow::Result<PathBuf> {
 /// How often a waiting CLI reads the run's record.
 const POLL: Duration = Duration::from_millis(250);
 
+/// Why a run did not succeed.
+#[derive(Debug)]
+pub enum JobError {
+    /// It ended failed or cancelled: its record, and the reason.
+    Ended {
+        /// The record as it ended.
+        record: Box<WorkflowRecord>,
+        /// `<id> failed: <reason>`.
+        message: String,
+    },
+    /// It could not be started or watched.
+    Other(anyhow::Error),
+}
+
+impl JobError {
+    fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            Self::Ended { message, .. } => anyhow::anyhow!(message),
+            Self::Other(e) => e,
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for JobError {
+    fn from(e: E) -> Self {
+        Self::Other(e.into())
+    }
+}
+
 /// Starts a run of workflow `kind` (id `<job>-cli-<time>`) and waits until it ends; a run that did
 /// not succeed is an error with its reason, so the exit code follows the verdict.
 pub async fn run_job(
@@ -204,7 +313,7 @@ pub async fn run_job(
     job: &str,
     dry_run: bool,
     timeout: Duration,
-) -> anyhow::Result<WorkflowRecord> {
+) -> Result<WorkflowRecord, JobError> {
     let name = format!("proxflow {job} run");
     let bus = bus::connect(&settings.nats, &name, Metrics::new()).await?;
     let ctx = ServiceContext::new(
@@ -234,21 +343,25 @@ pub async fn run_job(
             match record.state {
                 WorkflowState::Succeeded => return Ok(record),
                 WorkflowState::Failed | WorkflowState::Cancelled => {
-                    bail!(
+                    let message = format!(
                         "{id} {}: {}",
                         proxflow_runtime::workflow::state_name(record.state),
                         record.error.as_deref().unwrap_or("no reason recorded")
-                    )
+                    );
+                    return Err(JobError::Ended {
+                        record: Box::new(record),
+                        message,
+                    });
                 }
                 _ => {}
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            bail!(
+            return Err(JobError::Other(anyhow::anyhow!(
                 "{id} has not ended after {}: is `proxflow serve lifecycle` running? (`proxflow \
                  trace {id}` shows where it is)",
                 humantime_serde::re::humantime::format_duration(timeout)
-            );
+            )));
         }
         tokio::time::sleep(POLL).await;
     }

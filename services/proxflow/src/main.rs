@@ -14,7 +14,7 @@
 //! - `provision`: `proxflow provision`, a signed provisioning request to the gateway.
 //! - `trace`: `proxflow trace`, a workflow's trace read back from the bus.
 //! - `remediations`: `proxflow remediations`, the remediation audit trail.
-//! - `lifecycle`: `proxflow export`, the lifecycle jobs' operator side.
+//! - `lifecycle`: `proxflow export`, `proxflow drill`, the lifecycle jobs' operator side.
 //! - `schedule`: `proxflow schedule`, every scheduled job with its last and next run.
 //! - `capacity`: `proxflow capacity review`, the capacity review of a window.
 //! - `nats_accounts`: `proxflow nats-accounts`, the NATS users' permissions generated from the names.

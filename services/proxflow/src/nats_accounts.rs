@@ -311,11 +311,13 @@ fn users() -> Vec<User> {
         },
         User {
             name: user::LIFECYCLE,
-            about: "Lifecycle: runs the `config_export` workflows (its workflow engine advances them, its\n\
-                    schedules start them) and publishes their events.",
+            about: "Lifecycle: runs the `config_export` and `restore_drill` workflows (its workflow engine\n\
+                    advances them, its schedules start them) and publishes their events.",
             publishes: vec![Grant::plain(&[
                 &subject::evt("export", ">"),
+                &subject::evt("drill", ">"),
                 subject::WORKFLOW_CONFIG_EXPORT,
+                subject::WORKFLOW_RESTORE_DRILL,
             ])],
             buckets: vec![bucket::WORKFLOWS, bucket::LOCKS],
             lists: vec![(

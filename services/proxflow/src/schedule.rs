@@ -118,6 +118,26 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             now,
         ));
     }
+    if settings.drill.enabled && !settings.drill_targets().is_empty() {
+        let drill = &settings.drill;
+        let last = newest_run(&engine, proxflow_lifecycle::drill::KIND).await?;
+        lines.push(line(
+            "drill".into(),
+            &drill.schedule,
+            &drill.timezone,
+            last,
+            now,
+        ));
+    }
+    let review = &settings.capacity.review;
+    let last = newest_run(&engine, proxflow_schemas::capacity_review::KIND).await?;
+    lines.push(line(
+        "capacity-review".into(),
+        &review.schedule,
+        &review.timezone,
+        last,
+        now,
+    ));
 
     if json {
         println!(

@@ -63,7 +63,6 @@ pub struct SmartReport {
     pub wearout: Option<u64>,
 }
 
-
 /// A percentage as a number or numeric string; `N/A` (disks without a wear figure) is `None`.
 fn opt_percent<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     Ok(match serde_json::Value::deserialize(d)? {

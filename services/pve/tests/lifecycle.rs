@@ -108,7 +108,10 @@ async fn rrd_history_of_the_node_and_a_vm() {
     assert_eq!(node.len(), 70);
     assert_eq!(node[1].time - node[0].time, 43_200);
     assert!(node.iter().all(|r| r.memused.is_some()));
-    let vm = c.vm_rrd(101, Timeframe::Day, Consolidation::Max).await.unwrap();
+    let vm = c
+        .vm_rrd(101, Timeframe::Day, Consolidation::Max)
+        .await
+        .unwrap();
     assert_eq!(vm.len(), 70);
     assert!(vm.last().unwrap().cpu.unwrap() > 0.0);
 }
