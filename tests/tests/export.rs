@@ -281,10 +281,16 @@ async fn two_replicas_catch_up_a_missed_slot_with_one_export() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let record = rig.engine.get(id).await.unwrap();
-        if record.as_ref().is_some_and(|r| r.state == WorkflowState::Succeeded) {
+        if record
+            .as_ref()
+            .is_some_and(|r| r.state == WorkflowState::Succeeded)
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the missed slot's export did not run: {record:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the missed slot's export did not run: {record:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Both schedules have looked at the clock several times since (they tick every 2 s).

@@ -260,6 +260,10 @@ async fn files_check(
             return;
         }
     };
+    if bundle_here {
+        out.bundle = Some(super::bundle::find(&copy_dir, &name));
+    }
+    let source_snapshot = names::full_name(&target.source, &common.name);
     let snapdir = match target.source_zfs.mountpoint(&target.source).await {
         Ok(Some(mp)) => Some(mp.join(".zfs/snapshot").join(&common.name)),
         _ => None,
@@ -269,7 +273,7 @@ async fn files_check(
         Some(dir) => Ok(dir),
         None => {
             made_source_clone = true;
-            clone_at(&target.source_zfs, &common.full_name(), &source_clone).await
+            clone_at(&target.source_zfs, &source_snapshot, &source_clone).await
         }
     };
     out.clone_secs += started.elapsed().as_secs_f64();
@@ -284,17 +288,14 @@ async fn files_check(
                     &name,
                     problems.is_empty(),
                     if problems.is_empty() {
-                        format!("{files} files match {} byte for byte", common.full_name())
+                        format!("{files} files match {source_snapshot} byte for byte")
                     } else {
-                        format!("against {}: {}", common.full_name(), problems.join("; "))
+                        format!("against {source_snapshot}: {}", problems.join("; "))
                     },
                     json!({"files": files, "bytes": bytes}),
                 ),
                 Err(detail) => check("files", &name, false, detail, Value::Null),
             });
-            if bundle_here {
-                out.bundle = Some(super::bundle::find(&copy_dir, &name));
-            }
         }
         Err(detail) => out
             .checks

@@ -243,16 +243,21 @@ impl Workflow for RestoreDrill {
         {
             match &found {
                 Some(b) => checks.push(b.check.clone()),
-                None => checks.push(check(
-                    "bundle",
-                    dataset,
-                    false,
-                    format!(
-                        "export.dataset {dataset} is not the source of a drilled replication job: \
-                         its offsite copy, and the bundles on it, cannot be checked"
-                    ),
-                    Value::Null,
-                )),
+                None => {
+                    let carried = d.targets.iter().any(|t| &t.source == dataset);
+                    let why = if carried {
+                        format!(
+                            "the offsite copy of export.dataset {dataset} could not be cloned (see \
+                             its files check): no bundle could be read from it"
+                        )
+                    } else {
+                        format!(
+                            "export.dataset {dataset} is not the source of a drilled replication \
+                             job: its offsite copy, and the bundles on it, cannot be checked"
+                        )
+                    };
+                    checks.push(check("bundle", dataset, false, why, Value::Null));
+                }
             }
         }
         let chosen = found
