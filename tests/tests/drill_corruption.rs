@@ -131,7 +131,10 @@ async fn a_checksum_error_on_the_copy_fails_the_drill_naming_the_file() {
         run("zpool", &["scrub", "offsite"]);
         let deadline = Instant::now() + Duration::from_secs(120);
         while run("zpool", &["status", "offsite"]).contains("in progress") {
-            assert!(Instant::now() < deadline, "the cleanup scrub of offsite did not end");
+            assert!(
+                Instant::now() < deadline,
+                "the cleanup scrub of offsite did not end"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -1,0 +1,114 @@
+//! `proxflow drill run` as an operator runs it: the exit code follows the verdict. A real
+//! nats-server, the lifecycle service drilling a zfs-fuse pair (`tank` → `offsite`, sent with a
+//! bare `zfs send | zfs receive`), the binary started as a process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../../tests/tests/support/zfs.rs"]
+mod zfs_fixture;
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use proxflow_lifecycle::{DrillConfig, DrillTarget, ExportConfig, LifecycleSettings};
+use proxflow_testkit::TestNats;
+use proxflow_testkit::pve::start_sim;
+use proxflow_zfs::Zfs;
+use tokio_util::sync::CancellationToken;
+use zfs_fixture::{ZfsFixture, zfs};
+
+fn proxflow(env: &[(&str, String)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxflow"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PROXFLOW_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.args(args).output().expect("proxflow runs")
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// A bare `zfs send source@snap | zfs receive target` (`-F` absent: the first one).
+fn send(source: &str, target: &str) {
+    let mut send = Command::new("zfs")
+        .args(["send", source])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = Command::new("zfs")
+        .args(["receive", target])
+        .stdin(send.stdout.take().unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success() && send.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exit_code_follows_the_drills_verdict() {
+    let fx = ZfsFixture::new("drill-cli");
+    fx.write_random("data.bin", 128 << 10);
+    fx.snapshot(&fx.source, "s1");
+    send(&format!("{}@s1", fx.source), &fx.target);
+    let nats = TestNats::start().expect("nats-server");
+    let ctx = nats.context("lifecycle").await.unwrap();
+    let (_sim, pve) = start_sim(|_| {}).await.expect("simulator");
+    let reports = tempfile::tempdir().unwrap();
+    let local = Zfs::local(Duration::from_secs(60));
+    let stop = CancellationToken::new();
+    tokio::spawn(proxflow_lifecycle::run(
+        ctx,
+        LifecycleSettings {
+            export: ExportConfig::default(),
+            drill: DrillConfig {
+                report_dir: reports.path().to_owned(),
+                ..DrillConfig::default()
+            },
+            drill_targets: vec![DrillTarget {
+                job: "offsite".into(),
+                source: fx.source.clone(),
+                target: fx.target.clone(),
+                source_zfs: local.clone(),
+                target_zfs: local,
+            }],
+            pve,
+        },
+        stop.clone(),
+    ));
+    let env = vec![("PROXFLOW_NATS__URL", nats.url())];
+    let drill = |env: Vec<(&'static str, String)>| {
+        tokio::task::spawn_blocking(move || proxflow(&env, &["drill", "run", "--timeout", "2m"]))
+    };
+
+    let passed = drill(env.clone()).await.unwrap();
+    let stdout = text(&passed.stdout);
+    assert!(
+        passed.status.success(),
+        "{stdout}\n{}",
+        text(&passed.stderr)
+    );
+    assert!(stdout.contains("verdict PASS"), "{stdout}");
+    assert!(stdout.contains("files"), "{stdout}");
+
+    // Written on the offsite side: the drill fails, and so does the command.
+    zfs(&["set", "readonly=off", &fx.target]);
+    std::fs::write(
+        fx.mountpoint(&fx.target).join("data.bin"),
+        b"changed offsite",
+    )
+    .unwrap();
+    fx.snapshot(&fx.target, "evil");
+    let failed = drill(env).await.unwrap();
+    let (stdout, stderr) = (text(&failed.stdout), text(&failed.stderr));
+    assert_eq!(failed.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("verdict FAIL"), "{stdout}");
+    assert!(stdout.contains("FAIL lineage"), "{stdout}");
+    assert!(
+        stderr.contains("drill failed") && stderr.contains("data.bin"),
+        "{stderr}"
+    );
+    stop.cancel();
+}
