@@ -16,7 +16,7 @@ test: (_tools "test")
     cargo clippy --workspace --all-targets -- -D warnings
     cargo test --workspace
 
-# Print the benchmark figures (runtime vs raw JetStream, workflow engine vs bare KV CAS, Proxmox simulator and client, ZFS replication, patching, ...).
+# Print the benchmark figures (runtime vs raw JetStream, workflow engine vs bare KV CAS, Proxmox simulator and client, ZFS replication, patching, lifecycle jobs, ...).
 bench: (_tools "bench")
     cargo bench -p proxflow-e2e --bench bus
     cargo bench -p proxflow-pve --bench pve
@@ -27,6 +27,7 @@ bench: (_tools "bench")
     cargo bench -p proxflow-e2e --bench edge
     cargo bench -p proxflow-e2e --bench sim
     cargo bench -p proxflow-e2e --bench patch
+    cargo bench -p proxflow-e2e --bench lifecycle
 
 # Regenerate schemas/json from the wire types.
 schemas:

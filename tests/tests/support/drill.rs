@@ -38,12 +38,24 @@ impl Rig {
     /// The rig; the lifecycle service's clock is the wall clock moved by `ahead` (snapshots are
     /// stamped by ZFS with the real time).
     pub async fn start(tag: &str, ahead: Duration) -> Self {
+        Self::start_with(tag, ahead, |_| {}).await
+    }
+
+    /// As [`Rig::start`], with the simulator's configuration adjusted by `tweak_sim`.
+    pub async fn start_with(
+        tag: &str,
+        ahead: Duration,
+        tweak_sim: impl FnOnce(&mut proxflow_pve_sim::SimConfig),
+    ) -> Self {
         let fx = ZfsFixture::new(tag).with_job(JOB);
         let nats = TestNats::start().expect("nats-server");
         let ctx = nats.context("drill-e2e").await.unwrap();
-        let (sim, pve) = start_sim(|c| c.durations.agent_boot = Duration::from_millis(300))
-            .await
-            .expect("simulator");
+        let (sim, pve) = start_sim(|c| {
+            c.durations.agent_boot = Duration::from_millis(300);
+            tweak_sim(c);
+        })
+        .await
+        .expect("simulator");
         let reports = tempfile::tempdir().unwrap();
         let clock = ManualClock::new(chrono::Utc::now() + ahead);
         let lifecycle_ctx = nats
