@@ -101,17 +101,28 @@ pub fn clone_names(tag: &str, index: usize, target: &DrillTarget) -> (String, St
     )
 }
 
-/// Examines one target at `now`: lineage, guid, RPO, files; and the newest export bundle in the
-/// copy when `bundle_here`.
-pub async fn examine(
-    target: &DrillTarget,
-    tag: &str,
-    index: usize,
-    now: DateTime<Utc>,
-    rpo: Duration,
-    files_timeout: Duration,
-    bundle_here: bool,
-) -> Examined {
+/// How one target is examined.
+#[derive(Debug, Clone, Copy)]
+pub struct Examine<'a> {
+    /// The drill's clone tag.
+    pub tag: &'a str,
+    /// The target's index (clone names).
+    pub index: usize,
+    /// The drill's time.
+    pub now: DateTime<Utc>,
+    /// `drill.rpo`.
+    pub rpo: Duration,
+    /// `drill.files_timeout`.
+    pub files_timeout: Duration,
+    /// Clone and compare the files (not in a dry run).
+    pub files: bool,
+    /// Look for the newest export bundle in the copy.
+    pub bundle_here: bool,
+}
+
+/// Examines one target: lineage, guid, RPO, and (when asked) files and the newest export bundle.
+pub async fn examine(target: &DrillTarget, how: Examine<'_>) -> Examined {
+    let Examine { now, rpo, .. } = how;
     let mut out = Examined {
         checks: Vec::new(),
         age_secs: None,
@@ -217,17 +228,9 @@ pub async fn examine(
         ),
         json!({"age_secs": age, "rpo_secs": rpo.as_secs()}),
     ));
-    files_check(
-        target,
-        tag,
-        index,
-        newest,
-        common,
-        files_timeout,
-        bundle_here,
-        &mut out,
-    )
-    .await;
+    if how.files {
+        files_check(target, how, newest, common, &mut out).await;
+    }
     out
 }
 
@@ -237,17 +240,20 @@ fn human(d: Duration) -> String {
 
 /// Clones the copy's newest snapshot (and the source's common one when its files are not
 /// reachable under `.zfs/snapshot`), compares, destroys the clones.
-#[allow(clippy::too_many_arguments)]
 async fn files_check(
     target: &DrillTarget,
-    tag: &str,
-    index: usize,
+    how: Examine<'_>,
     newest: &SnapshotInfo,
     common: &SnapshotInfo,
-    files_timeout: Duration,
-    bundle_here: bool,
     out: &mut Examined,
 ) {
+    let Examine {
+        tag,
+        index,
+        files_timeout,
+        bundle_here,
+        ..
+    } = how;
     let (copy_clone, source_clone) = clone_names(tag, index, target);
     let name = newest.full_name();
     let started = Instant::now();

@@ -198,34 +198,19 @@ impl Workflow for RestoreDrill {
         let mut found = None;
         for (i, target) in d.targets.iter().enumerate() {
             let carries = d.export_dataset.as_deref() == Some(target.source.as_str());
-            let (config, tag) = (&d.config, tag.as_str());
+            let how = datasets::Examine {
+                tag: &tag,
+                index: i,
+                now,
+                rpo: d.config.rpo,
+                files_timeout: d.config.files_timeout,
+                // A dry run reads the snapshot listings only: no clone.
+                files: !input.dry_run,
+                bundle_here: carries && !input.dry_run,
+            };
             let examined: Examined = wf
                 .step(&format!("examine.{i}"), async {
-                    if input.dry_run {
-                        // Read-only: the snapshot listings, no clone.
-                        let mut e = datasets::examine(
-                            target,
-                            tag,
-                            i,
-                            now,
-                            config.rpo,
-                            config.files_timeout,
-                            false,
-                        )
-                        .await;
-                        e.checks.retain(|c| c.check != "files");
-                        return Ok(e);
-                    }
-                    Ok(datasets::examine(
-                        target,
-                        tag,
-                        i,
-                        now,
-                        config.rpo,
-                        config.files_timeout,
-                        carries,
-                    )
-                    .await)
+                    Ok(datasets::examine(target, how).await)
                 })
                 .await?;
             report.rpo_secs = report.rpo_secs.max(examined.age_secs);
