@@ -98,6 +98,29 @@ async fn a_drill_after_replication_passes_every_check_and_leaves_nothing_behind(
             .any(|e| e.method == "DELETE" && e.path.ends_with(&format!("/qemu/{vmid}")))
     );
 
+    // A dry run reads the listings and judges lineage, guid and RPO; it clones and creates nothing.
+    let creates = |j: &[proxflow_pve_sim::JournalEntry]| {
+        j.iter()
+            .filter(|e| e.method == "POST" && e.path.ends_with("/qemu"))
+            .count()
+    };
+    let created_before = creates(&rig.sim.handle().journal());
+    let dry = rig.run("drill", "drill-pass-dry", true).await;
+    assert_eq!(dry.state, WorkflowState::Succeeded, "{:?}", dry.error);
+    let dry = report_of(&dry);
+    assert!(dry.dry_run && dry.report_path.is_empty());
+    let judged: Vec<&str> = dry.checks.iter().map(|c| c.check.as_str()).collect();
+    assert!(
+        judged.contains(&"lineage") && judged.contains(&"rpo"),
+        "{judged:?}"
+    );
+    assert!(
+        !judged.contains(&"files") && !judged.contains(&"restore"),
+        "{judged:?}"
+    );
+    assert_eq!(creates(&rig.sim.handle().journal()), created_before);
+    assert_eq!(rig.zfs_state("drill-pass-dry"), before);
+
     // The report on disk and the event agree with the record.
     let md = std::fs::read_to_string(&report.report_path).unwrap();
     assert!(md.contains(": PASS"), "{md}");
