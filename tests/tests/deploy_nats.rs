@@ -24,9 +24,10 @@ use proxflow_testkit::pve::start_sim;
 use proxflow_testkit::{TestNats, project_dir};
 use tokio_util::sync::CancellationToken;
 
-const PASSWORDS: [&str; 12] = [
+const PASSWORDS: [&str; 13] = [
     "PF_REMEDIATOR_PASSWORD",
     "PF_PATCHER_PASSWORD",
+    "PF_LIFECYCLE_PASSWORD",
     "PF_ADMIN_PASSWORD",
     "PF_CAPACITY_PASSWORD",
     "PF_SNAPSHOTTER_PASSWORD",
@@ -121,6 +122,7 @@ fn accounts_server() -> (tempfile::TempDir, TestNats) {
         ("PF_REPLICATOR_PASSWORD", "replicator-pw"),
         ("PF_REMEDIATOR_PASSWORD", "remediator-pw"),
         ("PF_PATCHER_PASSWORD", "patcher-pw"),
+        ("PF_LIFECYCLE_PASSWORD", "lifecycle-pw"),
         ("PF_SYS_PASSWORD", "sys-pw"),
     ];
     let nats = TestNats::start_with_config(&config, &env).expect("nats-server with accounts");
@@ -850,5 +852,101 @@ async fn the_shipped_users_can_patch_with_an_approval() {
         record.data["report"]["nodes"].as_array().map(Vec::len),
         Some(3)
     );
+    stop.cancel();
+}
+
+/// The lifecycle user runs an export into a zfs-fuse dataset and drills its copy (bare `zfs send |
+/// zfs receive`), started by the admin as `proxflow export|drill run` would: its permissions cover
+/// its engine, its schedules and its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_lifecycle_user_can_export_and_drill() {
+    let (_dir, nats) = accounts_server();
+    let admin = admin_declares(&nats).await;
+    let fx = zfs_fixture::ZfsFixture::new("accounts-lifecycle");
+    let (_sim, pve) = start_sim(|c| c.durations.agent_boot = Duration::from_millis(200))
+        .await
+        .expect("simulator");
+    let reports = tempfile::tempdir().expect("tempdir");
+    let local = proxflow_zfs::Zfs::local(Duration::from_secs(60));
+    let stop = CancellationToken::new();
+    tokio::spawn(proxflow_lifecycle::run(
+        service_context(&nats, "lifecycle").await,
+        proxflow_lifecycle::LifecycleSettings {
+            export: proxflow_lifecycle::ExportConfig {
+                dataset: fx.source.clone(),
+                pools: vec!["tank".into()],
+                ..proxflow_lifecycle::ExportConfig::default()
+            },
+            drill: proxflow_lifecycle::DrillConfig {
+                report_dir: reports.path().to_owned(),
+                restore: false,
+                ..proxflow_lifecycle::DrillConfig::default()
+            },
+            drill_targets: vec![proxflow_lifecycle::DrillTarget {
+                job: "offsite".into(),
+                source: fx.source.clone(),
+                target: fx.target.clone(),
+                source_zfs: local.clone(),
+                target_zfs: local,
+            }],
+            pve,
+        },
+        stop.clone(),
+    ));
+    let admin_ctx = ServiceContext::new(
+        admin,
+        Health::default(),
+        Metrics::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("admin context");
+    let engine = proxflow_runtime::workflow::Engine::new(&admin_ctx)
+        .await
+        .expect("engine");
+    let run = |kind: &'static str, id: &'static str| {
+        let engine = engine.clone();
+        async move {
+            let origin = proxflow_schemas::workflow::Origin {
+                source: "test".into(),
+                reference: id.into(),
+                reason: "test".into(),
+            };
+            let input = proxflow_schemas::lifecycle::JobInput {
+                dry_run: false,
+                requested_by: "admin".into(),
+            };
+            engine
+                .start_kind(kind, id, origin, &input)
+                .await
+                .expect("start");
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Some(r) = engine.get(id).await.expect("record")
+                    && r.state.is_terminal()
+                {
+                    return r;
+                }
+                assert!(std::time::Instant::now() < deadline, "{id} did not end");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let export = run(proxflow_lifecycle::export::KIND, "export-accounts").await;
+    assert_eq!(export.state, WorkflowState::Succeeded, "{:?}", export.error);
+    fx.snapshot(&fx.source, "s1");
+    let mut send = std::process::Command::new("zfs")
+        .args(["send", &format!("{}@s1", fx.source)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("zfs send");
+    let received = std::process::Command::new("zfs")
+        .args(["receive", &fx.target])
+        .stdin(send.stdout.take().expect("pipe"))
+        .status()
+        .expect("zfs receive");
+    assert!(received.success() && send.wait().expect("send").success());
+    let drill = run(proxflow_lifecycle::drill::KIND, "drill-accounts").await;
+    assert_eq!(drill.state, WorkflowState::Succeeded, "{:?}", drill.error);
     stop.cancel();
 }
