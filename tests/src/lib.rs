@@ -250,6 +250,38 @@ pub async fn until_ended(
     }
 }
 
+/// Starts workflow `id` of `kind` with `input` on `engine` (as an operator's CLI does) and waits
+/// until it ends (120 s at most); returns its record.
+pub async fn run_workflow(
+    engine: &proxflow_runtime::workflow::Engine,
+    kind: &str,
+    id: &str,
+    input: &impl Serialize,
+) -> proxflow_schemas::workflow::WorkflowRecord {
+    let origin = proxflow_schemas::workflow::Origin {
+        source: "test".into(),
+        reference: id.into(),
+        reason: "test".into(),
+    };
+    engine
+        .start_kind(kind, id, origin, input)
+        .await
+        .expect("workflow started");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(r) = engine.get(id).await.expect("workflow record")
+            && r.state.is_terminal()
+        {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workflow {id} did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Serves the gateway on a free port for `ctx` with one bearer token (`name`, `token`) until `stop`;
 /// returns its base URL.
 pub async fn start_gateway(

@@ -904,48 +904,15 @@ async fn the_shipped_lifecycle_user_can_export_and_drill() {
     let engine = proxflow_runtime::workflow::Engine::new(&admin_ctx)
         .await
         .expect("engine");
-    let run = |kind: &'static str, id: &'static str| {
-        let engine = engine.clone();
-        async move {
-            let origin = proxflow_schemas::workflow::Origin {
-                source: "test".into(),
-                reference: id.into(),
-                reason: "test".into(),
-            };
-            let input = proxflow_schemas::lifecycle::JobInput {
-                dry_run: false,
-                requested_by: "admin".into(),
-            };
-            engine
-                .start_kind(kind, id, origin, &input)
-                .await
-                .expect("start");
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                if let Some(r) = engine.get(id).await.expect("record")
-                    && r.state.is_terminal()
-                {
-                    return r;
-                }
-                assert!(std::time::Instant::now() < deadline, "{id} did not end");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+    let input = proxflow_schemas::lifecycle::JobInput {
+        dry_run: false,
+        requested_by: "admin".into(),
     };
+    let run = |kind, id| proxflow_e2e::run_workflow(&engine, kind, id, &input);
     let export = run(proxflow_lifecycle::export::KIND, "export-accounts").await;
     assert_eq!(export.state, WorkflowState::Succeeded, "{:?}", export.error);
     fx.snapshot(&fx.source, "s1");
-    let mut send = std::process::Command::new("zfs")
-        .args(["send", &format!("{}@s1", fx.source)])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("zfs send");
-    let received = std::process::Command::new("zfs")
-        .args(["receive", &fx.target])
-        .stdin(send.stdout.take().expect("pipe"))
-        .status()
-        .expect("zfs receive");
-    assert!(received.success() && send.wait().expect("send").success());
+    fx.send_bare("s1");
     let drill = run(proxflow_lifecycle::drill::KIND, "drill-accounts").await;
     assert_eq!(drill.state, WorkflowState::Succeeded, "{:?}", drill.error);
     stop.cancel();

@@ -18,7 +18,7 @@ use proxflow_runtime::clock::ManualClock;
 use proxflow_runtime::workflow::Engine;
 use proxflow_schemas::Message;
 use proxflow_schemas::lifecycle::{ChangeKind, ExportCompleted, ExportReport, JobInput};
-use proxflow_schemas::workflow::{Origin, WorkflowState};
+use proxflow_schemas::workflow::WorkflowState;
 use proxflow_testkit::TestNats;
 use proxflow_testkit::pve::start_sim;
 use tokio_util::sync::CancellationToken;
@@ -97,36 +97,13 @@ impl Rig {
     /// Runs an export to its end (a minute later on the manual clock than the one before).
     async fn export(&self, id: &str, dry_run: bool) -> ExportReport {
         self.clock.advance(Duration::from_secs(60));
-        let origin = Origin {
-            source: "test".into(),
-            reference: id.into(),
-            reason: "test".into(),
-        };
         let input = JobInput {
             dry_run,
             requested_by: "test".into(),
         };
-        self.engine
-            .start_kind(KIND, id, origin, &input)
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let record = self.engine.get(id).await.unwrap();
-            if let Some(r) = record {
-                match r.state {
-                    WorkflowState::Succeeded => {
-                        return serde_json::from_value(r.data["output"].clone()).unwrap();
-                    }
-                    WorkflowState::Failed | WorkflowState::Cancelled => {
-                        panic!("{id} {:?}: {:?}", r.state, r.error)
-                    }
-                    _ => {}
-                }
-            }
-            assert!(Instant::now() < deadline, "{id} did not end");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let r = proxflow_e2e::run_workflow(&self.engine, KIND, id, &input).await;
+        assert_eq!(r.state, WorkflowState::Succeeded, "{id}: {:?}", r.error);
+        serde_json::from_value(r.data["output"].clone()).unwrap()
     }
 }
 

@@ -273,6 +273,19 @@ async fn newest(settings: &Settings, back: usize) -> anyhow::Result<PathBuf> {
     Ok(root.join(name))
 }
 
+/// The CLI's handles on the bus (as `[nats]` says, normally the admin user), for an engine or the
+/// event stream.
+pub async fn cli_context(settings: &Settings, name: &str) -> anyhow::Result<ServiceContext> {
+    let bus = bus::connect(&settings.nats, name, Metrics::new()).await?;
+    Ok(ServiceContext::new(
+        bus,
+        Health::default(),
+        Metrics::new(),
+        Duration::from_secs(5),
+    )
+    .await?)
+}
+
 /// How often a waiting CLI reads the run's record.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -315,15 +328,7 @@ pub async fn run_job(
     timeout: Duration,
 ) -> Result<WorkflowRecord, JobError> {
     let name = format!("proxflow {job} run");
-    let bus = bus::connect(&settings.nats, &name, Metrics::new()).await?;
-    let ctx = ServiceContext::new(
-        bus,
-        Health::default(),
-        Metrics::new(),
-        Duration::from_secs(5),
-    )
-    .await?;
-    let engine = Engine::new(&ctx).await?;
+    let engine = Engine::new(&cli_context(settings, &name).await?).await?;
     let now = chrono::Utc::now();
     let id = format!("{job}-cli-{}", now.format("%Y%m%dT%H%M%S%.3fZ"));
     let origin = Origin {

@@ -3,14 +3,11 @@
 //! records or the event stream, where the job leaves them) and its next.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use proxflow_runtime::ServiceContext;
 use proxflow_runtime::bus;
-use proxflow_runtime::ops::{Health, Metrics};
 use proxflow_runtime::schedule::Schedule;
 use proxflow_runtime::workflow::{Engine, state_name};
 use proxflow_schemas::Message;
@@ -44,15 +41,8 @@ const LOOKBACK_DAYS: i64 = 100;
 
 /// Prints every job.
 pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
-    let bus = bus::connect(&settings.nats, "proxflow schedule", Metrics::new()).await?;
-    let js = bus.js.clone();
-    let ctx = ServiceContext::new(
-        bus,
-        Health::default(),
-        Metrics::new(),
-        Duration::from_secs(5),
-    )
-    .await?;
+    let ctx = crate::lifecycle::cli_context(settings, "proxflow schedule").await?;
+    let js = ctx.bus.js.clone();
     let engine = Engine::new(&ctx).await?;
     let now = Utc::now();
     let mut lines = Vec::new();

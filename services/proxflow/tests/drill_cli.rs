@@ -6,7 +6,7 @@
 #[path = "../../../tests/tests/support/zfs.rs"]
 mod zfs_fixture;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use proxflow_lifecycle::{DrillConfig, DrillTarget, ExportConfig, LifecycleSettings};
@@ -32,27 +32,12 @@ fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
 
-/// A bare `zfs send source@snap | zfs receive target` (`-F` absent: the first one).
-fn send(source: &str, target: &str) {
-    let mut send = Command::new("zfs")
-        .args(["send", source])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = Command::new("zfs")
-        .args(["receive", target])
-        .stdin(send.stdout.take().unwrap())
-        .status()
-        .unwrap();
-    assert!(status.success() && send.wait().unwrap().success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exit_code_follows_the_drills_verdict() {
     let fx = ZfsFixture::new("drill-cli");
     fx.write_random("data.bin", 128 << 10);
     fx.snapshot(&fx.source, "s1");
-    send(&format!("{}@s1", fx.source), &fx.target);
+    fx.send_bare("s1");
     let nats = TestNats::start().expect("nats-server");
     let ctx = nats.context("lifecycle").await.unwrap();
     let (_sim, pve) = start_sim(|_| {}).await.expect("simulator");

@@ -157,12 +157,13 @@ pub fn parse_list(text: &str, dataset: &str) -> Result<Vec<SnapshotInfo>, ParseE
     Ok(out)
 }
 
-/// `zfs get -Hp -d 1 -o name,property,value type,<SNAPSHOT_PROPERTIES but name> <dataset>`: one
-/// line per (object, property), the dataset and its children included; only the dataset's
-/// snapshots are returned, sorted by `createtxg`.
-pub fn parse_get(text: &str, dataset: &str) -> Result<Vec<SnapshotInfo>, ParseError> {
-    // Objects in first-seen order, each with its properties.
-    let mut objects: Vec<(&str, BTreeMap<&str, &str>)> = Vec::new();
+/// One object of a `zfs get` output: its name and its properties by name.
+pub type GetObject<'a> = (&'a str, BTreeMap<&'a str, &'a str>);
+
+/// Objects of a `zfs get -H -o name,property,value …` output (one line per (object, property)),
+/// in first-seen order, each with its properties (its `name` among them).
+pub fn group_get(text: &str) -> Result<Vec<GetObject<'_>>, ParseError> {
+    let mut objects: Vec<GetObject<'_>> = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let mut fields = line.splitn(3, '\t');
         let (Some(name), Some(property), Some(value)) =
@@ -177,6 +178,14 @@ pub fn parse_get(text: &str, dataset: &str) -> Result<Vec<SnapshotInfo>, ParseEr
             _ => objects.push((name, BTreeMap::from([("name", name), (property, value)]))),
         }
     }
+    Ok(objects)
+}
+
+/// `zfs get -Hp -d 1 -o name,property,value type,<SNAPSHOT_PROPERTIES but name> <dataset>`: one
+/// line per (object, property), the dataset and its children included; only the dataset's
+/// snapshots are returned, sorted by `createtxg`.
+pub fn parse_get(text: &str, dataset: &str) -> Result<Vec<SnapshotInfo>, ParseError> {
+    let objects = group_get(text)?;
     let mut out = Vec::new();
     for (name, props) in &objects {
         if props.get("type") != Some(&"snapshot") {

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::parse::ParseError;
+use crate::parse::{ParseError, group_get};
 use crate::{Zfs, ZfsError, valid_dataset};
 
 /// The properties read per object, after `type`.
@@ -58,69 +58,34 @@ fn bad(line: &str, problem: impl Into<String>) -> ParseError {
 /// one line per (object, property), objects in the order listed. Bookmarks and other types are
 /// skipped; a property printed `-` (does not apply) is 0.
 pub fn parse_space(text: &str) -> Result<Vec<Space>, ParseError> {
-    let mut out: Vec<Space> = Vec::new();
-    let mut current: Option<(String, Option<Space>)> = None;
-    let mut finish = |entry: Option<(String, Option<Space>)>| {
-        if let Some((_, Some(space))) = entry {
-            out.push(space);
-        }
-    };
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let mut fields = line.splitn(3, '\t');
-        let (Some(name), Some(property), Some(value)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            return Err(bad(line, "expected name, property and value"));
+    let mut out = Vec::new();
+    for (name, props) in group_get(text)? {
+        let kind = match props.get("type").copied() {
+            Some("filesystem") => ObjectType::Filesystem,
+            Some("volume") => ObjectType::Volume,
+            Some("snapshot") => ObjectType::Snapshot,
+            // A bookmark, or a type this does not know: not ours.
+            _ => continue,
         };
-        if current.as_ref().is_none_or(|(n, _)| n != name) {
-            finish(current.take());
-            current = Some((name.to_owned(), None));
-        }
-        let Some((_, slot)) = current.as_mut() else {
-            continue;
-        };
-        if property == "type" {
-            let kind = match value {
-                "filesystem" => Some(ObjectType::Filesystem),
-                "volume" => Some(ObjectType::Volume),
-                "snapshot" => Some(ObjectType::Snapshot),
-                _ => None,
-            };
-            *slot = kind.map(|kind| Space {
-                name: name.to_owned(),
-                kind,
-                used: 0,
-                referenced: 0,
-                usedbysnapshots: 0,
-                creation: DateTime::UNIX_EPOCH,
-            });
-            continue;
-        }
-        // Properties of a skipped type (a bookmark), or before `type`: not ours.
-        let Some(space) = slot.as_mut() else {
-            continue;
-        };
-        let number = || -> Result<u64, ParseError> {
-            if value == "-" {
-                return Ok(0);
+        let number = |property: &str| -> Result<u64, ParseError> {
+            match props.get(property).copied() {
+                None | Some("-") => Ok(0),
+                Some(value) => value
+                    .parse()
+                    .map_err(|_| bad(name, format!("{property} {value:?} is not a whole number"))),
             }
-            value
-                .parse()
-                .map_err(|_| bad(line, format!("{property} {value:?} is not a whole number")))
         };
-        match property {
-            "used" => space.used = number()?,
-            "referenced" => space.referenced = number()?,
-            "usedbysnapshots" => space.usedbysnapshots = number()?,
-            "creation" => {
-                let secs = i64::try_from(number()?).unwrap_or(i64::MAX);
-                space.creation = DateTime::from_timestamp(secs, 0)
-                    .ok_or_else(|| bad(line, format!("creation {value} is out of range")))?;
-            }
-            _ => {}
-        }
+        let secs = i64::try_from(number("creation")?).unwrap_or(i64::MAX);
+        out.push(Space {
+            name: name.to_owned(),
+            kind,
+            used: number("used")?,
+            referenced: number("referenced")?,
+            usedbysnapshots: number("usedbysnapshots")?,
+            creation: DateTime::from_timestamp(secs, 0)
+                .ok_or_else(|| bad(name, format!("creation {secs} is out of range")))?,
+        });
     }
-    finish(current.take());
     Ok(out)
 }
 

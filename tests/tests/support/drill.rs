@@ -3,7 +3,7 @@
 //! the simulator taking the restored VM, a real nats-server.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use proxflow_lifecycle::{DrillConfig, DrillTarget, ExportConfig, LifecycleSettings};
 use proxflow_pve::PveClient;
@@ -12,7 +12,7 @@ use proxflow_runtime::ServiceContext;
 use proxflow_runtime::clock::ManualClock;
 use proxflow_runtime::workflow::Engine;
 use proxflow_schemas::lifecycle::{DrillCheck, DrillReport, JobInput};
-use proxflow_schemas::workflow::{Origin, WorkflowRecord};
+use proxflow_schemas::workflow::WorkflowRecord;
 use proxflow_testkit::TestNats;
 use proxflow_testkit::pve::start_sim;
 use proxflow_zfs::Zfs;
@@ -129,36 +129,18 @@ impl Rig {
             .expect("replication");
     }
 
-    /// Starts workflow `id` of `kind` and waits for its end.
+    /// Starts workflow `id` (`"export"` or a drill) and waits for its end.
     pub async fn run(&self, kind: &str, id: &str, dry_run: bool) -> WorkflowRecord {
         let kind = if kind == "export" {
             proxflow_lifecycle::export::KIND
         } else {
             proxflow_lifecycle::drill::KIND
         };
-        let origin = Origin {
-            source: "test".into(),
-            reference: id.into(),
-            reason: "test".into(),
-        };
         let input = JobInput {
             dry_run,
             requested_by: "test".into(),
         };
-        self.engine
-            .start_kind(kind, id, origin, &input)
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(r) = self.engine.get(id).await.unwrap()
-                && r.state.is_terminal()
-            {
-                return r;
-            }
-            assert!(Instant::now() < deadline, "{id} did not end");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        proxflow_e2e::run_workflow(&self.engine, kind, id, &input).await
     }
 
     /// Datasets and snapshots of this test, and the clones of its drill `run`, on both pools

@@ -163,6 +163,22 @@ impl ZfsFixture {
         try_zfs(&["get", "-H", "-o", "value", "type", dataset]).0
     }
 
+    /// A bare `zfs send source@snapshot | zfs receive target` (the target must not exist yet).
+    pub fn send_bare(&self, snapshot: &str) {
+        let mut send = Command::new("zfs")
+            .args(["send", &format!("{}@{snapshot}", self.source)])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("zfs send");
+        let received = Command::new("zfs")
+            .args(["receive", &self.target])
+            .stdin(send.stdout.take().expect("a pipe"))
+            .status()
+            .expect("zfs receive");
+        assert!(received.success(), "zfs receive {}", self.target);
+        assert!(send.wait().expect("zfs send").success(), "zfs send");
+    }
+
     /// The exact guid of `dataset@snapshot` (`-p`: without it zfs-fuse prints it rounded).
     pub fn guid(&self, dataset: &str, snapshot: &str) -> String {
         zfs(&[
