@@ -69,6 +69,11 @@ impl Rig {
                     agent_timeout: Duration::from_secs(30),
                     ..DrillConfig::default()
                 },
+                // Not what these tests look at: no scheduled health runs.
+                health: proxflow_lifecycle::HealthConfig {
+                    enabled: false,
+                    ..proxflow_lifecycle::HealthConfig::default()
+                },
                 drill_targets: vec![DrillTarget {
                     job: JOB.into(),
                     source: fx.source.clone(),
