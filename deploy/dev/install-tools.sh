@@ -177,7 +177,9 @@ case "${1:-}" in
   # tested against; the harness never picks it because .tools/bin comes first.
   # procps: tests signal child processes with `kill`, as an operator would.
   # prometheus-alertmanager: the alert tests deliver through a real Alertmanager.
-  test) ensure_nats; apt_install nats-server procps prometheus-alertmanager; ensure_zfs ;;
+  # prometheus: its promtool checks the shipped alert rules and runs their unit tests
+  # (deploy/prometheus/tests/); the server it also installs is not started.
+  test) ensure_nats; apt_install nats-server procps prometheus-alertmanager prometheus; ensure_zfs ;;
   zfs) ensure_zfs ;;
   bench) ensure_nats; apt_install procps prometheus-alertmanager; ensure_zfs ;;
   *) say "usage: install-tools.sh just|nats|zfs|test|bench"; exit 2 ;;

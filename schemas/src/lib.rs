@@ -18,7 +18,8 @@
 //! - [`capacity_review`] — the monthly capacity review: its workflow input, report and event.
 //! - [`provision`] — the provisioning request the gateway publishes.
 //! - [`snapshot`] — the snapshotter's pre-change request/reply and its events (taken, pruned, check).
-//! - [`lifecycle`] — the lifecycle jobs (host-config export, restore drill, disk health).
+//! - [`lifecycle`] — the lifecycle jobs (host-config export, restore drill).
+//! - [`health`] — disk and pool health: check and scrub inputs, parsed `zpool status`, findings, events.
 //! - [`patch`] — patch plans (content-addressed), approvals and the patch run's events.
 //! - [`replication`] — replication run events (started, completed, failed) and the divergence alert.
 //! - [`trace`] — span records on `pf.trace.<trace_id>`, what `proxflow trace` reads back.
@@ -35,6 +36,7 @@ pub mod alert;
 pub mod capacity;
 pub mod capacity_review;
 pub mod events;
+pub mod health;
 pub mod lifecycle;
 pub mod message;
 pub mod names;

@@ -44,6 +44,10 @@ pub mod subject {
     pub const WORKFLOW_CONFIG_EXPORT: &str = "pf.cmd.workflow.config_export";
     /// Advances of the lifecycle service's `restore_drill` workflows.
     pub const WORKFLOW_RESTORE_DRILL: &str = "pf.cmd.workflow.restore_drill";
+    /// Advances of the lifecycle service's `disk_health` workflows.
+    pub const WORKFLOW_DISK_HEALTH: &str = "pf.cmd.workflow.disk_health";
+    /// Advances of the lifecycle service's `pool_scrub` workflows.
+    pub const WORKFLOW_POOL_SCRUB: &str = "pf.cmd.workflow.pool_scrub";
     /// Advances of `capacity_review` workflows (the capacity service's engine).
     pub const WORKFLOW_CAPACITY_REVIEW: &str = "pf.cmd.workflow.capacity_review";
     /// Everything the trace stream captures.
@@ -228,6 +232,14 @@ pub mod durable {
     pub const LIFECYCLE_DRILL: &str = "workflow-restore_drill";
     /// Advances of `restore_drill` workflows its engine gave up on.
     pub const LIFECYCLE_DRILL_GIVEN_UP: &str = "workflow-restore_drill-givenup";
+    /// The lifecycle service's `disk_health` workflows (`pf.cmd.workflow.disk_health`).
+    pub const LIFECYCLE_HEALTH: &str = "workflow-disk_health";
+    /// Advances of `disk_health` workflows its engine gave up on.
+    pub const LIFECYCLE_HEALTH_GIVEN_UP: &str = "workflow-disk_health-givenup";
+    /// The lifecycle service's `pool_scrub` workflows (`pf.cmd.workflow.pool_scrub`).
+    pub const LIFECYCLE_SCRUB: &str = "workflow-pool_scrub";
+    /// Advances of `pool_scrub` workflows its engine gave up on.
+    pub const LIFECYCLE_SCRUB_GIVEN_UP: &str = "workflow-pool_scrub-givenup";
     /// The capacity service's `capacity_review` workflows (`pf.cmd.workflow.capacity_review`).
     pub const CAPACITY_REVIEW: &str = "workflow-capacity_review";
     /// Advances of `capacity_review` workflows the capacity service's engine gave up on.
@@ -500,6 +512,34 @@ pub mod consumer {
         filter: Filter::DeadLettersOf(durable::LIFECYCLE_DRILL),
         user: user::LIFECYCLE,
     };
+    /// See [`durable::LIFECYCLE_HEALTH`].
+    pub const LIFECYCLE_HEALTH: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::LIFECYCLE_HEALTH,
+        filter: Filter::Subject(super::subject::WORKFLOW_DISK_HEALTH),
+        user: user::LIFECYCLE,
+    };
+    /// See [`durable::LIFECYCLE_HEALTH_GIVEN_UP`].
+    pub const LIFECYCLE_HEALTH_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::LIFECYCLE_HEALTH_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::LIFECYCLE_HEALTH),
+        user: user::LIFECYCLE,
+    };
+    /// See [`durable::LIFECYCLE_SCRUB`].
+    pub const LIFECYCLE_SCRUB: Consumer = Consumer {
+        stream: stream::CMD,
+        durable: durable::LIFECYCLE_SCRUB,
+        filter: Filter::Subject(super::subject::WORKFLOW_POOL_SCRUB),
+        user: user::LIFECYCLE,
+    };
+    /// See [`durable::LIFECYCLE_SCRUB_GIVEN_UP`].
+    pub const LIFECYCLE_SCRUB_GIVEN_UP: Consumer = Consumer {
+        stream: stream::EVT,
+        durable: durable::LIFECYCLE_SCRUB_GIVEN_UP,
+        filter: Filter::DeadLettersOf(durable::LIFECYCLE_SCRUB),
+        user: user::LIFECYCLE,
+    };
     /// See [`durable::CAPACITY_REVIEW`].
     pub const CAPACITY_REVIEW: Consumer = Consumer {
         stream: stream::CMD,
@@ -541,6 +581,10 @@ pub mod consumer {
         LIFECYCLE_EXPORT_GIVEN_UP,
         LIFECYCLE_DRILL,
         LIFECYCLE_DRILL_GIVEN_UP,
+        LIFECYCLE_HEALTH,
+        LIFECYCLE_HEALTH_GIVEN_UP,
+        LIFECYCLE_SCRUB,
+        LIFECYCLE_SCRUB_GIVEN_UP,
         CAPACITY_REVIEW,
         CAPACITY_REVIEW_GIVEN_UP,
     ];
@@ -609,6 +653,16 @@ pub mod consumer {
                 (PATCHER, PATCHER_GIVEN_UP, "patch_run"),
                 (LIFECYCLE_EXPORT, LIFECYCLE_EXPORT_GIVEN_UP, "config_export"),
                 (LIFECYCLE_DRILL, LIFECYCLE_DRILL_GIVEN_UP, "restore_drill"),
+                (
+                    LIFECYCLE_HEALTH,
+                    LIFECYCLE_HEALTH_GIVEN_UP,
+                    crate::health::DISK_HEALTH_KIND,
+                ),
+                (
+                    LIFECYCLE_SCRUB,
+                    LIFECYCLE_SCRUB_GIVEN_UP,
+                    crate::health::POOL_SCRUB_KIND,
+                ),
             ] {
                 assert_eq!(advance.durable, crate::names::workflow_durable(kind));
                 assert_eq!(advance.filter_subject(), subject::cmd("workflow", kind));

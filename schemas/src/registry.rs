@@ -8,6 +8,7 @@ use crate::capacity::{
 };
 use crate::capacity_review::{CapacityReview, CapacityReviewed};
 use crate::events::DeadLetter;
+use crate::health::{HealthDegraded, HealthReport, ScrubReport};
 use crate::lifecycle::{DrillCompleted, ExportCompleted};
 use crate::message::{SchemaId, Versioned};
 use crate::patch::PatchEvent;
@@ -82,5 +83,8 @@ pub fn all() -> Vec<SchemaDoc> {
         SchemaDoc::of::<PatchEvent>(),
         SchemaDoc::of::<ExportCompleted>(),
         SchemaDoc::of::<DrillCompleted>(),
+        SchemaDoc::of::<HealthReport>(),
+        SchemaDoc::of::<HealthDegraded>(),
+        SchemaDoc::of::<ScrubReport>(),
     ]
 }

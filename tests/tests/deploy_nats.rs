@@ -877,6 +877,11 @@ async fn the_shipped_lifecycle_user_can_export_and_drill() {
                 pools: vec!["tank".into()],
                 ..proxflow_lifecycle::ExportConfig::default()
             },
+            // Not what these tests look at: no scheduled health runs.
+            health: proxflow_lifecycle::HealthConfig {
+                enabled: false,
+                ..proxflow_lifecycle::HealthConfig::default()
+            },
             drill: proxflow_lifecycle::DrillConfig {
                 report_dir: reports.path().to_owned(),
                 restore: false,

@@ -71,6 +71,11 @@ impl Rig {
                 proxflow_lifecycle::LifecycleSettings {
                     export: export.clone(),
                     drill: proxflow_lifecycle::DrillConfig::default(),
+                    // Not what these tests look at: no scheduled health runs.
+                    health: proxflow_lifecycle::HealthConfig {
+                        enabled: false,
+                        ..proxflow_lifecycle::HealthConfig::default()
+                    },
                     drill_targets: Vec::new(),
                     pve: pve.clone(),
                 },

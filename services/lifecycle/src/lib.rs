@@ -4,7 +4,9 @@
 //! ([`proxflow_runtime::workflow::scheduled`]) or by hand (`proxflow export run`):
 //! - the weekly host-config export ([`export`]): the Proxmox configuration, ZFS properties and host
 //!   files as a deterministic bundle with a manifest and a `REBUILD.md`, written into a dataset
-//!   that replication carries offsite, diffed week to week.
+//!   that replication carries offsite, diffed week to week;
+//! - the quarterly restore drill ([`drill`]);
+//! - disk and pool health ([`health`]): a daily check, a quarterly audit, a monthly scrub.
 //!
 //! ## Layout
 //! - [`config`] — `[export]`, `[drill]`.
@@ -14,24 +16,31 @@
 //!   [`export::rebuild`].
 //! - [`drill`] — the `restore_drill` workflow: [`drill::datasets`] (lineage, guid, RPO, files via
 //!   clones), [`drill::files`], [`drill::bundle`], [`drill::restore`], [`drill::report`].
+//! - [`health`] — disk and pool health: the `disk_health` workflow (daily check, quarterly audit)
+//!   and `pool_scrub` ([`health::scrub`]); [`health::config`] (`[health]`), [`health::judge`]
+//!   (findings), [`health::metrics`] (the gauges the shipped alerts read).
 
 pub mod bundle;
 pub mod config;
 pub mod drill;
 pub mod export;
+pub mod health;
 
 use std::sync::Arc;
 
 use proxflow_pve::PveClient;
+use proxflow_runtime::ops::GaugeFamily;
 use proxflow_runtime::workflow::Engine;
 use proxflow_runtime::workflow::scheduled::Scheduler;
 use proxflow_runtime::{ServiceContext, TaskError, Tasks};
+use proxflow_schemas::health::{CheckMode, HealthInput, ScrubInput};
 use proxflow_schemas::lifecycle::JobInput;
 use proxflow_zfs::Zfs;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{DrillConfig, ExportConfig};
 pub use drill::datasets::DrillTarget;
+pub use health::HealthConfig;
 
 /// Why the lifecycle service stopped.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,8 @@ pub struct LifecycleSettings {
     pub export: ExportConfig,
     /// `[drill]`.
     pub drill: DrillConfig,
+    /// `[health]`.
+    pub health: HealthConfig,
     /// The replication jobs the drill checks (from `[[replication.jobs]]` and `drill.jobs`).
     pub drill_targets: Vec<DrillTarget>,
     /// The Proxmox host.
@@ -70,12 +81,13 @@ fn scheduled_input() -> serde_json::Value {
     .unwrap_or_default()
 }
 
-/// Sets the last-pass gauge from the newest drill that passed: a restart must not make the
-/// 100-day alert forget (or invent) a passing drill.
-async fn restore_last_pass(engine: &Engine, metrics: &drill::DrillMetrics) {
+/// Sets `gauge` to when the newest run of `kind` succeeded (0: none on record): a restart must
+/// not make an alert on its age forget (or invent) a success — the drill's 100-day alert, the
+/// health check's staleness.
+async fn restore_newest_success(engine: &Engine, kind: &str, gauge: &GaugeFamily<0>) {
     match engine
         .list(
-            drill::KIND,
+            kind,
             proxflow_schemas::workflow::WorkflowState::Succeeded,
             None,
         )
@@ -84,10 +96,28 @@ async fn restore_last_pass(engine: &Engine, metrics: &drill::DrillMetrics) {
         Ok(passed) => {
             let newest = passed.iter().map(|e| e.updated_at).max();
             let at = newest.map_or(0.0, |t| t.timestamp() as f64);
-            metrics.last_pass.set([], at);
+            gauge.set([], at);
         }
-        Err(e) => tracing::warn!(error = %e, "could not read the last passing drill"),
+        Err(e) => tracing::warn!(kind, error = %e, "could not read the newest successful run"),
     }
+}
+
+/// What a scheduled health run gets.
+fn health_input(mode: CheckMode) -> serde_json::Value {
+    serde_json::to_value(HealthInput {
+        mode,
+        requested_by: "schedule".to_owned(),
+    })
+    .unwrap_or_default()
+}
+
+/// What a scheduled scrub gets: every configured pool.
+fn scrub_input() -> serde_json::Value {
+    serde_json::to_value(ScrubInput {
+        pools: Vec::new(),
+        requested_by: "schedule".to_owned(),
+    })
+    .unwrap_or_default()
 }
 
 /// Runs the lifecycle workflows and their schedules until `shutdown`.
@@ -99,6 +129,7 @@ pub async fn run(
     let LifecycleSettings {
         export,
         drill,
+        health,
         drill_targets,
         pve,
     } = settings;
@@ -124,12 +155,12 @@ pub async fn run(
     }
     // Registered even when not scheduled: `proxflow drill run` runs one by hand.
     let metrics = drill::DrillMetrics::register(&ctx.metrics);
-    restore_last_pass(&engine, &metrics).await;
+    restore_newest_success(&engine, drill::KIND, &metrics.last_pass).await;
     let schedule_drill = drill.enabled && !drill_targets.is_empty();
     let driller = drill::Driller {
         targets: drill_targets,
         config: drill.clone(),
-        pve,
+        pve: pve.clone(),
         export_dataset: export.enabled().then(|| export.dataset.clone()),
         publisher: ctx.bus.publisher.clone(),
         metrics,
@@ -139,6 +170,26 @@ pub async fn run(
     });
     if schedule_drill {
         scheduler = scheduler.job(drill.job().map_err(open_err)?, |_| scheduled_input());
+    }
+    // Registered even when not scheduled: `proxflow health check` runs one by hand.
+    let checker = Arc::new(health::HealthChecker {
+        zfs: Zfs::new(health.zfs_command.clone(), health.zfs_timeout),
+        config: health.clone(),
+        pve,
+        publisher: ctx.bus.publisher.clone(),
+        metrics: health::HealthMetrics::register(&ctx.metrics),
+    });
+    restore_newest_success(&engine, health::KIND, &checker.metrics.last_check).await;
+    engine.register(health::DiskHealth {
+        checker: Arc::clone(&checker),
+    });
+    engine.register(health::scrub::PoolScrub { checker });
+    if health.enabled {
+        let [check, audit, scrub] = health.jobs().map_err(open_err)?;
+        scheduler = scheduler
+            .job(check, |_| health_input(CheckMode::Daily))
+            .job(audit, |_| health_input(CheckMode::Audit))
+            .job(scrub, |_| scrub_input());
     }
     let mut tasks = Tasks::new(&ctx, &shutdown);
     engine.spawn(&ctx, &export.consumer, &mut tasks);

@@ -87,6 +87,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::lifecycle::DrillCommand,
     },
+    /// Disk and pool health: check now (or audit), scrub now; the exit code follows the findings.
+    Health {
+        #[command(subcommand)]
+        command: crate::health::HealthCommand,
+    },
     /// Every scheduled job (snapshots, replication, patching, lifecycle) with its last and next run.
     Schedule {
         /// Print the jobs as JSON.
@@ -172,6 +177,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
         Command::Patch { gateway, command } => crate::patch::run(&settings, gateway, command).await,
         Command::Export { command } => crate::lifecycle::export(&settings, command).await,
         Command::Drill { command } => crate::lifecycle::drill(&settings, command).await,
+        Command::Health { command } => crate::health::run(&settings, command).await,
         Command::Schedule { json } => crate::schedule::run(&settings, json).await,
         Command::Capacity { command } => crate::capacity::run(&settings, command).await,
         Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,

@@ -181,13 +181,15 @@ pub const SERVICES: &[ServiceEntry] = &[
     },
     ServiceEntry {
         name: "lifecycle",
-        about: "Lifecycle jobs on a schedule: the weekly host-config export, the quarterly restore drill",
+        about: "Lifecycle jobs on a schedule: the weekly host-config export, the quarterly restore drill, \
+                disk and pool health (daily check, quarterly audit, monthly scrub)",
         // Dev has no export dataset nor replication by default: it runs when either is configured.
         in_dev: |settings| settings.export.enabled() || !settings.replication.jobs.is_empty(),
         prepare: |settings, clients| {
             let settings = proxflow_lifecycle::LifecycleSettings {
                 export: settings.export.clone(),
                 drill: settings.drill.clone(),
+                health: settings.health.clone(),
                 drill_targets: settings.drill_targets(),
                 pve: clients.pve(settings)?,
             };

@@ -1,5 +1,6 @@
 //! `proxflow export ...` and `proxflow drill run`: the operator's side of the lifecycle jobs — start
-//! a run and wait for its verdict, verify and compare bundles.
+//! a run and wait for its verdict ([`run_job`], also `proxflow health`'s), verify and compare
+//! bundles.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,7 +73,8 @@ pub async fn drill(settings: &Settings, command: DrillCommand) -> anyhow::Result
         timeout,
         json,
     } = command;
-    let outcome = run_job(settings, drill::KIND, drill::JOB, dry_run, timeout).await;
+    let (input, flags) = cli_input(dry_run);
+    let outcome = run_job(settings, drill::KIND, drill::JOB, &input, flags, timeout).await;
     // A failed drill ends the workflow failed; its report is in the record all the same.
     let (record, failure) = match outcome {
         Ok(record) => (Some(record), None),
@@ -129,7 +131,8 @@ fn render_drill(r: &DrillReport) -> String {
 pub async fn export(settings: &Settings, command: ExportCommand) -> anyhow::Result<()> {
     match command {
         ExportCommand::Run { dry_run, timeout } => {
-            let record = run_job(settings, export::KIND, export::JOB, dry_run, timeout)
+            let (input, flags) = cli_input(dry_run);
+            let record = run_job(settings, export::KIND, export::JOB, &input, flags, timeout)
                 .await
                 .map_err(JobError::into_anyhow)?;
             let report: ExportReport =
@@ -304,7 +307,7 @@ pub enum JobError {
 }
 
 impl JobError {
-    fn into_anyhow(self) -> anyhow::Error {
+    pub fn into_anyhow(self) -> anyhow::Error {
         match self {
             Self::Ended { message, .. } => anyhow::anyhow!(message),
             Self::Other(e) => e,
@@ -318,13 +321,24 @@ impl<E: Into<anyhow::Error>> From<E> for JobError {
     }
 }
 
-/// Starts a run of workflow `kind` (id `<job>-cli-<time>`) and waits until it ends; a run that did
+/// The input of a lifecycle job started by hand, and its flags for the record's reason.
+fn cli_input(dry_run: bool) -> (JobInput, &'static str) {
+    let input = JobInput {
+        dry_run,
+        requested_by: "cli".into(),
+    };
+    (input, if dry_run { " --dry-run" } else { "" })
+}
+
+/// Starts a run of workflow `kind` (id `<job>-cli-<time>`) with `input` (`flags`: what the
+/// operator added, for the record's reason) and waits until it ends; a run that did
 /// not succeed is an error with its reason, so the exit code follows the verdict.
-pub async fn run_job(
+pub async fn run_job<I: serde::Serialize>(
     settings: &Settings,
     kind: &str,
     job: &str,
-    dry_run: bool,
+    input: &I,
+    flags: &str,
     timeout: Duration,
 ) -> Result<WorkflowRecord, JobError> {
     let name = format!("proxflow {job} run");
@@ -334,13 +348,9 @@ pub async fn run_job(
     let origin = Origin {
         source: "cli".into(),
         reference: id.clone(),
-        reason: format!("{name}{}", if dry_run { " --dry-run" } else { "" }),
+        reason: format!("{name}{flags}"),
     };
-    let input = JobInput {
-        dry_run,
-        requested_by: "cli".into(),
-    };
-    engine.start_kind(kind, &id, origin, &input).await?;
+    engine.start_kind(kind, &id, origin, input).await?;
     eprintln!("started {id}");
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

@@ -15,6 +15,7 @@
 //! - `trace`: `proxflow trace`, a workflow's trace read back from the bus.
 //! - `remediations`: `proxflow remediations`, the remediation audit trail.
 //! - `lifecycle`: `proxflow export`, `proxflow drill`, the lifecycle jobs' operator side.
+//! - `health`: `proxflow health check|scrub`, a disk and pool health check or scrub run now.
 //! - `schedule`: `proxflow schedule`, every scheduled job with its last and next run.
 //! - `capacity`: `proxflow capacity review`, the capacity review of a window.
 //! - `nats_accounts`: `proxflow nats-accounts`, the NATS users' permissions generated from the names.
@@ -23,6 +24,7 @@ mod capacity;
 mod cli;
 mod compose;
 mod dev;
+mod health;
 mod lifecycle;
 mod nats_accounts;
 mod patch;

@@ -311,13 +311,17 @@ fn users() -> Vec<User> {
         },
         User {
             name: user::LIFECYCLE,
-            about: "Lifecycle: runs the `config_export` and `restore_drill` workflows (its workflow engine\n\
-                    advances them, its schedules start them) and publishes their events.",
+            about: "Lifecycle: runs the `config_export`, `restore_drill`, `disk_health` and `pool_scrub`\n\
+                    workflows (its workflow engine advances them, its schedules start them) and publishes\n\
+                    their events.",
             publishes: vec![Grant::plain(&[
                 &subject::evt("export", ">"),
                 &subject::evt("drill", ">"),
+                &subject::evt("health", ">"),
                 subject::WORKFLOW_CONFIG_EXPORT,
                 subject::WORKFLOW_RESTORE_DRILL,
+                subject::WORKFLOW_DISK_HEALTH,
+                subject::WORKFLOW_POOL_SCRUB,
             ])],
             buckets: vec![bucket::WORKFLOWS, bucket::LOCKS],
             lists: vec![(

@@ -1,16 +1,19 @@
 //! `proxflow schedule`: every scheduled job of the configuration — snapshot policies, replication
-//! jobs, the patch window, the lifecycle jobs — with its schedule, its last run (from the workflow
-//! records or the event stream, where the job leaves them) and its next.
+//! jobs, the patch window, the lifecycle jobs (export, drill, health check, audit, scrub) — with
+//! its schedule, its last run (from the workflow records or the event stream, where the job leaves
+//! them) and its next.
 
 use std::str::FromStr;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use proxflow_lifecycle::health::config::{AUDIT_JOB, CHECK_JOB, SCRUB_JOB};
 use proxflow_runtime::bus;
 use proxflow_runtime::schedule::Schedule;
 use proxflow_runtime::workflow::{Engine, state_name};
 use proxflow_schemas::Message;
+use proxflow_schemas::health::{DISK_HEALTH_KIND, POOL_SCRUB_KIND};
 use proxflow_schemas::names::stream;
 use proxflow_schemas::replication::{ReplicationPhase, ReplicationRun};
 use proxflow_schemas::snapshot::{SnapshotKind, SnapshotTaken};
@@ -119,6 +122,19 @@ pub async fn run(settings: &Settings, json: bool) -> anyhow::Result<()> {
             now,
         ));
     }
+    if settings.health.enabled {
+        let health = &settings.health;
+        // One line per job; a check and an audit are both `disk_health` runs, told apart by the
+        // prefix of their ids.
+        for (job, schedule, kind) in [
+            (CHECK_JOB, &health.check_schedule, DISK_HEALTH_KIND),
+            (AUDIT_JOB, &health.audit_schedule, DISK_HEALTH_KIND),
+            (SCRUB_JOB, &health.scrub_schedule, POOL_SCRUB_KIND),
+        ] {
+            let last = newest_run_of(&engine, kind, job).await?;
+            lines.push(line(job.into(), schedule, &health.timezone, last, now));
+        }
+    }
     let review = &settings.capacity.review;
     let last = newest_run(&engine, proxflow_schemas::capacity_review::KIND).await?;
     lines.push(line(
@@ -189,9 +205,31 @@ async fn newest_run(
     engine: &Engine,
     kind: &str,
 ) -> anyhow::Result<Option<(DateTime<Utc>, String)>> {
+    newest_run_of(engine, kind, "").await
+}
+
+/// Whether `id` is a run of job `job`: `<job>-<slot>` (scheduled) or `<job>-cli-<time>` (by
+/// hand). `health-audit-…` is not a run of `health`, though it starts with it.
+fn is_run_of(job: &str, id: &str) -> bool {
+    id.strip_prefix(job)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|rest| {
+            rest.starts_with(|c: char| c.is_ascii_digit()) || rest.starts_with("cli-")
+        })
+}
+
+/// Like [`newest_run`], among the runs of job `job` (any job when empty).
+async fn newest_run_of(
+    engine: &Engine,
+    kind: &str,
+    job: &str,
+) -> anyhow::Result<Option<(DateTime<Utc>, String)>> {
     let mut newest: Option<(DateTime<Utc>, String)> = None;
     for state in WorkflowState::ALL {
         for entry in engine.list(kind, state, None).await? {
+            if !job.is_empty() && !is_run_of(job, &entry.id) {
+                continue;
+            }
             if newest.as_ref().is_none_or(|n| entry.created_at > n.0) {
                 newest = Some((
                     entry.created_at,
@@ -201,4 +239,18 @@ async fn newest_run(
         }
     }
     Ok(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_run_of;
+
+    #[test]
+    fn a_check_is_not_an_audit() {
+        assert!(is_run_of("health", "health-20261209T0500Z"));
+        assert!(is_run_of("health", "health-cli-20261209T050000.000Z"));
+        assert!(!is_run_of("health", "health-audit-20261001T0530Z"));
+        assert!(is_run_of("health-audit", "health-audit-20261001T0530Z"));
+        assert!(!is_run_of("scrub", "scrubber-1"));
+    }
 }

@@ -57,6 +57,8 @@ pub struct Settings {
     pub export: proxflow_lifecycle::ExportConfig,
     /// `[drill]`: the quarterly restore drill of the replication jobs' offsite copies.
     pub drill: proxflow_lifecycle::DrillConfig,
+    /// `[health]`: the daily disk and pool check, the quarterly audit, the monthly scrub.
+    pub health: proxflow_lifecycle::HealthConfig,
 }
 
 impl Settings {
@@ -129,6 +131,7 @@ impl Validate for Settings {
         self.patch.validate()?;
         self.export.validate()?;
         self.drill.validate()?;
+        self.health.validate()?;
         for (i, job) in self.drill.jobs.iter().enumerate() {
             if !self.replication.jobs.iter().any(|j| &j.name == job) {
                 return Err(ConfigError::value(

@@ -48,6 +48,11 @@ async fn the_exit_code_follows_the_drills_verdict() {
         ctx,
         LifecycleSettings {
             export: ExportConfig::default(),
+            // Not what these tests look at: no scheduled health runs.
+            health: proxflow_lifecycle::HealthConfig {
+                enabled: false,
+                ..proxflow_lifecycle::HealthConfig::default()
+            },
             drill: DrillConfig {
                 report_dir: reports.path().to_owned(),
                 ..DrillConfig::default()

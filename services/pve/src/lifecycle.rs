@@ -61,6 +61,10 @@ pub struct SmartReport {
     /// Life left in percent, when reported.
     #[serde(default, deserialize_with = "opt_percent")]
     pub wearout: Option<u64>,
+    /// The SMART attribute table, for ATA disks (`id`, `name`, `value`, `worst`, `threshold`,
+    /// `raw`, …), kept as Proxmox sends it: the audit records it whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<serde_json::Value>,
 }
 
 /// A percentage as a number or numeric string; `N/A` (disks without a wear figure) is `None`.

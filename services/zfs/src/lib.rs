@@ -18,6 +18,8 @@
 //! - [`parse`] — parsers for `-H` output ([`SnapshotInfo`]), usage text and `zfs holds`.
 //! - [`space`] — used / referenced / snapshot space of a dataset tree (`zfs get -Hrp`), for the
 //!   capacity review.
+//! - [`status`] — `zpool status -v` parsed (zfs-fuse's and OpenZFS's formats) into
+//!   [`proxflow_schemas::health::PoolStatus`], for the disk and pool health job.
 //! - [`pipe`] — `zfs send | zfs receive` between two handles, copied and counted in this process.
 
 mod clones;
@@ -25,6 +27,7 @@ pub mod names;
 pub mod parse;
 pub mod pipe;
 pub mod space;
+pub mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,6 +93,15 @@ pub enum ZfsError {
         /// The parser's error.
         #[source]
         source: parse::ParseError,
+    },
+    /// `zpool status` output that is not a status.
+    #[error("{host}: {source}")]
+    Status {
+        /// `local` or the prefix.
+        host: String,
+        /// The parser's error.
+        #[source]
+        source: status::StatusParseError,
     },
     /// The zfs lacks something proxflow cannot do without.
     #[error("{host}: {what}")]
@@ -220,6 +232,25 @@ impl Zfs {
     pub async fn pool_status(&self, pool: &str) -> Result<String, ZfsError> {
         valid_dataset(pool)?;
         self.zpool(&["status", "-v", pool]).await
+    }
+
+    /// `zpool status -v <pool>` parsed; its scan dates are the host's local time, read in `tz`.
+    pub async fn pool_health<Tz: chrono::TimeZone>(
+        &self,
+        pool: &str,
+        tz: &Tz,
+    ) -> Result<proxflow_schemas::health::PoolStatus, ZfsError> {
+        let text = self.pool_status(pool).await?;
+        status::parse(&text, tz).map_err(|source| ZfsError::Status {
+            host: self.host(),
+            source,
+        })
+    }
+
+    /// `zpool scrub <pool>`: starts a scrub (zpool refuses while one or a resilver runs).
+    pub async fn scrub(&self, pool: &str) -> Result<(), ZfsError> {
+        valid_dataset(pool)?;
+        self.zpool(&["scrub", pool]).await.map(drop)
     }
 
     /// The properties set on `pool`'s datasets (source `local` or `received`), as `(dataset,

@@ -73,6 +73,11 @@ impl Rig {
                     pools: vec!["tank".into()],
                     ..ExportConfig::default()
                 },
+                // Not what these tests look at: no scheduled health runs.
+                health: proxflow_lifecycle::HealthConfig {
+                    enabled: false,
+                    ..proxflow_lifecycle::HealthConfig::default()
+                },
                 drill: DrillConfig {
                     report_dir: reports.path().to_owned(),
                     agent_timeout: Duration::from_secs(30),

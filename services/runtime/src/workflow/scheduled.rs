@@ -45,6 +45,20 @@ impl ScheduledJob {
     /// `<section>.<key>`.
     pub fn from_keys(
         section: &str,
+        job: (&'static str, &'static str),
+        schedule: &str,
+        timezone: &str,
+        catch_up: Duration,
+    ) -> Result<Self, crate::config::ConfigError> {
+        Self::from_named_keys(section, "schedule", job, schedule, timezone, catch_up)
+    }
+
+    /// Like [`ScheduledJob::from_keys`], for a section with several schedules sharing one
+    /// `timezone` and `catch_up` (`[health]`: `check_schedule`, `scrub_schedule`): errors name
+    /// `<section>.<schedule_key>`.
+    pub fn from_named_keys(
+        section: &str,
+        schedule_key: &str,
         (name, kind): (&'static str, &'static str),
         schedule: &str,
         timezone: &str,
@@ -56,7 +70,7 @@ impl ScheduledJob {
             schedule
                 .parse()
                 .map_err(|e: crate::schedule::ScheduleError| {
-                    ConfigError::value(key("schedule"), e.to_string())
+                    ConfigError::value(key(schedule_key), e.to_string())
                 })?;
         let tz: Tz = timezone.parse().map_err(|_| {
             ConfigError::value(
