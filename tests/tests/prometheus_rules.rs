@@ -51,10 +51,12 @@ fn the_shipped_alert_rules_pass_promtool_and_their_unit_tests() {
         .filter(|p| p.extension().is_some_and(|e| e == "yml"))
         .collect();
     tests.sort();
-    assert!(
-        tests.iter().any(|t| t.ends_with("health.test.yml")),
-        "{tests:?}"
-    );
+    for expected in ["health.test.yml", "lifecycle.test.yml"] {
+        assert!(
+            tests.iter().any(|t| t.ends_with(expected)),
+            "{expected}: {tests:?}"
+        );
+    }
     for t in &tests {
         run(&["test", "rules"], t);
     }
