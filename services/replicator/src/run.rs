@@ -71,6 +71,13 @@ pub(crate) struct Moved {
     pub(crate) newest_creation: Option<DateTime<Utc>>,
 }
 
+/// A span for one step of a run (`replication.phase` with `phase` = probe, resume_check, listing,
+/// transfer, readonly, holds, announce), so a trace — or the replication bench — shows where a
+/// run's time goes besides the stream itself.
+pub(crate) fn phase(name: &'static str) -> tracing::Span {
+    tracing::info_span!("replication.phase", otel.name = %format!("replication {name}"), phase = name)
+}
+
 impl Replicator {
     /// Runs job `name` now, whatever its schedule.
     pub async fn run_job(&self, name: &str, control: &RunControl) -> Result<RunReport, JobError> {
@@ -128,6 +135,7 @@ impl Replicator {
                     if !self.config.dry_run {
                         self.publisher
                             .announce(&event(ReplicationPhase::Started, None, None))
+                            .instrument(phase("announce"))
                             .await;
                     }
                     let result = self.replicate(job, run_id, control).await;
@@ -184,6 +192,7 @@ impl Replicator {
                 tracing::info!(mode = ?report.mode, bytes = report.bytes, snapshot = ?report.snapshot, "replication completed");
                 self.publisher
                     .announce(&event(ReplicationPhase::Completed, Some(&moved), None))
+                    .instrument(phase("announce"))
                     .await;
                 Ok(report)
             }
@@ -193,6 +202,7 @@ impl Replicator {
                 if !self.config.dry_run {
                     self.publisher
                         .announce(&event(ReplicationPhase::Failed, None, Some(e.to_string())))
+                        .instrument(phase("announce"))
                         .await;
                 }
                 Err(e)
@@ -207,15 +217,24 @@ impl Replicator {
         control: &RunControl,
     ) -> Result<Moved, JobError> {
         let (src, tgt) = (&job.config.source, &job.config.target);
-        let source_caps = job.source.capabilities(src).await?;
-        let target_caps = job.target.capabilities(tgt).await?;
+        let (source_caps, target_caps) = async {
+            let source_caps = job.source.capabilities(src).await?;
+            let target_caps = job.target.capabilities(tgt).await?;
+            Ok::<_, JobError>((source_caps, target_caps))
+        }
+        .instrument(phase("probe"))
+        .await?;
         let resumable = source_caps.resumable_receive && target_caps.resumable_receive;
         let mut resumed_bytes = 0;
         let mut transfer_duration = Duration::ZERO;
         let mut resumed = false;
         if resumable
             && !self.config.dry_run
-            && let Some(token) = job.target.receive_resume_token(tgt).await?
+            && let Some(token) = job
+                .target
+                .receive_resume_token(tgt)
+                .instrument(phase("resume_check"))
+                .await?
         {
             match self
                 .transfer(job, &SendStream::Resume { token }, true, control)
@@ -235,13 +254,18 @@ impl Replicator {
                 }
             }
         }
-        let source_snaps = job.source.snapshots(src).await?;
-        let target_exists = job.target.exists(tgt).await?;
-        let target_snaps = if target_exists {
-            job.target.snapshots(tgt).await?
-        } else {
-            Vec::new()
-        };
+        let (source_snaps, target_exists, target_snaps) = async {
+            let source_snaps = job.source.snapshots(src).await?;
+            let target_exists = job.target.exists(tgt).await?;
+            let target_snaps = if target_exists {
+                job.target.snapshots(tgt).await?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, JobError>((source_snaps, target_exists, target_snaps))
+        }
+        .instrument(phase("listing"))
+        .await?;
         let action = plan::decide(&source_snaps, target_exists, &target_snaps);
         tracing::info!(?action, "replication plan");
         let newest_creation = |name: &str| {
@@ -302,7 +326,11 @@ impl Replicator {
         };
         let mut bytes = resumed_bytes;
         if let Some(stream) = stream {
-            match self.transfer(job, &stream, resumable, control).await {
+            match self
+                .transfer(job, &stream, resumable, control)
+                .instrument(phase("transfer"))
+                .await
+            {
                 Ok(t) => {
                     bytes += t.bytes;
                     transfer_duration += t.duration;
@@ -310,13 +338,18 @@ impl Replicator {
                 Err(e) => return Err(self.classify(job, run_id, e).await),
             }
             if mode == TransferMode::Full && job.config.readonly_target {
-                job.target.set(tgt, "readonly", "on").await?;
+                job.target
+                    .set(tgt, "readonly", "on")
+                    .instrument(phase("readonly"))
+                    .await?;
             }
         }
         let Some(newest) = source_snaps.iter().find(|s| s.name == snapshot) else {
             return Err(JobError::NothingToSend(src.clone()));
         };
-        self.move_holds(job, newest).await?;
+        self.move_holds(job, newest)
+            .instrument(phase("holds"))
+            .await?;
         Ok(Moved {
             mode,
             base,
