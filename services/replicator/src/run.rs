@@ -25,6 +25,7 @@ use proxflow_zfs::SendStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::holds::Listings;
 use crate::job::{Job, JobError};
 use crate::plan::{self, Action};
 use crate::service::Replicator;
@@ -72,8 +73,8 @@ pub(crate) struct Moved {
 }
 
 /// A span for one step of a run (`replication.phase` with `phase` = probe, resume_check, listing,
-/// transfer, readonly, holds, announce), so a trace — or the replication bench — shows where a
-/// run's time goes besides the stream itself.
+/// transfer, holds — the readonly setting included —, announce), so a trace — or the replication bench — shows where a run's time goes besides the
+/// stream itself.
 pub(crate) fn phase(name: &'static str) -> tracing::Span {
     tracing::info_span!("replication.phase", otel.name = %format!("replication {name}"), phase = name)
 }
@@ -217,13 +218,11 @@ impl Replicator {
         control: &RunControl,
     ) -> Result<Moved, JobError> {
         let (src, tgt) = (&job.config.source, &job.config.target);
-        let (source_caps, target_caps) = async {
-            let source_caps = job.source.capabilities(src).await?;
-            let target_caps = job.target.capabilities(tgt).await?;
-            Ok::<_, JobError>((source_caps, target_caps))
-        }
-        .instrument(phase("probe"))
-        .await?;
+        // Probed once per host and remembered; both sides at once when they are two hosts.
+        let (source_caps, target_caps) =
+            async { tokio::try_join!(job.source.capabilities(src), job.target.capabilities(tgt)) }
+                .instrument(phase("probe"))
+                .await?;
         let resumable = source_caps.resumable_receive && target_caps.resumable_receive;
         let mut resumed_bytes = 0;
         let mut transfer_duration = Duration::ZERO;
@@ -254,18 +253,18 @@ impl Replicator {
                 }
             }
         }
-        let (source_snaps, target_exists, target_snaps) = async {
-            let source_snaps = job.source.snapshots(src).await?;
-            let target_exists = job.target.exists(tgt).await?;
-            let target_snaps = if target_exists {
-                job.target.snapshots(tgt).await?
-            } else {
-                Vec::new()
-            };
-            Ok::<_, JobError>((source_snaps, target_exists, target_snaps))
+        // The two sides' listings are independent: both at once, and the target's in one command
+        // whether or not it exists yet.
+        let (source_snaps, target_listing) = async {
+            tokio::try_join!(
+                job.source.snapshots(src),
+                job.target.snapshots_if_exists(tgt)
+            )
         }
         .instrument(phase("listing"))
         .await?;
+        let target_exists = target_listing.is_some();
+        let target_snaps = target_listing.unwrap_or_default();
         let action = plan::decide(&source_snaps, target_exists, &target_snaps);
         tracing::info!(?action, "replication plan");
         let newest_creation = |name: &str| {
@@ -325,6 +324,7 @@ impl Replicator {
             _ => None,
         };
         let mut bytes = resumed_bytes;
+        let received = stream.is_some() || resumed;
         if let Some(stream) = stream {
             match self
                 .transfer(job, &stream, resumable, control)
@@ -337,19 +337,29 @@ impl Replicator {
                 }
                 Err(e) => return Err(self.classify(job, run_id, e).await),
             }
-            if mode == TransferMode::Full && job.config.readonly_target {
-                job.target
-                    .set(tgt, "readonly", "on")
-                    .instrument(phase("readonly"))
-                    .await?;
-            }
         }
         let Some(newest) = source_snaps.iter().find(|s| s.name == snapshot) else {
             return Err(JobError::NothingToSend(src.clone()));
         };
-        self.move_holds(job, newest)
-            .instrument(phase("holds"))
-            .await?;
+        // A new target is made readonly while the holds move: independent commands, so at once.
+        // Both finish before either's error counts, so neither is cut off half-way.
+        let readonly = async {
+            if mode == TransferMode::Full && job.config.readonly_target {
+                job.target.set(tgt, "readonly", "on").await?;
+            }
+            Ok::<_, JobError>(())
+        };
+        let listings = Listings {
+            source: &source_snaps,
+            target: &target_snaps,
+            received,
+        };
+        let (readonly, holds) =
+            async { tokio::join!(readonly, self.move_holds(job, newest, listings)) }
+                .instrument(phase("holds"))
+                .await;
+        readonly?;
+        holds?;
         Ok(Moved {
             mode,
             base,
