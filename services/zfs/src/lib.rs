@@ -39,7 +39,8 @@ use tokio_util::sync::CancellationToken;
 pub use parse::{EXPIRES_PROPERTY, SnapshotInfo};
 pub use pipe::{PipeEnd, PipeError, Transfer};
 
-/// What this host's zfs can do, probed once per [`Zfs`] handle.
+/// What this host's zfs can do, probed once per [`Zfs`] handle and the handles derived from it
+/// ([`Zfs::with_timeout`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {
     /// `zfs list -p` (exact numbers in listings). Absent on zfs-fuse.
