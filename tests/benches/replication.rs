@@ -8,14 +8,104 @@
 //! receive copied through proxflow, readonly, holds, events), alternating which goes first. Printed:
 //! the stream's throughput through proxflow's pipe (the run's transfer time) and over the whole run
 //! (its fixed bookkeeping of a dozen zfs commands weighs on a one-second transfer), each against
-//! the bare pipe; medians over the rounds (`BENCH_ROUNDS`, default 5).
+//! the bare pipe; medians over the rounds (`BENCH_ROUNDS`, default 5). Then where a run's time goes
+//! besides the stream: the run's `replication.phase` spans (probe, listing, transfer, readonly,
+//! holds, announce) summed per run, the rest (lease, bookkeeping) and the number of zfs commands
+//! run, as medians over the rounds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proxflow_replicator::{JobConfig, ReplicationConfig, Replicator, RunControl};
 use proxflow_testkit::TestNats;
+use tracing::span::{Attributes, Id};
+use tracing::{Subscriber, field};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Collects the wall time of every closed `replication.phase` span by its `phase`, and counts the
+/// `command` spans whose program is zfs (the pipe's two ends are not `command`s).
+#[derive(Clone, Default)]
+struct Phases(Arc<Mutex<Phase>>);
+
+#[derive(Default)]
+struct Phase {
+    times: BTreeMap<String, Duration>,
+    zfs_commands: usize,
+}
+
+/// What [`Phases`] keeps in a span: its label and when it opened.
+struct Opened(Option<String>, Instant);
+
+struct Fields {
+    phase: Option<String>,
+    program: Option<String>,
+}
+
+impl field::Visit for Fields {
+    fn record_str(&mut self, f: &field::Field, value: &str) {
+        if f.name() == "phase" {
+            self.phase = Some(value.to_owned());
+        }
+    }
+    fn record_debug(&mut self, f: &field::Field, value: &dyn std::fmt::Debug) {
+        match f.name() {
+            "phase" => self.phase = Some(format!("{value:?}").trim_matches('"').to_owned()),
+            "command.program" => self.program = Some(format!("{value:?}")),
+            _ => {}
+        }
+    }
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Phases {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let name = attrs.metadata().name();
+        if name != "replication.phase" && name != "command" {
+            return;
+        }
+        let mut fields = Fields {
+            phase: None,
+            program: None,
+        };
+        attrs.record(&mut fields);
+        if name == "command" {
+            if fields
+                .program
+                .as_deref()
+                .is_some_and(|p| p.ends_with("zfs"))
+            {
+                self.0.lock().unwrap().zfs_commands += 1;
+            }
+            return;
+        }
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut()
+                .insert(Opened(fields.phase, Instant::now()));
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else { return };
+        if let Some(Opened(Some(phase), at)) = span.extensions().get::<Opened>() {
+            *self
+                .0
+                .lock()
+                .unwrap()
+                .times
+                .entry(phase.clone())
+                .or_default() += at.elapsed();
+        }
+    }
+}
+
+impl Phases {
+    fn take(&self) -> Phase {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
 
 fn zfs(args: &[&str]) -> (bool, String) {
     let out = Command::new("zfs").args(args).output().expect(
@@ -46,6 +136,9 @@ fn main() {
         return;
     }
     proxflow_runtime::install_crypto_provider();
+    let phases = Phases::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(phases.clone()))
+        .unwrap();
     let mib: usize = std::env::var("BENCH_REPLICATION_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -81,7 +174,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (bare, piped, whole, bytes) = runtime.block_on(async {
+    let (bare, piped, whole, bytes, breakdown) = runtime.block_on(async {
         let nats = TestNats::start().expect("nats-server");
         let ctx = nats.context("replication-bench").await.unwrap();
         let jobs: Vec<JobConfig> = (0..rounds)
@@ -103,6 +196,8 @@ fn main() {
         .unwrap();
         let (mut bare, mut piped, mut whole, mut bytes) =
             (Vec::new(), Vec::new(), Vec::new(), 0u64);
+        // Per round: each phase's milliseconds, the rest of the run, the zfs commands run.
+        let mut breakdown: Vec<(BTreeMap<String, f64>, f64, usize)> = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
             let bare_target = format!("offsite/pfbench-bare-{pid}-{i}");
             let run_bare = || {
@@ -121,10 +216,19 @@ fn main() {
             if i % 2 == 0 {
                 bare_time = run_bare();
             }
+            phases.take();
             let report = replicator
                 .run_job(&job.name, &RunControl::default())
                 .await
                 .expect("replication");
+            let round = phases.take();
+            let ms: BTreeMap<String, f64> = round
+                .times
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_secs_f64() * 1e3))
+                .collect();
+            let rest = report.duration.as_secs_f64() * 1e3 - ms.values().sum::<f64>();
+            breakdown.push((ms, rest, round.zfs_commands));
             if i % 2 == 1 {
                 bare_time = run_bare();
             }
@@ -141,7 +245,7 @@ fn main() {
             destroy(&job.target);
             destroy(&bare_target);
         }
-        (bare, piped, whole, bytes)
+        (bare, piped, whole, bytes, breakdown)
     });
     destroy(&source);
     let (bare, piped, whole) = (median(bare), median(piped), median(whole));
@@ -159,7 +263,53 @@ fn main() {
         piped / bare
     );
     println!(
-        "  ratio whole run / bare                   {:>8.2}",
+        "  ratio whole run / bare                   {:>8.2}  (target >= 0.9)",
         whole / bare
     );
+    print_breakdown(&breakdown);
+}
+
+/// Where a run's time goes: each phase's median over the rounds (and its slowest round: the first
+/// run probes the hosts' capabilities, later ones reuse them), the rest of the run (lease,
+/// bookkeeping) and the zfs commands per run.
+fn print_breakdown(rounds: &[(BTreeMap<String, f64>, f64, usize)]) {
+    let mut names: Vec<&String> = rounds.iter().flat_map(|(m, _, _)| m.keys()).collect();
+    names.sort();
+    names.dedup();
+    println!("  where a whole run's time goes (ms per run, median / slowest of the rounds):");
+    let line = |label: &str, values: Vec<f64>| {
+        let max = values.iter().copied().fold(0.0, f64::max);
+        println!("    {label:<36} {:>8.1} / {max:>7.1}", median(values));
+    };
+    for name in names {
+        let values = rounds
+            .iter()
+            .map(|(m, _, _)| m.get(name).copied().unwrap_or(0.0))
+            .collect();
+        let label = if name == "transfer" {
+            "transfer (the pipe)".to_owned()
+        } else {
+            name.clone()
+        };
+        line(&label, values);
+    }
+    line(
+        "around the pipe (all but transfer)",
+        rounds
+            .iter()
+            .map(|(m, rest, _)| {
+                m.iter()
+                    .filter(|(k, _)| *k != "transfer")
+                    .map(|(_, v)| v)
+                    .sum::<f64>()
+                    + rest
+            })
+            .collect(),
+    );
+    line(
+        "rest (lease, bookkeeping)",
+        rounds.iter().map(|(_, rest, _)| *rest).collect(),
+    );
+    let commands: Vec<f64> = rounds.iter().map(|(_, _, c)| *c as f64).collect();
+    line("zfs commands per run", commands);
 }

@@ -25,6 +25,7 @@ use proxflow_zfs::SendStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::holds::Listings;
 use crate::job::{Job, JobError};
 use crate::plan::{self, Action};
 use crate::service::Replicator;
@@ -69,6 +70,13 @@ pub(crate) struct Moved {
     pub(crate) bytes: u64,
     pub(crate) transfer_duration: Duration,
     pub(crate) newest_creation: Option<DateTime<Utc>>,
+}
+
+/// A span for one step of a run (`replication.phase` with `phase` = probe, resume_check, listing,
+/// transfer, holds — the readonly setting included —, announce), so a trace — or the replication bench — shows where a run's time goes besides the
+/// stream itself.
+pub(crate) fn phase(name: &'static str) -> tracing::Span {
+    tracing::info_span!("replication.phase", otel.name = %format!("replication {name}"), phase = name)
 }
 
 impl Replicator {
@@ -128,6 +136,7 @@ impl Replicator {
                     if !self.config.dry_run {
                         self.publisher
                             .announce(&event(ReplicationPhase::Started, None, None))
+                            .instrument(phase("announce"))
                             .await;
                     }
                     let result = self.replicate(job, run_id, control).await;
@@ -184,6 +193,7 @@ impl Replicator {
                 tracing::info!(mode = ?report.mode, bytes = report.bytes, snapshot = ?report.snapshot, "replication completed");
                 self.publisher
                     .announce(&event(ReplicationPhase::Completed, Some(&moved), None))
+                    .instrument(phase("announce"))
                     .await;
                 Ok(report)
             }
@@ -193,6 +203,7 @@ impl Replicator {
                 if !self.config.dry_run {
                     self.publisher
                         .announce(&event(ReplicationPhase::Failed, None, Some(e.to_string())))
+                        .instrument(phase("announce"))
                         .await;
                 }
                 Err(e)
@@ -207,15 +218,22 @@ impl Replicator {
         control: &RunControl,
     ) -> Result<Moved, JobError> {
         let (src, tgt) = (&job.config.source, &job.config.target);
-        let source_caps = job.source.capabilities(src).await?;
-        let target_caps = job.target.capabilities(tgt).await?;
+        // Probed once per host and remembered; both sides at once when they are two hosts.
+        let (source_caps, target_caps) =
+            async { tokio::try_join!(job.source.capabilities(src), job.target.capabilities(tgt)) }
+                .instrument(phase("probe"))
+                .await?;
         let resumable = source_caps.resumable_receive && target_caps.resumable_receive;
         let mut resumed_bytes = 0;
         let mut transfer_duration = Duration::ZERO;
         let mut resumed = false;
         if resumable
             && !self.config.dry_run
-            && let Some(token) = job.target.receive_resume_token(tgt).await?
+            && let Some(token) = job
+                .target
+                .receive_resume_token(tgt)
+                .instrument(phase("resume_check"))
+                .await?
         {
             match self
                 .transfer(job, &SendStream::Resume { token }, true, control)
@@ -235,13 +253,18 @@ impl Replicator {
                 }
             }
         }
-        let source_snaps = job.source.snapshots(src).await?;
-        let target_exists = job.target.exists(tgt).await?;
-        let target_snaps = if target_exists {
-            job.target.snapshots(tgt).await?
-        } else {
-            Vec::new()
-        };
+        // The two sides' listings are independent: both at once, and the target's in one command
+        // whether or not it exists yet.
+        let (source_snaps, target_listing) = async {
+            tokio::try_join!(
+                job.source.snapshots(src),
+                job.target.snapshots_if_exists(tgt)
+            )
+        }
+        .instrument(phase("listing"))
+        .await?;
+        let target_exists = target_listing.is_some();
+        let target_snaps = target_listing.unwrap_or_default();
         let action = plan::decide(&source_snaps, target_exists, &target_snaps);
         tracing::info!(?action, "replication plan");
         let newest_creation = |name: &str| {
@@ -301,22 +324,42 @@ impl Replicator {
             _ => None,
         };
         let mut bytes = resumed_bytes;
+        let received = stream.is_some() || resumed;
         if let Some(stream) = stream {
-            match self.transfer(job, &stream, resumable, control).await {
+            match self
+                .transfer(job, &stream, resumable, control)
+                .instrument(phase("transfer"))
+                .await
+            {
                 Ok(t) => {
                     bytes += t.bytes;
                     transfer_duration += t.duration;
                 }
                 Err(e) => return Err(self.classify(job, run_id, e).await),
             }
-            if mode == TransferMode::Full && job.config.readonly_target {
-                job.target.set(tgt, "readonly", "on").await?;
-            }
         }
         let Some(newest) = source_snaps.iter().find(|s| s.name == snapshot) else {
             return Err(JobError::NothingToSend(src.clone()));
         };
-        self.move_holds(job, newest).await?;
+        // A new target is made readonly while the holds move: independent commands, so at once.
+        // Both finish before either's error counts, so neither is cut off half-way.
+        let readonly = async {
+            if mode == TransferMode::Full && job.config.readonly_target {
+                job.target.set(tgt, "readonly", "on").await?;
+            }
+            Ok::<_, JobError>(())
+        };
+        let listings = Listings {
+            source: &source_snaps,
+            target: &target_snaps,
+            received,
+        };
+        let (readonly, holds) =
+            async { tokio::join!(readonly, self.move_holds(job, newest, listings)) }
+                .instrument(phase("holds"))
+                .await;
+        readonly?;
+        holds?;
         Ok(Moved {
             mode,
             base,

@@ -53,14 +53,23 @@ pub struct Replicator {
 impl Replicator {
     /// Builds the service over `ctx`'s bus and clock.
     pub fn new(ctx: &ServiceContext, config: ReplicationConfig) -> Result<Self, ServiceError> {
+        // One handle per host (command prefix), which each job's handles derive from: a host's
+        // capabilities are probed once for all the jobs that reach it, not once per job and side.
+        let mut hosts: BTreeMap<Vec<String>, Zfs> = BTreeMap::new();
+        let mut on_host = |prefix: &Vec<String>, timeout| {
+            hosts
+                .entry(prefix.clone())
+                .or_insert_with(|| Zfs::new(prefix.clone(), timeout))
+                .with_timeout(timeout)
+        };
         let jobs = config
             .jobs
             .iter()
             .map(|j| {
                 let (schedule, tz) = j.schedule()?;
                 Ok(Job {
-                    source: Zfs::new(j.source_command.clone(), j.command_timeout),
-                    target: Zfs::new(j.target_command.clone(), j.command_timeout),
+                    source: on_host(&j.source_command, j.command_timeout),
+                    target: on_host(&j.target_command, j.command_timeout),
                     config: j.clone(),
                     schedule,
                     tz,

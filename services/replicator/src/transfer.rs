@@ -8,6 +8,7 @@ use std::time::Duration;
 use proxflow_runtime::backoff::Backoff;
 use proxflow_schemas::replication::{DivergenceReason, ReplicationDiverged};
 use proxflow_zfs::{PipeEnd, SendStream, Transfer, ZfsError};
+use tracing::Instrument;
 
 use crate::job::{Job, JobError};
 use crate::run::RunControl;
@@ -126,6 +127,7 @@ impl Replicator {
                 detail,
                 at: self.clock.now(),
             })
+            .instrument(crate::run::phase("announce"))
             .await;
     }
 }

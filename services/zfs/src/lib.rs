@@ -42,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 pub use parse::{EXPIRES_PROPERTY, SnapshotInfo};
 pub use pipe::{PipeEnd, PipeError, Transfer};
 
-/// What this host's zfs can do, probed once per [`Zfs`] handle.
+/// What this host's zfs can do, probed once per [`Zfs`] handle and the handles derived from it
+/// ([`Zfs::with_timeout`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {
     /// `zfs list -p` (exact numbers in listings). Absent on zfs-fuse.
@@ -143,6 +144,22 @@ impl Zfs {
     /// This host's zfs.
     pub fn local(timeout: Duration) -> Self {
         Self::new(Vec::new(), timeout)
+    }
+
+    /// The same host's zfs with another command timeout, sharing its [`Capabilities`]: they belong
+    /// to the host's zfs, not to a handle, so a second handle (another job on the same host) need
+    /// not probe them again.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            prefix: self.prefix.clone(),
+            timeout,
+            capabilities: self.capabilities.clone(),
+        }
+    }
+
+    /// The command prefix (empty: this host).
+    pub fn prefix(&self) -> &[String] {
+        &self.prefix
     }
 
     /// `local`, or the prefix, for messages.
@@ -317,9 +334,6 @@ impl Zfs {
         if !names::is_dataset_name(pool) {
             return Err(ZfsError::InvalidName(pool.to_owned()));
         }
-        // Without arguments zfs prints its usage, one line per subcommand, and exits 2.
-        let usage = self.run(&[]).await?;
-        let commands = parse::parse_commands(&format!("{}\n{}", usage.stdout, usage.stderr));
         let option = |args: Vec<&'static str>, marker: &'static [&'static str]| {
             let zfs = self.clone();
             let pool = pool.to_owned();
@@ -336,29 +350,34 @@ impl Zfs {
                 Err(zfs.failed(&full, &out))
             }
         };
-        let parsable_list = option(
-            vec!["list", "-Hp", "-o", "name"],
-            &["invalid option", "unrecognized option"],
-        )
-        .await?;
-        let parsable_get = option(
-            vec!["get", "-Hp", "-o", "value", "guid"],
-            &["invalid option", "unrecognized option"],
-        )
-        .await?;
-        let resumable_receive = option(
-            vec!["get", "-H", "-o", "value", "receive_resume_token"],
-            &["invalid property", "bad property list"],
-        )
-        .await?;
+        // zfs-fuse parses `holds` but fails in its Python helper before looking at the name; a
+        // working one answers that this snapshot does not exist. (Asked even where the usage below
+        // lists no `holds`: the answer is then ignored, and asking costs nothing.)
+        let holds_probe = format!("{pool}@proxflow-probe-nonexistent");
+        let holds_args = ["holds", "-H", holds_probe.as_str()];
+        // The probes are independent read-only questions: asked at once, the probe takes one
+        // command's latency instead of five.
+        let (usage, parsable_list, parsable_get, resumable_receive, holds_answer) = tokio::try_join!(
+            // Without arguments zfs prints its usage, one line per subcommand, and exits 2.
+            self.run(&[]),
+            option(
+                vec!["list", "-Hp", "-o", "name"],
+                &["invalid option", "unrecognized option"],
+            ),
+            option(
+                vec!["get", "-Hp", "-o", "value", "guid"],
+                &["invalid option", "unrecognized option"],
+            ),
+            option(
+                vec!["get", "-H", "-o", "value", "receive_resume_token"],
+                &["invalid property", "bad property list"],
+            ),
+            self.run(&holds_args),
+        )?;
+        let commands = parse::parse_commands(&format!("{}\n{}", usage.stdout, usage.stderr));
         let holds = commands.contains("hold") && commands.contains("release");
-        let hold_listing = commands.contains("holds") && {
-            // zfs-fuse parses `holds` but fails in its Python helper before looking at the name;
-            // a working one answers that this snapshot does not exist.
-            let probe = format!("{pool}@proxflow-probe-nonexistent");
-            let out = self.run(&["holds", "-H", &probe]).await?;
-            out.success() || out.stderr.contains("does not exist")
-        };
+        let hold_listing = commands.contains("holds")
+            && (holds_answer.success() || holds_answer.stderr.contains("does not exist"));
         let caps = Capabilities {
             parsable_list,
             parsable_get,
@@ -387,43 +406,86 @@ impl Zfs {
 
     /// The snapshots of `dataset` (not its children), oldest first (by `createtxg`).
     pub async fn snapshots(&self, dataset: &str) -> Result<Vec<SnapshotInfo>, ZfsError> {
+        let listing = self.snapshot_listing(dataset).await?;
+        let args: Vec<&str> = listing.iter().map(String::as_str).collect();
+        let text = self.check(&args).await?;
+        self.parse_snapshots(&listing, &text, dataset)
+    }
+
+    /// The snapshots of `dataset` as [`Zfs::snapshots`], or `None` when `dataset` does not exist:
+    /// one command where [`Zfs::exists`] then [`Zfs::snapshots`] would take two.
+    pub async fn snapshots_if_exists(
+        &self,
+        dataset: &str,
+    ) -> Result<Option<Vec<SnapshotInfo>>, ZfsError> {
+        let listing = self.snapshot_listing(dataset).await?;
+        let args: Vec<&str> = listing.iter().map(String::as_str).collect();
+        let out = self.run(&args).await?;
+        if out.success() {
+            return self
+                .parse_snapshots(&listing, &out.stdout, dataset)
+                .map(Some);
+        }
+        // The same answer `exists` reads as "no such dataset".
+        if out.stderr.contains("does not exist") {
+            return Ok(None);
+        }
+        Err(self.failed(&args, &out))
+    }
+
+    /// The arguments of the snapshot listing this zfs can give exactly: `list -Hp`, or else
+    /// `get -Hp` (zfs-fuse).
+    async fn snapshot_listing(&self, dataset: &str) -> Result<Vec<String>, ZfsError> {
         valid_dataset(dataset)?;
         let caps = self.capabilities(dataset).await?;
-        let parse_error = |source| ZfsError::Parse {
-            host: self.host(),
-            source,
-        };
         if caps.parsable_list {
             let columns = parse::SNAPSHOT_PROPERTIES.join(",");
-            let text = self
-                .check(&[
-                    "list", "-Hp", "-t", "snapshot", "-d", "1", "-o", &columns, dataset,
-                ])
-                .await?;
-            return parse::parse_list(&text, dataset).map_err(parse_error);
+            return Ok([
+                "list", "-Hp", "-t", "snapshot", "-d", "1", "-o", &columns, dataset,
+            ]
+            .map(str::to_owned)
+            .to_vec());
         }
         if caps.parsable_get {
             let properties = std::iter::once("type")
                 .chain(parse::SNAPSHOT_PROPERTIES.iter().copied().skip(1))
                 .collect::<Vec<_>>()
                 .join(",");
-            let text = self
-                .check(&[
-                    "get",
-                    "-Hp",
-                    "-d",
-                    "1",
-                    "-o",
-                    "name,property,value",
-                    &properties,
-                    dataset,
-                ])
-                .await?;
-            return parse::parse_get(&text, dataset).map_err(parse_error);
+            return Ok([
+                "get",
+                "-Hp",
+                "-d",
+                "1",
+                "-o",
+                "name,property,value",
+                &properties,
+                dataset,
+            ]
+            .map(str::to_owned)
+            .to_vec());
         }
         Err(ZfsError::Unsupported {
             host: self.host(),
             what: "neither `zfs list -p` nor `zfs get -p`: guids would print rounded".into(),
+        })
+    }
+
+    /// Parses what the `listing` command (from [`Zfs::snapshot_listing`]: `list …` or `get …`)
+    /// printed.
+    fn parse_snapshots(
+        &self,
+        listing: &[String],
+        text: &str,
+        dataset: &str,
+    ) -> Result<Vec<SnapshotInfo>, ZfsError> {
+        let parsed = if listing.first().is_some_and(|a| a == "list") {
+            parse::parse_list(text, dataset)
+        } else {
+            parse::parse_get(text, dataset)
+        };
+        parsed.map_err(|source| ZfsError::Parse {
+            host: self.host(),
+            source,
         })
     }
 
@@ -515,13 +577,20 @@ impl Zfs {
     /// zfs has them.
     pub async fn receive_resume_token(&self, dataset: &str) -> Result<Option<String>, ZfsError> {
         valid_dataset(dataset)?;
-        if !self.capabilities(dataset).await?.resumable_receive || !self.exists(dataset).await? {
+        if !self.capabilities(dataset).await?.resumable_receive {
             return Ok(None);
         }
-        let text = self
-            .check(&["get", "-H", "-o", "value", "receive_resume_token", dataset])
-            .await?;
-        let token = text.trim();
+        // Asked directly rather than after `exists`: a missing dataset answers "does not exist",
+        // which saves a command on every run.
+        let args = ["get", "-H", "-o", "value", "receive_resume_token", dataset];
+        let out = self.run(&args).await?;
+        if !out.success() {
+            if out.stderr.contains("does not exist") {
+                return Ok(None);
+            }
+            return Err(self.failed(&args, &out));
+        }
+        let token = out.stdout.trim();
         Ok((!token.is_empty() && token != "-").then(|| token.to_owned()))
     }
 
