@@ -3,30 +3,14 @@
 //! published some, it prints the Markdown report, the JSON with `--json`, and writes both with
 //! `--out`.
 
-use std::process::{Command, Output};
-
+#[path = "support/cli.rs"]
+mod cli;
 use chrono::{SecondsFormat, Utc};
+use cli::{proxflow, text};
 use proxflow_capacity::{CapacityConfig, Monitor};
 use proxflow_schemas::capacity_review::CapacityReview;
 use proxflow_testkit::TestNats;
 use proxflow_testkit::pve::start_sim;
-
-/// The binary with only the `PROXFLOW_*` settings given here.
-fn proxflow(env: &[(&str, String)], args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxflow"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PROXFLOW_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (k, v)));
-    cmd.args(args).output().expect("proxflow runs")
-}
-
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_review_fails_without_samples_and_prints_the_report_with_them() {

@@ -3,34 +3,20 @@
 //! bare `zfs send | zfs receive`), the binary started as a process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "../../../tests/tests/support/zfs.rs"]
 mod zfs_fixture;
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
+use cli::{proxflow, text};
 use proxflow_lifecycle::{DrillConfig, DrillTarget, ExportConfig, LifecycleSettings};
 use proxflow_testkit::TestNats;
 use proxflow_testkit::pve::start_sim;
 use proxflow_zfs::Zfs;
 use tokio_util::sync::CancellationToken;
 use zfs_fixture::{ZfsFixture, zfs};
-
-fn proxflow(env: &[(&str, String)], args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxflow"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PROXFLOW_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (k, v)));
-    cmd.args(args).output().expect("proxflow runs")
-}
-
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exit_code_follows_the_drills_verdict() {

@@ -2,25 +2,14 @@
 //! last run (from the workflow records) and its next slot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Output};
-
+#[path = "support/cli.rs"]
+mod cli;
+use cli::proxflow;
 use proxflow_runtime::workflow::Engine;
 use proxflow_schemas::lifecycle::JobInput;
 use proxflow_schemas::workflow::Origin;
 use proxflow_testkit::TestNats;
 use serde_json::Value;
-
-fn proxflow(env: &[(&str, String)], args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxflow"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PROXFLOW_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (k, v)));
-    cmd.args(args).output().expect("proxflow runs")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schedule_lists_every_job_with_its_last_and_next_run() {
