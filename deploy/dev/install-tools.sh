@@ -179,8 +179,9 @@ case "${1:-}" in
   # prometheus-alertmanager: the alert tests deliver through a real Alertmanager.
   # prometheus: its promtool checks the shipped alert rules and runs their unit tests
   # (deploy/prometheus/tests/); the server it also installs is not started.
-  test) ensure_nats; apt_install nats-server procps prometheus-alertmanager prometheus; ensure_zfs ;;
+  # chromium + chromium-driver: the console tests drive a real headless browser over WebDriver.
+  test) ensure_nats; apt_install nats-server procps prometheus-alertmanager prometheus chromium chromium-driver; ensure_zfs ;;
   zfs) ensure_zfs ;;
-  bench) ensure_nats; apt_install procps prometheus-alertmanager; ensure_zfs ;;
+  bench) ensure_nats; apt_install procps prometheus-alertmanager chromium chromium-driver; ensure_zfs ;;
   *) say "usage: install-tools.sh just|nats|zfs|test|bench"; exit 2 ;;
 esac

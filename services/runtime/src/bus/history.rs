@@ -25,27 +25,6 @@ pub enum HistoryError {
     Stalled(String, Duration),
 }
 
-/// Up to the `limit` newest messages on `subject` in `stream` published at or after `since`,
-/// oldest first. A message that does not decode as `T` is skipped (and logged): one bad record must
-/// not hide the rest of an audit trail.
-pub async fn since<T: DeserializeOwned>(
-    js: &jetstream::Context,
-    stream: &str,
-    subject: &str,
-    since: DateTime<Utc>,
-    limit: usize,
-) -> Result<Vec<T>, HistoryError> {
-    let mut out = std::collections::VecDeque::new();
-    each(js, stream, subject, since, |item: T| {
-        out.push_back(item);
-        if out.len() > limit {
-            out.pop_front();
-        }
-    })
-    .await?;
-    Ok(out.into())
-}
-
 /// Hands every message on `subject` in `stream` published at or after `since` to `visit`, oldest
 /// first, without keeping them: a month of capacity samples is folded, never held. Returns how many
 /// were visited; undecodable ones are skipped (and logged) as in [`since`].
@@ -56,15 +35,116 @@ pub async fn each<T: DeserializeOwned>(
     since: DateTime<Utc>,
     mut visit: impl FnMut(T),
 ) -> Result<u64, HistoryError> {
-    let api = |e: &dyn std::fmt::Display| HistoryError::Api {
-        subject: subject.to_string(),
-        reason: e.to_string(),
-    };
-    let stream = js.get_stream(stream).await.map_err(|e| api(&e))?;
     let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(
         since.timestamp_nanos_opt().unwrap_or_default(),
     ))
     .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let stream = open(js, stream, subject).await?;
+    let consumer = ordered(&stream, subject, DeliverPolicy::ByStartTime { start_time }).await?;
+    drain(consumer, subject, |item, _| visit(item)).await
+}
+
+/// Up to the `limit` newest messages on `subject` in `stream` published at or after `since`,
+/// oldest first. A message that does not decode as `T` is skipped (and logged): one bad record must
+/// not hide the rest of an audit trail. The older messages are not read: the first message worth reading is found by a
+/// binary search over stream sequences (each probe asks the server how many messages of `subject`
+/// follow a sequence), so the last ten of ten thousand decisions cost a few round trips, not ten
+/// thousand deliveries. For the pages that show "the last N".
+pub async fn since<T: DeserializeOwned>(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    since: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<T>, HistoryError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut stream = open(js, stream, subject).await?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| api_error(subject, &e))?
+        .state
+        .clone();
+    let wanted = limit as u64;
+    // Invariant: at least `wanted` messages of `subject` start at `lo` (or `lo` is the first
+    // sequence), fewer than `wanted` start at `hi`.
+    let (mut lo, mut hi) = (state.first_sequence, state.last_sequence.saturating_add(1));
+    while hi.saturating_sub(lo) > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if pending_from(&stream, subject, mid).await? >= wanted {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let consumer = ordered(
+        &stream,
+        subject,
+        DeliverPolicy::ByStartSequence { start_sequence: lo },
+    )
+    .await?;
+    let mut out = std::collections::VecDeque::new();
+    drain(consumer, subject, |item: T, published| {
+        if published >= since {
+            out.push_back(item);
+            if out.len() > limit {
+                out.pop_front();
+            }
+        }
+    })
+    .await?;
+    Ok(out.into())
+}
+
+fn api_error(subject: &str, e: &dyn std::fmt::Display) -> HistoryError {
+    HistoryError::Api {
+        subject: subject.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+async fn open(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+) -> Result<jetstream::stream::Stream, HistoryError> {
+    js.get_stream(stream)
+        .await
+        .map_err(|e| api_error(subject, &e))
+}
+
+/// How many messages of `subject` the stream holds from `sequence` on: the pending count of a
+/// consumer created there, removed again at once.
+async fn pending_from(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    sequence: u64,
+) -> Result<u64, HistoryError> {
+    let consumer = ordered(
+        stream,
+        subject,
+        DeliverPolicy::ByStartSequence {
+            start_sequence: sequence,
+        },
+    )
+    .await?;
+    let pending = consumer.cached_info().num_pending;
+    let name = consumer.cached_info().name.clone();
+    // Best effort: an ordered consumer left behind expires on its own after its inactivity
+    // threshold.
+    if let Err(e) = stream.delete_consumer(&name).await {
+        tracing::debug!(consumer = %name, error = %e, "history probe consumer not deleted");
+    }
+    Ok(pending)
+}
+
+async fn ordered(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    deliver_policy: DeliverPolicy,
+) -> Result<jetstream::consumer::Consumer<OrderedConfig>, HistoryError> {
     // Named, so the create request's subject carries the filter
     // (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`) and a least-privilege user can be allowed
     // to read exactly this subject.
@@ -73,15 +153,25 @@ pub async fn each<T: DeserializeOwned>(
         std::process::id(),
         Utc::now().timestamp_nanos_opt().unwrap_or_default()
     );
-    let consumer = stream
+    stream
         .create_consumer(OrderedConfig {
             name: Some(name),
             filter_subject: subject.to_string(),
-            deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            deliver_policy,
             ..Default::default()
         })
         .await
-        .map_err(|e| api(&e))?;
+        .map_err(|e| api_error(subject, &e))
+}
+
+/// Reads every pending message of `consumer`, handing each decodable one to `visit` with its
+/// publication time; returns how many were visited.
+async fn drain<T: DeserializeOwned>(
+    consumer: jetstream::consumer::Consumer<OrderedConfig>,
+    subject: &str,
+    mut visit: impl FnMut(T, DateTime<Utc>),
+) -> Result<u64, HistoryError> {
+    let api = |e: &dyn std::fmt::Display| api_error(subject, e);
     let mut pending = consumer.cached_info().num_pending;
     let mut visited = 0;
     if pending == 0 {
@@ -97,7 +187,15 @@ pub async fn each<T: DeserializeOwned>(
         pending = message.info().map(|i| i.pending).unwrap_or(0);
         match serde_json::from_slice::<T>(&message.payload) {
             Ok(item) => {
-                visit(item);
+                let published = message.info().map_or_else(
+                    |_| Utc::now(),
+                    |i| {
+                        DateTime::from_timestamp_nanos(
+                            i64::try_from(i.published.unix_timestamp_nanos()).unwrap_or(i64::MAX),
+                        )
+                    },
+                );
+                visit(item, published);
                 visited += 1;
             }
             Err(e) => tracing::warn!(subject, error = %e, "skipping an undecodable event"),
