@@ -297,6 +297,7 @@ pub async fn start_gateway(
     tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
         proxflow_gateway::GatewaySettings {
+            console: Default::default(),
             config: proxflow_gateway::GatewayConfig {
                 bearer_tokens: std::collections::BTreeMap::from([(
                     name.to_owned(),

@@ -291,6 +291,7 @@ async fn the_shipped_users_can_run_a_provision() {
     let gateway = tokio::spawn(proxflow_gateway::run(
         service_context(&nats, "gateway").await,
         proxflow_gateway::GatewaySettings {
+            console: Default::default(),
             config: gateway_config,
             profiles: profiles.clone(),
             listener,
@@ -755,6 +756,7 @@ async fn the_shipped_users_can_patch_with_an_approval() {
     tokio::spawn(proxflow_gateway::run(
         service_context(&nats, "gateway").await,
         proxflow_gateway::GatewaySettings {
+            console: Default::default(),
             config: GatewayConfig {
                 bearer_tokens: std::collections::BTreeMap::from([(
                     "ops".to_owned(),

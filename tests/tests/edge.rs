@@ -39,6 +39,7 @@ async fn gateway_on(nats: TestNats, tweak: impl FnOnce(&mut GatewayConfig)) -> E
     let server = tokio::spawn(proxflow_gateway::run(
         ctx,
         GatewaySettings {
+            console: Default::default(),
             config: {
                 let mut config = GatewayConfig {
                     bearer_tokens: [("edge".to_string(), Secret::new(TOKEN))].into(),

@@ -32,6 +32,7 @@ async fn one_request_is_one_trace_from_the_gateway_to_proxmox() {
     tokio::spawn(proxflow_gateway::run(
         p.ctx.clone(),
         proxflow_gateway::GatewaySettings {
+            console: Default::default(),
             config: GatewayConfig {
                 webhook_secrets: vec![secret.clone()],
                 ..GatewayConfig::default()

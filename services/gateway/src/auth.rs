@@ -215,6 +215,21 @@ impl Authenticator {
         self.bearer(headers)
     }
 
+    /// The configured name of a bearer token presented on its own (the console's login form).
+    pub fn token_name(&self, token: &str) -> Option<String> {
+        self.match_token(token.trim())
+            .ok()
+            .map(|caller| caller.reference().to_owned())
+    }
+
+    /// Each bearer token's name and digest: what the console keys its sessions with, so a session
+    /// ends when its token is removed.
+    pub(crate) fn token_digests(&self) -> impl Iterator<Item = (&str, &[u8; 32])> {
+        self.tokens
+            .iter()
+            .map(|(name, digest)| (name.as_str(), digest))
+    }
+
     fn bearer(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return if self.require {
@@ -232,6 +247,10 @@ impl Authenticator {
             })
             .map(str::trim)
             .ok_or(AuthError::Token)?;
+        self.match_token(token)
+    }
+
+    fn match_token(&self, token: &str) -> Result<Caller, AuthError> {
         let presented = digest(token);
         // Every configured token is compared, so the time taken does not say which one matched.
         let mut matched = None;

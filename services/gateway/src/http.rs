@@ -1,4 +1,4 @@
-//! The gateway's router: the API, the ops endpoints, and a span per request.
+//! The gateway's router: the API, the console, the ops endpoints, and a span per request.
 
 use std::sync::Arc;
 
@@ -14,9 +14,15 @@ use crate::api::{self, Api};
 /// The gateway's routes: the provisioning and workflow API next to the ops endpoints, each request in
 /// a span that continues the caller's trace, with the trace id echoed back in `traceparent` so a
 /// caller can look the trace up.
-pub(crate) fn router(ctx: &ServiceContext, api: Arc<Api>) -> Router {
+pub(crate) fn router(
+    ctx: &ServiceContext,
+    api: Arc<Api>,
+    expect: proxflow_view::overview::Expectations,
+) -> Router {
+    let console = Arc::new(crate::console::Console::new(api.clone(), expect));
     proxflow_runtime::ops::router(ctx.ops_state())
         .merge(api::routes(api))
+        .merge(crate::console::routes(console))
         .layer(middleware::from_fn(trace_request))
 }
 

@@ -13,12 +13,14 @@
 //! - [`store`] — the workflow and webhook-id KV buckets.
 //! - [`alertmanager`] — Alertmanager's webhook payload (v4), validated field by field.
 //! - [`api`] — the handlers: status codes, idempotency, publishing, metrics.
+//! - [`console`] — the operator's web console under `/ui` (sessions, pages, the trace waterfall).
 //! - [`http`] — the router and the per-request trace span.
 
 pub mod alertmanager;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod console;
 mod http;
 pub mod patch;
 pub mod request;
@@ -68,6 +70,8 @@ pub struct GatewaySettings {
     pub listener: TcpListener,
     /// Bearer-token names that may approve or reject patch plans (`patch.approvers`).
     pub approvers: Vec<String>,
+    /// What the console's overview sets its figures against (thresholds, RPOs, periods).
+    pub console: proxflow_view::overview::Expectations,
 }
 
 /// Serves the gateway on `settings.listener` until `shutdown`.
@@ -81,6 +85,7 @@ pub async fn run(
         profiles,
         listener,
         approvers,
+        console,
     } = settings;
     config.validate()?;
     config.check_credentials()?;
@@ -129,7 +134,7 @@ pub async fn run(
     let patch = patch::PatchEdge { engine, approvers };
     let api = api::Api::new(&ctx, auth, profiles, store, &config, base, patch);
     ctx.health.set("gateway http", true);
-    let router = http::router(&ctx, Arc::new(api));
+    let router = http::router(&ctx, Arc::new(api), console);
     let result = proxflow_runtime::serve::serve(
         listener,
         router,

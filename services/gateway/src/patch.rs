@@ -188,7 +188,21 @@ async fn decide(
     verdict: Verdict,
 ) -> Result<Response, Rejection> {
     let (caller, decision): (Caller, DecisionBody) = body(api, request).await?;
-    let by = match &caller {
+    let body = decide_as(api, id, &caller, &decision.plan, decision.comment, verdict).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+/// A decision by `caller` on run `id`'s plan, under every rule of the module header; the accepted
+/// decision as JSON. The console's approval form comes through here too.
+pub(crate) async fn decide_as(
+    api: &Api,
+    id: &str,
+    caller: &Caller,
+    plan: &str,
+    comment: String,
+    verdict: Verdict,
+) -> Result<serde_json::Value, Rejection> {
+    let by = match caller {
         Caller::Token { name } if api.patch.approvers.iter().any(|a| a == name) => name.clone(),
         Caller::Token { name } => {
             return Err(Rejection::Forbidden(format!(
@@ -201,16 +215,14 @@ async fn decide(
             ));
         }
     };
-    let plan = decision.plan.trim().to_ascii_lowercase();
+    let plan = plan.trim().to_ascii_lowercase();
     if plan.len() < 12 || plan.len() > 64 || !plan.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(Rejection::Invalid(field(
             "plan",
             "must be the plan's hash: 12 to 64 hex digits, as `proxflow patch plan` prints it",
         )));
     }
-    if decision.comment.chars().count() > MAX_COMMENT
-        || decision.comment.chars().any(char::is_control)
-    {
+    if comment.chars().count() > MAX_COMMENT || comment.chars().any(char::is_control) {
         return Err(Rejection::Invalid(field(
             "comment",
             format!("at most {MAX_COMMENT} printable characters"),
@@ -286,7 +298,7 @@ async fn decide(
         by: by.clone(),
         at: now,
         expires_at,
-        comment: decision.comment,
+        comment,
     };
     api.patch
         .engine
@@ -298,12 +310,11 @@ async fn decide(
             other => Rejection::InUse(field("plan", other.to_string())),
         })?;
     tracing::info!(run = %id, plan = %asked, by = %by, verdict = ?verdict, "patch decision accepted");
-    let body = json!({
+    Ok(json!({
         "run": id,
         "verdict": verdict,
         "plan_hash": asked,
         "by": by,
         "expires_at": expires_at,
-    });
-    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+    }))
 }

@@ -24,6 +24,7 @@ async fn health_readiness_metrics_and_trace_echo() {
     let server = tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
         proxflow_gateway::GatewaySettings {
+            console: Default::default(),
             config,
             profiles: proxflow_platform::Profiles::default(),
             listener,

@@ -77,6 +77,7 @@ async fn start_with(adjust: impl FnOnce(&mut GatewayConfig)) -> Gateway {
     let server = tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
         proxflow_gateway::GatewaySettings {
+            console: Default::default(),
             config,
             profiles: Profiles::default(),
             listener,
@@ -777,6 +778,7 @@ async fn the_gateway_refuses_to_start_without_credentials() {
     let err = proxflow_gateway::run(
         ctx,
         proxflow_gateway::GatewaySettings {
+            console: Default::default(),
             config: GatewayConfig::default(),
             profiles: Profiles::default(),
             listener,

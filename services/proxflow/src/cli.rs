@@ -63,6 +63,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The platform at a glance (the console's first screen in text): host gauges against their
+    /// limits, pools, replication lag, snapshot ages, the last export and drill, running
+    /// workflows, plans waiting for approval, the latest remediations.
+    Status {
+        /// Print the overview as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Capacity tools: the monthly capacity review.
     Capacity {
         #[command(subcommand)]
@@ -178,6 +186,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
         Command::Export { command } => crate::lifecycle::export(&settings, command).await,
         Command::Drill { command } => crate::lifecycle::drill(&settings, command).await,
         Command::Health { command } => crate::health::run(&settings, command).await,
+        Command::Status { json } => crate::status::run(&settings, json).await,
         Command::Schedule { json } => crate::schedule::run(&settings, json).await,
         Command::Capacity { command } => crate::capacity::run(&settings, command).await,
         Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,

@@ -60,11 +60,13 @@ pub const SERVICES: &[ServiceEntry] = &[
                 settings.provision.profiles.clone(),
                 settings.patch.approvers.clone(),
             );
+            let console = crate::expectations::of(settings);
             Ok(Box::new(move |ctx, stop| {
                 Box::pin(async move {
                     let listener = bind(config.listen, "gateway").await?;
                     let listening = Some(listener.local_addr()?);
                     let settings = proxflow_gateway::GatewaySettings {
+                        console,
                         config,
                         profiles,
                         listener,

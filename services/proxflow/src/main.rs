@@ -24,6 +24,7 @@ mod capacity;
 mod cli;
 mod compose;
 mod dev;
+mod expectations;
 mod health;
 mod lifecycle;
 mod nats_accounts;
@@ -34,6 +35,7 @@ mod remediations;
 mod schedule;
 mod settings;
 mod sim;
+mod status;
 mod trace;
 
 use std::process::ExitCode;

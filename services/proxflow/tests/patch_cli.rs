@@ -49,6 +49,7 @@ async fn a_dry_run_is_started_listed_and_its_plan_printed_and_bad_decisions_are_
     tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
         proxflow_gateway::GatewaySettings {
+            console: Default::default(),
             config: proxflow_gateway::GatewayConfig {
                 bearer_tokens: BTreeMap::from([
                     ("ops".to_owned(), Secret::new(APPROVER)),

@@ -52,6 +52,7 @@ async fn provision_submits_a_signed_request_and_waits_for_the_workflow() {
     let server = tokio::spawn(proxflow_gateway::run(
         ctx.clone(),
         proxflow_gateway::GatewaySettings {
+            console: Default::default(),
             config,
             profiles: Profiles::default(),
             listener,

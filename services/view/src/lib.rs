@@ -7,3 +7,23 @@
 //! terminal.
 //!
 //! ## Layout
+//! - [`workflows`] — the workflow list (kind, state, age) and a workflow's detail.
+//! - [`approvals`] — the patch plans waiting for a decision.
+//! - [`overview`] — the first screen: gauges, pools, replication, snapshots, lifecycle, live work.
+//! - [`words`] — ages and durations in words.
+
+pub mod approvals;
+pub mod overview;
+pub mod words;
+pub mod workflows;
+
+/// Why a view could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// The workflow records or their index.
+    #[error(transparent)]
+    Engine(#[from] proxflow_runtime::workflow::EngineError),
+    /// An event history.
+    #[error(transparent)]
+    History(#[from] proxflow_runtime::bus::history::HistoryError),
+}

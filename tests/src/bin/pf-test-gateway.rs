@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     proxflow_runtime::shutdown::cancel_on_signal(stop.clone())?;
     let settings = GatewaySettings {
+        console: Default::default(),
         config,
         profiles: proxflow_platform::Profiles::default(),
         listener,

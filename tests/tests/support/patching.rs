@@ -105,6 +105,7 @@ impl Rig {
         tokio::spawn(proxflow_gateway::run(
             ctx.clone(),
             proxflow_gateway::GatewaySettings {
+                console: Default::default(),
                 config: proxflow_gateway::GatewayConfig {
                     bearer_tokens: std::collections::BTreeMap::from([
                         (

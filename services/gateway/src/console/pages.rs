@@ -1,0 +1,501 @@
+//! The console's HTML, written with maud (escaped by default). Stable `id`s and `data-*`
+//! attributes name what a reader — or a browser test — looks for; the look is one inline style
+//! sheet, no external asset, so the console works offline and on a phone.
+
+use chrono::{DateTime, Utc};
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use proxflow_runtime::telemetry::recorded::SpanTree;
+use proxflow_runtime::workflow::state_name;
+use proxflow_schemas::workflow::{IndexEntry, StepState, Wait, WorkflowRecord, WorkflowState};
+use proxflow_view::overview::{Capacity, Gauge, JobResult, Overview, Standing};
+use proxflow_view::words::{ago, duration as span, name_of as word, until};
+use proxflow_view::workflows::Filter;
+
+use super::session::Session;
+use super::waterfall;
+
+const STYLE: &str = r#"
+:root{--ok:#1a7f37;--warn:#b35900;--bad:#c62828;--mute:#667;--line:#dde;--bg:#f7f8fa}
+*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:var(--bg);color:#1b1f24}
+header{display:flex;flex-wrap:wrap;gap:.5rem 1.25rem;align-items:center;padding:.6rem 1rem;background:#1b1f24;color:#fff}
+header a{color:#fff;text-decoration:none}header .brand{font-weight:700}header form{margin-left:auto}
+header button{background:none;border:1px solid #fff6;color:#fff;border-radius:4px;padding:.15rem .6rem;cursor:pointer}
+main{max-width:1200px;margin:0 auto;padding:1rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(320px,1fr));gap:1rem}
+section{background:#fff;border:1px solid var(--line);border-radius:6px;padding:.75rem 1rem;overflow-x:auto}
+h1{font-size:1.25rem;margin:.2rem 0 1rem}h2{font-size:1rem;margin:0 0 .5rem}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.25rem .4rem;border-bottom:1px solid var(--line);vertical-align:top}
+th{font-weight:600;color:var(--mute);font-size:.85em}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:var(--ok)}.late,.warn{color:var(--warn)}.failed,.bad{color:var(--bad)}.never,.mute{color:var(--mute)}
+.banner{background:#fff3cd;border:1px solid #e0b100;border-radius:6px;padding:.6rem 1rem;margin-bottom:1rem}
+.error{background:#fdecea;border:1px solid var(--bad);border-radius:6px;padding:.6rem 1rem;margin-bottom:1rem;white-space:pre-wrap}
+.gauge{margin:.4rem 0 .8rem}.gauge .bar{position:relative;height:14px;background:#e8eaef;border-radius:3px;overflow:hidden}
+.gauge .fill{position:absolute;left:0;top:0;bottom:0;background:#3b82f6}.gauge.over .fill{background:var(--bad)}
+.gauge .limit{position:absolute;top:-2px;bottom:-2px;width:2px;background:#1b1f24}
+.gauge .label{display:flex;justify-content:space-between;font-size:.9em}
+.state{display:inline-block;padding:0 .4rem;border-radius:3px;font-size:.85em;background:#e8eaef}
+.state.succeeded{background:#dff3e4}.state.failed{background:#fbe1df}.state.running,.state.pending{background:#e0ecff}
+.state.waiting{background:#fff3cd}.state.compensating,.state.cancelled{background:#eee}
+form.filter{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin-bottom:.75rem}
+label{display:flex;flex-direction:column;font-size:.85em;color:var(--mute)}
+input,select,textarea,button{font:inherit}input,select{padding:.2rem .3rem}
+.counts{display:flex;flex-wrap:wrap;gap:.4rem;margin-bottom:.75rem}
+.wf{display:grid;grid-template-columns:minmax(140px,32%) 1fr;gap:0 .5rem;align-items:center;font-size:.85em}
+.wf .name{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.wf .track{position:relative;height:16px;border-left:1px solid var(--line)}
+.wf .span{position:absolute;top:3px;height:10px;min-width:2px;background:#3b82f6;border-radius:2px}
+.wf .span.err{background:var(--bad)}.wf .dur{position:absolute;top:0;font-size:.8em;color:var(--mute);white-space:nowrap}
+.login{max-width:380px;margin:12vh auto;background:#fff;border:1px solid var(--line);border-radius:6px;padding:1.25rem}
+.login input{width:100%;margin:.3rem 0 .8rem}
+.decide{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin-top:.5rem}
+.decide textarea{min-width:240px}
+code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.9em}
+@media (max-width:600px){main{padding:.5rem}.wf{grid-template-columns:40% 1fr}}
+"#;
+
+fn layout(session: Option<&Session>, title: &str, body: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · proxflow" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    a.brand href="/ui" { "proxflow" }
+                    @if let Some(session) = session {
+                        a href="/ui" { "Overview" }
+                        a href="/ui/workflows" { "Workflows" }
+                        form method="post" action="/ui/logout" {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            span.mono { (session.name) " " }
+                            button type="submit" id="logout" { "Log out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+    .into_string()
+}
+
+fn standing_class(s: Standing) -> &'static str {
+    match s {
+        Standing::Ok => "ok",
+        Standing::Late => "late",
+        Standing::Failed => "failed",
+        Standing::Never => "never",
+    }
+}
+
+fn standing_word(s: Standing) -> &'static str {
+    match s {
+        Standing::Ok => "ok",
+        Standing::Late => "late",
+        Standing::Failed => "failed",
+        Standing::Never => "never run",
+    }
+}
+
+fn state_badge(state: WorkflowState) -> Markup {
+    let name = state_name(state);
+    html! { span class={"state " (name)} data-state=(name) { (name) } }
+}
+
+fn gauge(id: &str, title: &str, g: &Gauge, scale: f64, unit: &str, limit_text: &str) -> Markup {
+    let pct = |v: f64| (v / scale * 100.0).clamp(0.0, 100.0);
+    html! {
+        div class={"gauge" @if g.over() { " over" }} id={"gauge-" (id)} data-value=(format!("{:.2}", g.value)) data-limit=(format!("{:.2}", g.limit)) {
+            div.label {
+                span { (title) }
+                span.mono { (format!("{:.1}{unit}", g.value)) " / " (limit_text) }
+            }
+            div.bar {
+                div.fill style=(format!("width:{:.1}%", pct(g.value))) {}
+                div.limit style=(format!("left:{:.1}%", pct(g.limit))) {}
+            }
+            @if let Some(secs) = g.above_secs {
+                div.bad data-sustained=(secs) { "above the limit, sustained for " (span(secs)) }
+            }
+        }
+    }
+}
+
+fn capacity(c: &Capacity, now: DateTime<Utc>) -> Markup {
+    let commitment_scale = (c.commitment.limit * 4.0 / 3.0).max(c.commitment.value * 1.1);
+    html! {
+        section id="capacity" {
+            h2 { "Host " span.mono { (c.node) } }
+            (gauge("cpu", "CPU", &c.cpu, 100.0, " %", &format!("{:.0} %", c.cpu.limit)))
+            (gauge("memory", "Memory", &c.memory, 100.0, " %", &format!("{:.0} %", c.memory.limit)))
+            (gauge("commitment", "Memory commitment", &c.commitment, commitment_scale, ":1", &format!("{:.1}:1", c.commitment.limit)))
+            div.mute { (c.running_vms) " running VMs · sampled " (ago(now, c.sampled_at)) }
+        }
+    }
+}
+
+fn job(title: &str, id: &str, result: Option<&JobResult>, now: DateTime<Utc>) -> Markup {
+    html! {
+        div id=(id) {
+            strong { (title) } " "
+            @match result {
+                Some(r) => {
+                    span class=(standing_class(r.standing)) data-standing=(standing_word(r.standing)) {
+                        @if r.passed { "passed" } @else { "FAILED" }
+                    }
+                    " " (ago(now, r.at)) " · " (r.summary) " · "
+                    a href={"/ui/workflows/" (r.workflow_id)} { (r.workflow_id) }
+                }
+                None => span.never data-standing="never run" { "never run" }
+            }
+        }
+    }
+}
+
+/// The first screen.
+pub(crate) fn overview(session: &Session, view: &Overview) -> String {
+    let now = view.at;
+    let body = html! {
+        @match &view.capacity {
+            Some(c) if c.stale => div.banner id="stale" {
+                "Capacity data is stale: the newest sample is " (ago(now, c.sampled_at))
+                ". Is the capacity service running?"
+            },
+            None => div.banner id="stale" { "No capacity sample yet: is the capacity service running?" },
+            _ => {}
+        }
+        h1 { "Overview" }
+        div.grid {
+            @if let Some(c) = &view.capacity { (capacity(c, now)) }
+            section id="pools" {
+                h2 { "ZFS pools" }
+                @if view.pools.is_empty() { p.mute { "no pool measured yet" } }
+                @else {
+                    table {
+                        tr { th { "pool" } th { "used" } th { "health" } th { "last scrub" } }
+                        @for p in &view.pools {
+                            tr data-pool=(p.name) {
+                                td.mono { (p.name) }
+                                td.num { @if let Some(u) = p.used_percent { (format!("{u:.1} %")) } @else { "–" } }
+                                td class=(match p.state.as_deref() { Some("ONLINE") => "ok", None => "mute", _ => "bad" }) {
+                                    (p.state.as_deref().unwrap_or("not checked"))
+                                }
+                                td { @if let Some(at) = p.scrubbed_at { (ago(now, at)) } @else { span.mute { (p.scan.as_deref().unwrap_or("–")) } } }
+                            }
+                        }
+                    }
+                }
+                @if let Some(at) = view.health_checked_at { div.mute { "health checked " (ago(now, at)) } }
+            }
+            section id="replication" {
+                h2 { "Replication" }
+                @if view.replication.is_empty() { p.mute { "no replication job configured" } }
+                @else {
+                    table {
+                        tr { th { "job" } th { "lag" } th { "RPO" } th { "" } }
+                        @for r in &view.replication {
+                            tr data-job=(r.job) {
+                                td.mono { (r.job) }
+                                td.num { @if let Some(l) = r.lag_secs { (span(l)) } @else { "–" } }
+                                td.num { @if let Some(rpo) = r.rpo_secs { (span(rpo)) } @else { "–" } }
+                                td class=(standing_class(r.standing)) data-standing=(standing_word(r.standing)) {
+                                    (standing_word(r.standing))
+                                    @if let Some(e) = &r.error { div.mono { (e) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            section id="snapshots" {
+                h2 { "Snapshots" }
+                @if view.snapshots.is_empty() { p.mute { "no snapshot policy configured" } }
+                @else {
+                    table {
+                        tr { th { "policy" } th { "newest" } th { "" } }
+                        @for s in &view.snapshots {
+                            tr data-policy=(s.policy) {
+                                td.mono { (s.policy) }
+                                td { @if let Some(at) = s.newest_at { (ago(now, at)) } @else { "–" } }
+                                td class=(standing_class(s.standing)) data-standing=(standing_word(s.standing)) { (standing_word(s.standing)) }
+                            }
+                        }
+                    }
+                }
+            }
+            section id="lifecycle" {
+                h2 { "Lifecycle" }
+                (job("Config export", "export", view.export.as_ref(), now))
+                (job("Restore drill", "drill", view.drill.as_ref(), now))
+            }
+            section id="approvals" {
+                h2 { "Waiting for approval" }
+                @if view.approvals.is_empty() { p.mute { "nothing waits for a decision" } }
+                @else {
+                    table {
+                        tr { th { "run" } th { "plan" } th { "closes" } }
+                        @for a in &view.approvals {
+                            tr data-run=(a.run_id) {
+                                td { a href={"/ui/workflows/" (a.run_id)} { (a.run_id) } }
+                                td.mono { (a.plan_hash.get(..12).unwrap_or(&a.plan_hash)) }
+                                td { @if let Some(at) = a.expires_at { (until(now, at)) } @else { "never" } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section id="live" style="margin-top:1rem" {
+            h2 { "Running workflows" }
+            @if view.live.is_empty() { p.mute { "none running" } }
+            @else {
+                table {
+                    tr { th { "workflow" } th { "kind" } th { "state" } th { "step" } th { "started" } }
+                    @for w in &view.live {
+                        tr data-id=(w.id) {
+                            td { a href={"/ui/workflows/" (w.id)} { (w.id) } }
+                            td { (w.kind) }
+                            td { (state_badge(w.state)) }
+                            td { (w.step.as_deref().unwrap_or("–")) @if let Some(f) = &w.waiting_for { div.mute { "waits for " (f) } } }
+                            td { (ago(now, w.created_at)) }
+                        }
+                    }
+                }
+            }
+        }
+        section id="remediations" style="margin-top:1rem" {
+            h2 { "Latest remediations" }
+            @if view.remediations.is_empty() { p.mute { "no decision yet" } }
+            @else {
+                table {
+                    tr { th { "when" } th { "alert" } th { "verdict" } th { "guard" } th { "target" } th { "" } }
+                    @for d in &view.remediations {
+                        tr data-alert=(d.alertname) {
+                            td { (ago(now, d.at)) }
+                            td { (d.alertname) }
+                            td data-verdict=(word(&d.verdict)) { (word(&d.verdict)) }
+                            td { (word(&d.reason)) }
+                            td.mono { (d.target.as_deref().unwrap_or("–")) }
+                            td { @if let Some(w) = &d.workflow_id { a href={"/ui/workflows/" (w)} { (w) } } @else { span.mute { (d.detail) } } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(Some(session), "Overview", body)
+}
+
+/// The list filter from the query, or what is wrong with it.
+pub(crate) fn filter(kind: &str, state: &str, since: &str, limit: usize) -> Result<Filter, String> {
+    let kind = kind.trim();
+    if kind.len() > 64 || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err("kind: letters, digits and _ only".to_owned());
+    }
+    let state = match state.trim() {
+        "" => None,
+        s => Some(
+            WorkflowState::ALL
+                .into_iter()
+                .find(|st| state_name(*st) == s)
+                .ok_or_else(|| format!("state: {s:?} is not a workflow state"))?,
+        ),
+    };
+    let since = match since.trim() {
+        "" => None,
+        s => {
+            let d = humantime_serde::re::humantime::parse_duration(s)
+                .map_err(|e| format!("since: {s:?} is not a duration like 24h or 30m ({e})"))?;
+            let d = chrono::Duration::from_std(d).map_err(|e| format!("since: {e}"))?;
+            Some(Utc::now() - d)
+        }
+    };
+    Ok(Filter {
+        kind: (!kind.is_empty()).then(|| kind.to_owned()),
+        state,
+        since,
+        limit,
+    })
+}
+
+/// The workflow list.
+pub(crate) fn workflows(
+    session: &Session,
+    kind: &str,
+    state: &str,
+    since: &str,
+    rows: &[IndexEntry],
+) -> String {
+    let now = Utc::now();
+    let counts: Vec<(WorkflowState, usize)> = WorkflowState::ALL
+        .into_iter()
+        .map(|s| (s, rows.iter().filter(|r| r.state == s).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let body = html! {
+        h1 { "Workflows" }
+        form.filter method="get" action="/ui/workflows" {
+            label { "kind" input name="kind" value=(kind) placeholder="provision"; }
+            label { "state"
+                select name="state" {
+                    option value="" { "any" }
+                    @for s in WorkflowState::ALL {
+                        option value=(state_name(s)) selected[state == state_name(s)] { (state_name(s)) }
+                    }
+                }
+            }
+            label { "created within" input name="since" value=(since) placeholder="24h"; }
+            button type="submit" { "Filter" }
+        }
+        div.counts id="counts" {
+            @for (s, n) in &counts { span data-count=(state_name(*s)) { (state_badge(*s)) " " (n) } }
+        }
+        section {
+            @if rows.is_empty() { p.mute id="no-workflows" { "no workflow matches" } }
+            @else {
+                table id="workflows" {
+                    tr { th { "workflow" } th { "kind" } th { "state" } th { "created" } th { "updated" } }
+                    @for r in rows {
+                        tr data-id=(r.id) data-kind=(r.kind) {
+                            td { a href={"/ui/workflows/" (r.id)} { (r.id) } }
+                            td { (r.kind) }
+                            td { (state_badge(r.state)) }
+                            td { (ago(now, r.created_at)) }
+                            td { (ago(now, r.updated_at)) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout(Some(session), "Workflows", body)
+}
+
+fn approval_form(session: &Session, record: &WorkflowRecord, can_decide: bool) -> Markup {
+    let hash = record
+        .data
+        .get("approval_hash")
+        .and_then(serde_json::Value::as_str);
+    let waiting = record.state == WorkflowState::Waiting
+        && matches!(&record.wait, Some(Wait::Signal { name, .. }) if name.starts_with("decision."));
+    html! {
+        @if let (true, Some(hash)) = (waiting, hash) {
+            section id="approval" style="margin-bottom:1rem" {
+                h2 { "Waiting for a decision on plan " span.mono { (hash.get(..12).unwrap_or(hash)) } }
+                @if let Some(plan) = record.data.get("plan") {
+                    details { summary { "the plan" } pre.mono { (serde_json::to_string_pretty(plan).unwrap_or_default()) } }
+                }
+                @if can_decide {
+                    form.decide method="post" action={"/ui/workflows/" (record.id) "/decision"} {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        input type="hidden" name="plan" value=(hash);
+                        label { "comment" textarea name="comment" rows="1" maxlength="1000" {} }
+                        button type="submit" name="verdict" value="approve" id="approve" { "Approve" }
+                        button type="submit" name="verdict" value="reject" id="reject" { "Reject" }
+                    }
+                } @else {
+                    p.mute { "Token " (session.name) " is not in patch.approvers: it cannot decide." }
+                }
+            }
+        }
+    }
+}
+
+/// A workflow's detail and its trace.
+pub(crate) fn workflow(
+    session: &Session,
+    record: &WorkflowRecord,
+    trace: &Result<SpanTree, String>,
+    can_decide: bool,
+) -> String {
+    let now = Utc::now();
+    let body = html! {
+        h1 { "Workflow " span.mono id="workflow-id" { (record.id) } " " (state_badge(record.state)) }
+        @if let Some(e) = &record.error { div.error id="workflow-error" { (e) } }
+        (approval_form(session, record, can_decide))
+        div.grid {
+            section id="summary" {
+                h2 { "Summary" }
+                table {
+                    tr { th { "kind" } td { (record.kind) } }
+                    tr { th { "origin" } td { (record.origin.source) " · " (record.origin.reference) div.mute { (record.origin.reason) } } }
+                    tr { th { "created" } td { (record.created_at.format("%Y-%m-%d %H:%M:%S UTC")) " (" (ago(now, record.created_at)) ")" } }
+                    tr { th { "updated" } td { (ago(now, record.updated_at)) } }
+                    @if let Some(p) = &record.parent { tr { th { "parent" } td { a href={"/ui/workflows/" (p)} { (p) } } } }
+                    @if let Some(t) = &record.trace_id { tr { th { "trace" } td.mono { (t) } } }
+                    @if let Some(w) = &record.wait { tr { th { "waits" } td.mono { (serde_json::to_string(w).unwrap_or_default()) } } }
+                }
+            }
+            section id="data" {
+                h2 { "Data" }
+                details { summary { "what the steps recorded" } pre.mono { (serde_json::to_string_pretty(&record.data).unwrap_or_default()) } }
+            }
+        }
+        section id="steps" style="margin-top:1rem" {
+            h2 { "Steps" }
+            table {
+                tr { th { "step" } th { "state" } th { "attempts" } th { "took" } th { "error" } }
+                @for s in &record.steps {
+                    tr data-step=(s.name) {
+                        td.mono { (s.name) }
+                        td class=(match s.state { StepState::Failed => "bad", StepState::Succeeded => "ok", _ => "" }) { (word(&s.state)) }
+                        td.num { (s.attempts) }
+                        td.num { @if let (Some(a), Some(b)) = (s.started_at, s.finished_at) { (format!("{:.2} s", (b - a).num_milliseconds() as f64 / 1000.0)) } @else { "–" } }
+                        td.mono { (s.error.as_deref().unwrap_or("")) }
+                    }
+                }
+            }
+        }
+        section id="trace" style="margin-top:1rem" {
+            h2 { "Trace" }
+            @match trace {
+                Ok(tree) if !tree.is_empty() => (waterfall::render(tree)),
+                Ok(_) => p.mute { "no spans recorded yet (they reach the bus about a second after they end; kept 7 days)" },
+                Err(e) => p.mute { (e) },
+            }
+        }
+    };
+    layout(Some(session), &record.id, body)
+}
+
+/// An error page inside the layout.
+pub(crate) fn error(session: &Session, message: &str) -> String {
+    layout(
+        Some(session),
+        "Error",
+        html! { div.error id="error" { (message) } p { a href="/ui" { "back to the overview" } } },
+    )
+}
+
+/// A refusal for a caller without a session.
+pub(crate) fn refused(message: &str) -> String {
+    layout(
+        None,
+        "Refused",
+        html! { div.error id="error" { (message) } p { a href="/ui/login" { "log in" } } },
+    )
+}
+
+/// The login form.
+pub(crate) fn login(form_token: &str, message: Option<&str>) -> String {
+    layout(
+        None,
+        "Log in",
+        html! {
+            div.login {
+                h1 { "proxflow console" }
+                @if let Some(m) = message { div.error id="error" { (m) } }
+                form method="post" action="/ui/login" {
+                    input type="hidden" name="form" value=(form_token);
+                    label for="token" { "Bearer token (one of gateway.bearer_tokens)" }
+                    input type="password" id="token" name="token" autocomplete="current-password" required;
+                    button type="submit" id="login" { "Log in" }
+                }
+            }
+        },
+    )
+}
