@@ -449,3 +449,44 @@ pub fn bench_main<F: std::future::Future<Output = ()>>(bench: impl FnOnce() -> F
         .expect("a tokio runtime");
     runtime.block_on(bench());
 }
+
+/// Logs in to the console at `gateway` with bearer `token` as a browser would (the login form's
+/// double-submit cookie, then the form): the `Cookie` header value of the session.
+pub async fn console_session(http: &reqwest::Client, gateway: &str, token: &str) -> String {
+    let form = http
+        .get(format!("{gateway}/ui/login"))
+        .send()
+        .await
+        .expect("login form");
+    let login_cookie = form
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("pf_login="))
+        .and_then(|v| v.split(';').next())
+        .expect("login form cookie")
+        .to_owned();
+    let field = login_cookie.trim_start_matches("pf_login=").to_owned();
+    let answer = http
+        .post(format!("{gateway}/ui/login"))
+        .header("cookie", &login_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([("token", token), ("form", field.as_str())])
+                .expect("form"),
+        )
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(answer.status(), 303, "login refused");
+    answer
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("pf_session="))
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_owned()
+}

@@ -13,10 +13,12 @@ use proxflow_schemas::capacity::{
     CapacityExceeded, CapacityRecovered, CapacitySample, HostExhausted, ScaleOutRequested,
 };
 use proxflow_schemas::capacity_review::CapacityReviewed;
+use proxflow_schemas::health::HealthReport;
+use proxflow_schemas::lifecycle::{DrillCompleted, ExportCompleted};
 use proxflow_schemas::names::{self, bucket, stream, subject, user};
 use proxflow_schemas::remediation::{RemediationDecision, RemediationOutcome, RemediationPage};
-use proxflow_schemas::replication::ReplicationRequested;
-use proxflow_schemas::snapshot::PruneRequested;
+use proxflow_schemas::replication::{ReplicationRequested, ReplicationRun};
+use proxflow_schemas::snapshot::{PruneRequested, SnapshotTaken};
 
 /// Subjects a user may publish, with the reason (a comment in the file) when it is not obvious.
 struct Grant {
@@ -84,6 +86,27 @@ fn users() -> Vec<User> {
         "$JS.API.CONSUMER.CREATE.{}.*.pf.evt.replication.completed",
         stream::EVT
     );
+    let console_reads: Vec<String> = [
+        CapacitySample::SUBJECT,
+        HealthReport::SUBJECT,
+        ReplicationRun::SUBJECT,
+        SnapshotTaken::SUBJECT,
+        ExportCompleted::SUBJECT,
+        DrillCompleted::SUBJECT,
+    ]
+    .iter()
+    .map(|s| format!("$JS.API.CONSUMER.CREATE.{}.*.{s}", stream::EVT))
+    .chain([
+        format!("$JS.API.STREAM.INFO.{}", stream::EVT),
+        format!("$JS.API.CONSUMER.CREATE.{}", stream::TRACE),
+        format!("$JS.API.CONSUMER.CREATE.{}.>", stream::TRACE),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{}.*", stream::TRACE),
+        format!("$JS.API.CONSUMER.INFO.{}.*", stream::TRACE),
+        format!("$JS.API.CONSUMER.DELETE.{}.*", stream::TRACE),
+        format!("$JS.API.STREAM.INFO.{}", stream::TRACE),
+    ])
+    .collect();
+    let console_reads: Vec<&str> = console_reads.iter().map(String::as_str).collect();
     vec![
         User {
             name: user::GATEWAY,
@@ -105,11 +128,17 @@ fn users() -> Vec<User> {
                         &format!("$JS.API.CONSUMER.DELETE.{}.*", stream::EVT),
                     ],
                 ),
+                Grant::because(
+                    "The console's overview reads the newest capacity sample, health check, replication\n\
+                     and snapshot events and lifecycle reports the same way, each subject alone; a\n\
+                     workflow's page reads its trace from PF_TRACE.",
+                    &console_reads,
+                ),
             ],
             buckets: vec![bucket::WORKFLOWS, bucket::WEBHOOK_IDS, bucket::CLAIMS],
             lists: vec![(
                 bucket::WORKFLOWS,
-                "GET /v1/patch/runs lists the patch runs from the index (idx.patch_run.<state>.*).",
+                "GET /v1/patch/runs and the console list workflows from the index (idx.<kind>.<state>.*).",
             )],
             answers: vec![],
         },

@@ -10,10 +10,12 @@
 //! - [`TestNats::context`]: a connected [`ServiceContext`] with the topology declared, as a service has.
 //! - [`pve`]: a Proxmox simulator on a free port and a client for it.
 //! - [`alertmanager`]: a real Alertmanager whose receiver posts to a gateway.
+//! - [`webdriver`]: headless Chromium over WebDriver, for the console.
 
 pub mod alertmanager;
 pub mod cluster;
 pub mod pve;
+pub mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
