@@ -31,12 +31,11 @@ async fn trace_request(request: Request, next: Next) -> Response {
         "request",
         otel.name = %format_args!("{} {}", request.method(), request.uri().path()),
         otel.kind = "server",
-        proxflow.service = "gateway",
         http.request.method = %request.method(),
         url.path = %request.uri().path(),
         http.response.status_code = tracing::field::Empty,
     );
-    telemetry::set_parent_from_http(&span, request.headers());
+    telemetry::set_parent_from_http(&span, request.headers(), "gateway");
     let mut response = next.run(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     telemetry::inject_http(&span, response.headers_mut());

@@ -156,7 +156,8 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
     match command {
         Command::Dev => dev::run(settings).await,
         Command::Serve { services } => {
-            // One service per process in production, so its spans carry that service's name.
+            // The process's name, for its own spans; each service's spans carry the service's
+            // (`telemetry::service`).
             let name = services.join("+");
             let services = services
                 .iter()

@@ -5,6 +5,10 @@
 //! from the loaded [`Settings`] and which `run` it is. Every `run` has the one shape
 //! `run(ctx, settings, shutdown)` ([`proxflow_runtime::service`]), so starting one is the same code
 //! for all of them.
+//!
+//! Each service runs under [`telemetry::service::scope`]: its spans are exported and recorded under
+//! its own name (`gateway`, `orchestrator`, ...), those of the process itself (start-up) under the
+//! process's name (`proxflow-dev`, or the services joined by `+` for `proxflow serve`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +20,7 @@ use proxflow_runtime::bus::{self, JetStreamProbe, topology};
 use proxflow_runtime::config::Validate;
 use proxflow_runtime::ops::{self, Health, Metrics};
 use proxflow_runtime::serve::HttpLimits;
-use proxflow_runtime::telemetry::SpanSink;
+use proxflow_runtime::telemetry::{self, SpanSink};
 use proxflow_runtime::{ServiceContext, shutdown};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -316,7 +320,7 @@ pub async fn run(
     let launches = SERVICES
         .iter()
         .filter(|entry| names.contains(&entry.name))
-        .map(|entry| (entry.prepare)(settings, &mut clients))
+        .map(|entry| Ok((entry.name, (entry.prepare)(settings, &mut clients)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let metrics = Metrics::new();
     let bus = bus::connect(
@@ -366,10 +370,11 @@ pub async fn run(
             .context("ops endpoint")
         }
     });
-    for launch in launches {
+    for (name, launch) in launches {
         let started = launch(ctx.clone(), stop.clone()).await?;
         listening.gateway = listening.gateway.or(started.listening);
-        tasks.spawn(started.run);
+        // Each service's spans under its own name, though they share this process's telemetry.
+        tasks.spawn(telemetry::service::scope(name, started.run));
     }
     tracing::info!(services = ?names, ops = %listening.ops, "started");
     if let Some(report) = on_ready {

@@ -94,10 +94,11 @@ async fn resolve(
 /// service, duration, key attributes and error.
 fn render(trace_id: &str, workflow: Option<&str>, tree: &SpanTree) -> String {
     let visits = tree.walk();
-    // The service of a span: its own `proxflow.service` (set where a service's work starts: the
-    // gateway request, each consumed message), else its parent's when both ran in the same process,
-    // else its process name. In `proxflow dev` every service shares one process, so the process
-    // name alone tells nothing.
+    // The service of a span: its own `proxflow.service`, else its parent's when both ran in the same
+    // process, else its record's service. A record's service is its span's own service
+    // (`telemetry::service`), so the first two rules only matter for records written before spans
+    // carried theirs (kept 7 days), whose service was the process's name (`proxflow-dev` for every
+    // span of `proxflow dev`) and whose `proxflow.service` was only on entry spans.
     let mut by_depth: Vec<(String, String)> = Vec::new(); // (process, service) per depth
     let rows: Vec<(String, &SpanRecord, String)> = visits
         .iter()
@@ -106,7 +107,7 @@ fn render(trace_id: &str, workflow: Option<&str>, tree: &SpanTree) -> String {
             let service = v
                 .span
                 .attributes
-                .get("proxflow.service")
+                .get(proxflow_runtime::telemetry::service::KEY)
                 .cloned()
                 .or_else(|| {
                     by_depth

@@ -27,6 +27,7 @@ use std::error::Error;
 use std::future::Future;
 use std::time::Duration;
 
+use opentelemetry::context::FutureExt as _;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -147,7 +148,8 @@ impl Tasks {
         self.stop.clone()
     }
 
-    /// Starts `task` under `name`.
+    /// Starts `task` under `name`, in the OpenTelemetry context of the caller: a service run under
+    /// [`crate::telemetry::service::scope`] keeps its service in the spans of its tasks.
     pub fn spawn<E>(
         &mut self,
         name: impl Into<String>,
@@ -155,10 +157,13 @@ impl Tasks {
     ) where
         E: Error + Send + Sync + 'static,
     {
-        let handle = self.set.spawn(async move {
-            task.await
-                .map_err(|e| Box::new(e) as Box<dyn Error + Send + Sync>)
-        });
+        let handle = self.set.spawn(
+            async move {
+                task.await
+                    .map_err(|e| Box::new(e) as Box<dyn Error + Send + Sync>)
+            }
+            .with_current_context(),
+        );
         self.names.insert(handle.id(), name.into());
     }
 

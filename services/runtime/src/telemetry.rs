@@ -4,15 +4,17 @@
 //!
 //! ## Layout
 //! - this module: [`init`] and its [`TelemetryGuard`], the trace filter and layer, header propagation.
+//! - [`service`]: which service each span belongs to when several share a process, the same for
+//!   both views (the bus record's service, the OTLP resource's `service.name`).
 //! - [`sink`]: every finished span as a `SpanRecord` on `pf.trace.<trace_id>` ([`SpanSink`]).
+//! - `otlp`: OTLP/HTTP export, each span under its own service's resource.
 //! - [`recorded`]: reading a trace's records back and building its tree (`proxflow trace`).
 
 use std::time::Duration;
 
+use opentelemetry::StringValue;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -22,7 +24,9 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{LogFormat, TelemetryConfig};
 
+mod otlp;
 pub mod recorded;
+pub mod service;
 pub mod sink;
 
 pub use sink::{AttachError, BusSpanExporter, SpanSink};
@@ -73,12 +77,13 @@ impl TelemetryGuard {
     }
 }
 
-/// The tracer provider for `service`: records every span through `bus` (a [`SpanSink`]'s exporter)
-/// and also exports over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` or `telemetry.otlp_endpoint`
-/// is set.
+/// The tracer provider of process `process`: records every span through `bus` (a [`SpanSink`]'s
+/// exporter) and also exports over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+/// `telemetry.otlp_endpoint` is set; each span under its service ([`service`]), spans of no service
+/// under `process`.
 pub fn provider(
     cfg: &TelemetryConfig,
-    service: &str,
+    process: &str,
     bus: BusSpanExporter,
 ) -> Result<SdkTracerProvider, TelemetryError> {
     // Batched on the processor's own thread: encoding a record stays off the application's threads.
@@ -90,25 +95,18 @@ pub fn provider(
         )
         .build();
     let mut builder = SdkTracerProvider::builder()
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service.to_owned())
-                .build(),
-        )
+        .with_resource(service::resource(process.to_owned()))
+        // First, so that the exporting processors see the service it stamps.
+        .with_span_processor(service::Stamp)
         .with_span_processor(bus);
     let from_env = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
     if from_env || cfg.otlp_endpoint.is_some() {
-        // The blocking client: the batch processor exports from its own thread, where the async
-        // reqwest client has no runtime and silently drops spans.
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary);
-        if let (false, Some(base)) = (from_env, &cfg.otlp_endpoint) {
-            // An explicit endpoint is used as is, so it needs the signal path the env form gets added.
-            exporter = exporter.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
-        }
-        let exporter = exporter
-            .build()
+        // An explicit endpoint is used as is, so it needs the signal path the env form gets added.
+        let endpoint = match (from_env, &cfg.otlp_endpoint) {
+            (false, Some(base)) => Some(format!("{}/v1/traces", base.trim_end_matches('/'))),
+            _ => None,
+        };
+        let exporter = otlp::ServiceExporter::new(endpoint)
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         builder = builder.with_batch_exporter(exporter);
     }
@@ -117,13 +115,14 @@ pub fn provider(
 
 /// Installs the global subscriber: log lines on stderr (stdout stays for command output) filtered by
 /// `RUST_LOG` or `telemetry.log_level`, and the OpenTelemetry layer with its own filter, so per-message
-/// spans (DEBUG) reach traces whatever the log level and never cost a formatted log line.
-pub fn init(cfg: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, TelemetryError> {
+/// spans (DEBUG) reach traces whatever the log level and never cost a formatted log line. `process`
+/// names the spans of no service ([`service`]).
+pub fn init(cfg: &TelemetryConfig, process: &str) -> Result<TelemetryGuard, TelemetryError> {
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::Layer as _;
 
     let (spans, bus) = SpanSink::new(sink::QUEUE_CAPACITY);
-    let provider = provider(cfg, service, bus)?;
+    let provider = provider(cfg, process, bus)?;
     let log_filter = || log_filter(&cfg.log_level);
     let (human, json) = match cfg.log_format {
         LogFormat::Human => (
@@ -149,7 +148,7 @@ pub fn init(cfg: &TelemetryConfig, service: &str) -> Result<TelemetryGuard, Tele
     tracing_subscriber::registry()
         .with(human)
         .with(json)
-        .with(otel_layer(provider.tracer(service.to_owned())).with_filter(trace_filter()))
+        .with(otel_layer(provider.tracer("proxflow")).with_filter(trace_filter()))
         .try_init()
         .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
     Ok(TelemetryGuard { provider, spans })
@@ -272,26 +271,41 @@ pub fn inject_http(span: &tracing::Span, headers: &mut http::HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut HttpInjector(headers));
 }
 
-/// Parents a not-yet-entered `span` on the trace context in NATS headers, if they carry a valid one.
-pub fn set_parent_from_nats(span: &tracing::Span, headers: &async_nats::HeaderMap) {
-    set_parent(
-        span,
-        TraceContextPropagator::new().extract(&NatsExtractor(headers)),
-    );
+/// Makes a not-yet-entered `span` the start of `service`'s handling of a message: parented on the
+/// trace context in its NATS headers if they carry a valid one, and with `span` and the spans under
+/// it belonging to `service` ([`service`]).
+pub fn set_parent_from_nats(
+    span: &tracing::Span,
+    headers: &async_nats::HeaderMap,
+    service: impl Into<StringValue>,
+) {
+    let caller = TraceContextPropagator::new().extract(&NatsExtractor(headers));
+    enter(span, caller, service);
 }
 
-/// Parents a not-yet-entered `span` on the trace context of incoming HTTP headers, if valid.
-pub fn set_parent_from_http(span: &tracing::Span, headers: &http::HeaderMap) {
-    set_parent(
-        span,
-        TraceContextPropagator::new().extract(&HttpExtractor(headers)),
-    );
+/// Makes a not-yet-entered `span` the start of `service`'s handling of an HTTP request, parented on
+/// the trace context of its headers if valid (as [`set_parent_from_nats`]).
+pub fn set_parent_from_http(
+    span: &tracing::Span,
+    headers: &http::HeaderMap,
+    service: impl Into<StringValue>,
+) {
+    let caller = TraceContextPropagator::new().extract(&HttpExtractor(headers));
+    enter(span, caller, service);
+}
+
+fn enter(span: &tracing::Span, caller: opentelemetry::Context, service: impl Into<StringValue>) {
+    let parent = if caller.span().span_context().is_valid() {
+        caller
+    } else {
+        // No caller's trace: where the span would start anyway.
+        service::surrounding()
+    };
+    set_parent(span, service::serving(parent, service));
 }
 
 fn set_parent(span: &tracing::Span, cx: opentelemetry::Context) {
-    if cx.span().span_context().is_valid()
-        && let Err(e) = span.set_parent(cx)
-    {
+    if let Err(e) = span.set_parent(cx) {
         tracing::debug!(error = %e, "span already started; trace context not applied");
     }
 }
@@ -304,11 +318,15 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
     carrier.remove("traceparent")
 }
 
-/// Parents a not-yet-entered `span` on a stored `traceparent` (see [`traceparent`]), if valid.
+/// Parents a not-yet-entered `span` on a stored `traceparent` (see [`traceparent`]), if valid; the
+/// span stays with the service of the code creating it.
 pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
     let carrier =
         std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
-    set_parent(span, TraceContextPropagator::new().extract(&carrier));
+    let stored = TraceContextPropagator::new().extract(&carrier);
+    if stored.span().span_context().is_valid() {
+        set_parent(span, service::carried(stored));
+    }
 }
 
 /// The trace id of `span` as 32 hex digits, when telemetry is recording it.

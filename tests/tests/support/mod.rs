@@ -1,5 +1,6 @@
 //! The provisioning platform of end-to-end tests and the provisioning benchmark: a real nats-server,
-//! the Proxmox simulator, and orchestrator + provisioner running in this process.
+//! the Proxmox simulator, and orchestrator + provisioner running in this process (each under its own
+//! service name, as `proxflow dev` runs them).
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use proxflow_provisioner::ProvisionConfig;
 use proxflow_provisioner::file_sd::FileSd;
 use proxflow_pve_sim::{RunningSim, SimConfig};
 use proxflow_runtime::ServiceContext;
+use proxflow_runtime::telemetry::service;
 use proxflow_runtime::workflow::WorkflowStore;
 use proxflow_schemas::names::{bucket, durable};
 use proxflow_schemas::provision::{IpConfig, ProvisionRequested, VmOverrides};
@@ -132,18 +134,21 @@ impl Platform {
             config.profiles.clone(),
         );
         tweak_orchestration(&mut orchestration);
-        tokio::spawn(proxflow_orchestrator::run(
-            ctx.clone(),
-            orchestration,
-            stop.clone(),
+        // Each under its own name, as `proxflow dev` runs them in one process.
+        tokio::spawn(service::scope(
+            "orchestrator",
+            proxflow_orchestrator::run(ctx.clone(), orchestration, stop.clone()),
         ));
-        tokio::spawn(proxflow_provisioner::run(
-            ctx.clone(),
-            proxflow_provisioner::ProvisionerSettings {
-                config,
-                pve: client,
-            },
-            stop.clone(),
+        tokio::spawn(service::scope(
+            "provisioner",
+            proxflow_provisioner::run(
+                ctx.clone(),
+                proxflow_provisioner::ProvisionerSettings {
+                    config,
+                    pve: client,
+                },
+                stop.clone(),
+            ),
         ));
         let store = WorkflowStore::open(&ctx.bus.js).await.unwrap();
         Self {

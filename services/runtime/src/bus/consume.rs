@@ -164,7 +164,8 @@ impl<M: Message, H: Handler<M>> ConsumerLoop<M, H> {
             spec: self.spec.clone(),
             tuning: self.tuning.clone(),
             metrics: self.ctx.metrics.consumer(&self.spec.durable),
-            service: proxflow_schemas::names::service_of(&self.spec.durable).to_owned(),
+            service: Arc::<str>::from(proxflow_schemas::names::service_of(&self.spec.durable))
+                .into(),
         });
 
         let mut consumer = Some(consumer);
@@ -275,8 +276,9 @@ struct Shared {
     spec: ConsumerSpec,
     tuning: ConsumerConfig,
     metrics: ConsumerMetrics,
-    /// The service the consumer belongs to ([`proxflow_schemas::names::service_of`]), for spans.
-    service: String,
+    /// The service the consumer belongs to ([`proxflow_schemas::names::service_of`]): the service of
+    /// each message's spans (several services share one process in `proxflow dev`).
+    service: opentelemetry::StringValue,
 }
 
 /// The parts of a delivery that outlive the split into payload and acker.
@@ -315,14 +317,11 @@ async fn process<M: Message, H: Handler<M>>(
         otel.name = %format_args!("{} process", received.subject),
         otel.kind = "consumer",
         messaging.consumer.group.name = %durable,
-        // Several services share one process in `proxflow dev`; the names table says whose
-        // consumer this is, so a trace still tells them apart.
-        proxflow.service = shared.service.as_str(),
         messaging.message.id = received.headers.get(super::MSG_ID).map_or("", |v| v.as_str()),
         proxflow.attempt = attempt,
     );
     // Parent before entering, or the span starts a trace of its own.
-    telemetry::set_parent_from_nats(&span, &received.headers);
+    telemetry::set_parent_from_nats(&span, &received.headers, shared.service.clone());
     async {
         let started = Instant::now();
         let outcome = if attempt > shared.tuning.max_deliver {

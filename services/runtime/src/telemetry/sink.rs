@@ -186,7 +186,8 @@ impl SpanSink {
 pub struct BusSpanExporter {
     /// Taken at shutdown, which closes the queue and so ends the publisher once it has drained it.
     queue: Mutex<Option<mpsc::Sender<Encoded>>>,
-    /// The resource's `service.name`, set by the provider.
+    /// The resource's `service.name` (the process's), set by the provider: the service of spans that
+    /// carry none of their own ([`super::service`]).
     service: String,
     counters: Counters,
 }
@@ -205,7 +206,8 @@ impl BusSpanExporter {
                 self.counters.dropped.inc();
                 continue;
             };
-            let record = to_record(span, &self.service);
+            let service = super::service::of(span).unwrap_or(&self.service);
+            let record = to_record(span, service);
             match serde_json::to_vec(&record) {
                 Ok(payload) => permit.send(Encoded {
                     subject: subject::trace(&record.trace_id),
