@@ -155,6 +155,7 @@ async fn each_service_in_one_process_exports_its_spans_under_its_own_name() {
         proxflow_gateway::run(
             p.ctx.clone(),
             proxflow_gateway::GatewaySettings {
+                console: Default::default(),
                 config: GatewayConfig {
                     webhook_secrets: vec![secret.clone()],
                     ..GatewayConfig::default()
