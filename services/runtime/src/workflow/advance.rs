@@ -56,7 +56,7 @@ async fn drive<W: Workflow>(
     mut record: WorkflowRecord,
     revision: u64,
 ) -> Result<(), Halt> {
-    let indexed = record.state;
+    let indexed = index::Line::of(&record);
     if record.state != WorkflowState::Waiting {
         record.wait = None;
     }
