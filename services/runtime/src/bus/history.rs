@@ -25,6 +25,15 @@ pub enum HistoryError {
     Stalled(String, Duration),
 }
 
+/// A message read back with its place in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequenced<T> {
+    /// Its sequence in the stream: where to find it again.
+    pub sequence: u64,
+    /// The decoded message.
+    pub message: T,
+}
+
 /// Up to the `limit` newest messages on `subject` in `stream` published at or after `since`,
 /// oldest first. A message that does not decode as `T` is skipped (and logged): one bad record must
 /// not hide the rest of an audit trail.
@@ -35,8 +44,20 @@ pub async fn since<T: DeserializeOwned>(
     since: DateTime<Utc>,
     limit: usize,
 ) -> Result<Vec<T>, HistoryError> {
+    let found = since_sequenced(js, stream, subject, since, limit).await?;
+    Ok(found.into_iter().map(|s| s.message).collect())
+}
+
+/// [`since`], each message with its stream sequence.
+pub async fn since_sequenced<T: DeserializeOwned>(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    since: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<Sequenced<T>>, HistoryError> {
     let mut out = std::collections::VecDeque::new();
-    each(js, stream, subject, since, |item: T| {
+    visit_sequenced(js, stream, subject, since, |item: Sequenced<T>| {
         out.push_back(item);
         if out.len() > limit {
             out.pop_front();
@@ -55,6 +76,19 @@ pub async fn each<T: DeserializeOwned>(
     subject: &str,
     since: DateTime<Utc>,
     mut visit: impl FnMut(T),
+) -> Result<u64, HistoryError> {
+    visit_sequenced(js, stream, subject, since, |item: Sequenced<T>| {
+        visit(item.message)
+    })
+    .await
+}
+
+async fn visit_sequenced<T: DeserializeOwned>(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    since: DateTime<Utc>,
+    mut visit: impl FnMut(Sequenced<T>),
 ) -> Result<u64, HistoryError> {
     let api = |e: &dyn std::fmt::Display| HistoryError::Api {
         subject: subject.to_string(),
@@ -94,10 +128,13 @@ pub async fn each<T: DeserializeOwned>(
             Ok(Some(m)) => m.map_err(|e| api(&e))?,
             Ok(None) | Err(_) => return Err(HistoryError::Stalled(subject.to_string(), wait)),
         };
-        pending = message.info().map(|i| i.pending).unwrap_or(0);
+        let (left, sequence) = message
+            .info()
+            .map_or((0, 0), |i| (i.pending, i.stream_sequence));
+        pending = left;
         match serde_json::from_slice::<T>(&message.payload) {
-            Ok(item) => {
-                visit(item);
+            Ok(message) => {
+                visit(Sequenced { sequence, message });
                 visited += 1;
             }
             Err(e) => tracing::warn!(subject, error = %e, "skipping an undecodable event"),
