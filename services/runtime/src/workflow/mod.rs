@@ -51,7 +51,7 @@ mod run;
 pub mod scheduled;
 mod waker;
 
-pub use definition::{Ending, ErrorKind, Halt, StepError, Workflow};
+pub use definition::{Ending, ErrorKind, Halt, StepError, Unrunnable, Workflow};
 pub use engine::Engine;
 pub use index::state_name;
 pub use run::{ChildOutcome, Run};
