@@ -164,6 +164,10 @@ pub mod bucket {
     /// Patching's own state: `held.<target>` = the packages held (and at which version) after an
     /// approver rejected them, so a newer version is offered again.
     pub const PATCH: &str = "pf_patch";
+    /// Dead letters an operator replayed (`<stream>.<sequence>` of the letter: who, when, where the
+    /// replay went), each claimed with `create` before the replay is published, so a letter is
+    /// replayed once. Entries live as long as the event stream keeps the letters.
+    pub const REPLAYS: &str = "pf_replays";
 }
 
 /// Lifetime of an accepted webhook id in [`bucket::WEBHOOK_IDS`]. A replay is refused by this record
@@ -698,6 +702,9 @@ pub mod header {
     pub const TRACESTATE: &str = "tracestate";
     /// The payload's [`crate::SchemaId`], as `<name>/v<N>`.
     pub const SCHEMA: &str = "Proxflow-Schema";
+    /// On a message an operator replayed from a dead letter: the letter's `<stream>.<sequence>`
+    /// (`PF_EVT.1234`).
+    pub const REPLAY_OF: &str = "Proxflow-Replay-Of";
 }
 
 /// KV key parts built from outside input (alert labels, names): canonical and bounded.
@@ -802,6 +809,11 @@ pub mod key {
     /// them).
     pub fn claim_name(name: &str) -> String {
         format!("name/{}", key_part(&name.to_ascii_lowercase()))
+    }
+
+    /// `<stream>.<sequence>` in `pf_replays`: the replay of the message at `sequence` of `stream`.
+    pub fn replay(stream: &str, sequence: u64) -> String {
+        format!("{}.{sequence}", key_part(stream))
     }
 
     /// `ip/<IPv4 address>` in `pf_claims`.
@@ -917,6 +929,7 @@ pub mod key {
             assert_eq!(dataset_lease("tank/data"), "zfs/tank/data");
             assert_eq!(dataset_lease("tank/a:b"), "zfs/tank/a_b");
             assert_eq!(prechange_lease("vm/104"), "prechange/vm/104");
+            assert_eq!(replay("PF_EVT", 1234), "PF_EVT.1234");
             let webhook = webhook_id("msg_2KWPBgLlAfxdpx2AI54pPJ85f4W with spaces.and*stars>");
             assert_eq!(webhook.len(), 64);
             assert!(webhook.bytes().all(|b| b.is_ascii_hexdigit()));

@@ -13,6 +13,9 @@ use sha2::{Digest, Sha256};
 
 use crate::message::{Message, SchemaId, Versioned};
 
+/// The workflow kind of a patch run.
+pub const KIND: &str = "patch_run";
+
 /// One package change on one target, as the package manager's simulation lists it.
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
@@ -199,6 +202,23 @@ pub struct Decision {
     /// Free text.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub comment: String,
+}
+
+/// What a run waiting for a decision asks (its record's `data.awaiting`, absent otherwise): the
+/// signal the decision is, the approval hash it must name, when it was asked and until when it may
+/// come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Awaiting {
+    /// The signal the run waits on (`decision.<round>`).
+    pub signal: String,
+    /// The approval hash a decision must name (full hex).
+    pub approval_hash: String,
+    /// When the run asked (absent in records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<DateTime<Utc>>,
+    /// The decision's deadline.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// What a patch run is started with.

@@ -209,6 +209,27 @@ pub struct WorkflowRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl WorkflowRecord {
+    /// The step an operator looks at first: the one it waits in, else the one running, else the
+    /// last one recorded (where it ended, or failed).
+    pub fn current_step(&self) -> Option<&str> {
+        let waited = self.wait.as_ref().map(|w| match w {
+            Wait::Timer { step, .. } | Wait::Signal { step, .. } | Wait::Child { step, .. } => {
+                step.as_str()
+            }
+        });
+        waited
+            .or_else(|| {
+                self.steps
+                    .iter()
+                    .rev()
+                    .find(|s| s.state == StepState::Running)
+                    .map(|s| s.name.as_str())
+            })
+            .or_else(|| self.steps.last().map(|s| s.name.as_str()))
+    }
+}
+
 impl Versioned for WorkflowRecord {
     const SCHEMA: SchemaId = SchemaId {
         name: "pf.kv.workflow",
@@ -274,9 +295,69 @@ pub struct IndexEntry {
     pub state: WorkflowState,
     /// Creation time.
     pub created_at: DateTime<Utc>,
-    /// Last change.
+    /// Last change of its state, current step or wake time.
     pub updated_at: DateTime<Utc>,
+    /// Its current step ([`WorkflowRecord::current_step`]), for listings; absent before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// When a waiting workflow is due to be looked at again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(steps: &[(&str, StepState)], wait: Option<Wait>) -> WorkflowRecord {
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        WorkflowRecord {
+            id: "w".into(),
+            kind: "k".into(),
+            state: WorkflowState::Running,
+            origin: Origin {
+                source: "test".into(),
+                reference: "r".into(),
+                reason: String::new(),
+            },
+            steps: steps
+                .iter()
+                .map(|(name, state)| StepRecord {
+                    state: *state,
+                    ..StepRecord::started(name, at)
+                })
+                .collect(),
+            data: serde_json::Value::Null,
+            error: None,
+            trace_id: None,
+            traceparent: None,
+            wait,
+            parent: None,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn the_current_step_is_the_wait_else_the_running_else_the_last() {
+        use StepState::{Failed, Running, Succeeded};
+        assert_eq!(record(&[], None).current_step(), None);
+        assert_eq!(
+            record(&[("a", Succeeded), ("b", Failed)], None).current_step(),
+            Some("b")
+        );
+        assert_eq!(
+            record(&[("a", Running), ("b", Succeeded)], None).current_step(),
+            Some("a")
+        );
+        let wait = Wait::Signal {
+            step: "decision.0".into(),
+            name: "decision.0".into(),
+            expires_at: None,
+        };
+        assert_eq!(
+            record(&[("a", Succeeded)], Some(wait)).current_step(),
+            Some("decision.0")
+        );
+    }
 }

@@ -29,6 +29,8 @@ const LIBRARIES: &[&str] = &[
     "proxflow-pve-sim",
     "proxflow-zfs",
     "proxflow-testkit",
+    // The operator's read models, which the gateway's console renders as the CLI does.
+    "proxflow-view",
 ];
 
 #[test]

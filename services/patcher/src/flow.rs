@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use proxflow_runtime::kv::{self, Change};
 use proxflow_runtime::workflow::{Ending, Halt, Run, StepError, Workflow};
 use proxflow_schemas::patch::{
-    Decision, NodeReport, PatchEventKind, PatchPlan, PatchRunInput, TargetKind, Verdict,
+    Awaiting, Decision, NodeReport, PatchEventKind, PatchPlan, PatchRunInput, TargetKind, Verdict,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -60,7 +60,7 @@ pub fn decision_signal(round: u32) -> String {
 }
 
 impl Workflow for PatchRun {
-    const KIND: &'static str = "patch_run";
+    const KIND: &'static str = crate::KIND;
     type Input = PatchRunInput;
     type Output = RunReport;
     type Undo = ();
@@ -236,9 +236,20 @@ impl Workflow for PatchRun {
                 .await?;
             let expires_at = asked.expires;
             deadline = Some(expires_at);
+            let requested_at = wf
+                .record()
+                .steps
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.finished_at);
             wf.note(
                 "awaiting",
-                json!({"signal": decision_signal(round), "approval_hash": approval_hash, "expires_at": expires_at}),
+                Awaiting {
+                    signal: decision_signal(round),
+                    approval_hash: approval_hash.clone(),
+                    requested_at,
+                    expires_at,
+                },
             );
             let decision: Option<Decision> = wf
                 .signal(&decision_signal(round), Some(asked.until))

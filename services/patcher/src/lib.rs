@@ -42,9 +42,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::PatchConfig;
 pub use flow::{RunReport, decision_signal};
-
 /// The workflow kind of a patch run.
-pub const KIND: &str = "patch_run";
+pub use proxflow_schemas::patch::KIND;
 
 /// Why the patcher stopped.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,9 @@
 //! then, or on a failure retrying cannot fix, the VMID's compensation runs: the VM is stopped and
 //! destroyed, its scrape target removed and its reservation released. However the workflow ends,
 //! its profile's slot is freed, its name and address claims are settled with the VMID (or released)
-//! and `pf.evt.vm.provisioned` / `provision_failed` announces it.
+//! and `pf.evt.vm.provisioned` / `provision_failed` announces it. A provision naming a profile this
+//! provisioner's configuration lacks is not run at all: it is parked as it is, its advance
+//! dead-lettered, until the configuration is fixed and the dead letter replayed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use proxflow_pve::PveClient;
 use proxflow_runtime::admission::{Admissions, Caps, Decision};
 use proxflow_runtime::bus::Publisher;
 use proxflow_runtime::clock::SharedClock;
-use proxflow_runtime::workflow::{Ending, Halt, Run, StepError, Workflow};
+use proxflow_runtime::workflow::{Ending, Halt, Run, StepError, Unrunnable, Workflow};
 use proxflow_schemas::names::key;
 use proxflow_schemas::provision::{ProvisionOutcome, ProvisionRequested};
 use serde::{Deserialize, Serialize};
@@ -110,6 +112,13 @@ impl Workflow for Provision {
 
     fn max_attempts(&self) -> u32 {
         self.config.consumer.max_deliver
+    }
+
+    /// A profile this provisioner's configuration lacks (the gateway's has it: one service's file
+    /// was updated, the other's not yet) parks the provision instead of failing it: the request is
+    /// sound, this deployment is not; fixed and replayed, it runs.
+    fn accepts(&self, req: &ProvisionRequested) -> Result<(), Unrunnable> {
+        self.profile(&req.profile).map(drop).map_err(Unrunnable)
     }
 
     async fn run(&self, wf: &mut Run<Self>, req: ProvisionRequested) -> Result<Provisioned, Halt> {
@@ -202,13 +211,8 @@ impl Provision {
         req: ProvisionRequested,
     ) -> Result<Provisioned, Halt> {
         let id = wf.id().to_string();
-        let profile = self.config.profiles.get(&req.profile).ok_or_else(|| {
-            StepError::terminal(format!(
-                "unknown profile '{}' (known: {})",
-                req.profile,
-                self.config.profiles.names().join(", ")
-            ))
-        })?;
+        // `accepts` let it through, so the profile is there.
+        let profile = self.profile(&req.profile).map_err(StepError::terminal)?;
         let shape = profile.shape(&req.overrides).map_err(|errors| {
             StepError::terminal(
                 errors
@@ -308,6 +312,17 @@ impl Provision {
             .await?;
         tracing::info!(vmid, %ip, %target, "provisioned");
         Ok(Provisioned { vmid, ip })
+    }
+
+    /// Profile `name` of this provisioner's configuration; the error names the ones it has.
+    fn profile(&self, name: &str) -> Result<&proxflow_platform::Profile, String> {
+        self.config.profiles.get(name).ok_or_else(|| {
+            format!(
+                "unknown profile '{name}' (known: {}): [provision.profiles] of this provisioner \
+                 lacks it",
+                self.config.profiles.names().join(", ")
+            )
+        })
     }
 
     /// The profile's caps: `max_concurrent` running, `max_per_hour` started. A refusal ends the

@@ -71,6 +71,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The workflows, newest first, from the index: id, kind, state, current step, age, last
+    /// change. Narrow with --kind, --state, --since.
+    Workflows(crate::workflows::ListArgs),
+    /// One workflow: where it stands, its origin, steps (attempts, errors), the signals it was
+    /// given and the children it started.
+    Workflow {
+        /// The workflow id.
+        id: String,
+        /// Print the record, its signals and children as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The patch runs waiting for a decision: what each plan holds and the command that approves
+    /// it.
+    Approvals {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What consumers gave up on, newest first (`replay <seq>` publishes one's original again,
+    /// once).
+    Deadletters(crate::deadletters::DeadLettersArgs),
     /// Capacity tools: the monthly capacity review.
     Capacity {
         #[command(subcommand)]
@@ -190,6 +212,10 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
         Command::Status { json } => crate::status::run(&settings, json).await,
         Command::Schedule { json } => crate::schedule::run(&settings, json).await,
         Command::Capacity { command } => crate::capacity::run(&settings, command).await,
+        Command::Workflows(args) => crate::workflows::list(&settings, args).await,
+        Command::Workflow { id, json } => crate::workflows::show(&settings, &id, json).await,
+        Command::Approvals { json } => crate::approvals::run(&settings, json).await,
+        Command::Deadletters(args) => crate::deadletters::run(&settings, args).await,
         Command::Trace { id, json } => trace::run(&settings.nats, &id, json).await,
         Command::Remediations { since, limit, json } => {
             crate::remediations::run(&settings.nats, since, limit, json).await

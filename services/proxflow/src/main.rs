@@ -14,19 +14,25 @@
 //! - `provision`: `proxflow provision`, a signed provisioning request to the gateway.
 //! - `trace`: `proxflow trace`, a workflow's trace read back from the bus.
 //! - `remediations`: `proxflow remediations`, the remediation audit trail.
+//! - `workflows`, `approvals`, `deadletters`: `proxflow workflows|workflow <id>`, `proxflow
+//!   approvals`, `proxflow deadletters [replay <seq>]`, the operator's read models
+//!   (`proxflow-view`) as tables or JSON; `listing`: the tables, times and `--since` they share.
 //! - `lifecycle`: `proxflow export`, `proxflow drill`, the lifecycle jobs' operator side.
 //! - `health`: `proxflow health check|scrub`, a disk and pool health check or scrub run now.
 //! - `schedule`: `proxflow schedule`, every scheduled job with its last and next run.
 //! - `capacity`: `proxflow capacity review`, the capacity review of a window.
 //! - `nats_accounts`: `proxflow nats-accounts`, the NATS users' permissions generated from the names.
 
+mod approvals;
 mod capacity;
 mod cli;
 mod compose;
+mod deadletters;
 mod dev;
 mod expectations;
 mod health;
 mod lifecycle;
+mod listing;
 mod nats_accounts;
 mod patch;
 mod provision;
@@ -37,6 +43,7 @@ mod settings;
 mod sim;
 mod status;
 mod trace;
+mod workflows;
 
 use std::process::ExitCode;
 

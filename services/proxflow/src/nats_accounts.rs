@@ -430,7 +430,10 @@ pub fn render() -> Result<String, UndeclaredUser> {
         &mut out,
         "      ",
         "Declares the whole topology (proxflow serve runs declare at start with this user in\n\
-         single-process installs; in split installs run `proxflow serve` once as admin first).",
+         single-process installs; in split installs run `proxflow serve` once as admin first).\n\
+         The operator's CLI runs as admin too: `proxflow deadletters replay` publishes a dead\n\
+         letter's original on its own subject (ingest, command or event) and claims the replay in\n\
+         pf_replays, which no service user may.",
     );
     let _ = writeln!(
         out,

@@ -154,13 +154,13 @@ fn render(v: &Overview) -> String {
     }
     for a in &v.approvals {
         out.push_str(&format!(
-            "  {}  plan {}  closes {}\n",
-            a.run_id,
+            "  {}  plan {}  {} targets ({} major)  closes {}\n    {}\n",
+            a.run,
             a.plan_hash.get(..12).unwrap_or(&a.plan_hash),
-            a.expires_at.map_or_else(
-                || "never".to_owned(),
-                |at| at.format("%Y-%m-%d %H:%M UTC").to_string()
-            )
+            a.targets.len(),
+            a.targets.iter().filter(|t| t.major).count(),
+            a.expires_at.format("%Y-%m-%d %H:%M UTC"),
+            a.approve
         ));
     }
     out.push_str("\nRUNNING WORKFLOWS\n");

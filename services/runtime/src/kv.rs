@@ -1,5 +1,5 @@
 //! Compare-and-set on one KV key, the one way every shared record here changes (workflow records,
-//! admission ledgers, breakers, guards).
+//! admission ledgers, breakers, guards); and listing the keys under a pattern ([`latest`]).
 //!
 //! A change reads the value with its revision, applies a pure function and writes back only if
 //! nobody wrote in between. A conflict is *contention*, not failure: it is retried here, inside the
@@ -9,9 +9,12 @@
 //! `proxflow_kv_cas_conflicts_total{bucket}` and `proxflow_kv_cas_exhausted_total{bucket}`.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::kv;
 use bytes::Bytes;
+use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -150,6 +153,91 @@ pub async fn read<T: DeserializeOwned>(store: &kv::Store, key: &str) -> Result<R
             revision: None,
         }),
     }
+}
+
+/// Why the keys under a pattern could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// The consumer could not be created or read from.
+    #[error("listing {filter} in {bucket}: {source}")]
+    Api {
+        /// The bucket.
+        bucket: String,
+        /// The key pattern.
+        filter: String,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The server stopped delivering before the last key.
+    #[error(
+        "listing {filter} in {bucket}: nothing within {wait:?} although {left} more were pending"
+    )]
+    Stalled {
+        /// The bucket.
+        bucket: String,
+        /// The key pattern.
+        filter: String,
+        /// How long it waited.
+        wait: Duration,
+        /// Keys still to come.
+        left: u64,
+    },
+}
+
+/// How long [`latest`] waits for the next key before giving up.
+const LIST_STALL: Duration = Duration::from_secs(5);
+
+/// Every key matching `filter` (a key pattern: `idx.provision.>`, `sig.w-1.*`) with its value as it
+/// stands, deleted keys left out, in no particular order. One ordered consumer delivers the last
+/// revision of each key: a listing costs one pass over the keys, never a read per key.
+pub async fn latest(store: &kv::Store, filter: &str) -> Result<Vec<(String, Bytes)>, ListError> {
+    let api = |e: Box<dyn std::error::Error + Send + Sync>| ListError::Api {
+        bucket: store.name.clone(),
+        filter: filter.to_owned(),
+        source: e,
+    };
+    let consumer = store
+        .stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("{}{filter}", store.prefix),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| api(e.into()))?;
+    let mut left = consumer.cached_info().num_pending;
+    let mut entries = Vec::new();
+    if left == 0 {
+        return Ok(entries);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| api(e.into()))?;
+    while left > 0 {
+        let message = match tokio::time::timeout(LIST_STALL, messages.next()).await {
+            Ok(Some(m)) => m.map_err(|e| api(e.into()))?,
+            Ok(None) | Err(_) => {
+                return Err(ListError::Stalled {
+                    bucket: store.name.clone(),
+                    filter: filter.to_owned(),
+                    wait: LIST_STALL,
+                    left,
+                });
+            }
+        };
+        left = message.info().map(|i| i.pending).unwrap_or(0);
+        let deleted = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+        if deleted || message.payload.is_empty() {
+            continue;
+        }
+        if let Some(key) = message.subject.as_str().strip_prefix(&store.prefix) {
+            entries.push((key.to_owned(), message.payload.clone()));
+        }
+    }
+    Ok(entries)
 }
 
 /// The outcome of one write attempt.

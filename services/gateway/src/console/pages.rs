@@ -239,10 +239,17 @@ pub(crate) fn overview(session: &Session, view: &Overview) -> String {
                     table {
                         tr { th { "run" } th { "plan" } th { "closes" } }
                         @for a in &view.approvals {
-                            tr data-run=(a.run_id) {
-                                td { a href={"/ui/workflows/" (a.run_id)} { (a.run_id) } }
-                                td.mono { (a.plan_hash.get(..12).unwrap_or(&a.plan_hash)) }
-                                td { @if let Some(at) = a.expires_at { (until(now, at)) } @else { "never" } }
+                            tr data-run=(a.run) {
+                                td { a href={"/ui/workflows/" (a.run)} { (a.run) } }
+                                td {
+                                    span.mono { (a.plan_hash.get(..12).unwrap_or(&a.plan_hash)) }
+                                    div.mute {
+                                        (a.targets.len()) " targets"
+                                        @let majors = a.targets.iter().filter(|t| t.major).count();
+                                        @if majors > 0 { ", " span.bad { (majors) " major" } }
+                                    }
+                                }
+                                td { (until(now, a.expires_at)) }
                             }
                         }
                     }

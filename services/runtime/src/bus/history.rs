@@ -25,6 +25,15 @@ pub enum HistoryError {
     Stalled(String, Duration),
 }
 
+/// A message read back with its place in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sequenced<T> {
+    /// Its sequence in the stream: where to find it again.
+    pub sequence: u64,
+    /// The decoded message.
+    pub message: T,
+}
+
 /// Hands every message on `subject` in `stream` published at or after `since` to `visit`, oldest
 /// first, without keeping them: a month of capacity samples is folded, never held. Returns how many
 /// were visited; undecodable ones are skipped (and logged) as in [`since`].
@@ -41,7 +50,10 @@ pub async fn each<T: DeserializeOwned>(
     .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let stream = open(js, stream, subject).await?;
     let consumer = ordered(&stream, subject, DeliverPolicy::ByStartTime { start_time }).await?;
-    drain(consumer, subject, |item, _| visit(item)).await
+    drain(consumer, subject, |item: Sequenced<T>, _| {
+        visit(item.message)
+    })
+    .await
 }
 
 /// Up to the `limit` newest messages on `subject` in `stream` published at or after `since`,
@@ -57,6 +69,18 @@ pub async fn since<T: DeserializeOwned>(
     since: DateTime<Utc>,
     limit: usize,
 ) -> Result<Vec<T>, HistoryError> {
+    let found = since_sequenced(js, stream, subject, since, limit).await?;
+    Ok(found.into_iter().map(|s| s.message).collect())
+}
+
+/// [`since`], each message with its stream sequence.
+pub async fn since_sequenced<T: DeserializeOwned>(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    since: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<Sequenced<T>>, HistoryError> {
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -86,7 +110,7 @@ pub async fn since<T: DeserializeOwned>(
     )
     .await?;
     let mut out = std::collections::VecDeque::new();
-    drain(consumer, subject, |item: T, published| {
+    drain(consumer, subject, |item: Sequenced<T>, published| {
         if published >= since {
             out.push_back(item);
             if out.len() > limit {
@@ -169,7 +193,7 @@ async fn ordered(
 async fn drain<T: DeserializeOwned>(
     consumer: jetstream::consumer::Consumer<OrderedConfig>,
     subject: &str,
-    mut visit: impl FnMut(T, DateTime<Utc>),
+    mut visit: impl FnMut(Sequenced<T>, DateTime<Utc>),
 ) -> Result<u64, HistoryError> {
     let api = |e: &dyn std::fmt::Display| api_error(subject, e);
     let mut pending = consumer.cached_info().num_pending;
@@ -184,7 +208,10 @@ async fn drain<T: DeserializeOwned>(
             Ok(Some(m)) => m.map_err(|e| api(&e))?,
             Ok(None) | Err(_) => return Err(HistoryError::Stalled(subject.to_string(), wait)),
         };
-        pending = message.info().map(|i| i.pending).unwrap_or(0);
+        let (left, sequence) = message
+            .info()
+            .map_or((0, 0), |i| (i.pending, i.stream_sequence));
+        pending = left;
         match serde_json::from_slice::<T>(&message.payload) {
             Ok(item) => {
                 let published = message.info().map_or_else(
@@ -195,7 +222,13 @@ async fn drain<T: DeserializeOwned>(
                         )
                     },
                 );
-                visit(item, published);
+                visit(
+                    Sequenced {
+                        sequence,
+                        message: item,
+                    },
+                    published,
+                );
                 visited += 1;
             }
             Err(e) => tracing::warn!(subject, error = %e, "skipping an undecodable event"),

@@ -118,6 +118,35 @@ impl Publisher {
             .await
     }
 
+    /// Publishes a message as it was published once (a dead letter's original, replayed by an
+    /// operator): `headers` and `payload` as given, and waits for the stream's acknowledgement,
+    /// retrying as [`Publisher::publish`] does. `headers` must carry the `Nats-Msg-Id` to
+    /// deduplicate by; the caller derives it, because the stream drops a repeat of the original's
+    /// id within its duplicate window (the receipt then says `duplicate`).
+    pub async fn republish(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: bytes::Bytes,
+    ) -> Result<Receipt, PublishError> {
+        let id = headers
+            .get(super::MSG_ID)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        if id.is_empty() || id.contains(['\r', '\n']) {
+            return Err(PublishError::InvalidDedupeId(id));
+        }
+        let span = tracing::debug_span!(
+            "republish",
+            otel.name = %format_args!("{subject} republish"),
+            otel.kind = "producer",
+            messaging.message.id = %id,
+        );
+        self.send(subject, || headers.clone(), payload)
+            .instrument(span)
+            .await
+    }
+
     async fn send(
         &self,
         subject: String,

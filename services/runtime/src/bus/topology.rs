@@ -19,6 +19,8 @@ use crate::config::ConsumerConfig;
 use crate::nats_server::{self, INSTALL_HINT};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
+/// How long the event stream keeps events (the audit log, dead letters included).
+const EVENT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Why the topology could not be declared.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +162,7 @@ pub fn streams() -> Vec<StreamSpec> {
             subjects: vec![subject::EVT_ALL.into()],
             // Events are the audit log: kept by age, not by interest.
             retention: RetentionPolicy::Limits,
-            max_age: 90 * DAY,
+            max_age: EVENT_RETENTION,
             max_bytes: 5 << 30,
             duplicate_window: Duration::from_secs(120),
         },
@@ -227,6 +229,13 @@ pub fn buckets() -> Vec<BucketSpec> {
             description: "capacity detector state per metric (CAS)",
             history: 1,
             max_age: Duration::ZERO,
+        },
+        BucketSpec {
+            name: bucket::REPLAYS,
+            description: "dead letters replayed, each claimed with create (one replay per letter)",
+            history: 1,
+            // As long as the letters themselves.
+            max_age: EVENT_RETENTION,
         },
         BucketSpec {
             name: bucket::WEBHOOK_IDS,

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proxflow_schemas::events::DeadLetter;
+use proxflow_schemas::events::{DeadLetter, DeadLetterReason};
 use proxflow_schemas::workflow::{StepState, WorkflowAdvance, WorkflowRecord, WorkflowState};
 use serde_json::json;
 
@@ -56,7 +56,7 @@ async fn drive<W: Workflow>(
     mut record: WorkflowRecord,
     revision: u64,
 ) -> Result<(), Halt> {
-    let indexed = record.state;
+    let indexed = index::Line::of(&record);
     if record.state != WorkflowState::Waiting {
         record.wait = None;
     }
@@ -72,10 +72,6 @@ async fn drive<W: Workflow>(
     if run.record.state == WorkflowState::Compensating {
         return compensate(definition, &mut run, None).await;
     }
-    if run.record.state == WorkflowState::Pending {
-        start(&mut run.record);
-        run.save().await?;
-    }
     let input: W::Input = match input_of::<W>(&run.record) {
         Ok(i) => i,
         Err(e) => {
@@ -90,6 +86,12 @@ async fn drive<W: Workflow>(
             .await;
         }
     };
+    // Before anything is recorded: a workflow this process cannot run stays exactly as it was.
+    definition.accepts(&input)?;
+    if run.record.state == WorkflowState::Pending {
+        start(&mut run.record);
+        run.save().await?;
+    }
     match definition.run(&mut run, input).await {
         Ok(output) => {
             end(
@@ -324,6 +326,10 @@ impl Advance {
         .await;
         match result {
             Ok(()) | Err(Halt::Suspended) => Outcome::Ack,
+            Err(Halt::Unrunnable(why)) => Outcome::poison(format!(
+                "{why}; workflow {id} is parked as it was: fix the configuration, restart the \
+                 service, then replay this dead letter"
+            )),
             Err(Halt::Step(e)) => Outcome::retry(e.to_string()),
             Err(Halt::Engine(e)) => Outcome::retry(e.to_string()),
         }
@@ -333,6 +339,9 @@ impl Advance {
 /// Advances of one kind its advance consumer gave up on (`pf.evt.deadletter.workflow-<kind>`): the
 /// workflow could not be moved on through every retry, so it is compensated and ends `failed` with
 /// the dead letter's reason, instead of showing `running` for ever and holding what it claimed.
+/// A poisoned advance is not one it gave up on: the workflow was parked on purpose (this process
+/// cannot run it, [`Workflow::accepts`], or its record is missing or unreadable) and waits for an
+/// operator's replay, so it is left as it is.
 pub(crate) struct GivenUp {
     pub(crate) inner: Arc<Inner>,
 }
@@ -340,6 +349,9 @@ pub(crate) struct GivenUp {
 impl Handler<DeadLetter> for GivenUp {
     async fn handle(&self, delivery: Delivery<DeadLetter>) -> Outcome {
         let letter = delivery.message;
+        if letter.reason == DeadLetterReason::Poison {
+            return Outcome::Ack;
+        }
         let advance: WorkflowAdvance = match serde_json::from_str(&letter.payload) {
             Ok(a) => a,
             Err(e) => {

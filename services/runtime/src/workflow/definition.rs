@@ -29,6 +29,16 @@ pub trait Workflow: Send + Sync + Sized + 'static {
     /// join runs for minutes), and so a crash inside a step counts as one of its attempts.
     const RECORD_STARTS: bool = false;
 
+    /// Whether this process can run a workflow of `input` at all with its configuration (a
+    /// provision naming a profile this provisioner does not have). A refusal parks the workflow as
+    /// it is: nothing is recorded or compensated, its advance is dead-lettered as poison with the
+    /// reason, and once the configuration is fixed a replay of that dead letter (`proxflow
+    /// deadletters replay <seq>`) runs it. Asked before every advance but a compensation's.
+    fn accepts(&self, input: &Self::Input) -> Result<(), Unrunnable> {
+        let _ = input;
+        Ok(())
+    }
+
     /// Attempts a step may take: a transient failure on the last one is terminal (the workflow
     /// compensates) instead of being retried again.
     fn max_attempts(&self) -> u32 {
@@ -128,6 +138,12 @@ impl StepError {
     }
 }
 
+/// Why this process cannot run a workflow at all ([`Workflow::accepts`]): what its configuration
+/// lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unrunnable(pub String);
+
 /// Why `run` stopped before returning its output. Steps and waits return it; `?` passes it up.
 #[derive(Debug, thiserror::Error)]
 pub enum Halt {
@@ -137,6 +153,9 @@ pub enum Halt {
     /// A step failed (see the error's kind).
     #[error(transparent)]
     Step(#[from] StepError),
+    /// This process cannot run the workflow ([`Workflow::accepts`]): it is parked, untouched.
+    #[error(transparent)]
+    Unrunnable(#[from] Unrunnable),
     /// The engine could not record progress (KV unavailable, the record changed under its owner);
     /// the advance is tried again.
     #[error(transparent)]

@@ -19,7 +19,7 @@ use super::advance::{Advance, Definition, Driver, GivenUp};
 use super::definition::Workflow;
 use super::index;
 use super::waker::waker;
-use super::{EngineError, SignalError, WorkflowStore, signal_key};
+use super::{EngineError, SignalError, WorkflowStore, signal_key, signal_prefix};
 use crate::ServiceContext;
 use crate::bus::topology::ConsumerSpec;
 use crate::bus::{ConsumerLoop, Publisher};
@@ -222,7 +222,56 @@ impl Engine {
         state: WorkflowState,
         since: Option<DateTime<Utc>>,
     ) -> Result<Vec<IndexEntry>, EngineError> {
-        index::list(&self.inner.kv, kind, state, since).await
+        self.search(Some(kind), Some(state), since).await
+    }
+
+    /// Workflows of `kind` in `state`, either `None` for any, created at or after `since`, newest
+    /// first, from the index: one pass over the matching index lines, whatever the number of
+    /// workflows, and no record read.
+    pub async fn search(
+        &self,
+        kind: Option<&str>,
+        state: Option<WorkflowState>,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<IndexEntry>, EngineError> {
+        index::search(&self.inner.kv, kind, state, since).await
+    }
+
+    /// The signals given to `record`'s workflow, by name, oldest first: who sent each, when, and
+    /// what (an approver's decision, another service's outcome). Signals stay stored after the
+    /// workflow read them, so this is its record of who decided.
+    pub async fn signals(
+        &self,
+        record: &WorkflowRecord,
+    ) -> Result<Vec<(String, SignalRecord)>, EngineError> {
+        let prefix = signal_prefix(&record.id);
+        let stored = cas::latest(&self.inner.kv, &format!("{prefix}*")).await?;
+        // A name that is not a key-safe token (`decision.0`) is hashed in its key: the names the
+        // record knows (its steps, its wait) name them back.
+        let waited = match &record.wait {
+            Some(Wait::Signal { name, .. }) => Some(name.as_str()),
+            _ => None,
+        };
+        let known: BTreeMap<String, &str> = record
+            .steps
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(waited)
+            .map(|name| (signal_key(&record.id, name), name))
+            .collect();
+        let mut signals: Vec<(String, SignalRecord)> = stored
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let signal = serde_json::from_slice::<SignalRecord>(&value).ok()?;
+                let name = known.get(&key).map_or_else(
+                    || key.strip_prefix(&prefix).unwrap_or(&key).to_owned(),
+                    |n| (*n).to_owned(),
+                );
+                Some((name, signal))
+            })
+            .collect();
+        signals.sort_by_key(|(_, s)| s.at);
+        Ok(signals)
     }
 
     /// Starts the advance consumer of every registered kind and the waker as tasks of the
@@ -349,21 +398,22 @@ impl Inner {
         Ok(cas::read(&self.kv, &signal_key(id, name)).await?.value)
     }
 
-    /// Writes `record` over `revision` and keeps the index in step (`indexed` is the state the
-    /// index holds, updated here). The owner is the only writer, so a conflict means someone else
-    /// advanced the workflow and this advance must stop.
+    /// Writes `record` over `revision` and keeps the index in step (`indexed` is what the index
+    /// holds, updated here): its line is written again when its state, current step or wake time
+    /// changed. The owner is the only writer, so a conflict means someone else advanced the
+    /// workflow and this advance must stop.
     pub(crate) async fn write(
         &self,
         record: &mut WorkflowRecord,
         revision: u64,
-        indexed: &mut WorkflowState,
+        indexed: &mut index::Line,
     ) -> Result<u64, EngineError> {
         record.updated_at = self.clock.now();
         let next = self.store.replace(record, revision).await?;
-        // A waiting workflow is re-indexed on every write: its wake time may have changed.
-        if *indexed != record.state || record.state == WorkflowState::Waiting {
-            index::put(&self.kv, record, Some(*indexed)).await?;
-            *indexed = record.state;
+        let line = index::Line::of(record);
+        if *indexed != line {
+            index::put(&self.kv, record, Some(indexed.state)).await?;
+            *indexed = line;
         }
         Ok(next)
     }

@@ -1,16 +1,18 @@
 //! The workflow index: one small key per workflow, `idx.<kind>.<state>.<id>`, in the workflow
-//! bucket, so the engine's waker, the CLI and the console list workflows by kind and state with a
-//! subject filter instead of reading every record. Written only by the record's owner, after the
-//! record: a crash in between leaves the index one state behind, which the next write repairs.
+//! bucket, so the engine's waker, the CLI and the console list workflows by kind and state (or all
+//! of them, newest first) with a subject filter instead of reading every record. Written only by
+//! the record's owner, after the record: a crash in between leaves the index one state behind,
+//! which the next write repairs (until then a listing of every state shows the newer line).
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use std::collections::HashMap;
+
 use async_nats::jetstream::kv::Store;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use proxflow_schemas::names::key::key_part;
 use proxflow_schemas::workflow::{IndexEntry, WorkflowRecord, WorkflowState};
 
 use super::EngineError;
+use crate::kv;
 
 /// The snake-case name of a state, as in the records' JSON.
 pub fn state_name(state: WorkflowState) -> &'static str {
@@ -25,9 +27,33 @@ pub fn state_name(state: WorkflowState) -> &'static str {
     }
 }
 
-/// The KV key filter of the lines of `kind` in `state`.
-pub(crate) fn filter(kind: &str, state: WorkflowState) -> String {
-    format!("idx.{}.{}.>", key_part(kind), state_name(state))
+/// The KV key filter of the lines of `kind` in `state`; either `None` for any.
+pub(crate) fn filter(kind: Option<&str>, state: Option<WorkflowState>) -> String {
+    format!(
+        "idx.{}.{}.>",
+        kind.map_or_else(|| "*".to_owned(), key_part),
+        state.map_or("*", state_name)
+    )
+}
+
+/// What a workflow's line says besides its times; the line is written again only when this
+/// changes (a step ends, a wait begins), not on every write of the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Line {
+    pub(crate) state: WorkflowState,
+    step: Option<String>,
+    wake_at: Option<DateTime<Utc>>,
+}
+
+impl Line {
+    /// The line `record` is due to have.
+    pub(crate) fn of(record: &WorkflowRecord) -> Self {
+        Self {
+            state: record.state,
+            step: record.current_step().map(str::to_owned),
+            wake_at: record.wait.as_ref().and_then(|w| w.wake_at()),
+        }
+    }
 }
 
 fn key(kind: &str, state: WorkflowState, id: &str) -> String {
@@ -45,13 +71,19 @@ pub(crate) async fn put(
     record: &WorkflowRecord,
     before: Option<WorkflowState>,
 ) -> Result<(), EngineError> {
+    let Line {
+        state,
+        step,
+        wake_at,
+    } = Line::of(record);
     let entry = IndexEntry {
         id: record.id.clone(),
         kind: record.kind.clone(),
-        state: record.state,
+        state,
         created_at: record.created_at,
         updated_at: record.updated_at,
-        wake_at: record.wait.as_ref().and_then(|w| w.wake_at()),
+        step,
+        wake_at,
     };
     let value = serde_json::to_vec(&entry).map_err(|e| EngineError::Encode {
         id: record.id.clone(),
@@ -93,51 +125,30 @@ pub(crate) async fn settle(kv: &Store, record: &WorkflowRecord) -> Result<(), En
     Ok(())
 }
 
-/// The index lines of `kind` in `state`, created at or after `since`, newest first.
-pub(crate) async fn list(
-    kv: &Store,
-    kind: &str,
-    state: WorkflowState,
+/// The index lines of `kind` in `state` (either `None` for any) created at or after `since`,
+/// newest first: one pass over the matching lines, no record read.
+pub(crate) async fn search(
+    store: &Store,
+    kind: Option<&str>,
+    state: Option<WorkflowState>,
     since: Option<DateTime<Utc>>,
 ) -> Result<Vec<IndexEntry>, EngineError> {
-    let err = |e: &dyn std::fmt::Display| EngineError::Index(e.to_string());
-    let filter = format!("{}{}", kv.prefix, filter(kind, state));
-    let consumer = kv
-        .stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: filter,
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| err(&e))?;
-    let pending = consumer.cached_info().num_pending;
-    let mut entries = Vec::new();
-    if pending == 0 {
-        return Ok(entries);
-    }
-    let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
-    let mut seen = 0;
-    while seen < pending {
-        let Some(message) = messages.next().await else {
-            break;
-        };
-        let message = message.map_err(|e| err(&e))?;
-        seen += 1;
-        let deleted = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("KV-Operation"))
-            .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
-        if deleted || message.payload.is_empty() {
-            continue;
-        }
-        if let Ok(entry) = serde_json::from_slice::<IndexEntry>(&message.payload)
-            && since.is_none_or(|s| entry.created_at >= s)
-        {
-            entries.push(entry);
+    let lines = kv::latest(store, &filter(kind, state)).await?;
+    // A line a crash left under an older state is shadowed by the newer one.
+    let mut newest: HashMap<String, IndexEntry> = HashMap::new();
+    for entry in lines
+        .iter()
+        .filter_map(|(_, value)| serde_json::from_slice::<IndexEntry>(value).ok())
+        .filter(|e| since.is_none_or(|s| e.created_at >= s))
+    {
+        match newest.get(&entry.id) {
+            Some(seen) if seen.updated_at >= entry.updated_at => {}
+            _ => {
+                newest.insert(entry.id.clone(), entry);
+            }
         }
     }
-    entries.sort_by_key(|e| std::cmp::Reverse(e.created_at));
+    let mut entries: Vec<IndexEntry> = newest.into_values().collect();
+    entries.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
     Ok(entries)
 }

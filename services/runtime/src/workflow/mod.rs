@@ -10,7 +10,8 @@
 //! ([`Run::signal`], given with [`Engine::signal`]: approvals, another service's outcome) and a
 //! child workflow ([`Run::child`]). Exactly one component creates a record ([`Engine::start`]) and
 //! exactly one advances it (the kind's advance consumer, holding the workflow's lease); everyone
-//! else reads. Workflows are listed by kind, state and age from an index ([`Engine::list`]).
+//! else reads. Workflows are listed by kind, state and age from an index ([`Engine::list`], and
+//! across kinds and states with [`Engine::search`]).
 //!
 //! ```ignore
 //! struct Restart;
@@ -50,7 +51,7 @@ mod run;
 pub mod scheduled;
 mod waker;
 
-pub use definition::{Ending, ErrorKind, Halt, StepError, Workflow};
+pub use definition::{Ending, ErrorKind, Halt, StepError, Unrunnable, Workflow};
 pub use engine::Engine;
 pub use index::state_name;
 pub use run::{ChildOutcome, Run};
@@ -70,9 +71,12 @@ pub enum EngineError {
     /// A signal or index key could not be read or written.
     #[error(transparent)]
     Kv(CasError),
-    /// The index could not be written or listed.
+    /// The index could not be written.
     #[error("workflow index: {0}")]
     Index(String),
+    /// The index or the signals could not be listed.
+    #[error(transparent)]
+    List(#[from] crate::kv::ListError),
     /// An advance could not be published.
     #[error("advancing the workflow: {0}")]
     Publish(#[from] crate::bus::PublishError),
@@ -143,9 +147,14 @@ pub fn child_id(parent: &str, name: &str) -> String {
     format!("{parent}-{}", key_part(name))
 }
 
+/// The KV key prefix of the signals of workflow `id`.
+fn signal_prefix(id: &str) -> String {
+    format!("sig.{}.", key_part(id))
+}
+
 /// The KV key where signal `name` for workflow `id` waits to be read.
 fn signal_key(id: &str, name: &str) -> String {
-    format!("sig.{}.{}", key_part(id), key_part(name))
+    format!("{}{}", signal_prefix(id), key_part(name))
 }
 
 /// Why a workflow record could not be read or written.

@@ -22,8 +22,8 @@ pub struct Run<W: Workflow> {
     pub(super) inner: Arc<Inner>,
     pub(super) record: WorkflowRecord,
     pub(super) revision: u64,
-    /// The state the index holds for this workflow.
-    pub(super) indexed: WorkflowState,
+    /// What the index holds for this workflow.
+    pub(super) indexed: super::index::Line,
     /// [`Workflow::max_attempts`] of the definition.
     pub(super) max_attempts: u32,
     pub(super) _definition: PhantomData<fn() -> W>,

@@ -40,7 +40,10 @@ pub(crate) async fn waker(
     ];
     let filters: Vec<String> = kinds
         .iter()
-        .flat_map(|kind| live.iter().map(move |state| index::filter(kind, *state)))
+        .flat_map(|kind| {
+            live.iter()
+                .map(move |state| index::filter(Some(kind), Some(*state)))
+        })
         .collect();
     let mut lines: HashMap<String, IndexEntry> = HashMap::new();
     // What was last sent per workflow, so a due workflow is woken once, not on every tick.
