@@ -104,6 +104,13 @@ async fn nothing_older_than_since_is_returned_even_when_fewer_than_the_limit_are
         newer.iter().map(|i| i.n).collect::<Vec<_>>(),
         (50..55).collect::<Vec<_>>()
     );
+    let fresh = TestNats::start().expect("nats-server");
+    let empty = fresh.context("history-empty").await.expect("context");
+    let nothing: Vec<Item> =
+        history::since(&empty.bus.js, stream::EVT, "pf.evt.test.wanted", cut, 20)
+            .await
+            .expect("history of an empty stream");
+    assert!(nothing.is_empty());
     let none: Vec<Item> = history::since(js, stream::EVT, "pf.evt.test.missing", cut, 20)
         .await
         .expect("history of a subject nobody published on");

@@ -181,8 +181,10 @@ async fn logging_in_takes_a_configured_token_and_this_browsers_login_form() {
         .send()
         .await
         .expect("overview");
-    assert_eq!(page.status(), 200);
+    let status = page.status();
     let headers = page.headers().clone();
+    let html = page.text().await.expect("html");
+    assert_eq!(status, 200, "{html}");
     assert_eq!(headers["cache-control"], "no-store");
     assert_eq!(headers["x-frame-options"], "DENY");
     assert!(
@@ -191,7 +193,6 @@ async fn logging_in_takes_a_configured_token_and_this_browsers_login_form() {
             .expect("ascii")
             .contains("default-src 'none'")
     );
-    let html = page.text().await.expect("html");
     assert!(
         html.contains("id=\"capacity\"") || html.contains("id=\"stale\""),
         "{html}"

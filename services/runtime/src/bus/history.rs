@@ -91,10 +91,16 @@ pub async fn since_sequenced<T: DeserializeOwned>(
         .map_err(|e| api_error(subject, &e))?
         .state
         .clone();
+    if state.messages == 0 {
+        return Ok(Vec::new());
+    }
     let wanted = limit as u64;
     // Invariant: at least `wanted` messages of `subject` start at `lo` (or `lo` is the first
     // sequence), fewer than `wanted` start at `hi`.
-    let (mut lo, mut hi) = (state.first_sequence, state.last_sequence.saturating_add(1));
+    let (mut lo, mut hi) = (
+        state.first_sequence.max(1),
+        state.last_sequence.saturating_add(1),
+    );
     while hi.saturating_sub(lo) > 1 {
         let mid = lo + (hi - lo) / 2;
         if pending_from(&stream, subject, mid).await? >= wanted {
