@@ -305,6 +305,21 @@ pub struct IndexEntry {
     pub wake_at: Option<DateTime<Utc>>,
 }
 
+impl IndexEntry {
+    /// The index line `record` is due to have.
+    pub fn of(record: &WorkflowRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            kind: record.kind.clone(),
+            state: record.state,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            step: record.current_step().map(str::to_owned),
+            wake_at: record.wait.as_ref().and_then(Wait::wake_at),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

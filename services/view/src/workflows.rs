@@ -101,8 +101,9 @@ pub async fn detail(engine: &Engine, id: &str) -> Result<Option<WorkflowDetail>,
 }
 
 /// The children of `record`: a child's id is derived from its parent's and the step that started
-/// it, so the candidates come from the parent's steps (and the child it waits for now) and the
-/// index says which exist; each is confirmed by the parent its own record names.
+/// it, so the candidates come from the parent's steps (and the child it waits for now), each read
+/// directly (a handful of gets, not a scan of the index) and confirmed by the parent its own record
+/// names.
 async fn children(engine: &Engine, record: &WorkflowRecord) -> Result<Vec<IndexEntry>, ViewError> {
     let waited = match &record.wait {
         Some(Wait::Child { child, .. }) => Some(child.clone()),
@@ -118,13 +119,11 @@ async fn children(engine: &Engine, record: &WorkflowRecord) -> Result<Vec<IndexE
         return Ok(Vec::new());
     }
     let mut children = Vec::new();
-    for entry in engine.search(None, None, None).await? {
-        if !candidates.contains(&entry.id) {
-            continue;
-        }
-        let parent = engine.get(&entry.id).await?.and_then(|c| c.parent);
-        if parent.as_deref() == Some(record.id.as_str()) {
-            children.push(entry);
+    for id in &candidates {
+        if let Some(child) = engine.get(id).await?
+            && child.parent.as_deref() == Some(record.id.as_str())
+        {
+            children.push(IndexEntry::of(&child));
         }
     }
     children.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));

@@ -196,8 +196,8 @@ async fn workflow_page(
             pages::error(&session, "no such workflow"),
         );
     }
-    let record = match console.api.patch.engine.get(&id).await {
-        Ok(Some(record)) => record,
+    let detail = match workflows::detail(&console.api.patch.engine, &id).await {
+        Ok(Some(detail)) => detail,
         Ok(None) => {
             return page(
                 StatusCode::NOT_FOUND,
@@ -208,7 +208,7 @@ async fn workflow_page(
     };
     // The trace is the page's second half: a trace that cannot be read is said so, the record is
     // still shown.
-    let trace = match record.trace_id.as_deref() {
+    let trace = match detail.record.trace_id.as_deref() {
         Some(trace_id) => recorded::fetch_trace(
             &console.api.ctx.bus.js,
             trace_id,
@@ -222,7 +222,7 @@ async fn workflow_page(
     let can_decide = console.api.patch.approvers.contains(&session.name);
     page(
         StatusCode::OK,
-        pages::workflow(&session, &record, &trace, can_decide),
+        pages::workflow(&session, &detail, &trace, can_decide),
     )
 }
 

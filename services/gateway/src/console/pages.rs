@@ -9,7 +9,7 @@ use proxflow_runtime::workflow::state_name;
 use proxflow_schemas::workflow::{IndexEntry, StepState, Wait, WorkflowRecord, WorkflowState};
 use proxflow_view::overview::{Capacity, Gauge, JobResult, Overview, Standing};
 use proxflow_view::words::{ago, duration as span, name_of as word, until};
-use proxflow_view::workflows::Filter;
+use proxflow_view::workflows::{Filter, WorkflowDetail};
 
 use super::session::Session;
 use super::waterfall;
@@ -415,11 +415,12 @@ fn approval_form(session: &Session, record: &WorkflowRecord, can_decide: bool) -
 /// A workflow's detail and its trace.
 pub(crate) fn workflow(
     session: &Session,
-    record: &WorkflowRecord,
+    detail: &WorkflowDetail,
     trace: &Result<SpanTree, String>,
     can_decide: bool,
 ) -> String {
     let now = Utc::now();
+    let record = &detail.record;
     let body = html! {
         h1 { "Workflow " span.mono id="workflow-id" { (record.id) } " " (state_badge(record.state)) }
         @if let Some(e) = &record.error { div.error id="workflow-error" { (e) } }
@@ -435,6 +436,36 @@ pub(crate) fn workflow(
                     @if let Some(p) = &record.parent { tr { th { "parent" } td { a href={"/ui/workflows/" (p)} { (p) } } } }
                     @if let Some(t) = &record.trace_id { tr { th { "trace" } td.mono { (t) } } }
                     @if let Some(w) = &record.wait { tr { th { "waits" } td.mono { (serde_json::to_string(w).unwrap_or_default()) } } }
+                }
+            }
+            @if !detail.signals.is_empty() {
+                section id="signals" {
+                    h2 { "Signals" }
+                    table {
+                        tr { th { "signal" } th { "from" } th { "when" } th { "" } }
+                        @for sig in &detail.signals {
+                            tr data-signal=(sig.name) {
+                                td.mono { (sig.name) }
+                                td { (sig.sender) }
+                                td { (ago(now, sig.at)) }
+                                td.mono { (sig.payload.to_string()) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if !detail.children.is_empty() {
+                section id="children" {
+                    h2 { "Children" }
+                    table {
+                        @for c in &detail.children {
+                            tr data-id=(c.id) {
+                                td { a href={"/ui/workflows/" (c.id)} { (c.id) } }
+                                td { (c.kind) }
+                                td { (state_badge(c.state)) }
+                            }
+                        }
+                    }
                 }
             }
             section id="data" {

@@ -71,20 +71,7 @@ pub(crate) async fn put(
     record: &WorkflowRecord,
     before: Option<WorkflowState>,
 ) -> Result<(), EngineError> {
-    let Line {
-        state,
-        step,
-        wake_at,
-    } = Line::of(record);
-    let entry = IndexEntry {
-        id: record.id.clone(),
-        kind: record.kind.clone(),
-        state,
-        created_at: record.created_at,
-        updated_at: record.updated_at,
-        step,
-        wake_at,
-    };
+    let entry = IndexEntry::of(record);
     let value = serde_json::to_vec(&entry).map_err(|e| EngineError::Encode {
         id: record.id.clone(),
         source: e,
