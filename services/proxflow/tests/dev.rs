@@ -175,6 +175,29 @@ fn without_the_zfs_pools_dev_says_so_and_runs_the_rest() {
     dev.stop();
 }
 
+/// A client of the simulator dev runs, pinned to the certificate whose fingerprint it printed.
+fn sim_client(dev: &Dev) -> proxflow_pve::PveClient {
+    let words: Vec<&str> = dev.line("pve-sim").split_whitespace().collect();
+    let [url, "(fingerprint", fingerprint] = words.as_slice() else {
+        panic!("not a simulator line: {words:?}");
+    };
+    proxflow_pve::PveClient::new(&proxflow_pve::PveConfig {
+        url: url.trim_end_matches("/api2/json").to_owned(),
+        fingerprint: Some(fingerprint.trim_end_matches(')').to_owned()),
+        token_secret: proxflow_runtime::config::Secret::new(proxflow_pve_sim::DEV_TOKEN_SECRET),
+        ..proxflow_pve::PveConfig::default()
+    })
+    .expect("client")
+}
+
+/// Starts dev off the async runtime (it waits for the summary on this thread).
+async fn start(state: &std::path::Path, env: Vec<(&'static str, String)>) -> Dev {
+    let state = state.to_owned();
+    tokio::task::spawn_blocking(move || Dev::start(&state, &env))
+        .await
+        .expect("join")
+}
+
 /// Asks `probe` until it answers `Some`, for at most `limit`.
 async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
 where
@@ -203,21 +226,8 @@ async fn dev_snapshots_replicates_patches_up_to_the_approval_and_exports() {
         ("PROXFLOW_REPLICATION__INTERVAL", "1s".to_owned()),
         ("PROXFLOW_REPLICATION__RETRY_AFTER", "1s".to_owned()),
     ]);
-    let dev = {
-        let state = state.path().to_owned();
-        tokio::task::spawn_blocking(move || Dev::start(&state, &env))
-            .await
-            .expect("join")
-    };
-    let sim_line = dev.line("pve-sim").to_owned();
-    let words: Vec<&str> = sim_line.split_whitespace().collect();
-    let pve = proxflow_pve::PveClient::new(&proxflow_pve::PveConfig {
-        url: words[0].trim_end_matches("/api2/json").to_owned(),
-        fingerprint: Some(words[2].trim_end_matches(')').to_owned()),
-        token_secret: proxflow_runtime::config::Secret::new(proxflow_pve_sim::DEV_TOKEN_SECRET),
-        ..proxflow_pve::PveConfig::default()
-    })
-    .expect("client");
+    let dev = start(state.path(), env).await;
+    let pve = sim_client(&dev);
 
     // The VM policy snapshots the simulator's k3s VMs.
     let snapshot = eventually(
@@ -324,4 +334,123 @@ async fn dev_snapshots_replicates_patches_up_to_the_approval_and_exports() {
     tokio::task::spawn_blocking(move || dev.stop())
         .await
         .expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_provisions_a_vm_traces_it_and_stops_cleanly() {
+    let fx = ZfsFixture::absent("dev-provision").with_job(DEV_JOB);
+    let state = tempfile::tempdir().expect("tempdir");
+    let dev = start(state.path(), zfs_env(&fx)).await;
+    // The simulator answers over HTTPS with the certificate whose fingerprint dev printed.
+    let vms = sim_client(&dev)
+        .list_vms()
+        .await
+        .expect("the simulator answers");
+    assert!(
+        vms.iter().any(|v| v.vmid == 9000 && v.template),
+        "seed template"
+    );
+    assert!(
+        state.path().join("nats").is_dir(),
+        "JetStream data not under the state dir"
+    );
+    let gateway = dev.url("gateway");
+    let nats = dev.url("nats");
+    let http = reqwest::Client::new();
+    for probe in ["healthz", "readyz"] {
+        let answer = http
+            .get(format!("{gateway}/{probe}"))
+            .send()
+            .await
+            .expect(probe);
+        assert_eq!(answer.status(), 200, "{probe}");
+    }
+
+    // The gateway runs with the webhook secret dev printed.
+    let secret = proxflow_runtime::config::Secret::new(dev.credential(SECRET_VAR).expect("secret"));
+    let body = br#"{"name": "k3s-dev"}"#;
+    let mut post = http
+        .post(format!("{gateway}/v1/provision"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in proxflow_gateway::webhook::SignedHeaders::new(&secret, body)
+        .expect("a whsec_ secret")
+        .pairs()
+    {
+        post = post.header(name, value);
+    }
+    let accepted = post.send().await.expect("provision");
+    assert_eq!(accepted.status(), 202);
+    let accepted: serde_json::Value = accepted.json().await.expect("json");
+    let workflow_id = accepted["workflow_id"]
+        .as_str()
+        .expect("workflow id")
+        .to_owned();
+
+    // The whole pipeline runs: the workflow succeeds against the simulator.
+    let token = dev.credential(TOKEN_VAR).expect("dev token");
+    let record = eventually("the provisioning's end", Duration::from_secs(60), || {
+        let request = http
+            .get(format!("{gateway}/v1/workflows/{workflow_id}"))
+            .bearer_auth(&token);
+        async move {
+            let r: serde_json::Value = request.send().await.ok()?.json().await.ok()?;
+            matches!(
+                r["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+            .then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+
+    // And its trace can be read back with `proxflow trace`: one tree, gateway to Proxmox calls.
+    // Spans reach the bus about a second after they end (batched), so ask until the last ones are in.
+    let expected = [
+        "POST /v1/provision",
+        "provision k3s-dev",
+        "pve POST",
+        "qmclone",
+        "run sh",
+        " gateway ",
+        " orchestrator ",
+        " provisioner ",
+    ];
+    eventually("the whole trace", Duration::from_secs(30), || {
+        let (nats, id) = (nats.clone(), workflow_id.clone());
+        async move {
+            let trace = tokio::task::spawn_blocking(move || {
+                proxflow(&[("PROXFLOW_NATS_URL", nats)], &["trace", &id])
+            })
+            .await
+            .ok()?;
+            let tree = text(&trace.stdout);
+            (trace.status.success() && expected.iter().all(|e| tree.contains(e))).then_some(())
+        }
+    })
+    .await;
+    // The embedded server really carries the topology.
+    let client = async_nats::connect(nats.as_str())
+        .await
+        .expect("embedded nats");
+    async_nats::jetstream::new(client.clone())
+        .get_stream("PF_EVT")
+        .await
+        .expect("topology declared");
+    drop(client);
+
+    tokio::task::spawn_blocking(move || dev.stop())
+        .await
+        .expect("join");
+    // The nats-server child went with it.
+    let port: u16 = nats
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "embedded nats-server still listening after dev stopped"
+    );
 }

@@ -45,7 +45,7 @@ impl Dev {
         let mut child = super::cli::command()
             .arg("dev")
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-            .envs(base_env(state).into_iter())
+            .envs(base_env(state))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
