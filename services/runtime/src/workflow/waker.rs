@@ -1,4 +1,5 @@
-//! The waker: resumes due timers, expired signal waits and stale live workflows.
+//! The waker: resumes due timers, expired signal waits and stale live workflows, and keeps the
+//! live-workflow gauges ([`super::metrics`]) from the index lines it watches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::Inner;
 use super::index;
+use super::metrics::LIVE;
 
 /// How often the waker looks for due timers and expired signal waits.
 const WAKE_EVERY: Duration = Duration::from_millis(500);
@@ -32,15 +34,9 @@ pub(crate) async fn waker(
     kinds: Vec<&'static str>,
     shutdown: CancellationToken,
 ) {
-    let live = [
-        WorkflowState::Waiting,
-        WorkflowState::Running,
-        WorkflowState::Pending,
-        WorkflowState::Compensating,
-    ];
     let filters: Vec<String> = kinds
         .iter()
-        .flat_map(|kind| live.iter().map(move |state| index::filter(kind, *state)))
+        .flat_map(|kind| LIVE.iter().map(move |state| index::filter(kind, *state)))
         .collect();
     let mut lines: HashMap<String, IndexEntry> = HashMap::new();
     // What was last sent per workflow, so a due workflow is woken once, not on every tick.
@@ -77,7 +73,10 @@ pub(crate) async fn waker(
                     }
                     None => continue 'watch,
                 },
-                _ = tick.tick() => wake_due(&inner, &lines, &mut sent).await,
+                _ = tick.tick() => {
+                    inner.metrics.set_live(&kinds, lines.values());
+                    wake_due(&inner, &lines, &mut sent).await;
+                }
             }
         }
     }
