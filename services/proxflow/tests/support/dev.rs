@@ -148,9 +148,18 @@ impl Dev {
         assert!(exit.success(), "dev exited with {exit}; stderr:\n{stderr}");
     }
 
-    /// Kills it (a failing test) and returns what it wrote to stderr.
+    /// Stops it (a failing test) and returns what it wrote to stderr: SIGTERM first, so that it
+    /// stops its nats-server child too (a SIGKILL would leave that running), SIGKILL when it has
+    /// not gone within 20 s.
     fn kill(&mut self) -> String {
         if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
