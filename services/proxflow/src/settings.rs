@@ -85,11 +85,13 @@ impl Settings {
     }
 }
 
-/// `[dev]`: the embedded nats-server of `proxflow dev`.
+/// `[dev]`: `proxflow dev` — its state, the embedded nats-server, the simulator, its zfs dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevConfig {
-    /// Where `proxflow dev` keeps its state (JetStream data); relative paths are from the working directory.
+    /// Where `proxflow dev` keeps its state (JetStream data, its gateway credentials in
+    /// `dev-secrets.toml`, the export's bundles, drill reports, the simulated kubectl's nodes);
+    /// relative paths are from the working directory.
     pub state_dir: PathBuf,
     /// Client port of the embedded nats-server; 0 picks a free one.
     pub nats_port: u16,
