@@ -1,6 +1,7 @@
-//! The shipped Prometheus alert rules, checked by Prometheus's own `promtool`: the rules file
-//! parses (`promtool check rules`), and every unit test under `deploy/prometheus/tests/` passes
-//! (`promtool test rules`: e.g. PoolDegraded fires for a pool at 0 and not for one at 1).
+//! The shipped Prometheus alert rules, checked by Prometheus's own `promtool`: every rule file in
+//! `deploy/prometheus/` parses (`promtool check rules`; a file added there is checked without
+//! touching this test), and every unit test under `deploy/prometheus/tests/` passes (`promtool
+//! test rules`: e.g. PoolDegraded fires for a pool at 0 and not for one at 1).
 //!
 //! promtool comes with Debian's `prometheus` package (`deploy/dev/install-tools.sh test`); without
 //! it this test fails with that hint rather than skipping.
@@ -41,16 +42,29 @@ fn run(args: &[&str], file: &std::path::Path) {
     );
 }
 
+/// The YAML files directly in `dir`, sorted.
+fn yaml_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
 #[test]
 fn the_shipped_alert_rules_pass_promtool_and_their_unit_tests() {
     let dir = proxflow_testkit::project_dir().join("deploy/prometheus");
-    run(&["check", "rules"], &dir.join("proxflow-alerts.yml"));
-    let mut tests: Vec<PathBuf> = std::fs::read_dir(dir.join("tests"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
-        .collect();
-    tests.sort();
+    let rules = yaml_files(&dir);
+    assert!(
+        rules.iter().any(|r| r.ends_with("proxflow-alerts.yml")),
+        "{rules:?}"
+    );
+    for file in &rules {
+        run(&["check", "rules"], file);
+    }
+    let tests = yaml_files(&dir.join("tests"));
     for expected in ["health.test.yml", "lifecycle.test.yml"] {
         assert!(
             tests.iter().any(|t| t.ends_with(expected)),

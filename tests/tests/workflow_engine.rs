@@ -116,6 +116,14 @@ impl Rig {
         .await
     }
 
+    /// Waits until the process's `/metrics` text holds `line`.
+    async fn until_metrics(&self, line: &str) {
+        proxflow_e2e::eventually(line, || async {
+            self.ctx.metrics.encode().contains(line).then_some(())
+        })
+        .await
+    }
+
     async fn until_ended(&self, id: &str) -> WorkflowRecord {
         proxflow_e2e::until_ended(&self.store, id).await
     }
@@ -144,12 +152,23 @@ async fn a_workflow_waits_on_timer_signal_and_child_and_every_step_runs_once() {
     );
     r.clock.advance(Duration::from_secs(31));
     r.until_waiting_on("wf-happy", "go").await;
+    // The live-workflow gauge counts it as waiting (the waker sets it from the index it watches).
+    r.until_metrics("proxflow_workflows{kind=\"demo\",state=\"waiting\"} 1")
+        .await;
     r.engine()
         .signal("wf-happy", "go", "tester", &"ship")
         .await
         .unwrap();
     let done = r.until_ended("wf-happy").await;
     assert_eq!(done.state, WorkflowState::Succeeded, "{done:#?}");
+    r.until_metrics("proxflow_workflows{kind=\"demo\",state=\"waiting\"} 0")
+        .await;
+    let metrics = r.ctx.metrics.encode();
+    for kind in ["demo", "leaf"] {
+        let ended =
+            format!("proxflow_workflows_ended_total{{kind=\"{kind}\",state=\"succeeded\"}} 1");
+        assert!(metrics.contains(&ended), "{ended} in\n{metrics}");
+    }
     assert_eq!(done.data["output"], "ship/SHIP");
     assert_eq!(r.journal.count("wf-happy begin"), 1);
     assert_eq!(r.journal.count("wf-happy-leaf shout"), 1);

@@ -13,7 +13,8 @@ use crate::api::{self, Api};
 
 /// The gateway's routes: the provisioning and workflow API next to the ops endpoints, each request in
 /// a span that continues the caller's trace, with the trace id echoed back in `traceparent` so a
-/// caller can look the trace up.
+/// caller can look the trace up, and counted by route (`proxflow_http_requests_total`, its latency
+/// in `proxflow_http_request_duration_seconds`).
 pub(crate) fn router(
     ctx: &ServiceContext,
     api: Arc<Api>,
@@ -23,6 +24,10 @@ pub(crate) fn router(
     proxflow_runtime::ops::router(ctx.ops_state())
         .merge(api::routes(api))
         .merge(crate::console::routes(console))
+        .route_layer(middleware::from_fn_with_state(
+            ctx.metrics.requests(),
+            proxflow_runtime::ops::count_requests,
+        ))
         .layer(middleware::from_fn(trace_request))
 }
 

@@ -1,6 +1,7 @@
 //! `[export]` (and the other lifecycle sections): what each job reads, where it writes, when it
 //! runs. Every key is checked at start, errors naming the key (exit 78).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use proxflow_runtime::config::{ConfigError, ConsumerConfig, Validate};
@@ -12,8 +13,13 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct ExportConfig {
     /// The ZFS dataset the bundles are written into (mounted where the lifecycle service runs),
-    /// one that a replication job sends offsite. Empty: no export.
+    /// one that a replication job sends offsite. Empty: no export (unless `dir` is set).
     pub dataset: String,
+    /// A directory the bundles are written into instead of a dataset's mountpoint, for a host
+    /// without a replicated export dataset (`proxflow dev` writes into its state directory):
+    /// nothing carries these bundles offsite, and the drill finds none to check. Set `dataset`
+    /// or `dir`, not both.
+    pub dir: Option<PathBuf>,
     /// When: `weekly@<day> HH:MM` (or any schedule form).
     pub schedule: String,
     /// IANA time zone of the schedule.
@@ -45,6 +51,7 @@ impl Default for ExportConfig {
     fn default() -> Self {
         Self {
             dataset: String::new(),
+            dir: None,
             // Before the 03:00 daily snapshot, so that night's replication carries the bundle.
             schedule: "weekly@sun 02:30".to_owned(),
             timezone: "UTC".to_owned(),
@@ -63,7 +70,12 @@ impl Default for ExportConfig {
 impl ExportConfig {
     /// Whether an export is configured.
     pub fn enabled(&self) -> bool {
-        !self.dataset.is_empty()
+        self.dataset().is_some() || self.dir.is_some()
+    }
+
+    /// The export dataset, when the bundles go into one (rather than `dir`).
+    pub fn dataset(&self) -> Option<&str> {
+        (!self.dataset.is_empty()).then_some(self.dataset.as_str())
     }
 
     /// Its schedule.
@@ -81,11 +93,28 @@ impl ExportConfig {
 impl Validate for ExportConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.job()?;
-        if self.enabled() && !proxflow_zfs::names::is_dataset_name(&self.dataset) {
+        if let Some(dataset) = self.dataset()
+            && !proxflow_zfs::names::is_dataset_name(dataset)
+        {
             return Err(ConfigError::value(
                 "export.dataset",
-                format!("{:?} is not a ZFS dataset name", self.dataset),
+                format!("{dataset:?} is not a ZFS dataset name"),
             ));
+        }
+        match &self.dir {
+            Some(_) if self.dataset().is_some() => {
+                return Err(ConfigError::value(
+                    "export.dir",
+                    "set export.dataset or export.dir, not both",
+                ));
+            }
+            Some(dir) if dir.as_os_str().is_empty() => {
+                return Err(ConfigError::value(
+                    "export.dir",
+                    "must name a directory (leave it out for none)",
+                ));
+            }
+            _ => {}
         }
         if self.keep == 0 {
             return Err(ConfigError::value(
@@ -146,6 +175,14 @@ mod tests {
             "export.dataset"
         );
         assert_eq!(bad(|c| c.keep = 0), "export.keep");
+        assert_eq!(
+            bad(|c| {
+                c.dataset = "tank/export".into();
+                c.dir = Some("/tmp/export".into());
+            }),
+            "export.dir"
+        );
+        assert_eq!(bad(|c| c.dir = Some(PathBuf::new())), "export.dir");
         assert_eq!(
             bad(|c| c.pools = vec!["tank/sub".into()]),
             "export.pools[0]"

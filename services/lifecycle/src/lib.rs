@@ -161,7 +161,7 @@ pub async fn run(
         targets: drill_targets,
         config: drill.clone(),
         pve: pve.clone(),
-        export_dataset: export.enabled().then(|| export.dataset.clone()),
+        export_dataset: export.dataset().map(str::to_owned),
         publisher: ctx.bus.publisher.clone(),
         metrics,
     };

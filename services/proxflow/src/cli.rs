@@ -146,6 +146,13 @@ pub enum Command {
         #[arg(long, default_value = "deploy/nats/accounts.conf")]
         out: PathBuf,
     },
+    /// The commands `proxflow dev` runs in place of what the simulated platform lacks (kubectl,
+    /// the host's upgrade over SSH).
+    #[command(hide = true)]
+    SimHook {
+        #[command(subcommand)]
+        hook: crate::sim_hooks::SimHook,
+    },
 }
 
 /// `proxflow pve ...`.
@@ -229,6 +236,7 @@ pub async fn execute(command: Command, settings: Settings) -> anyhow::Result<()>
         Command::Pve {
             command: PveCommand::Check,
         } => pve::check(&settings.pve).await,
+        Command::SimHook { hook } => crate::sim_hooks::run(hook).await,
     }
 }
 

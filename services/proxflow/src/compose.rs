@@ -137,7 +137,7 @@ pub const SERVICES: &[ServiceEntry] = &[
     ServiceEntry {
         name: "snapshotter",
         about: "Snapshot policies (VMs and datasets), retention, pre-change snapshots, validity checks",
-        // Dev has no ZFS by default: it runs only when policies are configured.
+        // With something to snapshot: dev adds its policies (`dev::platform`) unless configured.
         in_dev: |settings| !settings.snapshot.policies.is_empty(),
         prepare: |settings, _| {
             let settings = proxflow_snapshotter::SnapshotterSettings {
@@ -150,7 +150,7 @@ pub const SERVICES: &[ServiceEntry] = &[
     ServiceEntry {
         name: "replicator",
         about: "Incremental ZFS replication to the offsite target",
-        // As the snapshotter: only when jobs are configured.
+        // With a job: dev adds one when the zfs-fuse pools are there, unless configured.
         in_dev: |settings| !settings.replication.jobs.is_empty(),
         prepare: |settings, _| {
             Ok(launch(
@@ -189,7 +189,7 @@ pub const SERVICES: &[ServiceEntry] = &[
         name: "lifecycle",
         about: "Lifecycle jobs on a schedule: the weekly host-config export, the quarterly restore drill, \
                 disk and pool health (daily check, quarterly audit, monthly scrub)",
-        // Dev has no export dataset nor replication by default: it runs when either is configured.
+        // With an export or a drill to run: dev exports into its state directory.
         in_dev: |settings| settings.export.enabled() || !settings.replication.jobs.is_empty(),
         prepare: |settings, clients| {
             let settings = proxflow_lifecycle::LifecycleSettings {

@@ -30,10 +30,10 @@ pub enum ExportCommand {
         #[arg(long, default_value = "10m", value_parser = humantime_serde::re::humantime::parse_duration)]
         timeout: Duration,
     },
-    /// Check a bundle against its manifest (default: the newest in the export dataset); exits 1
+    /// Check a bundle against its manifest (default: the newest where the export writes); exits 1
     /// naming every file that does not match.
     Verify {
-        /// A bundle directory, or a bundle's name in the export dataset.
+        /// A bundle directory, or a bundle's name where the export writes.
         bundle: Option<String>,
     },
     /// What changed between two bundles (default: the two newest).
@@ -43,7 +43,7 @@ pub enum ExportCommand {
         /// The newer bundle (directory or name).
         new: Option<String>,
     },
-    /// The bundles in the export dataset, oldest first.
+    /// The bundles where the export writes (`export.dataset` or `export.dir`), oldest first.
     List,
 }
 
@@ -237,19 +237,14 @@ fn render_report(r: &ExportReport) -> String {
     out
 }
 
-/// The export dataset's mountpoint.
+/// Where the bundles are: `export.dir`, or the export dataset's mountpoint.
 async fn export_root(settings: &Settings) -> anyhow::Result<PathBuf> {
     let config = &settings.export;
-    if !config.enabled() {
-        bail!("export.dataset is not set: no export is configured");
-    }
     let zfs = Zfs::new(config.zfs_command.clone(), config.zfs_timeout);
-    zfs.mountpoint(&config.dataset)
-        .await?
-        .with_context(|| format!("export.dataset {} is not mounted", config.dataset))
+    Ok(export::bundles_dir(config, &zfs).await?)
 }
 
-/// A bundle given as a directory, or by name in the export dataset.
+/// A bundle given as a directory, or by name where the export writes.
 async fn resolve(settings: &Settings, bundle: &str) -> anyhow::Result<PathBuf> {
     let path = Path::new(bundle);
     if path.is_dir() {
@@ -257,7 +252,7 @@ async fn resolve(settings: &Settings, bundle: &str) -> anyhow::Result<PathBuf> {
     }
     let dir = export_root(settings).await?.join(bundle);
     if !dir.is_dir() {
-        bail!("no bundle {bundle:?}: neither a directory nor a bundle in the export dataset");
+        bail!("no bundle {bundle:?}: neither a directory nor a bundle where the export writes");
     }
     Ok(dir)
 }

@@ -8,8 +8,11 @@
 //! - `cli`: arguments.
 //! - `settings`: the composed configuration file (`[nats]`, `[gateway]`, ...).
 //! - `compose`: connecting, declaring the topology and running services until shutdown.
-//! - `dev`: the embedded nats-server and simulator, and the summary of what listens where.
+//! - `dev`: the embedded nats-server and simulator, what dev runs on the defaults, its kept
+//!   credentials, and the summary of what runs where.
 //! - `sim`: `proxflow sim`, the Proxmox VE simulator on its own.
+//! - `sim_hooks`: `proxflow sim-hook` (hidden), the kubectl and host upgrade dev's patcher runs
+//!   against the simulated platform.
 //! - `pve`: `proxflow pve check`.
 //! - `provision`: `proxflow provision`, a signed provisioning request to the gateway.
 //! - `trace`: `proxflow trace`, a workflow's trace read back from the bus.
@@ -41,6 +44,7 @@ mod remediations;
 mod schedule;
 mod settings;
 mod sim;
+mod sim_hooks;
 mod status;
 mod trace;
 mod workflows;

@@ -85,11 +85,13 @@ impl Settings {
     }
 }
 
-/// `[dev]`: the embedded nats-server of `proxflow dev`.
+/// `[dev]`: `proxflow dev` — its state, the embedded nats-server, the simulator, its zfs dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DevConfig {
-    /// Where `proxflow dev` keeps its state (JetStream data); relative paths are from the working directory.
+    /// Where `proxflow dev` keeps its state (JetStream data, its gateway credentials in
+    /// `dev-secrets.toml`, the export's bundles, drill reports, the simulated kubectl's nodes);
+    /// relative paths are from the working directory.
     pub state_dir: PathBuf,
     /// Client port of the embedded nats-server; 0 picks a free one.
     pub nats_port: u16,
@@ -98,6 +100,12 @@ pub struct DevConfig {
     /// With the simulator, the join step runs this instead of `provision.join.command`: simulated VMs
     /// cannot be reached over SSH. Same placeholders and JSON contract.
     pub simulated_join: Vec<String>,
+    /// The dataset `proxflow dev` snapshots and replicates when its pool exists (the zfs-fuse pool
+    /// `tank` of `just tools zfs`); created when missing. Used only when no
+    /// `[[snapshot.policies]]` / `[[replication.jobs]]` are configured.
+    pub zfs_source: String,
+    /// Where its replication job receives it; its pool (`offsite`) must exist too.
+    pub zfs_target: String,
 }
 
 impl Default for DevConfig {
@@ -113,7 +121,32 @@ impl Default for DevConfig {
             ]
             .map(String::from)
             .to_vec(),
+            zfs_source: "tank/proxflow-dev".into(),
+            zfs_target: "offsite/proxflow-dev".into(),
         }
+    }
+}
+
+impl Validate for DevConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, dataset) in [
+            ("dev.zfs_source", &self.zfs_source),
+            ("dev.zfs_target", &self.zfs_target),
+        ] {
+            if !proxflow_zfs::names::is_dataset_name(dataset) || !dataset.contains('/') {
+                return Err(ConfigError::value(
+                    key,
+                    format!("{dataset:?} is not a dataset below a pool (pool/name)"),
+                ));
+            }
+        }
+        if self.zfs_source == self.zfs_target {
+            return Err(ConfigError::value(
+                "dev.zfs_target",
+                "is dev.zfs_source itself",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -122,6 +155,7 @@ impl Validate for Settings {
         self.nats.validate()?;
         self.telemetry.validate()?;
         self.ops.validate()?;
+        self.dev.validate()?;
         self.sim.validate()?;
         self.provision.validate()?;
         self.capacity.validate()?;

@@ -17,12 +17,18 @@
 //! (`{"updates": [`[`GuestUpdate`]`]}`), `POST /_sim/host/upgrade` (what `apt-get -y full-upgrade`
 //! over SSH does), `PUT /_sim/host/disk` ([`DiskHealth`]: a disk's SMART health and wearout), `GET /_sim/journal` ([`JournalEntry`] list) and `GET /_sim/state` (a summary of
 //! VMs with their packages, the host, storages and tasks).
+//!
+//! What the simulated platform lacks besides Proxmox, for the patcher to run against it: a
+//! [`kubectl`] stand-in (node state in a file) and the [`control`] API's host upgrade in place of
+//! `ssh … apt-get full-upgrade`; the patching tests and `proxflow dev` run both as commands.
 
 mod agent;
 mod api;
 pub mod config;
+pub mod control;
 mod host;
 mod http;
+pub mod kubectl;
 pub mod load;
 mod packages;
 mod platform;

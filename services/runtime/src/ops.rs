@@ -17,8 +17,15 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 use proxflow_schemas::events::DeadLetterReason;
+
+use crate::workflow::metrics::WorkflowMetrics;
+
+mod registrar;
+mod requests;
+
+pub(crate) use registrar::Registrar;
+pub use requests::{RequestMetrics, count_requests};
 
 /// Readiness of the process: NATS plus named components (consumers, listeners).
 #[derive(Clone, Default, Debug)]
@@ -76,6 +83,11 @@ struct PublishLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    check: String,
+}
+
 fn handler_histogram() -> Histogram {
     // 1 ms .. ~65 s: bus hops are sub-millisecond, Proxmox tasks take seconds to minutes.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -84,12 +96,16 @@ fn handler_histogram() -> Histogram {
 /// Prometheus metrics of the process. Cheap to clone; services register their own next to these.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    registry: Arc<Mutex<Registry>>,
+    registry: Registrar,
     handled: Family<ConsumerLabels, Counter>,
     retried: Family<ConsumerLabels, Counter>,
     dead_lettered: Family<DeadLetterLabels, Counter>,
     handler_seconds: Family<ConsumerLabels, Histogram, fn() -> Histogram>,
     published: Family<PublishLabels, Counter>,
+    ready: Gauge,
+    readiness: Family<CheckLabels, Gauge>,
+    requests: RequestMetrics,
+    workflows: WorkflowMetrics,
 }
 
 impl Default for Metrics {
@@ -101,7 +117,7 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry holding the runtime's bus metrics under the `proxflow` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("proxflow");
+        let registry = Registrar::new();
         let handled = Family::<ConsumerLabels, Counter>::default();
         let retried = Family::<ConsumerLabels, Counter>::default();
         let dead_lettered = Family::<DeadLetterLabels, Counter>::default();
@@ -145,13 +161,52 @@ impl Metrics {
             "Compare-and-set changes given up for contention (each one spends a message delivery)",
             crate::kv::COUNTERS.exhausted.clone(),
         );
+        let ready = Gauge::default();
+        let readiness = Family::<CheckLabels, Gauge>::default();
+        registry.register(
+            "ready",
+            "1 while the process is ready (what /readyz answers 200 to), else 0",
+            ready.clone(),
+        );
+        registry.register(
+            "readiness",
+            "Each readiness check of /readyz: 1 passing, 0 failing",
+            readiness.clone(),
+        );
+        let requests = RequestMetrics::register(&registry);
+        let workflows = WorkflowMetrics::register(&registry);
         Self {
-            registry: Arc::new(Mutex::new(registry)),
+            registry,
             handled,
             retried,
             dead_lettered,
             handler_seconds,
             published,
+            ready,
+            readiness,
+            requests,
+            workflows,
+        }
+    }
+
+    /// The HTTP request metrics, for [`count_requests`].
+    pub fn requests(&self) -> RequestMetrics {
+        self.requests.clone()
+    }
+
+    /// The workflow counts, for the engine.
+    pub(crate) fn workflows(&self) -> WorkflowMetrics {
+        self.workflows.clone()
+    }
+
+    /// Sets the readiness gauges from `health`, as `/readyz` would answer now.
+    fn record_health(&self, health: &Health) {
+        let (ready, checks) = health.report();
+        self.ready.set(i64::from(ready));
+        for (check, ok) in checks {
+            self.readiness
+                .get_or_create(&CheckLabels { check })
+                .set(i64::from(ok));
         }
     }
 
@@ -162,10 +217,7 @@ impl Metrics {
         help: &str,
         metric: impl prometheus_client::registry::Metric,
     ) {
-        self.registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .register(name, help, metric);
+        self.registry.register(name, help, metric);
     }
 
     /// Registers a counter family with fixed label names for a service's own counts, exposed as
@@ -194,14 +246,10 @@ impl Metrics {
         GaugeFamily { labels, family }
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition, every registered family in it (one without series described
+    /// only).
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
-            tracing::error!(error = %e, "metrics encoding failed");
-        }
-        out
+        self.registry.encode()
     }
 
     /// The metric handles of one consumer, resolved once so the hot path only touches atomics.
@@ -334,6 +382,8 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
+    // Read at the scrape, so the gauges are what /readyz would answer at that moment.
+    state.metrics.record_health(&state.health);
     (
         [(
             header::CONTENT_TYPE,
@@ -346,6 +396,22 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_is_read_into_gauges_at_the_scrape() {
+        let (metrics, health) = (Metrics::new(), Health::default());
+        health.set("gateway http", true);
+        metrics.record_health(&health);
+        let text = metrics.encode();
+        // No NATS client to watch: not ready, and the `nats` check says why.
+        for line in [
+            "proxflow_ready 0",
+            "proxflow_readiness{check=\"gateway http\"} 1",
+            "proxflow_readiness{check=\"nats\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
 
     #[test]
     fn a_counter_family_counts_per_label_values() {

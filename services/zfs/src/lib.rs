@@ -21,11 +21,13 @@
 //! - [`status`] — `zpool status -v` parsed (zfs-fuse's and OpenZFS's formats) into
 //!   [`proxflow_schemas::health::PoolStatus`], for the disk and pool health job.
 //! - [`pipe`] — `zfs send | zfs receive` between two handles, copied and counted in this process.
+//! - `pools` — the pools a host has and [`Zfs::create`], for `proxflow dev`'s own dataset.
 
 mod clones;
 pub mod names;
 pub mod parse;
 pub mod pipe;
+mod pools;
 pub mod space;
 pub mod status;
 

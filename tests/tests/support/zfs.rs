@@ -80,6 +80,14 @@ pub struct ZfsFixture {
 
 impl ZfsFixture {
     pub fn new(tag: &str) -> Self {
+        let fixture = Self::absent(tag);
+        zfs(&["create", &fixture.source]);
+        fixture
+    }
+
+    /// Unique names as [`ZfsFixture::new`] gives, with nothing created: for code under test that
+    /// creates the source itself. Both are destroyed all the same.
+    pub fn absent(tag: &str) -> Self {
         let pools = Command::new("zpool")
             .args(["list", "-H", "-o", "name", "tank", "offsite"])
             .output();
@@ -97,7 +105,6 @@ impl ZfsFixture {
         };
         // Leftovers of a crashed earlier run with the same pid (unlikely, but harmless to clear).
         fixture.cleanup();
-        zfs(&["create", &fixture.source]);
         fixture
     }
 

@@ -1,5 +1,6 @@
 //! The weekly host-config export: one `config_export` workflow per run — collect everything into a
-//! deterministic bundle, write it into the export dataset (replicated offsite with the rest),
+//! deterministic bundle, write it into the export dataset (replicated offsite with the rest; or a
+//! plain `export.dir`),
 //! compare it with the previous bundle, keep `keep` bundles, announce the changes.
 
 pub mod collect;
@@ -73,24 +74,73 @@ pub struct Exporter {
     pub metrics: ExportMetrics,
 }
 
+/// Why the bundles' directory is not there.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    /// Neither `export.dataset` nor `export.dir` is set.
+    #[error("no export is configured (export.dataset or export.dir)")]
+    NotConfigured,
+    /// `export.dir` could not be made.
+    #[error("export.dir {dir}: {source}", dir = .dir.display())]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The dataset has no mountpoint.
+    #[error(
+        "export.dataset {0} is not mounted (mountpoint none or legacy): the bundle must land in \
+         the dataset for replication to carry it offsite"
+    )]
+    NotMounted(String),
+    /// zfs could not say where the dataset is mounted.
+    #[error("export.dataset {dataset}: {source}")]
+    Zfs {
+        /// The dataset.
+        dataset: String,
+        /// The runner's error.
+        #[source]
+        source: proxflow_zfs::ZfsError,
+    },
+}
+
+/// The directory the bundles go into: `export.dir` (made when missing), else the export dataset's
+/// mountpoint, asked of `zfs`.
+pub async fn bundles_dir(config: &ExportConfig, zfs: &Zfs) -> Result<PathBuf, RootError> {
+    if let Some(dir) = &config.dir {
+        std::fs::create_dir_all(dir).map_err(|source| RootError::Dir {
+            dir: dir.clone(),
+            source,
+        })?;
+        return Ok(dir.clone());
+    }
+    let dataset = config.dataset().ok_or(RootError::NotConfigured)?;
+    match zfs.mountpoint(dataset).await {
+        Ok(Some(dir)) => Ok(dir),
+        Ok(None) => Err(RootError::NotMounted(dataset.to_owned())),
+        Err(source) => Err(RootError::Zfs {
+            dataset: dataset.to_owned(),
+            source,
+        }),
+    }
+}
+
 fn terminal(context: &str) -> impl FnOnce(bundle::BundleError) -> StepError + '_ {
     move |e| StepError::terminal(format!("{context}: {e}")).with_source(e)
 }
 
 impl Exporter {
-    /// The directory the bundles go into: the export dataset's mountpoint.
+    /// The directory the bundles go into ([`bundles_dir`]); zfs briefly away is worth a retry.
     pub async fn root(&self) -> Result<PathBuf, StepError> {
-        let dataset = &self.config.dataset;
-        match self.zfs.mountpoint(dataset).await {
-            Ok(Some(dir)) => Ok(dir),
-            Ok(None) => Err(StepError::terminal(format!(
-                "export.dataset {dataset} is not mounted (mountpoint none or legacy): the bundle \
-                 must land in the dataset for replication to carry it offsite"
-            ))),
-            Err(e) => {
-                Err(StepError::transient(format!("export.dataset {dataset}: {e}")).with_source(e))
+        bundles_dir(&self.config, &self.zfs).await.map_err(|e| {
+            if matches!(e, RootError::Zfs { .. }) {
+                StepError::transient(e.to_string()).with_source(e)
+            } else {
+                StepError::terminal(e.to_string()).with_source(e)
             }
-        }
+        })
     }
 
     /// Collects, compares with the newest bundle before `name`, and writes `name` unless

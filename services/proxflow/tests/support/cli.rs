@@ -4,17 +4,26 @@
 
 use std::process::{Command, Output};
 
-/// Runs `proxflow <args>` with exactly the `PROXFLOW_*` variables of `env`.
-pub fn proxflow(env: &[(&str, String)], args: &[&str]) -> Output {
+/// `proxflow` with no `PROXFLOW_*` variable from the test's environment and quiet logs; the caller
+/// adds its settings, arguments and pipes.
+pub fn command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxflow"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PROXFLOW_") {
             cmd.env_remove(key);
         }
     }
-    cmd.env("RUST_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (k, v)));
-    cmd.args(args).output().expect("proxflow runs")
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Runs `proxflow <args>` with exactly the `PROXFLOW_*` variables of `env`.
+pub fn proxflow(env: &[(&str, String)], args: &[&str]) -> Output {
+    command()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(args)
+        .output()
+        .expect("proxflow runs")
 }
 
 /// [`proxflow`] from a test's async code: on a blocking thread, so the services the test runs in

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::advance::{Advance, Definition, Driver, GivenUp};
 use super::definition::Workflow;
 use super::index;
+use super::metrics::WorkflowMetrics;
 use super::waker::waker;
 use super::{EngineError, SignalError, WorkflowStore, signal_key, signal_prefix};
 use crate::ServiceContext;
@@ -43,6 +44,8 @@ pub(crate) struct Inner {
     pub(crate) clock: SharedClock,
     /// This process, as a lease holder.
     pub(crate) instance: String,
+    /// The workflow counts.
+    pub(crate) metrics: WorkflowMetrics,
 }
 
 /// The workflow engine of one process: the definitions it runs and how to reach the bus and KV.
@@ -69,6 +72,7 @@ impl Engine {
                 publisher: ctx.bus.publisher.clone(),
                 clock: ctx.clock.clone(),
                 instance: format!("engine-{}-{}", std::process::id(), nuid::next()),
+                metrics: ctx.metrics.workflows(),
             }),
             definitions: BTreeMap::new(),
         })
@@ -413,6 +417,9 @@ impl Inner {
         let line = index::Line::of(record);
         if *indexed != line {
             index::put(&self.kv, record, Some(indexed.state)).await?;
+            if indexed.state != record.state && record.state.is_terminal() {
+                self.metrics.ended(&record.kind, record.state);
+            }
             *indexed = line;
         }
         Ok(next)

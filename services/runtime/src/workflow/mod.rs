@@ -47,6 +47,7 @@ mod advance;
 mod definition;
 mod engine;
 mod index;
+pub mod metrics;
 mod run;
 pub mod scheduled;
 mod waker;

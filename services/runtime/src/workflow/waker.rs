@@ -1,4 +1,5 @@
-//! The waker: resumes due timers, expired signal waits and stale live workflows.
+//! The waker: resumes due timers, expired signal waits and stale live workflows, and keeps the
+//! live-workflow gauges ([`super::metrics`]) from the index lines it watches.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::Inner;
 use super::index;
+use super::metrics::LIVE;
 
 /// How often the waker looks for due timers and expired signal waits.
 const WAKE_EVERY: Duration = Duration::from_millis(500);
@@ -32,16 +34,10 @@ pub(crate) async fn waker(
     kinds: Vec<&'static str>,
     shutdown: CancellationToken,
 ) {
-    let live = [
-        WorkflowState::Waiting,
-        WorkflowState::Running,
-        WorkflowState::Pending,
-        WorkflowState::Compensating,
-    ];
     let filters: Vec<String> = kinds
         .iter()
         .flat_map(|kind| {
-            live.iter()
+            LIVE.iter()
                 .map(move |state| index::filter(Some(kind), Some(*state)))
         })
         .collect();
@@ -80,7 +76,10 @@ pub(crate) async fn waker(
                     }
                     None => continue 'watch,
                 },
-                _ = tick.tick() => wake_due(&inner, &lines, &mut sent).await,
+                _ = tick.tick() => {
+                    inner.metrics.set_live(&kinds, lines.values());
+                    wake_due(&inner, &lines, &mut sent).await;
+                }
             }
         }
     }

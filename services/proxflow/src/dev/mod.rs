@@ -1,18 +1,25 @@
 //! `proxflow dev`: the whole pipeline on one machine with nothing but this binary and nats-server:
-//! the embedded nats-server, the Proxmox simulator (unless `dev.simulator = false`) and every service.
+//! the embedded nats-server, the Proxmox simulator (unless `dev.simulator = false`) and every service,
+//! each with something to do on the defaults ([`platform`]), the gateway's credentials kept across
+//! restarts ([`secrets`]), and a summary of what runs where ([`summary`]).
+
+mod platform;
+mod secrets;
+mod summary;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use proxflow_pve_sim::RunningSim;
-use proxflow_runtime::config::{NATS_URL_ENV, NatsUrls, Secret};
+use proxflow_runtime::config::{ConfigError, NATS_URL_ENV, NatsUrls, Secret};
 use proxflow_runtime::nats_server::{self, NatsServerProcess, ServerOptions};
 use proxflow_runtime::telemetry::SpanSink;
 
 use crate::compose::{self, Listening};
 use crate::settings::Settings;
 use crate::sim;
+use summary::Summary;
 
 /// Starts the embedded nats-server (unless `PROXFLOW_NATS_URL` points elsewhere), then every service.
 pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
@@ -71,76 +78,50 @@ async fn run_inner(
         settings.pve.fingerprint = sim.fingerprint();
         settings.pve.token_id = sim.token_id().to_string();
         settings.pve.token_secret = Secret::new(sim.token_secret());
-        settings.provision.join.command = settings.dev.simulated_join.clone();
-        // The simulated VMs run no k3s (kubectl has no cluster to cordon) and the simulated host no
-        // sshd: patching runs on request only (`proxflow patch run --dry-run` shows a plan).
-        settings.patch.enabled = false;
         Some(sim)
     } else {
         None
     };
-    // The gateway refuses to run without a credential; dev makes up a webhook secret and a bearer
-    // token (printed in the summary, for `proxflow provision --wait` and other callers) so that it
-    // runs on the defaults.
-    let mut credentials = Vec::new();
-    if settings.gateway.require_auth && settings.gateway.webhook_secrets.is_empty() {
-        let secret = proxflow_gateway::webhook::generate_secret();
-        settings.gateway.webhook_secrets.push(secret.clone());
-        credentials.push(format!(
-            "PROXFLOW_GATEWAY__WEBHOOK_SECRETS={}",
-            secret.expose()
-        ));
-    }
-    if settings.gateway.require_auth && settings.gateway.bearer_tokens.is_empty() {
-        let token = proxflow_gateway::webhook::generate_secret();
-        settings
-            .gateway
-            .bearer_tokens
-            .insert("dev".into(), token.clone());
-        credentials.push(format!(
-            "PROXFLOW_GATEWAY__BEARER_TOKENS__DEV={}",
-            token.expose()
-        ));
-    }
-    let report =
-        |listening: &Listening| print_summary(&nats, simulator.as_ref(), &credentials, listening);
-    // Each entry says whether dev runs it (the snapshotter and the replicator need something to
-    // work on, and dev has no ZFS by default).
-    let services: Vec<_> = compose::SERVICES
-        .iter()
-        .filter(|s| (s.in_dev)(settings))
-        .collect();
-    let result = compose::run(settings, &services, spans, Some(&report)).await;
+    let result = run_services(settings, &nats, simulator.as_ref(), spans).await;
     if let Some(sim) = simulator {
         sim.shutdown().await;
     }
     result
 }
 
-fn print_summary(
+/// Sets up what dev adds to the configuration, then runs every service it runs until a signal,
+/// printing the summary once they are up.
+async fn run_services(
+    settings: &mut Settings,
     nats: &str,
-    simulator: Option<&RunningSim>,
-    credentials: &[String],
-    listening: &Listening,
-) {
-    let mut text = format!("proxflow dev is up\n  nats     {nats}\n");
-    if let Some(sim) = simulator {
-        text.push_str(&sim::endpoint_line(sim, "  "));
-    }
-    if let Some(gateway) = listening.gateway {
-        text.push_str(&format!(
-            "  gateway  http://{gateway}  (/v1/provision, /v1/alerts/alertmanager, /v1/workflows/{{id}}, /v1/remediations, /v1/patch/runs, /metrics)\n"
-        ));
-    }
-    if !credentials.is_empty() {
-        text.push_str(&format!(
-            "  auth     export {}  (for proxflow provision)\n",
-            credentials.join(" ")
-        ));
-    }
-    text.push_str(&format!(
-        "  ops      http://{}/metrics\nCtrl-C stops everything.\n",
-        listening.ops
-    ));
-    sim::say(&text);
+    sim: Option<&RunningSim>,
+    spans: &SpanSink,
+) -> anyhow::Result<()> {
+    let zfs = platform::detect_zfs(settings).await;
+    platform::apply(settings, &zfs, sim)?;
+    // The gateway refuses to run without a credential: dev gives it its kept ones.
+    let credentials =
+        secrets::apply(&mut settings.gateway, &settings.dev.state_dir).map_err(|e| match e {
+            // A file that is not the secrets file is the operator's to fix: exit 78.
+            secrets::SecretsError::Parse { .. } => {
+                anyhow::Error::from(ConfigError::value("dev.state_dir", e.to_string()))
+            }
+            other => other.into(),
+        })?;
+    let settings = &*settings;
+    let summary = Summary {
+        settings,
+        nats: nats.to_owned(),
+        simulator: sim.map(|s| sim::endpoint_line(s, "  ")),
+        credentials: &credentials,
+        zfs: &zfs,
+    };
+    let report = |listening: &Listening| sim::say(&summary.render(listening));
+    // Each entry says whether dev runs it (the snapshotter and the replicator only with something
+    // to work on).
+    let services: Vec<_> = compose::SERVICES
+        .iter()
+        .filter(|s| (s.in_dev)(settings))
+        .collect();
+    compose::run(settings, &services, spans, Some(&report)).await
 }
