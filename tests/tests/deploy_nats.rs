@@ -40,6 +40,9 @@ const PASSWORDS: [&str; 13] = [
     "PF_UNUSED",
 ];
 
+/// The bearer token the console is logged in with.
+const CONSOLE_TOKEN: &str = "ops-console-token-0123456789";
+
 fn deploy_dir() -> PathBuf {
     project_dir().join("deploy/nats")
 }
@@ -281,6 +284,10 @@ async fn the_shipped_users_can_run_a_provision() {
     let secret = proxflow_gateway::webhook::generate_secret();
     let gateway_config = GatewayConfig {
         webhook_secrets: vec![secret.clone()],
+        bearer_tokens: std::collections::BTreeMap::from([(
+            "ops".to_owned(),
+            proxflow_runtime::config::Secret::new(CONSOLE_TOKEN),
+        )]),
         ..GatewayConfig::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -331,8 +338,36 @@ async fn the_shipped_users_can_run_a_provision() {
         ],
     )
     .await;
-    stop.cancel();
     assert_eq!(record.state, WorkflowState::Succeeded, "{record:#?}");
+
+    // The console, served as the gateway user: every page reads what it shows (the overview's
+    // events, the workflow index, the record, its trace) within the gateway's grants.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let cookie = proxflow_e2e::console_session(&http, &gateway_url, CONSOLE_TOKEN).await;
+    for path in [
+        "/ui".to_owned(),
+        "/ui/workflows".to_owned(),
+        "/ui/workflows?kind=provision&state=succeeded".to_owned(),
+        format!("/ui/workflows/{id}"),
+    ] {
+        let page = http
+            .get(format!("{gateway_url}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("page");
+        let status = page.status();
+        let body = page.text().await.expect("body");
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(
+            !body.contains("violation"),
+            "{path} hit a permission the gateway user lacks: {body}"
+        );
+    }
+    stop.cancel();
 }
 
 /// Capacity, orchestrator and provisioner as their own users carry a sustained-load firing through

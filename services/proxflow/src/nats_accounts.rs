@@ -507,6 +507,8 @@ fn render_user(out: &mut String, u: &User) {
             &[
                 format!("$JS.API.CONSUMER.DELETE.{s}.>"),
                 format!("$JS.API.CONSUMER.INFO.{s}.>"),
+                // An ordered consumer pulls: without this a listing stalls after its create.
+                format!("$JS.API.CONSUMER.MSG.NEXT.{s}.*"),
                 format!("$JS.FC.{s}.>"),
             ],
         );

@@ -4,104 +4,58 @@
 //! patch plan — and the session rules hold for a client without a browser: no session, no page;
 //! no CSRF token, no decision. Screenshots of every page go to `target/console/`.
 
-use std::io::{BufRead, BufReader};
+#[path = "support/cli.rs"]
+mod cli;
+#[path = "support/dev.rs"]
+mod dev;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use dev::Dev;
 use proxflow_testkit::webdriver::Browser;
 
-/// A running `proxflow dev` and what its summary printed.
-struct Dev {
-    child: Child,
-    _state: tempfile::TempDir,
+/// What the test needs from a running dev: its gateway and credentials, its simulator.
+struct Running {
+    dev: Dev,
     gateway: String,
     token: String,
     secret: String,
-    sim: (String, String),
+    _state: tempfile::TempDir,
 }
 
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_dev() -> Dev {
+/// `proxflow dev` on its defaults, but without the ZFS pools (this test looks at the console, not
+/// at replication) and with capacity polled every 2 s.
+fn start_dev() -> Running {
     let state = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_proxflow"));
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("PROXFLOW_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd
-        .arg("dev")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .env("PROXFLOW_DEV__STATE_DIR", state.path())
-        .env("PROXFLOW_DEV__NATS_PORT", "0")
-        .env("PROXFLOW_GATEWAY__LISTEN", "127.0.0.1:0")
-        .env("PROXFLOW_OPS__LISTEN", "127.0.0.1:0")
-        .env("PROXFLOW_SIM__LISTEN", "127.0.0.1:0")
-        .env("PROXFLOW_SIM__TIME_SCALE", "0.02")
-        .env("PROXFLOW_CAPACITY__INTERVAL", "2s")
-        .env("PROXFLOW_CAPACITY__MAX_GAP", "10s")
-        .env("PROXFLOW_PROVISION__FILE_SD", state.path().join("sd.json"))
-        // A patch run started now asks for its approval now, not at Sunday's window.
-        .env(
-            "PROXFLOW_PATCH__WINDOW__DAYS",
-            r#"["Mon","Tue","Wed","Thu","Fri","Sat","Sun"]"#,
-        )
-        .env("PROXFLOW_PATCH__WINDOW__START", "00:00")
-        .env("PROXFLOW_PATCH__WINDOW__DURATION", "24h")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dev starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut gateway, mut token, mut secret, mut sim) = (None, None, None, None);
-    while gateway.is_none() || token.is_none() || secret.is_none() || sim.is_none() {
-        let line = lines
-            .recv_timeout(Duration::from_secs(90))
-            .expect("dev printed its summary");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["gateway", url, ..] => gateway = Some((*url).to_owned()),
-            ["auth", "export", vars @ ..] => {
-                for var in vars {
-                    if let Some(v) = var.strip_prefix("PROXFLOW_GATEWAY__WEBHOOK_SECRETS=") {
-                        secret = Some(v.to_owned());
-                    }
-                    if let Some(v) = var.strip_prefix("PROXFLOW_GATEWAY__BEARER_TOKENS__DEV=") {
-                        token = Some(v.to_owned());
-                    }
-                }
-            }
-            ["pve-sim", url, "(fingerprint", fp] => {
-                sim = Some((
-                    url.trim_end_matches("/api2/json").to_owned(),
-                    fp.trim_end_matches(')').to_owned(),
-                ))
-            }
-            _ => {}
-        }
-    }
-    Dev {
-        child,
+    let pool = format!("pft-console-nopool-{}", std::process::id());
+    let dev = Dev::start(
+        state.path(),
+        &[
+            ("PROXFLOW_DEV__ZFS_SOURCE", format!("{pool}/dev")),
+            ("PROXFLOW_DEV__ZFS_TARGET", format!("{pool}/copy")),
+            ("PROXFLOW_CAPACITY__INTERVAL", "2s".into()),
+            ("PROXFLOW_CAPACITY__MAX_GAP", "10s".into()),
+        ],
+    );
+    let gateway = dev.url("gateway");
+    let token = dev
+        .credential("PROXFLOW_GATEWAY__BEARER_TOKENS__DEV")
+        .expect("dev token");
+    let secret = dev
+        .credential("PROXFLOW_GATEWAY__WEBHOOK_SECRETS")
+        .expect("webhook secret");
+    let console = dev.line("console");
+    assert!(
+        console.starts_with(&format!("{gateway}/ui")) && console.contains(&token),
+        "the console line names /ui and the login token: {console}"
+    );
+    Running {
+        dev,
+        gateway,
+        token,
+        secret,
         _state: state,
-        gateway: gateway.expect("gateway"),
-        token: token.expect("token"),
-        secret: secret.expect("secret"),
-        sim: sim.expect("sim"),
     }
 }
 
@@ -121,7 +75,7 @@ where
     }
 }
 
-async fn workflow(http: &reqwest::Client, dev: &Dev, id: &str) -> serde_json::Value {
+async fn workflow(http: &reqwest::Client, dev: &Running, id: &str) -> serde_json::Value {
     http.get(format!("{}/v1/workflows/{id}", dev.gateway))
         .bearer_auth(&dev.token)
         .send()
@@ -206,9 +160,21 @@ async fn an_operator_logs_in_reads_the_first_screen_follows_a_provision_and_appr
     .await;
 
     // The simulator's own count of running VMs, to compare with the page.
+    let sim = dev.dev.line("pve-sim").to_owned();
+    let mut words = sim.split_whitespace();
+    let sim_url = words
+        .next()
+        .expect("url")
+        .trim_end_matches("/api2/json")
+        .to_owned();
+    let fingerprint = words
+        .nth(1)
+        .expect("fingerprint")
+        .trim_end_matches(')')
+        .to_owned();
     let pve = proxflow_pve::PveClient::new(&proxflow_pve::PveConfig {
-        url: dev.sim.0.clone(),
-        fingerprint: Some(dev.sim.1.clone()),
+        url: sim_url,
+        fingerprint: Some(fingerprint),
         token_secret: proxflow_runtime::config::Secret::new(proxflow_pve_sim::DEV_TOKEN_SECRET),
         ..proxflow_pve::PveConfig::default()
     })
@@ -454,4 +420,5 @@ async fn an_operator_logs_in_reads_the_first_screen_follows_a_provision_and_appr
         .await
         .expect("shot");
     browser.quit().await;
+    dev.dev.stop();
 }

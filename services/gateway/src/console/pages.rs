@@ -112,7 +112,7 @@ fn gauge(id: &str, title: &str, g: &Gauge, scale: f64, unit: &str, limit_text: &
         div class={"gauge" @if g.over() { " over" }} id={"gauge-" (id)} data-value=(format!("{:.2}", g.value)) data-limit=(format!("{:.2}", g.limit)) {
             div.label {
                 span { (title) }
-                span.mono { (format!("{:.1}{unit}", g.value)) " / " (limit_text) }
+                span.mono { (if unit == ":1" { format!("{:.2}{unit}", g.value) } else { format!("{:.1}{unit}", g.value) }) " / " (limit_text) }
             }
             div.bar {
                 div.fill style=(format!("width:{:.1}%", pct(g.value))) {}
@@ -132,7 +132,7 @@ fn capacity(c: &Capacity, now: DateTime<Utc>) -> Markup {
             h2 { "Host " span.mono { (c.node) } }
             (gauge("cpu", "CPU", &c.cpu, 100.0, " %", &format!("{:.0} %", c.cpu.limit)))
             (gauge("memory", "Memory", &c.memory, 100.0, " %", &format!("{:.0} %", c.memory.limit)))
-            (gauge("commitment", "Memory commitment", &c.commitment, commitment_scale, ":1", &format!("{:.1}:1", c.commitment.limit)))
+            (gauge("commitment", "Memory commitment", &c.commitment, commitment_scale, ":1", &format!("{:.2}:1", c.commitment.limit)))
             div.mute { (c.running_vms) " running VMs · sampled " (ago(now, c.sampled_at)) }
         }
     }

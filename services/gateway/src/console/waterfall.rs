@@ -12,7 +12,7 @@ pub(crate) fn render(tree: &SpanTree) -> Markup {
     let total_us = (last - first).num_microseconds().unwrap_or(i64::MAX).max(1) as f64;
     let visits = tree.walk();
     html! {
-        div.mute { (visits.len()) " spans, " (proxflow_view::words::duration((total_us / 1e6) as u64)) " from the first start to the last end" }
+        div.mute { (visits.len()) " spans, " (duration(total_us as u64)) " from the first start to the last end" }
         div.wf id="waterfall" {
             @for v in &visits {
                 @let s = v.span;
