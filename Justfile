@@ -28,6 +28,7 @@ bench: (_tools "bench")
     cargo bench -p proxflow-e2e --bench sim
     cargo bench -p proxflow-e2e --bench patch
     cargo bench -p proxflow-e2e --bench lifecycle
+    cargo bench -p proxflow-e2e --bench console
 
 # Regenerate schemas/json from the wire types.
 schemas:

@@ -74,12 +74,12 @@ fn decision(n: usize) -> RemediationDecision {
         status: AlertStatus::Firing,
         rule: Some("restart-node".into()),
         target: Some(format!("vm/{}", 100 + n % 20)),
-        verdict: if n % 3 == 0 {
+        verdict: if n.is_multiple_of(3) {
             Verdict::Acted
         } else {
             Verdict::Suppressed
         },
-        reason: if n % 3 == 0 {
+        reason: if n.is_multiple_of(3) {
             Reason::None
         } else {
             Reason::Cooldown

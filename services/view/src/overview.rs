@@ -362,6 +362,14 @@ pub async fn collect(
     })
 }
 
+/// One sample's figures, as the gauges read them.
+struct Figures {
+    at: DateTime<Utc>,
+    cpu: f64,
+    memory: f64,
+    commitment: f64,
+}
+
 /// The gauges, and the pools' fill, from the newest sample; "above for" from the samples of the
 /// last hours walked back from the newest.
 async fn capacity(
@@ -369,7 +377,7 @@ async fn capacity(
     expect: &Expectations,
     now: DateTime<Utc>,
 ) -> Result<Option<(Capacity, Vec<(String, f64)>)>, ViewError> {
-    let mut samples: Vec<(DateTime<Utc>, f64, f64, f64)> = Vec::new();
+    let mut samples: Vec<Figures> = Vec::new();
     let mut newest: Option<CapacitySample> = None;
     history::each(
         js,
@@ -377,12 +385,12 @@ async fn capacity(
         CapacitySample::SUBJECT,
         now - SUSTAINED_LOOKBACK,
         |s: CapacitySample| {
-            samples.push((
-                s.at,
-                s.host.cpu_percent,
-                s.host.memory_percent,
-                s.host.memory_commitment_ratio,
-            ));
+            samples.push(Figures {
+                at: s.at,
+                cpu: s.host.cpu_percent,
+                memory: s.host.memory_percent,
+                commitment: s.host.memory_commitment_ratio,
+            });
             newest = Some(s);
         },
     )
@@ -390,14 +398,14 @@ async fn capacity(
     let Some(newest) = newest else {
         return Ok(None);
     };
-    let gauge = |value: f64, limit: f64, pick: fn(&(DateTime<Utc>, f64, f64, f64)) -> f64| {
+    let gauge = |value: f64, limit: f64, pick: fn(&Figures) -> f64| {
         let above_secs = (value > limit).then(|| {
             let since = samples
                 .iter()
                 .rev()
                 .take_while(|s| pick(s) > limit)
                 .last()
-                .map_or(newest.at, |s| s.0);
+                .map_or(newest.at, |s| s.at);
             u64::try_from((now - since).num_seconds()).unwrap_or(0)
         });
         Gauge {
@@ -419,12 +427,14 @@ async fn capacity(
             node: newest.host.node.clone(),
             sampled_at: newest.at,
             stale: now - newest.at > stale_after,
-            cpu: gauge(newest.host.cpu_percent, expect.cpu_threshold, |s| s.1),
-            memory: gauge(newest.host.memory_percent, expect.memory_threshold, |s| s.2),
+            cpu: gauge(newest.host.cpu_percent, expect.cpu_threshold, |s| s.cpu),
+            memory: gauge(newest.host.memory_percent, expect.memory_threshold, |s| {
+                s.memory
+            }),
             commitment: gauge(
                 newest.host.memory_commitment_ratio,
                 expect.commitment_target,
-                |s| s.3,
+                |s| s.commitment,
             ),
             running_vms: newest.host.running_vms,
         },
