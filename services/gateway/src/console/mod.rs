@@ -14,6 +14,7 @@
 //! ever rendered: tokens are only read from the login form, and records are shown as the services
 //! wrote them (they hold no secrets; the services redact before writing).
 
+mod first_screen;
 mod pages;
 pub mod session;
 mod waterfall;
@@ -131,7 +132,7 @@ async fn overview_page(State(console): State<Arc<Console>>, headers: HeaderMap) 
     )
     .await
     {
-        Ok(view) => page(StatusCode::OK, pages::overview(&session, &view)),
+        Ok(view) => page(StatusCode::OK, first_screen::page(&session, &view)),
         Err(e) => console.unavailable(&session, "reading the overview", &e),
     }
 }
@@ -274,24 +275,10 @@ async fn decision(
             pages::refused("log in first: this form needs a console session"),
         );
     };
-    let form: DecisionForm = match form(&console.api, request).await {
+    let form: DecisionForm = match session_form(&console, &session, request).await {
         Ok(form) => form,
-        Err(rejection) => {
-            return page(
-                StatusCode::BAD_REQUEST,
-                pages::error(&session, &rejection_text(&rejection)),
-            );
-        }
+        Err(refused) => return refused,
     };
-    if !session::csrf_ok(&session, &form.csrf) {
-        return page(
-            StatusCode::FORBIDDEN,
-            pages::error(
-                &session,
-                "the form's CSRF token is missing or not this session's: reload the page and try again",
-            ),
-        );
-    }
     let verdict = match form.verdict.as_str() {
         "approve" => Verdict::Approve,
         "reject" => Verdict::Reject,
@@ -324,6 +311,48 @@ async fn decision(
             page(status, pages::error(&session, &rejection_text(&rejection)))
         }
     }
+}
+
+/// A form posted from a console page: it carries the session's CSRF token.
+trait SessionForm: for<'de> Deserialize<'de> {
+    fn csrf(&self) -> &str;
+}
+
+impl SessionForm for DecisionForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+impl SessionForm for LogoutForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// The body of a form `session` posted, or the page that refuses it: 400 when it does not read,
+/// 403 when its CSRF token is not the session's.
+async fn session_form<T: SessionForm>(
+    console: &Console,
+    session: &Session,
+    request: Request,
+) -> Result<T, Response> {
+    let form: T = form(&console.api, request).await.map_err(|rejection| {
+        page(
+            StatusCode::BAD_REQUEST,
+            pages::error(session, &rejection_text(&rejection)),
+        )
+    })?;
+    if !session::csrf_ok(session, form.csrf()) {
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            pages::error(
+                session,
+                "the form's CSRF token is missing or not this session's: reload the page and try again",
+            ),
+        ));
+    }
+    Ok(form)
 }
 
 /// A refusal in words, with its field messages.
@@ -408,23 +437,8 @@ async fn logout(State(console): State<Arc<Console>>, request: Request) -> Respon
     let Some(session) = console.session(request.headers()) else {
         return to_login();
     };
-    let form: LogoutForm = match form(&console.api, request).await {
-        Ok(form) => form,
-        Err(rejection) => {
-            return page(
-                StatusCode::BAD_REQUEST,
-                pages::error(&session, &rejection_text(&rejection)),
-            );
-        }
-    };
-    if !session::csrf_ok(&session, &form.csrf) {
-        return page(
-            StatusCode::FORBIDDEN,
-            pages::error(
-                &session,
-                "the form's CSRF token is missing or not this session's",
-            ),
-        );
+    if let Err(refused) = session_form::<LogoutForm>(&console, &session, request).await {
+        return refused;
     }
     let mut response = Redirect::to("/ui/login").into_response();
     response
