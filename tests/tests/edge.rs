@@ -231,12 +231,25 @@ async fn connections_past_the_cap_are_refused_with_the_limit() {
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut stream = TcpStream::connect(edge.addr).await.unwrap();
-        // An authenticated request in flight on each (its body still arriving), so each really
-        // holds its slot: a connection without one would be closed to make room.
+        // An authenticated request in flight on each, so each really holds its slot (a
+        // connection without one would be closed to make room). `Expect: 100-continue` makes the
+        // server say when the handler starts reading the body: from then on it is in flight.
         stream
-            .write_all(slow_body_start().as_bytes())
+            .write_all(
+                format!(
+                    "POST /v1/alerts/alertmanager HTTP/1.1\r\nhost: x\r\n\
+                     content-type: application/json\r\nauthorization: Bearer {TOKEN}\r\n\
+                     content-length: 100\r\nexpect: 100-continue\r\n\r\n"
+                )
+                .as_bytes(),
+            )
             .await
             .unwrap();
+        let line = status_line(&mut stream, Duration::from_secs(10))
+            .await
+            .expect("the server asks for the body");
+        assert!(line.starts_with("HTTP/1.1 100"), "{line}");
+        stream.write_all(b"{\"alerts\":").await.unwrap();
         held.push(stream);
     }
     // A connection the readiness probe left may still be closing and hold a slot for a moment: a
