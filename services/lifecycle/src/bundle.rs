@@ -312,13 +312,23 @@ pub fn list(root: &Path) -> Result<Vec<String>, BundleError> {
     Ok(names)
 }
 
-/// Removes the partial bundles a crash left under `root`.
-pub fn clean_partials(root: &Path) -> Result<(), BundleError> {
+/// Removes the partial bundles a crash left under `root`: those untouched for `stale_after`. A
+/// younger one may be another export's, being written right now (a scheduled run and one started
+/// by hand at the same time), and is left alone; a run's own partial is replaced by its write.
+pub fn clean_partials(root: &Path, stale_after: std::time::Duration) -> Result<(), BundleError> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Ok(());
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(PARTIAL) {
+        if !entry.file_name().to_string_lossy().starts_with(PARTIAL) {
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|age| age >= stale_after) {
             remove_dir(&entry.path())?;
         }
     }
@@ -412,6 +422,27 @@ mod tests {
             &json!([{"path": "/", "roleid": "Administrator", "type": "user", "ugid": "root@pam"}]),
         );
         b
+    }
+
+    #[test]
+    fn only_stale_partials_are_cleaned_a_live_export_keeps_its_own() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let live = root.path().join(format!("{PARTIAL}export-live"));
+        let crashed = root.path().join(format!("{PARTIAL}export-crashed"));
+        for dir in [&live, &crashed] {
+            std::fs::create_dir_all(dir).expect("partial");
+            std::fs::write(dir.join("file.json"), b"{}").expect("file");
+        }
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::open(&crashed)
+            .and_then(|f| f.set_modified(two_hours_ago))
+            .expect("age the crashed partial");
+        clean_partials(root.path(), std::time::Duration::from_secs(3600)).expect("clean");
+        assert!(
+            live.join("file.json").exists(),
+            "a live export's partial was removed"
+        );
+        assert!(!crashed.exists(), "a crashed export's partial was left");
     }
 
     #[test]

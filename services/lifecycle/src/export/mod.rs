@@ -179,7 +179,8 @@ impl Exporter {
             dry_run,
         };
         if !dry_run {
-            bundle::clean_partials(&root).map_err(terminal("removing partial bundles"))?;
+            bundle::clean_partials(&root, STALE_PARTIAL)
+                .map_err(terminal("removing partial bundles"))?;
             let dir = content
                 .write(&root, name)
                 .map_err(terminal("writing the bundle"))?;
@@ -205,6 +206,10 @@ impl Exporter {
         Ok(pruned)
     }
 }
+
+/// A partial bundle untouched this long is a crashed export's: an export writes its bundle in
+/// seconds, so an hour leaves any live one alone.
+const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The `config_export` workflow.
 pub struct ConfigExport {
