@@ -110,7 +110,8 @@ impl Sessions {
     pub fn login(&self, token: &str, now: DateTime<Utc>) -> Option<(Session, HeaderValue)> {
         let name = self.auth.token_name(token)?;
         let key = self.key(&name)?;
-        let expires_at = now + chrono::Duration::seconds(SESSION_SECS);
+        // Whole seconds: what the cookie carries is what the session says.
+        let expires_at = DateTime::from_timestamp(now.timestamp() + SESSION_SECS, 0)?;
         let expiry = expires_at.timestamp().to_string();
         let nonce = nonce();
         let tag = mac(key, &["session", &name, &expiry, &nonce]);
