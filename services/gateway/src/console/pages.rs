@@ -6,8 +6,9 @@ use chrono::Utc;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use proxflow_runtime::telemetry::recorded::SpanTree;
 use proxflow_runtime::workflow::state_name;
-use proxflow_schemas::workflow::{IndexEntry, StepState, Wait, WorkflowRecord, WorkflowState};
-use proxflow_view::words::{ago, name_of as word};
+use proxflow_schemas::workflow::{IndexEntry, StepState, WorkflowRecord, WorkflowState};
+use proxflow_view::approvals;
+use proxflow_view::words::{ago, name_of as word, until};
 use proxflow_view::workflows::{Filter, WorkflowDetail};
 
 use super::session::Session;
@@ -174,30 +175,38 @@ pub(crate) fn workflows(
 }
 
 fn approval_form(session: &Session, record: &WorkflowRecord, can_decide: bool) -> Markup {
-    let hash = record
-        .data
-        .get("approval_hash")
-        .and_then(serde_json::Value::as_str);
-    let waiting = record.state == WorkflowState::Waiting
-        && matches!(&record.wait, Some(Wait::Signal { name, .. }) if name.starts_with("decision."));
+    // What waits for a decision is the view's call, the same as `proxflow approvals` makes.
+    let Some(pending) = approvals::of_record(record) else {
+        return html! {};
+    };
+    let hash = &pending.plan_hash;
     html! {
-        @if let (true, Some(hash)) = (waiting, hash) {
-            section id="approval" style="margin-bottom:1rem" {
-                h2 { "Waiting for a decision on plan " span.mono { (hash.get(..12).unwrap_or(hash)) } }
-                @if let Some(plan) = record.data.get("plan") {
-                    details { summary { "the plan" } pre.mono { (serde_json::to_string_pretty(plan).unwrap_or_default()) } }
-                }
-                @if can_decide {
-                    form.decide method="post" action={"/ui/workflows/" (record.id) "/decision"} {
-                        input type="hidden" name="csrf" value=(session.csrf);
-                        input type="hidden" name="plan" value=(hash);
-                        label { "comment" textarea name="comment" rows="1" maxlength="1000" {} }
-                        button type="submit" name="verdict" value="approve" id="approve" { "Approve" }
-                        button type="submit" name="verdict" value="reject" id="reject" { "Reject" }
+        section id="approval" style="margin-bottom:1rem" {
+            h2 { "Waiting for a decision on plan " span.mono { (hash.get(..12).unwrap_or(hash)) } }
+            p.mute { "closes " (until(Utc::now(), pending.expires_at)) }
+            table {
+                tr { th { "target" } th { "name" } th { "packages" } th { "security" } th { "reboot" } th { "" } }
+                @for t in &pending.targets {
+                    tr data-target=(t.target) {
+                        td.mono { (t.target) }
+                        td { (t.name) }
+                        td.num { (t.packages) }
+                        td.num { (t.security) }
+                        td { @if t.reboot { "yes" } @else { "no" } }
+                        td { @if t.major { span.bad { "MAJOR" } } }
                     }
-                } @else {
-                    p.mute { "Token " (session.name) " is not in patch.approvers: it cannot decide." }
                 }
+            }
+            @if can_decide {
+                form.decide method="post" action={"/ui/workflows/" (record.id) "/decision"} {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    input type="hidden" name="plan" value=(hash);
+                    label { "comment" textarea name="comment" rows="1" maxlength="1000" {} }
+                    button type="submit" name="verdict" value="approve" id="approve" { "Approve" }
+                    button type="submit" name="verdict" value="reject" id="reject" { "Reject" }
+                }
+            } @else {
+                p.mute { "Token " (session.name) " is not in patch.approvers: it cannot decide." }
             }
         }
     }
